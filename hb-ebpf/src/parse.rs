@@ -1,0 +1,143 @@
+//! Bounds-checked packet parsing: Ethernet (with up to [`VLAN_MAX_DEPTH`]
+//! VLAN tags), IPv4 or IPv6, then UDP. Each step checks
+//! `offset + size_of::<T>() <= data_end` before it reads, so the verifier can
+//! prove every access safe and a short packet is an `Err`, never a fault.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_UDP: u8 = 17;
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+pub const UDP_HLEN: usize = 8;
+/// At most this many stacked VLAN tags (802.1Q, 802.1ad/QinQ) are skipped.
+pub const VLAN_MAX_DEPTH: usize = 2;
+/// IPv4 "more fragments" flag and fragment offset bits.
+const IPV4_FRAGMENT_MASK: u16 = 0x3FFF;
+
+/// Why a packet could not be parsed as UDP.
+pub enum ParseError {
+    /// The packet ends before the header being read.
+    Truncated,
+    /// Not IPv4/IPv6 over Ethernet, not UDP, an IPv4 fragment, a bad IHL or
+    /// too many VLAN tags: not something hb looks at.
+    NotUdp,
+}
+
+/// The parts of a UDP packet hb needs.
+pub struct UdpPacket {
+    /// Offset of the UDP payload from the start of the packet.
+    pub payload_offset: usize,
+    /// The UDP length field (header + payload), host byte order.
+    pub udp_len: u16,
+    pub dst_port: u16,
+    pub src_port: u16,
+    /// Source address: IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+    pub src_addr: [u8; 16],
+}
+
+/// Pointer to a `T` at `offset` from the start of the packet, or
+/// `Truncated` if the packet is shorter than `offset + size_of::<T>()`.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ParseError> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(ParseError::Truncated);
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read_be16(ctx: &XdpContext, offset: usize) -> Result<u16, ParseError> {
+    let bytes: *const [u8; 2] = ptr_at(ctx, offset)?;
+    // SAFETY: ptr_at checked that the two bytes lie inside the packet.
+    Ok(u16::from_be_bytes(unsafe { *bytes }))
+}
+
+#[inline(always)]
+fn read_u8(ctx: &XdpContext, offset: usize) -> Result<u8, ParseError> {
+    let byte: *const u8 = ptr_at(ctx, offset)?;
+    // SAFETY: ptr_at checked that the byte lies inside the packet.
+    Ok(unsafe { *byte })
+}
+
+/// Parses Ethernet / VLAN / IP / UDP headers.
+#[inline(always)]
+pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
+    let mut offset = ETH_HLEN;
+    let mut ether_type = read_be16(ctx, ETH_HLEN - 2)?;
+    for _ in 0..VLAN_MAX_DEPTH {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        // The tag is TCI (2 bytes) then the encapsulated EtherType.
+        ether_type = read_be16(ctx, offset + 2)?;
+        offset += VLAN_HLEN;
+    }
+
+    let mut src_addr = [0u8; 16];
+    match ether_type {
+        ETH_P_IPV4 => {
+            let version_ihl = read_u8(ctx, offset)?;
+            let ihl = ((version_ihl & 0x0F) as usize) * 4;
+            if version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+                return Err(ParseError::NotUdp);
+            }
+            // Bound the fixed header; options are skipped by `ihl`, and the
+            // UDP header read below is bounds-checked at the offset it gives.
+            ptr_at::<[u8; IPV4_MIN_HLEN]>(ctx, offset)?;
+            if read_u8(ctx, offset + 9)? != IPPROTO_UDP {
+                return Err(ParseError::NotUdp);
+            }
+            if read_be16(ctx, offset + 6)? & IPV4_FRAGMENT_MASK != 0 {
+                return Err(ParseError::NotUdp);
+            }
+            let saddr: *const [u8; 4] = ptr_at(ctx, offset + 12)?;
+            src_addr[10] = 0xff;
+            src_addr[11] = 0xff;
+            // SAFETY: ptr_at checked the bounds.
+            let saddr = unsafe { *saddr };
+            src_addr[12] = saddr[0];
+            src_addr[13] = saddr[1];
+            src_addr[14] = saddr[2];
+            src_addr[15] = saddr[3];
+            offset += ihl;
+        }
+        ETH_P_IPV6 => {
+            ptr_at::<[u8; IPV6_HLEN]>(ctx, offset)?;
+            if read_u8(ctx, offset)? >> 4 != 6 {
+                return Err(ParseError::NotUdp);
+            }
+            // Extension headers are not walked: a heartbeat's next header is UDP.
+            if read_u8(ctx, offset + 6)? != IPPROTO_UDP {
+                return Err(ParseError::NotUdp);
+            }
+            let saddr: *const [u8; 16] = ptr_at(ctx, offset + 8)?;
+            // SAFETY: ptr_at checked the bounds.
+            src_addr = unsafe { *saddr };
+            offset += IPV6_HLEN;
+        }
+        _ => return Err(ParseError::NotUdp),
+    }
+
+    // The whole 8-byte UDP header must be there: a packet cut inside it is
+    // not a heartbeat, whatever its ports say.
+    let udp: *const [u8; UDP_HLEN] = ptr_at(ctx, offset)?;
+    // SAFETY: ptr_at checked the bounds.
+    let udp = unsafe { *udp };
+    Ok(UdpPacket {
+        payload_offset: offset + UDP_HLEN,
+        src_port: u16::from_be_bytes([udp[0], udp[1]]),
+        dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+        udp_len: u16::from_be_bytes([udp[4], udp[5]]),
+        src_addr,
+    })
+}

@@ -1,0 +1,934 @@
+//! Runs the configured actions when a node changes state: each matching
+//! action is started in the background in its own process group, with the
+//! `HB_*` environment documented in the README, at most `max_concurrent` at a
+//! time, its output logged line by line, and its whole process group killed
+//! when it outlives its timeout.
+
+use std::{
+    borrow::Cow,
+    process::{ExitStatus, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader},
+    process::Command,
+    sync::{Notify, Semaphore},
+    task::JoinHandle,
+};
+
+use crate::config::{ActionConfig, ActionRun, Event};
+
+/// Output lines longer than this are logged in pieces of this size.
+const MAX_LINE_BYTES: usize = 4096;
+/// Lines logged per output stream of one run; the rest is read and dropped.
+const MAX_LOGGED_LINES: usize = 200;
+/// How long output is still read after the action exited (a background
+/// process that escaped the process group may keep the pipe open).
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// A node state change, as passed to actions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionEvent {
+    pub event: Event,
+    pub node_id: u32,
+    pub node_name: String,
+    /// The configured address, else the last source address seen.
+    pub node_address: Option<String>,
+    /// `unseen`, `up`, `down` or `left`.
+    pub previous_state: &'static str,
+    /// Time since the last heartbeat; `None` if never heard.
+    pub since_last_heartbeat: Option<Duration>,
+}
+
+impl ActionEvent {
+    /// The `HB_*` variables the action runs with.
+    fn environment(&self) -> [(&'static str, String); 6] {
+        [
+            ("HB_EVENT", self.event.to_string()),
+            ("HB_NODE_ID", self.node_id.to_string()),
+            ("HB_NODE_NAME", self.node_name.clone()),
+            (
+                "HB_NODE_ADDRESS",
+                self.node_address.clone().unwrap_or_default(),
+            ),
+            ("HB_PREVIOUS_STATE", self.previous_state.to_owned()),
+            (
+                "HB_SINCE_LAST_HEARTBEAT_MS",
+                self.since_last_heartbeat
+                    .map(|d| d.as_millis().to_string())
+                    .unwrap_or_default(),
+            ),
+        ]
+    }
+}
+
+/// Counters since the runner was built. Every run that got a slot is
+/// `started` and ends as exactly one of `succeeded`, `failed` (non-zero
+/// exit, killed by a signal it was not sent by us, or could not be started)
+/// or `timed_out`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionStats {
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    /// Running now.
+    pub running: u64,
+    /// Dispatched, waiting for a free slot.
+    pub queued: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    running: AtomicU64,
+    queued: AtomicU64,
+}
+
+struct Inner {
+    actions: Vec<Arc<ActionConfig>>,
+    slots: Arc<Semaphore>,
+    counters: Counters,
+    /// Notified whenever a run leaves the queue or finishes.
+    changed: Notify,
+}
+
+impl Inner {
+    fn is_idle(&self) -> bool {
+        self.counters.queued.load(Ordering::SeqCst) == 0
+            && self.counters.running.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// Decrements a gauge (`queued` or `running`) when dropped, so a run that
+/// is cancelled (runtime shutdown) or panics is not counted forever.
+struct GaugeGuard<'a> {
+    inner: &'a Inner,
+    gauge: &'a AtomicU64,
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Ordering::SeqCst);
+        self.inner.changed.notify_waiters();
+    }
+}
+
+/// How one run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+/// Runs actions in the background; cheap to clone (clones share the queue,
+/// the concurrency bound and the counters).
+#[derive(Clone)]
+pub struct ActionRunner {
+    inner: Arc<Inner>,
+}
+
+impl ActionRunner {
+    /// `max_concurrent` bounds the number of actions running at once, across
+    /// all actions (0 is treated as 1).
+    pub fn new(actions: Vec<ActionConfig>, max_concurrent: usize) -> Self {
+        let permits = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            inner: Arc::new(Inner {
+                actions: actions.into_iter().map(Arc::new).collect(),
+                slots: Arc::new(Semaphore::new(permits)),
+                counters: Counters::default(),
+                changed: Notify::new(),
+            }),
+        }
+    }
+
+    /// Starts every action subscribed to `event.event` in the background and
+    /// returns at once; runs beyond the concurrency bound wait in a queue.
+    /// Must be called from within a tokio runtime; outside one, the event
+    /// is logged as an error and dropped.
+    pub fn dispatch(&self, event: ActionEvent) {
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                tracing::error!(
+                    event = %event.event,
+                    node = %event.node_name,
+                    node_id = event.node_id,
+                    "cannot run actions outside a tokio runtime: {e}"
+                );
+                return;
+            }
+        };
+        let event = Arc::new(event);
+        for action in &self.inner.actions {
+            if !action.on.contains(&event.event) {
+                continue;
+            }
+            self.inner.counters.queued.fetch_add(1, Ordering::SeqCst);
+            let inner = Arc::clone(&self.inner);
+            let action = Arc::clone(action);
+            let event = Arc::clone(&event);
+            runtime.spawn(async move { run_queued(&inner, &action, &event).await });
+        }
+    }
+
+    pub fn stats(&self) -> ActionStats {
+        let c = &self.inner.counters;
+        ActionStats {
+            started: c.started.load(Ordering::SeqCst),
+            succeeded: c.succeeded.load(Ordering::SeqCst),
+            failed: c.failed.load(Ordering::SeqCst),
+            timed_out: c.timed_out.load(Ordering::SeqCst),
+            running: c.running.load(Ordering::SeqCst),
+            queued: c.queued.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Waits until no action is queued or running, or `limit` has passed.
+    /// Returns whether the runner is idle.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now().checked_add(limit);
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            // Register before checking so a change in between is not missed.
+            changed.as_mut().enable();
+            if self.inner.is_idle() {
+                return true;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return self.inner.is_idle();
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// Waits for a slot, runs the action, counts the outcome.
+async fn run_queued(inner: &Inner, action: &ActionConfig, event: &ActionEvent) {
+    let queued = GaugeGuard {
+        inner,
+        gauge: &inner.counters.queued,
+    };
+    // The semaphore is never closed.
+    let Ok(_slot) = inner.slots.acquire().await else {
+        return;
+    };
+    // Count as running before leaving the queue, so `is_idle` never sees a
+    // gap.
+    inner.counters.running.fetch_add(1, Ordering::SeqCst);
+    let _running = GaugeGuard {
+        inner,
+        gauge: &inner.counters.running,
+    };
+    drop(queued);
+    inner.counters.started.fetch_add(1, Ordering::SeqCst);
+
+    let counter = match run_action(action, event).await {
+        Outcome::Succeeded => &inner.counters.succeeded,
+        Outcome::Failed => &inner.counters.failed,
+        Outcome::TimedOut => &inner.counters.timed_out,
+    };
+    counter.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Runs one action to completion (or its timeout) and logs the outcome.
+async fn run_action(action: &ActionConfig, event: &ActionEvent) -> Outcome {
+    let (mut command, program) = match &action.run {
+        ActionRun::Command(argv) => {
+            let Some((program, args)) = argv.split_first() else {
+                tracing::error!(
+                    action = %action.name,
+                    event = %event.event,
+                    node = %event.node_name,
+                    node_id = event.node_id,
+                    "action {}: `command` is empty, nothing to run",
+                    action.name
+                );
+                return Outcome::Failed;
+            };
+            let mut command = Command::new(program);
+            command.args(args);
+            (command, program.as_str())
+        }
+        ActionRun::Shell(script) => {
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(script);
+            (command, "/bin/sh")
+        }
+    };
+    command
+        .envs(event.environment())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills everything it started.
+        .process_group(0);
+
+    let started = Instant::now();
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::error!(
+                action = %action.name,
+                event = %event.event,
+                node = %event.node_name,
+                node_id = event.node_id,
+                program,
+                "action {} for {} of node {} (id {}): cannot run {program}: {e}",
+                action.name,
+                event.event,
+                event.node_name,
+                event.node_id,
+            );
+            return Outcome::Failed;
+        }
+    };
+    // The process group id equals the child's pid (`process_group(0)`).
+    let pgid = child.id();
+
+    let prefix: Arc<str> = format!("{}[{}]", action.name, event.node_name).into();
+    let readers: Vec<JoinHandle<()>> = [
+        child
+            .stdout
+            .take()
+            .map(|out| tokio::spawn(log_output(out, Arc::clone(&prefix), "stdout"))),
+        child
+            .stderr
+            .take()
+            .map(|err| tokio::spawn(log_output(err, Arc::clone(&prefix), "stderr"))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    let (status, timed_out) = match tokio::time::timeout(action.timeout, child.wait()).await {
+        Ok(status) => (status, false),
+        Err(_elapsed) => {
+            // The child has not been reaped yet (wait did not complete), so
+            // its pid, and with it the process group id, cannot be reused.
+            match pgid {
+                Some(pgid) => kill_process_group(pgid),
+                None => {
+                    let _ = child.start_kill();
+                }
+            }
+            (child.wait().await, true)
+        }
+    };
+    let elapsed = started.elapsed();
+
+    for mut reader in readers {
+        if tokio::time::timeout(OUTPUT_GRACE, &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
+        }
+    }
+
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::error!(
+                action = %action.name,
+                event = %event.event,
+                node = %event.node_name,
+                node_id = event.node_id,
+                "action {} for {} of node {} (id {}): cannot wait for {program}: {e}",
+                action.name,
+                event.event,
+                event.node_name,
+                event.node_id,
+            );
+            return if timed_out {
+                Outcome::TimedOut
+            } else {
+                Outcome::Failed
+            };
+        }
+    };
+    let status_text = describe(status);
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    if timed_out {
+        tracing::warn!(
+            action = %action.name,
+            event = %event.event,
+            node = %event.node_name,
+            node_id = event.node_id,
+            status = %status_text,
+            elapsed_ms,
+            "action {} for {} of node {} (id {}) timed out after {}: killed its process group ({status_text})",
+            action.name,
+            event.event,
+            event.node_name,
+            event.node_id,
+            humantime::format_duration(action.timeout),
+        );
+        Outcome::TimedOut
+    } else if status.success() {
+        tracing::info!(
+            action = %action.name,
+            event = %event.event,
+            node = %event.node_name,
+            node_id = event.node_id,
+            status = %status_text,
+            elapsed_ms,
+            "action {} for {} of node {} (id {}) {status_text} after {elapsed_ms}ms",
+            action.name,
+            event.event,
+            event.node_name,
+            event.node_id,
+        );
+        Outcome::Succeeded
+    } else {
+        tracing::warn!(
+            action = %action.name,
+            event = %event.event,
+            node = %event.node_name,
+            node_id = event.node_id,
+            status = %status_text,
+            elapsed_ms,
+            "action {} for {} of node {} (id {}) failed: {status_text} after {elapsed_ms}ms",
+            action.name,
+            event.event,
+            event.node_name,
+            event.node_id,
+        );
+        Outcome::Failed
+    }
+}
+
+/// "exited with status N" or "killed by signal N".
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => format!("ended with {status}"),
+    }
+}
+
+/// Sends SIGKILL to every process in the group `pgid`.
+fn kill_process_group(pgid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    if pgid <= 0 {
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid
+    // names the process group we created for this action.
+    let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!("kill(-{pgid}, SIGKILL): {e}");
+    }
+}
+
+/// Logs each line of an action's output stream at info level.
+async fn log_output<R: AsyncRead + Unpin>(stream: R, prefix: Arc<str>, name: &'static str) {
+    let dropped = for_each_line(stream, MAX_LINE_BYTES, MAX_LOGGED_LINES, |line| {
+        tracing::info!(stream = name, "{prefix}: {line}");
+    })
+    .await;
+    if dropped > 0 {
+        tracing::info!(
+            stream = name,
+            "{prefix}: {dropped} more {name} lines not logged"
+        );
+    }
+}
+
+/// Calls `on_line` for the first `max_lines` lines of `stream` (without the
+/// line ending; lines longer than `max_line` bytes come in pieces), then
+/// reads the rest to the end so the writer never blocks. Returns the number
+/// of lines not passed to `on_line`.
+async fn for_each_line<R: AsyncRead + Unpin>(
+    stream: R,
+    max_line: usize,
+    max_lines: usize,
+    mut on_line: impl FnMut(Cow<'_, str>),
+) -> u64 {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::with_capacity(256);
+    let mut seen: u64 = 0;
+    let limit = u64::try_from(max_line).unwrap_or(u64::MAX);
+    loop {
+        line.clear();
+        match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("reading action output: {e}");
+                break;
+            }
+        }
+        seen += 1;
+        if seen <= max_lines as u64 {
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            on_line(String::from_utf8_lossy(text));
+        }
+    }
+    seen.saturating_sub(max_lines as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, path::PathBuf, sync::atomic::AtomicU32};
+
+    use super::*;
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            static COUNTER: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "hb-actions-test-{tag}-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path)
+                .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+            Self(path)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+
+        fn read(&self, name: &str) -> String {
+            let path = self.path(name);
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn shell(name: &str, on: &[Event], script: String, timeout: Duration) -> ActionConfig {
+        ActionConfig {
+            name: name.to_owned(),
+            on: on.to_vec(),
+            run: ActionRun::Shell(script),
+            timeout,
+        }
+    }
+
+    fn command(name: &str, on: &[Event], argv: &[&str]) -> ActionConfig {
+        ActionConfig {
+            name: name.to_owned(),
+            on: on.to_vec(),
+            run: ActionRun::Command(argv.iter().map(|&s| s.to_owned()).collect()),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn event(event: Event) -> ActionEvent {
+        ActionEvent {
+            event,
+            node_id: 42,
+            node_name: "web-1".to_owned(),
+            node_address: Some("198.18.1.2".to_owned()),
+            previous_state: "up",
+            since_last_heartbeat: Some(Duration::from_millis(6_150)),
+        }
+    }
+
+    async fn wait_idle(runner: &ActionRunner) {
+        assert!(
+            runner.wait_idle(Duration::from_secs(20)).await,
+            "actions still busy: {:?}",
+            runner.stats()
+        );
+    }
+
+    /// The contract's `HB_*` variables in an `env` dump (the test process
+    /// may have other `HB_*` variables of its own, e.g. `HB_BIN`, which the
+    /// action inherits).
+    fn hb_vars(env_dump: &str) -> HashMap<String, String> {
+        const CONTRACT: [&str; 6] = [
+            "HB_EVENT",
+            "HB_NODE_ID",
+            "HB_NODE_NAME",
+            "HB_NODE_ADDRESS",
+            "HB_PREVIOUS_STATE",
+            "HB_SINCE_LAST_HEARTBEAT_MS",
+        ];
+        env_dump
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| CONTRACT.contains(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Alive and not a zombie (an unreaped zombie holds no resources).
+    fn process_alive(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                // The state follows the parenthesised command name.
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next());
+                state != Some('Z')
+            }
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn action_gets_the_contract_environment() {
+        let dir = TempDir::new("env");
+        let out = dir.path("out");
+        let runner = ActionRunner::new(
+            vec![shell(
+                "dump",
+                &[Event::Down, Event::Up],
+                format!("env > '{}'", out.display()),
+                Duration::from_secs(10),
+            )],
+            4,
+        );
+        runner.dispatch(event(Event::Down));
+        wait_idle(&runner).await;
+        let vars = hb_vars(&dir.read("out"));
+        let expected: HashMap<String, String> = [
+            ("HB_EVENT", "down"),
+            ("HB_NODE_ID", "42"),
+            ("HB_NODE_NAME", "web-1"),
+            ("HB_NODE_ADDRESS", "198.18.1.2"),
+            ("HB_PREVIOUS_STATE", "up"),
+            ("HB_SINCE_LAST_HEARTBEAT_MS", "6150"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(vars, expected);
+
+        // Unknown address and never heard: present but empty.
+        runner.dispatch(ActionEvent {
+            event: Event::Up,
+            node_id: 7,
+            node_name: "new node".to_owned(),
+            node_address: None,
+            previous_state: "unseen",
+            since_last_heartbeat: None,
+        });
+        wait_idle(&runner).await;
+        let vars = hb_vars(&dir.read("out"));
+        assert_eq!(vars["HB_EVENT"], "up");
+        assert_eq!(vars["HB_NODE_ID"], "7");
+        assert_eq!(vars["HB_NODE_NAME"], "new node");
+        assert_eq!(vars["HB_NODE_ADDRESS"], "");
+        assert_eq!(vars["HB_PREVIOUS_STATE"], "unseen");
+        assert_eq!(vars["HB_SINCE_LAST_HEARTBEAT_MS"], "");
+
+        let stats = runner.stats();
+        assert_eq!(
+            stats,
+            ActionStats {
+                started: 2,
+                succeeded: 2,
+                ..ActionStats::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn command_is_not_interpreted_by_a_shell() {
+        let dir = TempDir::new("noshell");
+        let literal = format!("{}/$HB_EVENT;*`true`", dir.0.display());
+        let runner = ActionRunner::new(
+            vec![command(
+                "touch",
+                &[Event::Left],
+                &["/usr/bin/touch", &literal],
+            )],
+            1,
+        );
+        runner.dispatch(event(Event::Left));
+        wait_idle(&runner).await;
+        assert_eq!(runner.stats().succeeded, 1, "{:?}", runner.stats());
+        let names: Vec<String> = std::fs::read_dir(&dir.0)
+            .expect("read temp dir")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(names, ["$HB_EVENT;*`true`"]);
+    }
+
+    #[tokio::test]
+    async fn hanging_action_is_killed_with_its_children() {
+        let dir = TempDir::new("hang");
+        let pid_file = dir.path("child");
+        let timeout = Duration::from_millis(400);
+        let runner = ActionRunner::new(
+            vec![shell(
+                "hang",
+                &[Event::Down],
+                // The shell waits on a child of its own.
+                format!("sleep 30 & echo $! > '{}'; wait", pid_file.display()),
+                timeout,
+            )],
+            1,
+        );
+        let start = Instant::now();
+        runner.dispatch(event(Event::Down));
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "dispatch blocked for {:?}",
+            start.elapsed()
+        );
+        wait_idle(&runner).await;
+        let elapsed = start.elapsed();
+        assert!(elapsed >= timeout, "finished after {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "finished after {elapsed:?}"
+        );
+        assert_eq!(
+            runner.stats(),
+            ActionStats {
+                started: 1,
+                timed_out: 1,
+                ..ActionStats::default()
+            }
+        );
+
+        let child: i32 = dir.read("child").trim().parse().expect("child pid");
+        // The orphaned `sleep` is reaped by init; give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(child) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!process_alive(child), "child {child} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn concurrency_is_bounded() {
+        let dir = TempDir::new("bound");
+        let actions = (0..4)
+            .map(|i| {
+                let log = dir.path(&format!("log{i}"));
+                shell(
+                    &format!("sleeper-{i}"),
+                    &[Event::Down],
+                    format!(
+                        "echo $(date +%s%N) >> '{0}'; sleep 0.3; echo $(date +%s%N) >> '{0}'",
+                        log.display()
+                    ),
+                    Duration::from_secs(10),
+                )
+            })
+            .collect();
+        let runner = ActionRunner::new(actions, 2);
+        let start = Instant::now();
+        runner.dispatch(event(Event::Down));
+        // Nothing has run yet on this single-threaded runtime.
+        assert_eq!(runner.stats().queued, 4, "{:?}", runner.stats());
+
+        let mut max_running = 0;
+        while !runner.wait_idle(Duration::from_millis(10)).await {
+            let stats = runner.stats();
+            assert!(stats.running <= 2, "{stats:?}");
+            assert_eq!(
+                stats.running + stats.queued + stats.succeeded,
+                4,
+                "{stats:?}"
+            );
+            max_running = max_running.max(stats.running);
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(600),
+            "all done after {elapsed:?}"
+        );
+        assert_eq!(max_running, 2);
+        assert_eq!(runner.stats().succeeded, 4, "{:?}", runner.stats());
+
+        // From the processes' own clocks: never more than two at once.
+        let mut edges: Vec<(u128, i32)> = Vec::new();
+        for i in 0..4 {
+            let log = dir.read(&format!("log{i}"));
+            let times: Vec<u128> = log
+                .lines()
+                .map(|l| l.trim().parse().expect("timestamp"))
+                .collect();
+            assert_eq!(times.len(), 2, "log{i}: {log:?}");
+            edges.push((times[0], 1));
+            edges.push((times[1], -1));
+        }
+        // Ends sort before starts at the same instant.
+        edges.sort();
+        let mut overlap = 0;
+        let mut max_overlap = 0;
+        for (_, delta) in edges {
+            overlap += delta;
+            max_overlap = max_overlap.max(overlap);
+        }
+        assert_eq!(max_overlap, 2);
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_not_panicked() {
+        let runner = ActionRunner::new(
+            vec![
+                command(
+                    "missing",
+                    &[Event::Down],
+                    &["/nonexistent/hb-no-such-program"],
+                ),
+                shell(
+                    "exit-3",
+                    &[Event::Down],
+                    "exit 3".into(),
+                    Duration::from_secs(10),
+                ),
+                shell(
+                    "self-kill",
+                    &[Event::Down],
+                    "kill -TERM $$".into(),
+                    Duration::from_secs(10),
+                ),
+            ],
+            4,
+        );
+        runner.dispatch(event(Event::Down));
+        wait_idle(&runner).await;
+        assert_eq!(
+            runner.stats(),
+            ActionStats {
+                started: 3,
+                failed: 3,
+                ..ActionStats::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn only_subscribed_actions_run() {
+        let dir = TempDir::new("subscribed");
+        let marker = |name: &str| format!("touch '{}'", dir.path(name).display());
+        let runner = ActionRunner::new(
+            vec![
+                shell("on-up", &[Event::Up], marker("up"), Duration::from_secs(5)),
+                shell(
+                    "on-down",
+                    &[Event::Down],
+                    marker("down"),
+                    Duration::from_secs(5),
+                ),
+                shell(
+                    "on-left-down",
+                    &[Event::Left, Event::Down],
+                    marker("left-down"),
+                    Duration::from_secs(5),
+                ),
+            ],
+            4,
+        );
+        runner.dispatch(event(Event::Left));
+        wait_idle(&runner).await;
+        assert!(!dir.path("up").exists());
+        assert!(!dir.path("down").exists());
+        assert!(dir.path("left-down").exists());
+        assert_eq!(runner.stats().started, 1, "{:?}", runner.stats());
+    }
+
+    #[tokio::test]
+    async fn wait_idle_gives_up_at_its_limit() {
+        let runner = ActionRunner::new(
+            vec![shell(
+                "slow",
+                &[Event::Up],
+                "sleep 1".into(),
+                Duration::from_secs(10),
+            )],
+            1,
+        );
+        assert!(
+            runner.wait_idle(Duration::ZERO).await,
+            "idle before dispatch"
+        );
+        runner.dispatch(event(Event::Up));
+        let start = Instant::now();
+        assert!(!runner.wait_idle(Duration::from_millis(100)).await);
+        assert!(
+            start.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            start.elapsed()
+        );
+        wait_idle(&runner).await;
+        assert_eq!(runner.stats().succeeded, 1);
+    }
+
+    #[test]
+    fn dispatch_outside_a_runtime_does_not_panic() {
+        let runner = ActionRunner::new(
+            vec![shell(
+                "x",
+                &[Event::Up],
+                "true".into(),
+                Duration::from_secs(1),
+            )],
+            1,
+        );
+        runner.dispatch(event(Event::Up));
+        assert_eq!(runner.stats(), ActionStats::default());
+    }
+
+    #[tokio::test]
+    async fn output_lines_are_split_and_bounded() {
+        let input = b"one\r\ntwo\n\nabcdefghijklm\nlast";
+        let mut lines = Vec::new();
+        let dropped = for_each_line(&input[..], 6, 100, |l| lines.push(l.into_owned())).await;
+        assert_eq!(dropped, 0);
+        assert_eq!(lines, ["one", "two", "", "abcdef", "ghijkl", "m", "last"]);
+
+        let mut lines = Vec::new();
+        let dropped = for_each_line(&b"a\nb\nc\nd\n"[..], 64, 2, |l| {
+            lines.push(l.into_owned());
+        })
+        .await;
+        assert_eq!(lines, ["a", "b"]);
+        assert_eq!(dropped, 2);
+    }
+
+    #[test]
+    fn exit_statuses_are_described() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(describe(ExitStatus::from_raw(0)), "exited with status 0");
+        assert_eq!(
+            describe(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
+        assert_eq!(describe(ExitStatus::from_raw(9)), "killed by signal 9");
+    }
+}

@@ -1,0 +1,144 @@
+//! The agent's state file: what it knew about each node, saved on every
+//! change (at most once a second) and at shutdown, so that a restarted agent
+//! neither forgets nodes nor fires events for what it already reported.
+//!
+//! Written atomically (temporary file, fsync, rename). A missing file is a
+//! first start; an unreadable one is an error naming the file.
+
+use std::{
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::detector::NodeState;
+
+/// The current format version; a file of another version is refused.
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum StateFileError {
+    #[error("reading state file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("state file {path} is not valid ({source}); move it away to start with fresh state")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "state file {path} has format {found}, this agent writes {FORMAT}; move it away to start \
+         with fresh state"
+    )]
+    Format { path: PathBuf, found: u32 },
+    #[error("writing state file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// What is saved about one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedNode {
+    pub id: u32,
+    pub state: NodeState,
+    pub heartbeats: u64,
+    pub incarnation: u64,
+    pub sequence: u64,
+    pub interval_ms: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Contents {
+    format: u32,
+    nodes: Vec<SavedNode>,
+}
+
+/// Loads the saved nodes; `Ok(None)` if there is no file yet.
+pub fn load(path: &Path) -> Result<Option<Vec<SavedNode>>, StateFileError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateFileError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let contents: Contents =
+        serde_json::from_str(&text).map_err(|source| StateFileError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+    if contents.format != FORMAT {
+        return Err(StateFileError::Format {
+            path: path.to_owned(),
+            found: contents.format,
+        });
+    }
+    Ok(Some(contents.nodes))
+}
+
+/// Saves `nodes` atomically, creating the parent directory if needed.
+pub fn save(path: &Path, nodes: Vec<SavedNode>) -> Result<(), StateFileError> {
+    let error = |source| StateFileError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(error)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let body = serde_json::to_vec(&Contents {
+        format: FORMAT,
+        nodes,
+    })
+    .map_err(io::Error::other)
+    .map_err(error)?;
+    let mut file = fs::File::create(&tmp).map_err(error)?;
+    file.write_all(&body).map_err(error)?;
+    file.sync_all().map_err(error)?;
+    fs::rename(&tmp, path).map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("hb-state-test-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let dir = temp_path("rt");
+        let path = dir.join("state.json");
+        assert_eq!(load(&path).unwrap(), None);
+        let nodes = vec![SavedNode {
+            id: 3,
+            state: NodeState::Down,
+            heartbeats: 9,
+            incarnation: 2,
+            sequence: 9,
+            interval_ms: 100,
+        }];
+        save(&path, nodes.clone()).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(nodes));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it() {
+        let path = temp_path("corrupt.json");
+        fs::write(&path, "{not json").unwrap();
+        let message = load(&path).unwrap_err().to_string();
+        assert!(
+            message.contains(path.to_str().unwrap()) && message.contains("move it away"),
+            "{message}"
+        );
+        fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,289 @@
+//! Per-test temporary directories ([`TempDir`]) and the agent configuration
+//! the tests use ([`TestConfig`]): every node of the lab, and one action
+//! appending `EVENT ID NAME PREVIOUS SINCE_MS` to `events.log` on every
+//! state change (see [`crate::events`]).
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use crate::{Error, HEARTBEAT_PORT, Lab, Result};
+
+/// A directory removed (with its contents) on Drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A fresh, uniquely named directory under the system temp dir:
+    /// `<tmp>/<prefix>-<pid>-<counter>`.
+    pub fn new(prefix: &str) -> Result<Self> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        if path.exists() {
+            // Left over by a killed process whose pid we now have.
+            remove_dir(&path)?;
+        }
+        fs::create_dir(&path).map_err(|source| Error::Io {
+            op: "creating directory",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path })
+    }
+
+    /// The directory `path`, emptied first if it exists.
+    pub fn at(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        if path.exists() {
+            remove_dir(&path)?;
+        }
+        fs::create_dir_all(&path).map_err(|source| Error::Io {
+            op: "creating directory",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `path/name`.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(err) = remove_dir(&self.path) {
+            eprintln!("hb-tests: {err}");
+        }
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<()> {
+    fs::remove_dir_all(path).map_err(|source| Error::Io {
+        op: "removing directory",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Heartbeat timing of a test: how often nodes send, and when the agent
+/// gives up on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Expected heartbeat interval (`[defaults] interval`, and `hb send
+    /// --interval`).
+    pub interval: Duration,
+    /// `[defaults] timeout_multiplier`.
+    pub timeout_multiplier: u32,
+    /// `[defaults] sweep_period`.
+    pub sweep_period: Duration,
+}
+
+impl Timing {
+    /// Fast timing for tests: 200 ms interval, 3x, 50 ms sweep.
+    pub const FAST: Self = Self {
+        interval: Duration::from_millis(200),
+        timeout_multiplier: 3,
+        sweep_period: Duration::from_millis(50),
+    };
+
+    /// Silence after which a node is declared down.
+    pub fn timeout(&self) -> Duration {
+        self.interval * self.timeout_multiplier
+    }
+}
+
+/// A duration in the humantime syntax the agent reads (`"200ms"`).
+pub fn humantime(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+/// `value` as a TOML string literal, correctly escaped.
+pub fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_owned()).to_string()
+}
+
+/// `value` quoted for /bin/sh (single quotes).
+pub fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The name the test configuration gives node `index`.
+pub fn node_name(index: u8) -> String {
+    format!("node-{index}")
+}
+
+/// A configuration file written for a lab, and the paths it names.
+#[derive(Debug, Clone)]
+pub struct TestConfig {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// Where the action appends one line per event.
+    pub events: PathBuf,
+    /// The agent's status socket.
+    pub socket: PathBuf,
+    /// The agent's state file (per test: the agent's default path would be
+    /// shared by every agent on the machine).
+    pub state: PathBuf,
+    /// The timing written into the configuration.
+    pub timing: Timing,
+}
+
+impl TestConfig {
+    /// Write `hb.toml` into `dir` for `lab`: the lab's monitor interfaces,
+    /// node i named `node-i` with address 198.18.i.2, `timing` as the
+    /// defaults, and the recording action.
+    pub fn write(dir: &TempDir, lab: &Lab, timing: Timing) -> Result<Self> {
+        let config = Self {
+            path: dir.join("hb.toml"),
+            events: dir.join("events.log"),
+            socket: dir.join("hb.sock"),
+            state: dir.join("state.json"),
+            timing,
+        };
+        let nodes: Vec<(u8, Ipv4Addr)> = lab
+            .nodes
+            .iter()
+            .map(|node| (node.index, node.address))
+            .collect();
+        let text = config.render(lab.prefix(), &lab.monitor_interfaces(), &nodes);
+        fs::write(&config.path, text).map_err(|source| Error::Io {
+            op: "writing",
+            path: config.path.clone(),
+            source,
+        })?;
+        Ok(config)
+    }
+
+    fn render(&self, prefix: &str, interfaces: &[String], nodes: &[(u8, Ipv4Addr)]) -> String {
+        let interfaces: Vec<String> = interfaces.iter().map(|name| toml_string(name)).collect();
+        let path = |p: &Path| toml_string(&p.to_string_lossy());
+        let mut text = format!(
+            "# Written by hb-tests for lab {prefix}.\n\
+             interfaces = [{interfaces}]\n\
+             port = {HEARTBEAT_PORT}\n\
+             max_nodes = 16\n\
+             pass_heartbeats = false\n\
+             xdp_mode = \"auto\"\n\
+             status_socket = {socket}\n\
+             state_file = {state}\n\
+             \n\
+             [defaults]\n\
+             interval = \"{interval}\"\n\
+             timeout_multiplier = {multiplier}\n\
+             sweep_period = \"{sweep}\"\n",
+            interfaces = interfaces.join(", "),
+            socket = path(&self.socket),
+            state = path(&self.state),
+            interval = humantime(self.timing.interval),
+            multiplier = self.timing.timeout_multiplier,
+            sweep = humantime(self.timing.sweep_period),
+        );
+        for &(index, address) in nodes {
+            let _ = write!(
+                text,
+                "\n[[nodes]]\nid = {index}\nname = \"{}\"\naddress = \"{address}\"\n",
+                node_name(index),
+            );
+        }
+        let shell = format!(
+            "echo \"$HB_EVENT $HB_NODE_ID $HB_NODE_NAME $HB_PREVIOUS_STATE \
+             $HB_SINCE_LAST_HEARTBEAT_MS\" >> {}",
+            shell_quote(&self.events.to_string_lossy())
+        );
+        let _ = write!(
+            text,
+            "\n[[actions]]\nname = \"record\"\non = [\"up\", \"down\", \"left\"]\n\
+             shell = {}\ntimeout = \"5s\"\n",
+            toml_string(&shell)
+        );
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        for value in [r#"a "b" \c"#, "it's \"x\"\n", "plain"] {
+            let parsed: toml::Value =
+                toml::from_str(&format!("x = {}", toml_string(value))).unwrap();
+            assert_eq!(parsed["x"].as_str(), Some(value));
+        }
+        assert_eq!(shell_quote("/tmp/it's"), r"'/tmp/it'\''s'");
+        assert_eq!(humantime(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(Timing::FAST.timeout(), Duration::from_millis(600));
+    }
+
+    #[test]
+    fn renders_the_contract_format() {
+        let config = TestConfig {
+            path: "/tmp/x/hb.toml".into(),
+            events: "/tmp/x y/events.log".into(),
+            socket: "/tmp/x/hb.sock".into(),
+            state: "/tmp/x/state.json".into(),
+            timing: Timing::FAST,
+        };
+        let text = config.render(
+            "hb1t0",
+            &["hb1t0m1".to_owned(), "hb1t0m2".to_owned()],
+            &[
+                (1, Ipv4Addr::new(198, 18, 1, 2)),
+                (2, Ipv4Addr::new(198, 18, 2, 2)),
+            ],
+        );
+        let value: toml::Value = toml::from_str(&text).expect(&text);
+        assert_eq!(value["interfaces"][1].as_str(), Some("hb1t0m2"));
+        assert_eq!(value["port"].as_integer(), Some(7979));
+        assert_eq!(value["status_socket"].as_str(), Some("/tmp/x/hb.sock"));
+        assert_eq!(value["state_file"].as_str(), Some("/tmp/x/state.json"));
+        assert_eq!(value["defaults"]["interval"].as_str(), Some("200ms"));
+        assert_eq!(
+            value["defaults"]["timeout_multiplier"].as_integer(),
+            Some(3)
+        );
+        assert_eq!(value["defaults"]["sweep_period"].as_str(), Some("50ms"));
+        assert_eq!(value["nodes"][1]["id"].as_integer(), Some(2));
+        assert_eq!(value["nodes"][1]["name"].as_str(), Some("node-2"));
+        assert_eq!(value["nodes"][1]["address"].as_str(), Some("198.18.2.2"));
+        let action = &value["actions"][0];
+        assert_eq!(action["on"].as_array().map(Vec::len), Some(3));
+        assert_eq!(
+            action["shell"].as_str(),
+            Some(
+                "echo \"$HB_EVENT $HB_NODE_ID $HB_NODE_NAME $HB_PREVIOUS_STATE \
+                 $HB_SINCE_LAST_HEARTBEAT_MS\" >> '/tmp/x y/events.log'"
+            )
+        );
+    }
+
+    #[test]
+    fn temp_dir_is_removed_on_drop() {
+        let dir = TempDir::new("hb-tests-unit").unwrap();
+        let path = dir.path().to_owned();
+        fs::write(dir.join("file"), "x").unwrap();
+        assert!(path.is_dir());
+        drop(dir);
+        assert!(!path.exists(), "{} still exists", path.display());
+    }
+}

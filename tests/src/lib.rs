@@ -1,0 +1,36 @@
+//! Harness helpers for hb's end-to-end tests and for `cargo xtask demo`.
+//!
+//! Everything here builds its own hosts out of network namespaces and veth
+//! pairs, uses only addresses from 198.18.0.0/15, bounds every wait in time,
+//! and removes what it created on Drop (also when a test panics):
+//!
+//! - [`netns`]: the [`NetNs`] guard and a runner for `ip` commands;
+//! - [`lab`]: a monitor namespace wired to N node namespaces ([`Lab`]);
+//! - [`process`]: the [`ChildGuard`] and [`Hb`], which runs the `hb` binary;
+//! - [`config`]: per-test temporary directories and agent configurations;
+//! - [`events`]: reading the log the configured action appends to;
+//! - [`interrupt`]: Ctrl-C turns every wait into an [`Error::Interrupted`].
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod interrupt;
+pub mod lab;
+pub mod netns;
+pub mod process;
+
+pub use config::{TempDir, TestConfig, Timing};
+pub use error::{Error, Result};
+pub use events::{Event, wait_for_event, wait_for_line};
+pub use lab::{Lab, Node, unique_prefix};
+pub use netns::NetNs;
+pub use process::{ChildGuard, Hb, Signal};
+
+/// UDP port the agent listens on in every lab.
+pub const HEARTBEAT_PORT: u16 = 7979;
+
+/// Whether this process runs as root (network namespaces and XDP need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,406 @@
+//! `cargo xtask demo`: the project's main job end to end, in a throw-away
+//! lab of network namespaces: three nodes send heartbeats, one crashes and
+//! comes back, one leaves gracefully, and the agent's action announces
+//! each change. Everything is removed at the end, also on error or Ctrl-C
+//! (the lab, the processes and the files are guards).
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use hb_tests::{
+    ChildGuard, HEARTBEAT_PORT, Hb, Lab, Signal, TempDir,
+    config::{humantime, shell_quote, toml_string},
+    events::read_lines,
+    interrupt, netns,
+};
+use serde_json::Value;
+
+use crate::build;
+
+/// Name prefix of everything the demo creates.
+const PREFIX: &str = "hbdemo";
+const NODES: u8 = 3;
+const INTERVAL: Duration = Duration::from_millis(500);
+const MULTIPLIER: u32 = 3;
+const SWEEP: Duration = Duration::from_millis(50);
+/// The embedded configuration (placeholders in double braces).
+const CONFIG: &str = include_str!("demo.toml");
+/// Slack for process start-up and scheduling.
+const MARGIN: Duration = Duration::from_secs(3);
+
+fn node_name(index: u8) -> String {
+    format!("web-{index}")
+}
+
+fn step(n: u32, text: &str) {
+    println!("\nStep {n}: {text}");
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("    {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Run the demo.
+pub fn run() -> Result<()> {
+    if !hb_tests::is_root() {
+        bail!("not root: the demo creates network namespaces and loads XDP programs; run as root");
+    }
+    interrupt::install();
+    let start = Instant::now();
+    println!(
+        "hb demo: a heartbeat monitor watching three nodes, all simulated on this machine \
+         (Ctrl-C stops it and cleans up)."
+    );
+    step(1, "build hb (the agent, its XDP program, the sender).");
+    let hb = Hb::new(build::run()?);
+
+    let dir = TempDir::at(std::env::temp_dir().join(PREFIX))?;
+    let outcome = scenario(&hb, &dir);
+    let interrupted = outcome.as_ref().is_err_and(|err| {
+        matches!(
+            err.downcast_ref::<hb_tests::Error>(),
+            Some(hb_tests::Error::Interrupted)
+        )
+    });
+    if outcome.is_err() && !interrupted {
+        let log = dir.join("agent.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "last lines of the agent's output ({}):\n{}",
+                log.display(),
+                indent(&lines[lines.len().saturating_sub(30)..].join("\n"))
+            );
+        }
+    }
+    if outcome.is_err() {
+        eprintln!(
+            "cleaned up: stopped the processes, removed the {PREFIX}-* namespaces and {}",
+            dir.path().display()
+        );
+    }
+    outcome?;
+    drop(dir);
+    println!(
+        "\nDemo finished in {:.1} s; nothing is left behind.",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The action log: what the configured action printed, read as it grows.
+struct ActionLog {
+    path: PathBuf,
+    shown: usize,
+}
+
+impl ActionLog {
+    /// Wait until a line not yet shown matches `predicate`; print every
+    /// new line up to it. Returns the line and when it was first seen.
+    fn wait_for(
+        &mut self,
+        what: &str,
+        within: Duration,
+        predicate: impl FnMut(&str) -> bool,
+    ) -> Result<(String, Instant)> {
+        let (index, line, seen) = hb_tests::wait_for_line(
+            &self.path,
+            self.shown,
+            predicate,
+            Instant::now() + within,
+            what,
+        )?;
+        self.show_until(index + 1)?;
+        Ok((line, seen))
+    }
+
+    /// Print the lines not shown yet (up to `end`, if given); returns them.
+    fn show_until(&mut self, end: usize) -> Result<Vec<String>> {
+        let lines = read_lines(&self.path)?;
+        let end = end.min(lines.len());
+        let new = lines[self.shown.min(end)..end].to_vec();
+        for line in &new {
+            println!("    {line}");
+        }
+        self.shown = self.shown.max(end);
+        Ok(new)
+    }
+
+    fn show_new(&mut self) -> Result<Vec<String>> {
+        self.show_until(usize::MAX)
+    }
+}
+
+fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
+    let timeout = INTERVAL * MULTIPLIER;
+    step(
+        2,
+        &format!(
+            "build the lab: network namespace {PREFIX}-mon is the monitor, {PREFIX}-n1..3 are \
+             the nodes\n        web-1..3; node i reaches the monitor over its own virtual \
+             cable (veth pair)\n        on 198.18.i.0/24 (node 198.18.i.2, monitor 198.18.i.1)."
+        ),
+    );
+    let leftovers = netns::list_with_prefix(&format!("{PREFIX}-"))?;
+    for name in &leftovers {
+        netns::remove(name)?;
+    }
+    if !leftovers.is_empty() {
+        println!(
+            "    removed {} namespaces left by an interrupted demo: {}",
+            leftovers.len(),
+            leftovers.join(", ")
+        );
+    }
+    let lab = Lab::build(PREFIX, NODES)?;
+    for node in &lab.nodes {
+        println!(
+            "    {} ({}, {}) <-> monitor {} ({})",
+            node_name(node.index),
+            node.ns.name(),
+            node.address,
+            node.monitor_interface,
+            node.monitor_address
+        );
+    }
+
+    step(
+        3,
+        &format!(
+            "start the agent in {PREFIX}-mon. It attaches an XDP program to {}\n        \
+             that records every heartbeat in the kernel. Its configuration:",
+            lab.monitor_interfaces().join(", ")
+        ),
+    );
+    let socket = dir.join("hb.sock");
+    let actions = dir.join("actions.log");
+    let config_path = dir.join("hb.toml");
+    let config = render_config(&lab, dir, &actions)?;
+    std::fs::write(&config_path, &config)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    println!("{}", indent(&config));
+    let mut agent = hb.spawn_in(
+        &lab.monitor,
+        "the agent",
+        [
+            "agent".as_ref(),
+            "--config".as_ref(),
+            config_path.as_os_str(),
+            "--status-socket".as_ref(),
+            socket.as_os_str(),
+        ],
+        &dir.join("agent.log"),
+    )?;
+    let status = hb.wait_until_ready(&socket, &mut agent, Duration::from_secs(15))?;
+    println!(
+        "    agent running (pid {}); {}",
+        agent.pid(),
+        describe_interfaces(&status)
+    );
+
+    step(
+        4,
+        &format!(
+            "start one heartbeat sender per node (`hb send`, every {}). As each node's first \
+             heartbeat\n        arrives, the agent runs the action:",
+            humantime(INTERVAL)
+        ),
+    );
+    let mut log = ActionLog {
+        path: actions,
+        shown: 0,
+    };
+    let mut senders: Vec<ChildGuard> = Vec::new();
+    for index in 1..=NODES {
+        senders.push(start_sender(hb, &lab, dir, index)?);
+    }
+    let mut up = Vec::new();
+    while up.len() < usize::from(NODES) {
+        let (line, _) = log.wait_for("every node UP", Duration::from_secs(5) + MARGIN, |line| {
+            line.contains(" is UP ") && !up.iter().any(|id| line.contains(&format!("(id {id})")))
+        })?;
+        let id = (1..=NODES)
+            .find(|id| line.contains(&format!("(id {id})")))
+            .context("UP line without a known node id")?;
+        up.push(id);
+    }
+
+    step(5, "what `hb status` shows now:");
+    println!("{}", indent(&hb.status_text(&socket)?));
+
+    step(
+        6,
+        &format!(
+            "node web-2 crashes (its sender is killed with SIGKILL, so it cannot say goodbye).\n        \
+             The monitor should notice once web-2 has been silent for {MULTIPLIER} x {} = {} \
+             (checked every {}).",
+            humantime(INTERVAL),
+            humantime(timeout),
+            humantime(SWEEP)
+        ),
+    );
+    let node2 = &mut senders[1];
+    node2.signal(Signal::Kill)?;
+    let crashed = Instant::now();
+    node2.wait_timeout(Duration::from_secs(5))?;
+    let (_, seen) = log.wait_for("web-2 DOWN", timeout + SWEEP + MARGIN, |line| {
+        line.contains("(id 2) is DOWN")
+    })?;
+    let detected = seen - crashed;
+    println!(
+        "    -> detected {:.2} s after the crash (measured by this demo). Its last heartbeat \
+         left up to\n       {} before the crash, so expect between about {:.2} s and {:.2} s.",
+        detected.as_secs_f64(),
+        humantime(INTERVAL),
+        (timeout - INTERVAL).as_secs_f64(),
+        (timeout + SWEEP).as_secs_f64()
+    );
+
+    step(
+        7,
+        "web-2 comes back (a new sender process, as after a reboot): it is UP again.",
+    );
+    senders[1] = start_sender(hb, &lab, dir, 2)?;
+    log.wait_for("web-2 UP again", Duration::from_secs(5), |line| {
+        line.contains("(id 2) is UP (was down")
+    })?;
+
+    let quiet = timeout * 2;
+    step(
+        8,
+        &format!(
+            "web-3 leaves on purpose (SIGTERM: its sender sends a last heartbeat with the LEAVE \
+             flag).\n        The monitor marks it LEFT, which is not a failure: there must be \
+             no DOWN (no failover),\n        even after {:.1} s of silence (twice the timeout).",
+            quiet.as_secs_f64()
+        ),
+    );
+    let node3 = &mut senders[2];
+    let exit = node3.stop(Signal::Term, Duration::from_secs(5))?;
+    println!("    web-3's sender exited ({exit})");
+    log.wait_for("web-3 LEFT", timeout + SWEEP + MARGIN, |line| {
+        line.contains("(id 3) is LEFT")
+    })?;
+    interrupt::sleep(quiet)?;
+    let later = log.show_new()?;
+    if let Some(down) = later.iter().find(|line| line.contains("(id 3) is DOWN")) {
+        bail!("web-3 left gracefully but was then declared DOWN: {down}");
+    }
+    println!(
+        "    -> no DOWN for web-3 in {:.1} s: a graceful leave triggers no failover.",
+        quiet.as_secs_f64()
+    );
+
+    step(9, "the final `hb status`: web-1 and web-2 up, web-3 left.");
+    println!("{}", indent(&hb.status_text(&socket)?));
+
+    step(
+        10,
+        "stop everything: the agent (SIGTERM: it detaches its XDP program), then the \
+         senders,\n        then remove the lab.",
+    );
+    let exit = agent.stop(Signal::Term, Duration::from_secs(5))?;
+    println!("    agent exited ({exit})");
+    let attached: Vec<String> = lab
+        .monitor_interfaces()
+        .into_iter()
+        .filter(|name| {
+            lab.monitor_xdp(name)
+                .map(|xdp| xdp.is_some())
+                .unwrap_or(true)
+        })
+        .collect();
+    log.show_new()?;
+    drop(agent);
+    drop(senders);
+    drop(lab);
+    println!("    removed the {PREFIX}-* namespaces and their veth pairs");
+    if !exit.success() {
+        bail!("the agent did not exit cleanly ({exit})");
+    }
+    if !attached.is_empty() {
+        bail!(
+            "XDP was still attached to {} after the agent exited",
+            attached.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The embedded configuration for `lab`, with the paths of this run.
+fn render_config(lab: &Lab, dir: &TempDir, actions: &Path) -> Result<String> {
+    let interfaces: Vec<String> = lab
+        .monitor_interfaces()
+        .iter()
+        .map(|name| toml_string(name))
+        .collect();
+    let path = |p: &Path| toml_string(&p.to_string_lossy());
+    let actions = actions.to_string_lossy();
+    if actions.contains("'''") {
+        bail!("unusable log path {actions}");
+    }
+    Ok(CONFIG
+        .replace("{{INTERFACES}}", &format!("[{}]", interfaces.join(", ")))
+        .replace("{{SOCKET}}", &path(&dir.join("hb.sock")))
+        .replace("{{STATE}}", &path(&dir.join("state.json")))
+        .replace("{{LOG}}", &shell_quote(&actions)))
+}
+
+fn start_sender(hb: &Hb, lab: &Lab, dir: &TempDir, index: u8) -> Result<ChildGuard> {
+    let node = lab.node(index);
+    let to = format!("{}:{HEARTBEAT_PORT}", node.monitor_address);
+    let id = index.to_string();
+    let interval = humantime(INTERVAL);
+    let args = [
+        "send",
+        "--node-id",
+        &id,
+        "--to",
+        &to,
+        "--interval",
+        &interval,
+    ];
+    let sender = hb.spawn_in(
+        &node.ns,
+        &format!("{}'s sender", node_name(index)),
+        args,
+        &dir.join(&format!("sender-{index}.log")),
+    )?;
+    println!(
+        "    {}: hb {} (pid {})",
+        node_name(index),
+        args.join(" "),
+        sender.pid()
+    );
+    Ok(sender)
+}
+
+/// "XDP on hbdemom1 (native), ..." from `hb status --json`.
+fn describe_interfaces(status: &Value) -> String {
+    let list: Vec<String> = status["interfaces"]
+        .as_array()
+        .map(|interfaces| {
+            interfaces
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{} ({})",
+                        i["name"].as_str().unwrap_or("?"),
+                        i["mode"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if list.is_empty() {
+        "`hb status --json` lists no interfaces".to_owned()
+    } else {
+        format!("XDP attached to {}", list.join(", "))
+    }
+}

@@ -1,0 +1,69 @@
+//! `cargo xtask`: the project's automation, one module per subcommand.
+//!
+//! Every command but `setup` first runs the setup checks (cheap once the
+//! machine is set up), so a fresh machine needs nothing but
+//! `cargo xtask test`.
+
+mod build;
+mod demo;
+mod paths;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Build, test and demonstrate hb, the eBPF/XDP heartbeat monitor.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the build and test prerequisites (skips what is done).
+    ///
+    /// rust-src for the nightly toolchain, bpf-linker (built against the
+    /// nightly's LLVM into <target-dir>/hb-tools) and iproute2.
+    Setup,
+    /// Build the hb binary (release, eBPF object included).
+    Build,
+    /// Build, then run target/release/hb with the given arguments.
+    ///
+    /// Example: `cargo xtask run -- agent --config hb.toml` (`agent` needs
+    /// root).
+    Run {
+        /// Arguments passed to hb.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then check formatting, run clippy and every test (root).
+    ///
+    /// Root is needed because the XDP and network-namespace tests load BPF
+    /// programs and create namespaces. Stops at the first failure.
+    Test,
+    /// Show hb detecting a crash, a recovery and a graceful leave (root).
+    ///
+    /// Builds hb, then runs the agent and three senders in a throw-away lab
+    /// of network namespaces; everything is removed at the end.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
+        Command::Build => build::run().map(|_| ExitCode::SUCCESS),
+        Command::Run { args } => run::run(&args),
+        Command::Test => test::run().map(|()| ExitCode::SUCCESS),
+        Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,91 @@
+//! Where things live (workspace, target dir, tool cache, hb binary) and a
+//! helper to run commands with a readable failure message.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_owned()
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the current
+/// directory, like cargo) or `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                env::current_dir().map(|cwd| cwd.join(&dir)).unwrap_or(dir)
+            }
+        }
+        _ => workspace().join("target"),
+    }
+}
+
+/// The project's tool cache, `<target-dir>/hb-tools` (hb-userspace's
+/// build.rs looks for bpf-linker in its `bin`).
+pub fn tools_dir() -> PathBuf {
+    target_dir().join("hb-tools")
+}
+
+/// The release hb binary.
+pub fn hb_binary() -> PathBuf {
+    target_dir().join("release").join("hb")
+}
+
+/// `PATH` with the tool cache's `bin` first.
+pub fn path_with_tools() -> Result<OsString> {
+    let mut dirs = vec![tools_dir().join("bin")];
+    dirs.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
+    env::join_paths(dirs).context("PATH contains an unusable directory")
+}
+
+/// The cargo that runs us (set by `cargo run`), else `cargo` from PATH.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace());
+    cmd
+}
+
+/// The command line of `cmd`, for messages.
+pub fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Run `cmd` with inherited stdio; fail with `what` if it does not succeed.
+pub fn run_inherited(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start `{}`", describe(cmd)))?;
+    if !status.success() {
+        bail!("{what}: `{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+/// Whether `name` is an executable file in a directory of `PATH`.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| {
+            path.metadata()
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}

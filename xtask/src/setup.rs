@@ -1,0 +1,251 @@
+//! `cargo xtask setup`: everything the build and the tests need that is not
+//! a crate, installed only when missing (one line per step):
+//!
+//! 1. rust-src for the nightly toolchain (`-Z build-std=core` of the eBPF
+//!    crate), installing the nightly itself if needed;
+//! 2. bpf-linker, built from crates.io against the nightly's own libLLVM
+//!    into `<target-dir>/hb-tools` (see /work/shared/TOOLCHAIN.md, step 2);
+//! 3. iproute2 (`ip`), from apt, for the network-namespace tests and demo.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::paths::{on_path, run_inherited, tools_dir};
+
+const STEPS: usize = 3;
+
+/// Run every step (skipping those already done), one line per step.
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+    step(1, "rust-src for nightly", rust_src)?;
+    step(2, "bpf-linker", bpf_linker)?;
+    step(3, "iproute2", iproute2)?;
+    println!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn step(n: usize, name: &str, f: fn() -> Result<String>) -> Result<()> {
+    let outcome = f().with_context(|| format!("setup step {n}/{STEPS} ({name}) failed"))?;
+    println!("setup [{n}/{STEPS}] {name}: {outcome}");
+    Ok(())
+}
+
+/// Run `program args...`, returning its stdout if it succeeds.
+fn stdout_of(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn require_rustup() -> Result<()> {
+    if stdout_of("rustup", &["--version"]).is_none() {
+        bail!(
+            "rustup not found: install rustup (https://rustup.rs, or your distribution's \
+             `rustup` package), then run `cargo xtask setup` again"
+        );
+    }
+    Ok(())
+}
+
+fn nightly_installed() -> Result<bool> {
+    let list = stdout_of("rustup", &["toolchain", "list"])
+        .context("`rustup toolchain list` failed: check your rustup installation")?;
+    Ok(list.lines().any(|line| line.starts_with("nightly")))
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    stdout_of("rustup", &["run", "nightly", "rustc", "--print", "sysroot"])
+        .map(PathBuf::from)
+        .context(
+            "`rustup run nightly rustc --print sysroot` failed: repair the toolchain with \
+             `rustup toolchain install nightly --profile minimal --component rust-src`",
+        )
+}
+
+fn rust_src() -> Result<String> {
+    require_rustup()?;
+    if !nightly_installed()? {
+        run_inherited(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]),
+            "installing the nightly toolchain (check network access to static.rust-lang.org)",
+        )?;
+        return Ok("installed the nightly toolchain with rust-src".to_owned());
+    }
+    let library = nightly_sysroot()?.join("lib/rustlib/src/rust/library");
+    if library.is_dir() {
+        return Ok("already installed".to_owned());
+    }
+    run_inherited(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        "installing rust-src (check network access to static.rust-lang.org)",
+    )?;
+    if !library.is_dir() {
+        bail!(
+            "rustup reported success but {} does not exist",
+            library.display()
+        );
+    }
+    Ok("installed".to_owned())
+}
+
+/// `bpf-linker --version`, if the binary runs.
+fn linker_version(bin: &Path) -> Option<String> {
+    stdout_of(bin.to_str()?, &["--version"])
+}
+
+/// The nightly's shared LLVM: (file name of libLLVM.so.*, its path, major).
+struct NightlyLlvm {
+    so_name: String,
+    so_path: PathBuf,
+    major: String,
+}
+
+fn nightly_llvm() -> Result<NightlyLlvm> {
+    let lib = nightly_sysroot()?.join("lib");
+    let mut candidates: Vec<String> = fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("libLLVM.so."))
+        .collect();
+    candidates.sort();
+    let [so_name] = <[String; 1]>::try_from(candidates).map_err(|found| {
+        anyhow::anyhow!(
+            "expected exactly one libLLVM.so.* in {}, found {found:?}: reinstall the \
+             nightly toolchain",
+            lib.display()
+        )
+    })?;
+    let verbose = stdout_of("rustup", &["run", "nightly", "rustc", "-vV"])
+        .context("`rustup run nightly rustc -vV` failed")?;
+    let major = verbose
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|version| version.split('.').next())
+        .filter(|major| !major.is_empty() && major.chars().all(|c| c.is_ascii_digit()))
+        .with_context(|| format!("no LLVM version in `rustc +nightly -vV`:\n{verbose}"))?
+        .to_owned();
+    Ok(NightlyLlvm {
+        so_path: lib.join(&so_name),
+        so_name,
+        major,
+    })
+}
+
+/// `<prefix>/lib/{libLLVM.so, <soname>}` -> the nightly's libLLVM.
+fn make_llvm_prefix(prefix: &Path, llvm: &NightlyLlvm) -> Result<()> {
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    for name in ["libLLVM.so", llvm.so_name.as_str()] {
+        let link = lib.join(name);
+        if link.symlink_metadata().is_ok() {
+            fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+        }
+        symlink(&llvm.so_path, &link).with_context(|| format!("creating {}", link.display()))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<String> {
+    let tools = tools_dir();
+    let bin = tools.join("bin/bpf-linker");
+    if let Some(version) = linker_version(&bin) {
+        return Ok(format!("already built ({version}, {})", bin.display()));
+    }
+    require_rustup()?;
+    let llvm = nightly_llvm()?;
+    let prefix = tools.join("llvm-prefix");
+    make_llvm_prefix(&prefix, &llvm)?;
+    if bin.is_file()
+        && let Some(version) = linker_version(&bin)
+    {
+        // Only the libLLVM symlinks its rpath points at were missing.
+        return Ok(format!("repaired its libLLVM links ({version})"));
+    }
+    println!(
+        "setup [2/{STEPS}] bpf-linker: building from crates.io against {} (about a minute)",
+        llvm.so_name
+    );
+    let mut install = Command::new("rustup");
+    install
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "install",
+            "bpf-linker",
+            "--locked",
+        ])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{}", llvm.major))
+        .arg("--root")
+        .arg(&tools)
+        .env("LLVM_PREFIX", &prefix)
+        // cargo install would otherwise build in (and leave files in) the
+        // project's target dir.
+        .env_remove("CARGO_TARGET_DIR");
+    run_inherited(
+        &mut install,
+        "building bpf-linker (needs network access to crates.io; see \
+         /work/shared/TOOLCHAIN.md step 2)",
+    )?;
+    let version = linker_version(&bin).with_context(|| {
+        format!(
+            "{} was built but `--version` fails: check that {} holds the libLLVM symlinks",
+            bin.display(),
+            prefix.join("lib").display()
+        )
+    })?;
+    Ok(format!("built ({version}, {})", bin.display()))
+}
+
+fn iproute2() -> Result<String> {
+    if let Some(ip) = on_path("ip") {
+        return Ok(format!("already installed ({})", ip.display()));
+    }
+    if !hb_tests::is_root() {
+        bail!(
+            "`ip` (iproute2) not found and installing it with apt-get needs root: not root. \
+             Run `cargo xtask setup` as root, or install iproute2 by hand"
+        );
+    }
+    if on_path("apt-get").is_none() {
+        bail!("`ip` (iproute2) not found and apt-get is not available: install iproute2 by hand");
+    }
+    let failed = "apt-get failed: install iproute2 by hand";
+    run_inherited(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        failed,
+    )?;
+    run_inherited(
+        Command::new("apt-get")
+            .args(["install", "-y", "iproute2"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        failed,
+    )?;
+    let ip = on_path("ip").context("apt-get installed iproute2 but `ip` is still not on PATH")?;
+    Ok(format!("installed ({})", ip.display()))
+}
