@@ -45,22 +45,7 @@ impl Fixture {
             .unwrap_or_else(|err| panic!("building the lab: {err}"));
         let dir = TempDir::new("hb-test").unwrap_or_else(|err| panic!("{err}"));
         let config = TestConfig::write(&dir, &lab, TIMING).unwrap_or_else(|err| panic!("{err}"));
-        let mut agent = hb
-            .spawn_in(
-                &lab.monitor,
-                "agent",
-                [
-                    "agent".as_ref(),
-                    "--config".as_ref(),
-                    config.path.as_os_str(),
-                    "--status-socket".as_ref(),
-                    config.socket.as_os_str(),
-                ],
-                &dir.join("agent.log"),
-            )
-            .unwrap_or_else(|err| panic!("{err}"));
-        hb.wait_until_ready(&config.socket, &mut agent, READY_WITHIN)
-            .unwrap_or_else(|err| panic!("the agent did not become ready: {err}"));
+        let agent = spawn_agent(&hb, &lab, &config, &dir.join("agent.log"));
         Self {
             senders: BTreeMap::new(),
             agent,
@@ -69,6 +54,22 @@ impl Fixture {
             dir,
             hb,
         }
+    }
+
+    /// Stops the agent with SIGTERM and starts a new one on the same config
+    /// (and so the same state file).
+    fn restart_agent(&mut self) {
+        let exit = self
+            .agent
+            .stop(Signal::Term, EXIT_WITHIN)
+            .unwrap_or_else(|err| panic!("{err}{}", self.context()));
+        assert!(exit.success(), "agent exited with {exit}{}", self.context());
+        self.agent = spawn_agent(
+            &self.hb,
+            &self.lab,
+            &self.config,
+            &self.dir.join("agent-2.log"),
+        );
     }
 
     /// Start (or restart) the sender of node `index` in its namespace.
@@ -179,6 +180,28 @@ impl Fixture {
             .as_u64()
             .unwrap_or_else(|| panic!("no counters.accepted in hb status --json: {status}"))
     }
+}
+
+/// Starts `hb agent` in the lab's monitor namespace and waits until it
+/// answers `hb status`.
+fn spawn_agent(hb: &Hb, lab: &Lab, config: &TestConfig, log: &Path) -> ChildGuard {
+    let mut agent = hb
+        .spawn_in(
+            &lab.monitor,
+            "agent",
+            [
+                "agent".as_ref(),
+                "--config".as_ref(),
+                config.path.as_os_str(),
+                "--status-socket".as_ref(),
+                config.socket.as_os_str(),
+            ],
+            log,
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+    hb.wait_until_ready(&config.socket, &mut agent, READY_WITHIN)
+        .unwrap_or_else(|err| panic!("the agent did not become ready: {err}"));
+    agent
 }
 
 fn sleep(duration: Duration) {
@@ -343,4 +366,41 @@ fn status_without_an_agent_says_so() {
     let hb = Hb::from_env();
     let dir = TempDir::new("hb-test").unwrap_or_else(|err| panic!("{err}"));
     assert_no_agent(&hb, &dir.join("hb.sock"));
+}
+
+#[test]
+fn restarted_agent_keeps_node_states_and_fires_no_event_again() {
+    let mut f = Fixture::start(3);
+    f.bring_up(&[1, 2, 3]);
+    f.sender(2)
+        .signal(Signal::Kill)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let limit = TIMING.timeout() + TIMING.sweep_period + MARGIN;
+    f.expect_event("down 2", limit, |e| e.is("down", 2));
+    f.sender(3)
+        .stop(Signal::Term, EXIT_WITHIN)
+        .unwrap_or_else(|err| panic!("{err}"));
+    f.expect_event("left 3", limit, |e| e.is("left", 3));
+    let before = f.events();
+
+    f.restart_agent();
+    // Long enough for any spurious up/down of the restarted agent to show.
+    sleep(TIMING.timeout() * 2 + TIMING.sweep_period * 2);
+    let after = f.events();
+    assert_eq!(
+        after,
+        before,
+        "the restarted agent fired events for what it had already reported{}",
+        f.context()
+    );
+    assert_eq!(f.node_state(1), "up", "{}", f.context());
+    assert_eq!(f.node_state(2), "down", "{}", f.context());
+    assert_eq!(f.node_state(3), "left", "{}", f.context());
+
+    // And it still detects: node 1 crashes now.
+    f.sender(1)
+        .signal(Signal::Kill)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let (down, _) = f.expect_event("down 1 after the restart", limit, |e| e.is("down", 1));
+    assert_eq!(down.previous, "up", "{down:?}{}", f.context());
 }
