@@ -21,6 +21,7 @@ use tokio::{
     sync::{Notify, Semaphore},
     task::JoinHandle,
 };
+use tracing::Instrument;
 
 use crate::config::{ActionConfig, ActionRun, Event};
 
@@ -247,19 +248,18 @@ async fn run_queued(inner: &Inner, action: &ActionConfig, event: &ActionEvent) {
     counter.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Runs one action to completion (or its timeout) and logs the outcome.
+/// Runs one action to completion (or its timeout) and logs the outcome. Every
+/// log line, its output's included, carries the action, event and node.
+#[tracing::instrument(
+    name = "action",
+    skip_all,
+    fields(action = %action.name, event = %event.event, node = %event.node_name, node_id = event.node_id)
+)]
 async fn run_action(action: &ActionConfig, event: &ActionEvent) -> Outcome {
     let (mut command, program) = match &action.run {
         ActionRun::Command(argv) => {
             let Some((program, args)) = argv.split_first() else {
-                tracing::error!(
-                    action = %action.name,
-                    event = %event.event,
-                    node = %event.node_name,
-                    node_id = event.node_id,
-                    "action {}: `command` is empty, nothing to run",
-                    action.name
-                );
+                tracing::error!("`command` is empty, nothing to run");
                 return Outcome::Failed;
             };
             let mut command = Command::new(program);
@@ -284,34 +284,23 @@ async fn run_action(action: &ActionConfig, event: &ActionEvent) -> Outcome {
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            tracing::error!(
-                action = %action.name,
-                event = %event.event,
-                node = %event.node_name,
-                node_id = event.node_id,
-                program,
-                "action {} for {} of node {} (id {}): cannot run {program}: {e}",
-                action.name,
-                event.event,
-                event.node_name,
-                event.node_id,
-            );
+            tracing::error!("cannot run {program}: {e}");
             return Outcome::Failed;
         }
     };
     // The process group id equals the child's pid (`process_group(0)`).
     let pgid = child.id();
 
-    let prefix: Arc<str> = format!("{}[{}]", action.name, event.node_name).into();
+    let span = tracing::Span::current();
     let readers: Vec<JoinHandle<()>> = [
         child
             .stdout
             .take()
-            .map(|out| tokio::spawn(log_output(out, Arc::clone(&prefix), "stdout"))),
+            .map(|out| tokio::spawn(log_output(out, "stdout").instrument(span.clone()))),
         child
             .stderr
             .take()
-            .map(|err| tokio::spawn(log_output(err, Arc::clone(&prefix), "stderr"))),
+            .map(|err| tokio::spawn(log_output(err, "stderr").instrument(span.clone()))),
     ]
     .into_iter()
     .flatten()
@@ -331,7 +320,7 @@ async fn run_action(action: &ActionConfig, event: &ActionEvent) -> Outcome {
             (child.wait().await, true)
         }
     };
-    let elapsed = started.elapsed();
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
     for mut reader in readers {
         if tokio::time::timeout(OUTPUT_GRACE, &mut reader)
@@ -345,17 +334,7 @@ async fn run_action(action: &ActionConfig, event: &ActionEvent) -> Outcome {
     let status = match status {
         Ok(status) => status,
         Err(e) => {
-            tracing::error!(
-                action = %action.name,
-                event = %event.event,
-                node = %event.node_name,
-                node_id = event.node_id,
-                "action {} for {} of node {} (id {}): cannot wait for {program}: {e}",
-                action.name,
-                event.event,
-                event.node_name,
-                event.node_id,
-            );
+            tracing::error!("cannot wait for {program}: {e}");
             return if timed_out {
                 Outcome::TimedOut
             } else {
@@ -363,53 +342,20 @@ async fn run_action(action: &ActionConfig, event: &ActionEvent) -> Outcome {
             };
         }
     };
-    let status_text = describe(status);
-    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let succeeded = status.success();
+    let status = describe(status);
     if timed_out {
         tracing::warn!(
-            action = %action.name,
-            event = %event.event,
-            node = %event.node_name,
-            node_id = event.node_id,
-            status = %status_text,
             elapsed_ms,
-            "action {} for {} of node {} (id {}) timed out after {}: killed its process group ({status_text})",
-            action.name,
-            event.event,
-            event.node_name,
-            event.node_id,
+            "timed out after {}: killed its process group ({status})",
             humantime::format_duration(action.timeout),
         );
         Outcome::TimedOut
-    } else if status.success() {
-        tracing::info!(
-            action = %action.name,
-            event = %event.event,
-            node = %event.node_name,
-            node_id = event.node_id,
-            status = %status_text,
-            elapsed_ms,
-            "action {} for {} of node {} (id {}) {status_text} after {elapsed_ms}ms",
-            action.name,
-            event.event,
-            event.node_name,
-            event.node_id,
-        );
+    } else if succeeded {
+        tracing::info!(elapsed_ms, "{status}");
         Outcome::Succeeded
     } else {
-        tracing::warn!(
-            action = %action.name,
-            event = %event.event,
-            node = %event.node_name,
-            node_id = event.node_id,
-            status = %status_text,
-            elapsed_ms,
-            "action {} for {} of node {} (id {}) failed: {status_text} after {elapsed_ms}ms",
-            action.name,
-            event.event,
-            event.node_name,
-            event.node_id,
-        );
+        tracing::warn!(elapsed_ms, "failed: {status}");
         Outcome::Failed
     }
 }
@@ -441,17 +387,15 @@ fn kill_process_group(pgid: u32) {
     }
 }
 
-/// Logs each line of an action's output stream at info level.
-async fn log_output<R: AsyncRead + Unpin>(stream: R, prefix: Arc<str>, name: &'static str) {
+/// Logs each line of an action's output stream at info level (inside the
+/// action's span, which names the action and the node).
+async fn log_output<R: AsyncRead + Unpin>(stream: R, name: &'static str) {
     let dropped = for_each_line(stream, MAX_LINE_BYTES, MAX_LOGGED_LINES, |line| {
-        tracing::info!(stream = name, "{prefix}: {line}");
+        tracing::info!("{name}: {line}");
     })
     .await;
     if dropped > 0 {
-        tracing::info!(
-            stream = name,
-            "{prefix}: {dropped} more {name} lines not logged"
-        );
+        tracing::info!("{dropped} more {name} lines not logged");
     }
 }
 

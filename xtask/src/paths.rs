@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use hb_tests::netns::describe;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -57,15 +58,6 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace());
     cmd
-}
-
-/// The command line of `cmd`, for messages.
-pub fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|arg| arg.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Run `cmd` with inherited stdio; fail with `what` if it does not succeed.
