@@ -44,6 +44,12 @@ const SHUTDOWN_ACTION_WAIT: Duration = Duration::from_secs(10);
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.check_interfaces_exist()?;
+    if config.nodes.is_empty() {
+        tracing::warn!(
+            "no [[nodes]] configured: every heartbeat will be counted as unknown_node and no \
+             node will ever be watched"
+        );
+    }
     raise_memlock_limit();
     let started = Instant::now();
 
@@ -271,7 +277,7 @@ fn report(
             .map(|(c, v)| (c.name().to_owned(), v))
             .collect(),
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{:#}", anyhow::Error::from(e));
             BTreeMap::new()
         }
     };

@@ -47,17 +47,19 @@ const MAX_INTERFACE_NAME_LEN: usize = 15;
 /// the offending field and says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
+    // The cause is part of the message (and so not also a `source`, which
+    // would print it twice in an error chain).
+    #[error("cannot read config file {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Bad TOML, an unknown field, a missing field or a value of the wrong
     /// type (e.g. a bad duration); toml's message names the field and line.
-    #[error("{source_name}: {}", source.to_string().trim_end())]
+    #[error("{source_name}: {}", cause.to_string().trim_end())]
     Parse {
         source_name: String,
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     #[error(
         "`interfaces` is empty: name at least one network interface, e.g. interfaces = [\"eth0\"], or pass --interface"
@@ -418,9 +420,9 @@ impl Config {
     /// result. Does not check that the interfaces exist (see
     /// [`Config::check_interfaces_exist`]).
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let mut config = Self::parse(&text, &path.display().to_string())?;
         config.apply(overrides);
@@ -432,9 +434,9 @@ impl Config {
     /// syntax errors. Fills in defaults but does not validate values beyond
     /// what the format itself requires.
     pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let raw: RawConfig = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             source_name: source_name.to_owned(),
-            source,
+            cause,
         })?;
         let actions = raw
             .actions

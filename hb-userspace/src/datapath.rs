@@ -29,7 +29,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub enum DatapathError {
     #[error(
         "loading the XDP program into the kernel failed (are you root, with a kernel that has \
-         BPF and BTF?): {0}"
+         BPF and BTF?)"
     )]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the XDP object has no {what} named `{name}` (was it built from this source tree?)")]
@@ -37,23 +37,23 @@ pub enum DatapathError {
         what: &'static str,
         name: &'static str,
     },
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed")]
     Program {
         op: &'static str,
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed")]
     Map {
         op: &'static str,
         #[source]
         source: Box<aya::maps::MapError>,
     },
-    #[error("memory-mapping the node table ({bytes} bytes) failed: {source}")]
+    #[error("memory-mapping the node table ({bytes} bytes) failed")]
     Mmap { bytes: usize, source: io::Error },
     #[error(
-        "attaching XDP to interface `{interface}` in {mode} mode failed: {source}; check the \
-         interface exists and has no other XDP program"
+        "attaching XDP to interface `{interface}` in {mode} mode failed (check that the \
+         interface exists and has no other XDP program)"
     )]
     Attach {
         interface: String,
@@ -210,8 +210,9 @@ impl Datapath {
                 Err(native) => {
                     tracing::warn!(
                         interface,
-                        "native XDP is not available ({native}); falling back to generic \
-                         (skb) mode, which works everywhere but costs more CPU per packet"
+                        "native XDP is not available ({:#}); falling back to generic \
+                         (skb) mode, which works everywhere but costs more CPU per packet",
+                        anyhow::Error::from(native)
                     );
                     (
                         attempt(program, AttachedMode::Generic)?,

@@ -19,22 +19,24 @@ use crate::detector::NodeState;
 /// The current format version; a file of another version is refused.
 const FORMAT: u32 = 1;
 
+/// Each message includes its cause (so the cause is not also a `source`,
+/// which would print it twice in an error chain).
 #[derive(Debug, Error)]
 pub enum StateFileError {
-    #[error("reading state file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("state file {path} is not valid ({source}); move it away to start with fresh state")]
+    #[error("reading state file {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("state file {path} is not valid ({cause}); move it away to start with fresh state")]
     Parse {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error(
         "state file {path} has format {found}, this agent writes {FORMAT}; move it away to start \
          with fresh state"
     )]
     Format { path: PathBuf, found: u32 },
-    #[error("writing state file {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("writing state file {path}: {cause}")]
+    Write { path: PathBuf, cause: io::Error },
 }
 
 /// What is saved about one node.
@@ -59,17 +61,17 @@ pub fn load(path: &Path) -> Result<Option<Vec<SavedNode>>, StateFileError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+        Err(cause) => {
             return Err(StateFileError::Read {
                 path: path.to_owned(),
-                source,
+                cause,
             });
         }
     };
     let contents: Contents =
-        serde_json::from_str(&text).map_err(|source| StateFileError::Parse {
+        serde_json::from_str(&text).map_err(|cause| StateFileError::Parse {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
     if contents.format != FORMAT {
         return Err(StateFileError::Format {
@@ -82,9 +84,9 @@ pub fn load(path: &Path) -> Result<Option<Vec<SavedNode>>, StateFileError> {
 
 /// Saves `nodes` atomically, creating the parent directory if needed.
 pub fn save(path: &Path, nodes: Vec<SavedNode>) -> Result<(), StateFileError> {
-    let error = |source| StateFileError::Write {
+    let error = |cause| StateFileError::Write {
         path: path.to_owned(),
-        source,
+        cause,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(error)?;
