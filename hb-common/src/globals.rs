@@ -7,8 +7,11 @@ pub const UDP_PORT: &str = "HB_UDP_PORT";
 /// them (XDP_PASS), 0 to consume them (XDP_DROP).
 pub const PASS_HEARTBEATS: &str = "HB_PASS_HEARTBEATS";
 
-/// The node table: a `BPF_F_MMAPABLE` array of [`crate::table::NodeRecord`]
-/// indexed by node id, sized at load time to the configured `max_nodes`.
+/// The hot half of the node table: a `BPF_F_MMAPABLE` array of seen words
+/// ([`crate::table::seen`]) indexed by node id, sized to `max_nodes`.
+pub const SEEN_MAP: &str = "HB_SEEN";
+/// The cold half of the node table: a `BPF_F_MMAPABLE` array of
+/// [`crate::table::NodeRecord`] indexed by node id, sized to `max_nodes`.
 pub const NODES_MAP: &str = "HB_NODES";
 /// The per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const COUNTERS_MAP: &str = "HB_COUNTERS";

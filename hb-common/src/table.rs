@@ -1,23 +1,54 @@
-//! The node table: one [`NodeRecord`] per node id, in a `BPF_F_MMAPABLE`
-//! array that the XDP program writes and the agent reads through a shared
-//! memory mapping (no syscall per node).
+//! The node table: two arrays indexed by node id, both `BPF_F_MMAPABLE`, that
+//! the XDP program writes and the agent reads through shared memory mappings
+//! (no syscall per node), both sized at load time to `max_nodes`.
 //!
-//! Ownership of the fields: the agent writes [`NodeRecord::slot_flags`] (and,
-//! when it restores state after a restart, the whole record) *before* the
-//! program is attached; from then on only the XDP program writes, and the
-//! agent only reads. All times are `bpf_ktime_get_ns()`, i.e.
-//! `CLOCK_MONOTONIC` nanoseconds of the monitoring host.
+//! - `HB_SEEN`, the *hot* array: one 8-byte [seen word](seen) per node, the
+//!   only thing the agent's sweep reads on every pass. 8 MB per million
+//!   nodes, read front to back.
+//! - `HB_NODES`, the *cold* array: one 56-byte [`NodeRecord`] per node, read
+//!   only when a node changes state or is shown by `hb status`.
+//!
+//! 64 bytes of kernel memory per node in all. Ownership: the agent writes
+//! [`NodeRecord::slot_flags`] (and, when it restores state after a restart,
+//! the whole record) *before* the program is attached; from then on only the
+//! XDP program writes. Times are `bpf_ktime_get_ns()`, i.e. `CLOCK_MONOTONIC`
+//! nanoseconds of the monitoring host.
 
 /// [`NodeRecord::slot_flags`]: the node id is configured; heartbeats for a
 /// slot without it are counted as unknown and not recorded.
 pub const SLOT_CONFIGURED: u8 = 1 << 0;
 
-/// What the kernel knows about one node. 64 bytes, no padding.
+/// The seen word: when a node's last accepted heartbeat arrived, and whether
+/// it was a graceful leave, in one `u64` the kernel writes with one store.
+pub mod seen {
+    /// Bit 0: the last accepted heartbeat carried the LEAVE flag.
+    pub const LEAVE: u64 = 1;
+
+    /// The word for a heartbeat that arrived at `arrival_ns`; the arrival
+    /// time loses its lowest bit (1 ns) to the leave flag.
+    #[inline(always)]
+    pub const fn word(arrival_ns: u64, leave: bool) -> u64 {
+        (arrival_ns & !LEAVE) | if leave { LEAVE } else { 0 }
+    }
+
+    /// Arrival time (ns) of the last accepted heartbeat; 0 = never heard.
+    #[inline(always)]
+    pub const fn arrival_ns(word: u64) -> u64 {
+        word & !LEAVE
+    }
+
+    /// Whether the last accepted heartbeat was a graceful leave.
+    #[inline(always)]
+    pub const fn is_leave(word: u64) -> bool {
+        word & LEAVE != 0
+    }
+}
+
+/// What the kernel knows about one node besides its seen word. 56 bytes, no
+/// padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeRecord {
-    /// Monotonic arrival time (ns) of the last accepted heartbeat; 0 = never.
-    pub last_seen_ns: u64,
     /// Incarnation of the last accepted heartbeat.
     pub incarnation: u64,
     /// Sequence number of the last accepted heartbeat.
@@ -40,7 +71,8 @@ pub struct NodeRecord {
     pub slot_flags: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<NodeRecord>() == 64);
+const _: () = assert!(core::mem::size_of::<NodeRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<NodeRecord>() + core::mem::size_of::<u64>() <= 64);
 
 impl NodeRecord {
     /// Whether the agent marked this slot as a configured node.
@@ -62,3 +94,18 @@ impl NodeRecord {
 // SAFETY: `NodeRecord` is `repr(C)`, has no padding (asserted above) and every
 // bit pattern is a valid value.
 unsafe impl aya::Pod for NodeRecord {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_word_keeps_time_and_leave_apart() {
+        let w = seen::word(1_000_001, true);
+        assert_eq!(seen::arrival_ns(w), 1_000_000);
+        assert!(seen::is_leave(w));
+        let w = seen::word(1_000_001, false);
+        assert_eq!(seen::arrival_ns(w), 1_000_000);
+        assert!(!seen::is_leave(w));
+    }
+}

@@ -1,9 +1,10 @@
 //! hb's XDP program: recognises heartbeat packets and records them into the
-//! node table (`HB_NODES`) at line rate.
+//! node table at line rate.
 //!
 //! A valid heartbeat of a configured node whose (incarnation, sequence) moves
-//! forward refreshes the node's record with the kernel's monotonic arrival
-//! time. Valid heartbeats are consumed (XDP_DROP) unless the agent asked to
+//! forward updates the node's cold record (`HB_NODES`), then its seen word
+//! (`HB_SEEN`: the kernel's monotonic arrival time and the leave flag, one
+//! 8-byte store, the only thing the agent's sweep reads). Valid heartbeats are consumed (XDP_DROP) unless the agent asked to
 //! pass them on; every other packet is passed on untouched. Each packet bumps
 //! one outcome and one verdict counter, at a single exit point.
 #![no_std]
@@ -22,8 +23,8 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use hb_common::{
     counters::Counter,
-    table::NodeRecord,
-    wire::{DEFAULT_PORT, HEARTBEAT_LEN, RawHeartbeat},
+    table::{NodeRecord, seen},
+    wire::{DEFAULT_PORT, HEARTBEAT_LEN, RawHeartbeat, flags},
 };
 use parse::{ParseError, UDP_HLEN, parse_udp, ptr_at};
 
@@ -35,8 +36,13 @@ static HB_UDP_PORT: Global<u16> = Global::new(DEFAULT_PORT);
 #[unsafe(no_mangle)]
 static HB_PASS_HEARTBEATS: Global<u8> = Global::new(0);
 
-/// The node table, indexed by node id; resized to `max_nodes` at load time
-/// and memory-mapped by the agent.
+/// Seen words (arrival time | leave flag) indexed by node id; resized to
+/// `max_nodes` at load time and memory-mapped by the agent.
+#[map]
+static HB_SEEN: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
+
+/// Cold per-node records indexed by node id; resized to `max_nodes` at load
+/// time and memory-mapped by the agent.
 #[map]
 static HB_NODES: Array<NodeRecord> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
 
@@ -96,11 +102,13 @@ fn classify(ctx: &XdpContext) -> Counter {
         return Counter::Malformed;
     }
     let node_id = heartbeat.node_id();
-    let Some(record) = HB_NODES.get_ptr_mut(node_id) else {
+    let (Some(record), Some(seen_word)) =
+        (HB_NODES.get_ptr_mut(node_id), HB_SEEN.get_ptr_mut(node_id))
+    else {
         return Counter::UnknownNode;
     };
-    // SAFETY: the pointer came from a successful array lookup; the agent only
-    // reads the record while the program runs.
+    // SAFETY: the pointers came from successful array lookups; the agent only
+    // reads the records while the program runs.
     let record = unsafe { &mut *record };
     if !record.is_configured() {
         return Counter::UnknownNode;
@@ -124,8 +132,11 @@ fn classify(ctx: &XdpContext) -> Counter {
     record.interval_ms = heartbeat.interval_ms();
     record.heartbeat_flags = heartbeat.flags;
     record.heartbeats += 1;
-    // SAFETY: a BPF helper with no arguments.
-    record.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a BPF helper with no arguments; the seen word pointer came from
+    // a successful lookup. Written last, after the record it summarises.
+    unsafe {
+        *seen_word = seen::word(bpf_ktime_get_ns(), heartbeat.flags & flags::LEAVE != 0);
+    }
     Counter::Accepted
 }
 

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, bail};
 use hb_common::{
     counters::Counter,
-    table::{NodeRecord, SLOT_CONFIGURED},
+    table::{NodeRecord, seen},
 };
 use tokio::{
     io::{AsyncWriteExt, Interest, unix::AsyncFd},
@@ -34,6 +34,7 @@ use crate::{
     detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
     state_file::{self, SavedNode},
     status::{self, InterfaceStatus, NodeStatus, StatusReport},
+    table::NodeTable,
 };
 
 /// State is saved at most this often while nodes change state.
@@ -58,7 +59,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_nodes: config.max_nodes,
         pass_heartbeats: config.pass_heartbeats,
     })?;
-    let mut detector = watch_nodes(&config, &datapath)?;
+    let mut detector = watch_nodes(&config, datapath.table())?;
+    let by_id: HashMap<u32, usize> = config
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id, i))
+        .collect();
     forward_program_log(&mut datapath)?;
 
     let policy = match config.xdp_mode {
@@ -102,8 +109,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 transitions.clear();
                 detector.sweep(monotonic_ns(), datapath.table(), &mut transitions);
                 for transition in &transitions {
-                    let node = &config.nodes[transition.index];
-                    let record = datapath.table().get(node.id);
+                    let node = &config.nodes[by_id[&transition.node_id]];
+                    let record = datapath.table().records.get(node.id);
                     announce(node, transition, &detector);
                     if let Some(event) = event_of(transition.to) {
                         actions.dispatch(ActionEvent {
@@ -118,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 unsaved |= !transitions.is_empty();
                 if unsaved && last_save.elapsed() >= SAVE_EVERY {
-                    save_state(&config, &detector, &datapath);
+                    save_state(&config, &detector, datapath.table());
                     unsaved = false;
                     last_save = Instant::now();
                 }
@@ -133,16 +140,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down");
-    save_state(&config, &detector, &datapath);
+    save_state(&config, &detector, datapath.table());
     datapath.detach_all()?;
     let _ = std::fs::remove_file(&config.status_socket);
     actions.wait_idle(SHUTDOWN_ACTION_WAIT).await;
     Ok(())
 }
 
-/// Marks every configured node in the kernel table, restoring what the state
-/// file says about it, and builds the detector.
-fn watch_nodes(config: &Config, datapath: &Datapath) -> anyhow::Result<Detector> {
+/// Marks every configured node in the table, restoring what the state file
+/// says about it, and builds the detector.
+fn watch_nodes(config: &Config, table: &NodeTable) -> anyhow::Result<Detector> {
     let settings = DetectorSettings {
         default_interval_ns: config.defaults.interval.as_nanos() as u64,
         timeout_multiplier: config.defaults.timeout_multiplier,
@@ -155,25 +162,22 @@ fn watch_nodes(config: &Config, datapath: &Datapath) -> anyhow::Result<Detector>
             interval_ns: n.interval.map(|d| d.as_nanos() as u64),
         })
         .collect();
-    let mut detector = Detector::new(settings, &watched, monotonic_ns());
+    let mut detector = Detector::new(settings, table.len(), &watched, monotonic_ns());
     let saved: HashMap<u32, SavedNode> = state_file::load(&config.state_file)?
         .unwrap_or_default()
         .into_iter()
         .map(|n| (n.id, n))
         .collect();
-    for (index, node) in config.nodes.iter().enumerate() {
-        let mut record = NodeRecord {
-            slot_flags: SLOT_CONFIGURED,
-            ..Default::default()
-        };
+    for node in &config.nodes {
+        let mut record = NodeRecord::default();
         if let Some(saved) = saved.get(&node.id) {
             record.heartbeats = saved.heartbeats;
             record.incarnation = saved.incarnation;
             record.sequence = saved.sequence;
             record.interval_ms = saved.interval_ms;
-            detector.restore(index, saved.state, saved.heartbeats, saved.interval_ms);
+            detector.restore(node.id, saved.state, saved.interval_ms);
         }
-        datapath.table().set(node.id, record);
+        table.configure(node.id, record);
     }
     if !saved.is_empty() {
         tracing::info!(
@@ -184,17 +188,16 @@ fn watch_nodes(config: &Config, datapath: &Datapath) -> anyhow::Result<Detector>
     Ok(detector)
 }
 
-fn save_state(config: &Config, detector: &Detector, datapath: &Datapath) {
-    let nodes = detector
-        .node_ids()
+fn save_state(config: &Config, detector: &Detector, table: &NodeTable) {
+    let nodes = config
+        .nodes
         .iter()
-        .zip(detector.tracks())
-        .map(|(&id, track)| {
-            let record = datapath.table().get(id);
+        .map(|node| {
+            let record = table.records.get(node.id);
             SavedNode {
-                id,
-                state: track.state,
-                heartbeats: track.heartbeats_seen,
+                id: node.id,
+                state: detector.state(node.id),
+                heartbeats: record.heartbeats,
                 incarnation: record.incarnation,
                 sequence: record.sequence,
                 interval_ms: record.interval_ms,
@@ -213,7 +216,7 @@ fn announce(node: &NodeConfig, transition: &Transition, detector: &Detector) {
         .map_or("never heard".to_owned(), |ns| {
             format!("{:.3}s", ns as f64 / 1e9)
         });
-    let timeout = Duration::from_nanos(detector.tracks()[transition.index].timeout_ns);
+    let timeout = Duration::from_nanos(detector.timeout_ns(transition.node_id));
     match (transition.from, transition.to) {
         (_, NodeState::Down) => tracing::warn!(
             node = node.name, id = node.id, silent_for = silent, timeout = ?timeout,
@@ -281,26 +284,27 @@ fn report(
             BTreeMap::new()
         }
     };
+    let table = datapath.table();
     let nodes = config
         .nodes
         .iter()
-        .zip(detector.tracks())
-        .enumerate()
-        .map(|(index, (node, track))| {
-            let record = datapath.table().get(node.id);
+        .map(|node| {
+            let record = table.records.get(node.id);
+            let word = table.seen.get(node.id);
+            let arrival = seen::arrival_ns(word);
             NodeStatus {
                 id: node.id,
                 name: node.name.clone(),
-                state: track.state,
+                state: detector.state(node.id),
                 address: node_address(node, &record).map(|a| a.to_string()),
-                since_last_heartbeat_ms: (record.last_seen_ns != 0)
-                    .then(|| now.saturating_sub(record.last_seen_ns) / 1_000_000),
+                since_last_heartbeat_ms: (arrival != 0)
+                    .then(|| now.saturating_sub(arrival) / 1_000_000),
                 heartbeats: record.heartbeats,
                 incarnation: record.incarnation,
                 sequence: record.sequence,
                 interval_ms: record.interval_ms,
                 down_in_ms: detector
-                    .deadline_ns(index)
+                    .deadline_ns(node.id, word)
                     .map(|d| d.saturating_sub(now) / 1_000_000),
             }
         })

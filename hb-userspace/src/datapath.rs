@@ -3,15 +3,11 @@
 //! and gives the agent the node table as a shared memory mapping plus the
 //! per-CPU counters.
 //!
-//! The node table is read without any syscall: it is a `BPF_F_MMAPABLE`
-//! array mapped into this process, so a sweep of a million nodes is a walk
-//! over memory the kernel writes directly.
+//! The node table is read without any syscall: its two `BPF_F_MMAPABLE`
+//! arrays are mapped into this process ([`crate::table`]), so a sweep of a
+//! million nodes is a walk over memory the kernel writes directly.
 
-use std::{
-    io,
-    os::fd::AsFd,
-    ptr::{self, NonNull},
-};
+use std::{io, os::fd::AsFd};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -20,6 +16,8 @@ use aya::{
 };
 use hb_common::{counters::Counter, globals, table::NodeRecord};
 use thiserror::Error;
+
+use crate::table::{Mapping, NodeTable};
 
 /// The XDP object built by `build.rs` from the `hb-ebpf` crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-xdp"));
@@ -49,8 +47,22 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
-    #[error("memory-mapping the node table ({bytes} bytes) failed")]
-    Mmap { bytes: usize, source: io::Error },
+    #[error(
+        "map `{name}` has {entries} values of {value_size} bytes, expected {expected_entries} of \
+         {expected_value_size}: the XDP object and this binary disagree"
+    )]
+    Layout {
+        name: &'static str,
+        entries: u32,
+        value_size: u32,
+        expected_entries: u32,
+        expected_value_size: usize,
+    },
+    #[error("memory-mapping the node table `{map}` failed")]
+    Mmap {
+        map: &'static str,
+        source: io::Error,
+    },
     #[error(
         "attaching XDP to interface `{interface}` in {mode} mode failed (check that the \
          interface exists and has no other XDP program)"
@@ -112,8 +124,9 @@ pub struct Attachment {
 /// The loaded program, its maps and its attachments. Dropping it detaches
 /// the program from every interface.
 pub struct Datapath {
-    // Field order matters for Drop: the table mapping goes before the map fd.
+    // Field order matters for Drop: the table mappings go before the maps.
     table: NodeTable,
+    _table_maps: [MapData; 2],
     counters: PerCpuArray<MapData, u64>,
     attachments: Vec<Attachment>,
     ebpf: Ebpf,
@@ -126,6 +139,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::UDP_PORT, &options.port, true)
             .override_global(globals::PASS_HEARTBEATS, &pass, true)
+            .map_max_entries(globals::SEEN_MAP, options.max_nodes)
             .map_max_entries(globals::NODES_MAP, options.max_nodes)
             .load(EBPF_OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
@@ -135,13 +149,22 @@ impl Datapath {
             source: Box::new(e),
         })?;
 
-        let Some(Map::Array(nodes)) = ebpf.take_map(globals::NODES_MAP) else {
-            return Err(DatapathError::Missing {
-                what: "array map",
-                name: globals::NODES_MAP,
-            });
+        let seen = take_array::<u64>(&mut ebpf, globals::SEEN_MAP, options.max_nodes)?;
+        let records = take_array::<NodeRecord>(&mut ebpf, globals::NODES_MAP, options.max_nodes)?;
+        let mmap = |map: &'static str, e| DatapathError::Mmap { map, source: e };
+        // SAFETY: both maps are BPF_F_MMAPABLE arrays of `max_nodes` entries
+        // whose value types are u64 and NodeRecord (hb-ebpf's definitions).
+        let table = unsafe {
+            NodeTable {
+                seen: Mapping::of_bpf_array(seen.fd().as_fd(), options.max_nodes)
+                    .map_err(|e| mmap(globals::SEEN_MAP, e))?,
+                records: Mapping::<NodeRecord>::of_bpf_array(
+                    records.fd().as_fd(),
+                    options.max_nodes,
+                )
+                .map_err(|e| mmap(globals::NODES_MAP, e))?,
+            }
         };
-        let table = NodeTable::map(nodes, options.max_nodes)?;
         let counters = ebpf
             .take_map(globals::COUNTERS_MAP)
             .ok_or(DatapathError::Missing {
@@ -154,6 +177,7 @@ impl Datapath {
         })?;
         Ok(Datapath {
             table,
+            _table_maps: [seen, records],
             counters,
             attachments: Vec::new(),
             ebpf,
@@ -268,6 +292,31 @@ impl Datapath {
     }
 }
 
+/// Takes array map `name` out of the object, checking that the kernel made
+/// it with `len` values of `T` (what the memory mapping will assume).
+fn take_array<T>(ebpf: &mut Ebpf, name: &'static str, len: u32) -> Result<MapData, DatapathError> {
+    let Some(Map::Array(map)) = ebpf.take_map(name) else {
+        return Err(DatapathError::Missing {
+            what: "array map",
+            name,
+        });
+    };
+    let info = map.info().map_err(|e| DatapathError::Map {
+        op: "reading map info",
+        source: Box::new(e),
+    })?;
+    if info.max_entries() != len || info.value_size() as usize != size_of::<T>() {
+        return Err(DatapathError::Layout {
+            name,
+            entries: info.max_entries(),
+            value_size: info.value_size(),
+            expected_entries: len,
+            expected_value_size: size_of::<T>(),
+        });
+    }
+    Ok(map)
+}
+
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
     let missing = DatapathError::Missing {
         what: "XDP program",
@@ -280,112 +329,4 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
             what: "XDP program",
             name: globals::PROGRAM,
         })
-}
-
-/// The node table mapped into this process. The kernel writes records while
-/// we read them, so every access is a volatile copy of one whole record; a
-/// record may be read half-updated, which the sweep tolerates (it only ever
-/// compares a counter and a timestamp that are each written atomically).
-pub struct NodeTable {
-    base: NonNull<NodeRecord>,
-    len: u32,
-    mapped_bytes: usize,
-    _map: MapData,
-}
-
-// SAFETY: the mapping is plain shared memory; all access goes through
-// volatile reads and writes of `NodeRecord`, which is `Copy` and valid for
-// every bit pattern.
-unsafe impl Send for NodeTable {}
-// SAFETY: as above.
-unsafe impl Sync for NodeTable {}
-
-impl NodeTable {
-    fn map(map: MapData, len: u32) -> Result<Self, DatapathError> {
-        let page = page_size();
-        let bytes = len as usize * size_of::<NodeRecord>();
-        let mapped_bytes = bytes.div_ceil(page) * page;
-        // SAFETY: mmap of a BPF_F_MMAPABLE array fd at offset 0, length rounded
-        // up to whole pages as the kernel requires; the result is checked.
-        let addr = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                mapped_bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(DatapathError::Mmap {
-                bytes: mapped_bytes,
-                source: io::Error::last_os_error(),
-            });
-        }
-        let base = NonNull::new(addr.cast::<NodeRecord>()).ok_or(DatapathError::Mmap {
-            bytes: mapped_bytes,
-            source: io::Error::other("null"),
-        })?;
-        Ok(NodeTable {
-            base,
-            len,
-            mapped_bytes,
-            _map: map,
-        })
-    }
-
-    /// Number of slots (`max_nodes`).
-    pub fn len(&self) -> u32 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// A copy of the record of node `id`.
-    ///
-    /// # Panics
-    /// If `id >= len()`.
-    #[inline]
-    pub fn get(&self, id: u32) -> NodeRecord {
-        assert!(
-            id < self.len,
-            "node id {id} is outside the table of {} slots",
-            self.len
-        );
-        // SAFETY: in bounds (checked above) of a live mapping; volatile since
-        // the kernel writes concurrently.
-        unsafe { ptr::read_volatile(self.base.as_ptr().add(id as usize)) }
-    }
-
-    /// Overwrites the record of node `id`. Only done before the program is
-    /// attached (configuring slots, restoring state after a restart).
-    ///
-    /// # Panics
-    /// If `id >= len()`.
-    pub fn set(&self, id: u32, record: NodeRecord) {
-        assert!(
-            id < self.len,
-            "node id {id} is outside the table of {} slots",
-            self.len
-        );
-        // SAFETY: in bounds of a live, writable mapping.
-        unsafe { ptr::write_volatile(self.base.as_ptr().add(id as usize), record) }
-    }
-}
-
-impl Drop for NodeTable {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped; no reference into it
-        // outlives `self`.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_bytes) };
-    }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
 }

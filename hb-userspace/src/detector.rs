@@ -1,5 +1,5 @@
-//! The liveness state machine: turns the node table the XDP program writes
-//! into per-node states and transitions, one sweep at a time.
+//! The liveness state machine: turns the node table the datapath writes into
+//! per-node states and transitions, one sweep at a time.
 //!
 //! ```text
 //!   unseen --heartbeat--> up --silent past timeout--> down --heartbeat--> up
@@ -11,24 +11,36 @@
 //! at arrival, compared with `CLOCK_MONOTONIC` now), never the sender's. The
 //! timeout of a node is `timeout_multiplier x interval`, where the interval is
 //! the node's configured one, else the one it advertises, else the default.
-//! A sweep is O(1) per node with no syscall: it reads each record once.
+//!
+//! Built for millions of nodes: a sweep reads 12 bytes per node, front to
+//! back (the node's 8-byte seen word and a 4-byte [`Watch`] word of the
+//! detector's own), with no syscall, allocation or division. Only nodes
+//! that may change state (an up node past its timeout or with a leave, any
+//! other node with a heartbeat newer than the previous sweep) take the slow
+//! path, which reads the node's cold record.
 
-use hb_common::{table::NodeRecord, wire::flags};
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use hb_common::table::seen;
 use serde::{Deserialize, Serialize};
 
 /// Where a node stands, as far as this monitor knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[repr(u8)]
 pub enum NodeState {
     /// Configured but never heard from since the agent has known it.
     #[default]
-    Unseen,
+    Unseen = 0,
     /// Heartbeats arrive within the timeout.
-    Up,
+    Up = 1,
     /// Silent past its timeout: failover actions ran.
-    Down,
+    Down = 2,
     /// Said goodbye with a graceful-leave heartbeat: no failover.
-    Left,
+    Left = 3,
 }
 
 impl NodeState {
@@ -40,6 +52,15 @@ impl NodeState {
             NodeState::Left => "left",
         }
     }
+
+    const fn from_bits(bits: u32) -> Self {
+        match bits & 3 {
+            0 => NodeState::Unseen,
+            1 => NodeState::Up,
+            2 => NodeState::Down,
+            _ => NodeState::Left,
+        }
+    }
 }
 
 impl std::fmt::Display for NodeState {
@@ -48,30 +69,28 @@ impl std::fmt::Display for NodeState {
     }
 }
 
-/// Where the detector reads node records from: the memory-mapped kernel
-/// table in the agent, a plain slice in tests.
-pub trait RecordSource {
-    fn record(&self, node_id: u32) -> NodeRecord;
+/// What the detector reads from the node table: the memory-mapped table in
+/// the agent, plain vectors in tests.
+pub trait TableView {
+    /// The seen words (`hb_common::table::seen`), indexed by node id.
+    fn seen_words(&self) -> &[AtomicU64];
+    /// The interval (ms) the node advertised in its last heartbeat, 0 if none.
+    fn advertised_interval_ms(&self, node_id: u32) -> u32;
 }
 
-impl RecordSource for [NodeRecord] {
-    fn record(&self, node_id: u32) -> NodeRecord {
-        self[node_id as usize]
+impl TableView for crate::table::NodeTable {
+    fn seen_words(&self) -> &[AtomicU64] {
+        self.seen.atomics()
     }
-}
 
-impl RecordSource for crate::datapath::NodeTable {
-    fn record(&self, node_id: u32) -> NodeRecord {
-        self.get(node_id)
+    fn advertised_interval_ms(&self, node_id: u32) -> u32 {
+        self.records.get(node_id).interval_ms
     }
 }
 
 /// One state change found by a sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
-    /// Index of the node in the detector's node list (the order given to
-    /// [`Detector::new`]).
-    pub index: usize,
     pub node_id: u32,
     pub from: NodeState,
     pub to: NodeState,
@@ -96,171 +115,200 @@ pub struct WatchedNode {
     pub interval_ns: Option<u64>,
 }
 
-/// The agent's per-node memory: 32 bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NodeTrack {
-    /// Heartbeat count of the record at the last sweep: a different count
-    /// means new heartbeats arrived.
-    pub heartbeats_seen: u64,
-    /// Arrival time of the last heartbeat seen; 0 = never.
-    pub last_seen_ns: u64,
-    /// The node's timeout, fixed when its last heartbeat was seen.
-    pub timeout_ns: u64,
-    /// The node's configured interval (0 = none).
-    pub configured_interval_ns: u64,
-    pub state: NodeState,
-}
-
-const _: () = assert!(size_of::<NodeTrack>() <= 64);
-
 /// Advertised intervals are clamped to this range before use, so a sender
 /// cannot make itself undetectable by advertising an absurd interval.
 pub const MIN_INTERVAL_NS: u64 = 10_000_000;
 pub const MAX_INTERVAL_NS: u64 = 3_600_000_000_000;
 
+/// A heartbeat stamped up to this long before a sweep started may not yet
+/// have been stored when the sweep read its node (the store follows the
+/// timestamp by nanoseconds); the next sweep looks at it again.
+const STORE_MARGIN_NS: u64 = 1_000_000;
+
+/// The detector's 4 bytes per node: the state in the top 2 bits, the
+/// node's timeout in milliseconds below (up to about 12 days).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Watch(u32);
+
+impl Watch {
+    const STATE_SHIFT: u32 = 30;
+    const TIMEOUT_MASK: u32 = (1 << Self::STATE_SHIFT) - 1;
+    const UP: u32 = NodeState::Up as u32;
+
+    fn new(state: NodeState, timeout_ns: u64) -> Self {
+        let ms = timeout_ns
+            .div_ceil(1_000_000)
+            .min(u64::from(Self::TIMEOUT_MASK)) as u32;
+        Watch((state as u32) << Self::STATE_SHIFT | ms)
+    }
+
+    fn state(self) -> NodeState {
+        NodeState::from_bits(self.0 >> Self::STATE_SHIFT)
+    }
+
+    fn timeout_ns(self) -> u64 {
+        u64::from(self.0 & Self::TIMEOUT_MASK) * 1_000_000
+    }
+
+    /// Whether a sweep can leave the node alone: an up node heard within
+    /// its timeout without a leave, or any other node with nothing new.
+    #[inline(always)]
+    fn is_quiet(self, word: u64, now_ns: u64, new_since_ns: u64) -> bool {
+        if self.0 >> Self::STATE_SHIFT == Self::UP {
+            !seen::is_leave(word)
+                && now_ns.saturating_sub(seen::arrival_ns(word)) <= self.timeout_ns()
+        } else {
+            word <= new_since_ns
+        }
+    }
+}
+
 /// Runs every watched node through the state machine.
 #[derive(Debug)]
 pub struct Detector {
     settings: DetectorSettings,
-    node_ids: Vec<u32>,
-    tracks: Vec<NodeTrack>,
+    /// One per node id (the table's size): unconfigured ids stay unseen
+    /// forever, since nothing records heartbeats for them.
+    watches: Vec<Watch>,
+    configured_interval_ns: HashMap<u32, u64>,
+    /// Seen words above this are heartbeats no sweep has looked at yet.
+    new_since_ns: u64,
     /// No node is convicted on silence measured from before this instant:
     /// the agent's start (or restart), so that nodes get a full timeout to
     /// be heard by a freshly started agent.
     grace_floor_ns: u64,
+    /// Ids the last sweep's fast pass set aside (kept to reuse the memory).
+    candidates: Vec<u32>,
 }
 
 impl Detector {
-    /// Starts watching `nodes` at monotonic time `now_ns`, all unseen.
-    pub fn new(settings: DetectorSettings, nodes: &[WatchedNode], now_ns: u64) -> Self {
-        let tracks = nodes
+    /// Starts watching `nodes` (ids below `table_len`) at monotonic time
+    /// `now_ns`, all unseen.
+    pub fn new(
+        settings: DetectorSettings,
+        table_len: u32,
+        nodes: &[WatchedNode],
+        now_ns: u64,
+    ) -> Self {
+        let configured_interval_ns = nodes
             .iter()
-            .map(|n| NodeTrack {
-                configured_interval_ns: n.interval_ns.unwrap_or(0),
-                ..Default::default()
-            })
+            .filter_map(|n| Some((n.node_id, n.interval_ns?)))
             .collect();
-        Detector {
+        let mut detector = Detector {
             settings,
-            node_ids: nodes.iter().map(|n| n.node_id).collect(),
-            tracks,
+            watches: vec![Watch::default(); table_len as usize],
+            configured_interval_ns,
+            new_since_ns: 0,
             grace_floor_ns: now_ns,
+            candidates: Vec::new(),
+        };
+        for node in nodes {
+            detector.watches[node.node_id as usize] =
+                Watch::new(NodeState::Unseen, detector.timeout_ns_for(node.node_id, 0));
         }
+        detector
     }
 
-    /// Restores what a previous run of the agent knew about node `index`: its
-    /// state and the heartbeat count already accounted for. Heartbeats seen
-    /// before the restart do not count as new, so no event fires for them.
-    /// `advertised_interval_ms` is the interval of the node's last heartbeat
-    /// (0 if unknown), from which its timeout is computed.
-    pub fn restore(
-        &mut self,
-        index: usize,
-        state: NodeState,
-        heartbeats_seen: u64,
-        advertised_interval_ms: u32,
-    ) {
-        let settings = self.settings;
-        let track = &mut self.tracks[index];
-        track.state = state;
-        track.heartbeats_seen = heartbeats_seen;
-        track.timeout_ns = timeout_ns(
-            settings,
-            track.configured_interval_ns,
-            advertised_interval_ms,
-        );
+    /// Restores what a previous run of the agent knew about node `id`: its
+    /// state, and the interval of its last heartbeat (0 if unknown), from
+    /// which its timeout is computed.
+    pub fn restore(&mut self, id: u32, state: NodeState, advertised_interval_ms: u32) {
+        self.watches[id as usize] =
+            Watch::new(state, self.timeout_ns_for(id, advertised_interval_ms));
     }
 
-    pub fn node_ids(&self) -> &[u32] {
-        &self.node_ids
+    pub fn state(&self, id: u32) -> NodeState {
+        self.watches[id as usize].state()
     }
 
-    pub fn tracks(&self) -> &[NodeTrack] {
-        &self.tracks
+    /// The node's current timeout (ms precision).
+    pub fn timeout_ns(&self, id: u32) -> u64 {
+        self.watches[id as usize].timeout_ns()
     }
 
-    /// When node `index` will be declared down if it stays silent, or `None`
-    /// if it is not up.
-    pub fn deadline_ns(&self, index: usize) -> Option<u64> {
-        let track = &self.tracks[index];
-        (track.state == NodeState::Up).then(|| {
-            track
-                .last_seen_ns
+    /// When node `id`, whose seen word is `word`, will be declared down if it
+    /// stays silent; `None` if it is not up.
+    pub fn deadline_ns(&self, id: u32, word: u64) -> Option<u64> {
+        let watch = self.watches[id as usize];
+        (watch.state() == NodeState::Up).then(|| {
+            seen::arrival_ns(word)
                 .max(self.grace_floor_ns)
-                .saturating_add(track.timeout_ns)
+                .saturating_add(watch.timeout_ns())
         })
     }
 
-    /// Reads every watched node's record once at monotonic time `now_ns` and
+    /// The timeout of node `id` when it advertises `advertised_ms`:
+    /// `timeout_multiplier x interval`, the interval being the configured one,
+    /// else the advertised one (clamped), else the default.
+    pub fn timeout_ns_for(&self, id: u32, advertised_ms: u32) -> u64 {
+        let interval = match self.configured_interval_ns.get(&id) {
+            Some(&configured) => configured,
+            None if advertised_ms != 0 => {
+                (u64::from(advertised_ms) * 1_000_000).clamp(MIN_INTERVAL_NS, MAX_INTERVAL_NS)
+            }
+            None => self.settings.default_interval_ns,
+        };
+        interval.saturating_mul(u64::from(self.settings.timeout_multiplier))
+    }
+
+    /// Reads every node's seen word once at monotonic time `now_ns` and
     /// appends the state changes to `out`.
-    pub fn sweep<S: RecordSource + ?Sized>(
+    pub fn sweep<T: TableView + ?Sized>(
         &mut self,
         now_ns: u64,
-        source: &S,
+        table: &T,
         out: &mut Vec<Transition>,
     ) {
-        let settings = self.settings;
-        let grace_floor_ns = self.grace_floor_ns;
-        for (index, (&node_id, track)) in self.node_ids.iter().zip(&mut self.tracks).enumerate() {
-            let record = source.record(node_id);
-            let from = track.state;
-            if record.heartbeats != track.heartbeats_seen {
-                track.heartbeats_seen = record.heartbeats;
-                track.last_seen_ns = record.last_seen_ns;
-                track.timeout_ns =
-                    timeout_ns(settings, track.configured_interval_ns, record.interval_ms);
-                let to = if record.heartbeat_flags & flags::LEAVE != 0 {
-                    NodeState::Left
-                } else {
-                    NodeState::Up
-                };
-                if to != from {
-                    track.state = to;
-                    out.push(Transition {
-                        index,
-                        node_id,
-                        from,
-                        to,
-                        since_last_heartbeat_ns: Some(now_ns.saturating_sub(record.last_seen_ns)),
-                    });
-                }
-            } else if from == NodeState::Up {
-                let deadline = track
-                    .last_seen_ns
-                    .max(grace_floor_ns)
-                    .saturating_add(track.timeout_ns);
-                if now_ns > deadline {
-                    track.state = NodeState::Down;
-                    out.push(Transition {
-                        index,
-                        node_id,
-                        from,
-                        to: NodeState::Down,
-                        since_last_heartbeat_ns: (track.last_seen_ns != 0)
-                            .then(|| now_ns.saturating_sub(track.last_seen_ns)),
-                    });
-                }
+        let words = table.seen_words();
+        let new_since_ns = self.new_since_ns;
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        for (id, (word, watch)) in words.iter().zip(&self.watches).enumerate() {
+            if !watch.is_quiet(word.load(Ordering::Relaxed), now_ns, new_since_ns) {
+                candidates.push(id as u32);
             }
         }
+        for &id in &candidates {
+            self.examine(id, now_ns, table, out);
+        }
+        self.candidates = candidates;
+        self.new_since_ns = now_ns.saturating_sub(STORE_MARGIN_NS);
     }
-}
 
-/// The timeout of a node: `timeout_multiplier x interval`, where the interval
-/// is the configured one (`configured_interval_ns`, 0 = none), else the one
-/// the node advertised (clamped), else the default.
-pub fn timeout_ns(
-    settings: DetectorSettings,
-    configured_interval_ns: u64,
-    advertised_ms: u32,
-) -> u64 {
-    let interval = if configured_interval_ns != 0 {
-        configured_interval_ns
-    } else if advertised_ms != 0 {
-        (u64::from(advertised_ms) * 1_000_000).clamp(MIN_INTERVAL_NS, MAX_INTERVAL_NS)
-    } else {
-        settings.default_interval_ns
-    };
-    interval.saturating_mul(u64::from(settings.timeout_multiplier))
+    /// The slow path for one node the fast pass set aside.
+    fn examine<T: TableView + ?Sized>(
+        &mut self,
+        id: u32,
+        now_ns: u64,
+        table: &T,
+        out: &mut Vec<Transition>,
+    ) {
+        // A restored up node may not have been heard yet (word 0): its
+        // silence counts from the grace floor.
+        let word = table.seen_words()[id as usize].load(Ordering::Relaxed);
+        let arrival = seen::arrival_ns(word);
+        let from = self.watches[id as usize].state();
+        let timeout = self.timeout_ns_for(id, table.advertised_interval_ms(id));
+        let to = match from {
+            _ if seen::is_leave(word) => NodeState::Left,
+            NodeState::Up if now_ns > arrival.max(self.grace_floor_ns).saturating_add(timeout) => {
+                NodeState::Down
+            }
+            NodeState::Up => NodeState::Up,
+            // Not up and a heartbeat newer than the last sweep: it is back.
+            _ if word > self.new_since_ns => NodeState::Up,
+            other => other,
+        };
+        self.watches[id as usize] = Watch::new(to, timeout);
+        if to != from {
+            out.push(Transition {
+                node_id: id,
+                from,
+                to,
+                since_last_heartbeat_ns: (arrival != 0).then(|| now_ns.saturating_sub(arrival)),
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -268,47 +316,73 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+    use NodeState::*;
 
-    /// A fake kernel: a node table the test writes heartbeats into, and a
-    /// clock the test moves.
+    /// A fake datapath: seen words and advertised intervals the test writes.
+    struct FakeTable {
+        seen: Vec<AtomicU64>,
+        intervals: Vec<u32>,
+    }
+
+    impl FakeTable {
+        fn new(len: usize) -> Self {
+            FakeTable {
+                seen: (0..len).map(|_| AtomicU64::new(0)).collect(),
+                intervals: vec![0; len],
+            }
+        }
+    }
+
+    impl TableView for FakeTable {
+        fn seen_words(&self) -> &[AtomicU64] {
+            &self.seen
+        }
+        fn advertised_interval_ms(&self, node_id: u32) -> u32 {
+            self.intervals[node_id as usize]
+        }
+    }
+
+    /// The fake table, a clock the test moves, and the detector under test.
     struct Fake {
-        table: Vec<NodeRecord>,
+        table: FakeTable,
         now: u64,
         detector: Detector,
-        sequence: u64,
     }
 
     impl Fake {
         fn new(nodes: &[WatchedNode]) -> Self {
             let now = 1_000 * MS;
-            let settings = DetectorSettings {
-                default_interval_ns: 100 * MS,
-                timeout_multiplier: 3,
-            };
             Fake {
-                table: vec![NodeRecord::default(); 8],
+                table: FakeTable::new(8),
                 now,
-                detector: Detector::new(settings, nodes, now),
-                sequence: 0,
+                detector: Detector::new(settings(), 8, nodes, now),
             }
         }
 
-        fn beat(&mut self, id: u32, interval_ms: u32, heartbeat_flags: u8) {
-            self.sequence += 1;
-            let record = &mut self.table[id as usize];
-            record.heartbeats += 1;
-            record.sequence = self.sequence;
-            record.last_seen_ns = self.now;
-            record.interval_ms = interval_ms;
-            record.heartbeat_flags = heartbeat_flags;
+        fn beat(&mut self, id: u32, interval_ms: u32, leave: bool) {
+            self.table.seen[id as usize].store(seen::word(self.now, leave), Ordering::Relaxed);
+            self.table.intervals[id as usize] = interval_ms;
+        }
+
+        fn sweep(&mut self) -> Vec<Transition> {
+            let mut out = Vec::new();
+            self.detector.sweep(self.now, &self.table, &mut out);
+            out
         }
 
         fn advance_and_sweep(&mut self, ms: u64) -> Vec<(u32, NodeState, NodeState)> {
             self.now += ms * MS;
-            let mut out = Vec::new();
-            self.detector
-                .sweep(self.now, self.table.as_slice(), &mut out);
-            out.iter().map(|t| (t.node_id, t.from, t.to)).collect()
+            self.sweep()
+                .iter()
+                .map(|t| (t.node_id, t.from, t.to))
+                .collect()
+        }
+    }
+
+    fn settings() -> DetectorSettings {
+        DetectorSettings {
+            default_interval_ns: 100 * MS,
+            timeout_multiplier: 3,
         }
     }
 
@@ -321,19 +395,31 @@ mod tests {
             .collect()
     }
 
-    use NodeState::*;
+    #[test]
+    fn watch_word_packs_state_and_timeout() {
+        for state in [Unseen, Up, Down, Left] {
+            let w = Watch::new(state, 300 * MS);
+            assert_eq!((w.state(), w.timeout_ns()), (state, 300 * MS));
+        }
+        assert_eq!(Watch::new(Up, 1).timeout_ns(), MS, "rounded up to whole ms");
+        assert_eq!(
+            Watch::new(Left, u64::MAX).state(),
+            Left,
+            "a huge timeout saturates, not overflows"
+        );
+    }
 
     #[test]
     fn never_seen_node_stays_unseen_without_events() {
         let mut fake = Fake::new(&nodes(&[1]));
         assert!(fake.advance_and_sweep(10_000).is_empty());
-        assert_eq!(fake.detector.tracks()[0].state, Unseen);
+        assert_eq!(fake.detector.state(1), Unseen);
     }
 
     #[test]
     fn up_down_up_with_advertised_interval() {
         let mut fake = Fake::new(&nodes(&[1]));
-        fake.beat(1, 100, 0);
+        fake.beat(1, 100, false);
         assert_eq!(fake.advance_and_sweep(1), vec![(1, Unseen, Up)]);
         // Timeout = 3 x 100 ms from the last heartbeat, which was 1 ms ago.
         assert!(
@@ -349,24 +435,24 @@ mod tests {
             fake.advance_and_sweep(5_000).is_empty(),
             "down is reported once"
         );
-        fake.beat(1, 100, 0);
+        fake.beat(1, 100, false);
         assert_eq!(fake.advance_and_sweep(1), vec![(1, Down, Up)]);
     }
 
     #[test]
     fn regular_heartbeats_keep_a_node_up() {
         let mut fake = Fake::new(&nodes(&[1, 2]));
-        for _ in 0..100 {
-            fake.beat(1, 100, 0);
-            fake.beat(2, 100, 0);
+        for round in 0..100 {
+            fake.beat(1, 100, false);
+            fake.beat(2, 100, false);
             let events = fake.advance_and_sweep(250);
-            assert!(
-                events.iter().all(|e| e.2 == Up),
-                "only the first sweep reports up: {events:?}"
-            );
+            if round == 0 {
+                assert_eq!(events, vec![(1, Unseen, Up), (2, Unseen, Up)]);
+            } else {
+                assert!(events.is_empty(), "round {round}: {events:?}");
+            }
         }
-        assert_eq!(fake.detector.tracks()[0].state, Up);
-        assert_eq!(fake.detector.tracks()[1].state, Up);
+        assert_eq!((fake.detector.state(1), fake.detector.state(2)), (Up, Up));
     }
 
     #[test]
@@ -375,7 +461,7 @@ mod tests {
             node_id: 1,
             interval_ns: Some(1_000 * MS),
         }]);
-        fake.beat(1, 100, 0);
+        fake.beat(1, 100, false);
         fake.advance_and_sweep(0);
         assert!(
             fake.advance_and_sweep(2_900).is_empty(),
@@ -387,7 +473,7 @@ mod tests {
     #[test]
     fn default_interval_applies_when_nothing_is_advertised() {
         let mut fake = Fake::new(&nodes(&[1]));
-        fake.beat(1, 0, 0);
+        fake.beat(1, 0, false);
         fake.advance_and_sweep(0);
         assert!(fake.advance_and_sweep(300).is_empty());
         assert_eq!(fake.advance_and_sweep(1), vec![(1, Up, Down)]);
@@ -396,75 +482,111 @@ mod tests {
     #[test]
     fn absurd_advertised_interval_is_clamped() {
         let mut fake = Fake::new(&nodes(&[1]));
-        fake.beat(1, 1, 0); // 1 ms: clamped up to 10 ms, timeout 30 ms
+        fake.beat(1, 1, false); // 1 ms: clamped up to 10 ms, timeout 30 ms
         fake.advance_and_sweep(0);
         assert!(fake.advance_and_sweep(30).is_empty());
         assert_eq!(fake.advance_and_sweep(1), vec![(1, Up, Down)]);
     }
 
     #[test]
+    fn a_longer_advertised_interval_is_honoured_before_convicting() {
+        let mut fake = Fake::new(&nodes(&[1]));
+        fake.beat(1, 100, false);
+        fake.advance_and_sweep(0);
+        // The sender now advertises 1 s (its next heartbeat says so).
+        fake.beat(1, 1_000, false);
+        assert!(
+            fake.advance_and_sweep(2_000).is_empty(),
+            "timeout is now 3 s"
+        );
+        assert_eq!(fake.advance_and_sweep(1_001), vec![(1, Up, Down)]);
+    }
+
+    #[test]
     fn graceful_leave_is_left_not_down_and_a_new_heartbeat_brings_it_back() {
         let mut fake = Fake::new(&nodes(&[1]));
-        fake.beat(1, 100, 0);
+        fake.beat(1, 100, false);
         fake.advance_and_sweep(1);
-        fake.beat(1, 100, flags::LEAVE);
+        fake.beat(1, 100, true);
         assert_eq!(fake.advance_and_sweep(1), vec![(1, Up, Left)]);
         assert!(
             fake.advance_and_sweep(60_000).is_empty(),
             "a node that left is never declared down"
         );
-        fake.beat(1, 100, 0);
+        fake.beat(1, 100, false);
         assert_eq!(fake.advance_and_sweep(1), vec![(1, Left, Up)]);
     }
 
     #[test]
     fn a_down_node_that_leaves_goes_to_left() {
         let mut fake = Fake::new(&nodes(&[1]));
-        fake.beat(1, 100, 0);
+        fake.beat(1, 100, false);
         fake.advance_and_sweep(1);
         assert_eq!(fake.advance_and_sweep(400), vec![(1, Up, Down)]);
-        fake.beat(1, 100, flags::LEAVE);
+        fake.beat(1, 100, true);
         assert_eq!(fake.advance_and_sweep(1), vec![(1, Down, Left)]);
     }
 
     #[test]
-    fn a_restarted_agent_gives_nodes_a_full_timeout_and_fires_nothing_for_old_beats() {
-        // The node was up, its last heartbeat long before the agent started.
-        let mut table = vec![NodeRecord::default(); 4];
-        table[1] = NodeRecord {
-            heartbeats: 50,
-            last_seen_ns: 10 * MS,
-            interval_ms: 100,
-            ..Default::default()
-        };
-        let settings = DetectorSettings {
-            default_interval_ns: 100 * MS,
-            timeout_multiplier: 3,
-        };
-        let start = 100_000 * MS;
-        let mut detector = Detector::new(settings, &nodes(&[1]), start);
-        detector.restore(0, Up, 50, 100);
-        let mut out = Vec::new();
-        detector.sweep(start + 299 * MS, table.as_slice(), &mut out);
-        assert!(
-            out.is_empty(),
-            "no event within a timeout of the restart: {out:?}"
+    fn a_heartbeat_landing_just_before_the_sweep_is_not_missed() {
+        let mut fake = Fake::new(&nodes(&[1]));
+        fake.beat(1, 100, false);
+        fake.advance_and_sweep(1);
+        assert_eq!(fake.advance_and_sweep(400), vec![(1, Up, Down)]);
+        // Stamped within the store margin before the previous sweep's start,
+        // but only visible now.
+        fake.table.seen[1].store(
+            seen::word(fake.now - STORE_MARGIN_NS / 2, false),
+            Ordering::Relaxed,
         );
-        detector.sweep(start + 301 * MS, table.as_slice(), &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!((out[0].from, out[0].to), (Up, Down));
+        assert_eq!(fake.advance_and_sweep(1), vec![(1, Down, Up)]);
+    }
+
+    #[test]
+    fn a_restarted_agent_gives_nodes_a_full_timeout_and_fires_nothing() {
+        let start = 100_000 * MS;
+        let mut table = FakeTable::new(4);
+        table.intervals = vec![100; 4];
+        let mut fake = Fake {
+            table,
+            now: start,
+            detector: Detector::new(settings(), 4, &nodes(&[1, 2]), start),
+        };
+        fake.detector.restore(1, Up, 100);
+        fake.detector.restore(2, Down, 100);
+        assert!(
+            fake.advance_and_sweep(299).is_empty(),
+            "no event within a timeout of the restart"
+        );
+        assert_eq!(
+            fake.advance_and_sweep(2),
+            vec![(1, Up, Down)],
+            "and a silent node then goes down"
+        );
     }
 
     #[test]
     fn transitions_carry_time_since_last_heartbeat() {
         let mut fake = Fake::new(&nodes(&[3]));
-        fake.beat(3, 100, 0);
+        fake.beat(3, 100, false);
         fake.advance_and_sweep(5);
         fake.now += 400 * MS;
-        let mut out = Vec::new();
-        fake.detector
-            .sweep(fake.now, fake.table.as_slice(), &mut out);
-        assert_eq!(out[0].since_last_heartbeat_ns, Some(405 * MS));
-        assert_eq!(out[0].index, 0);
+        assert_eq!(
+            fake.sweep(),
+            vec![Transition {
+                node_id: 3,
+                from: Up,
+                to: Down,
+                since_last_heartbeat_ns: Some(405 * MS)
+            }]
+        );
+    }
+
+    #[test]
+    fn the_last_slot_of_the_table_is_watched_like_any_other() {
+        let mut fake = Fake::new(&nodes(&[7]));
+        fake.beat(7, 100, false);
+        assert_eq!(fake.advance_and_sweep(1), vec![(7, Unseen, Up)]);
+        assert_eq!(fake.advance_and_sweep(400), vec![(7, Up, Down)]);
     }
 }

@@ -1,7 +1,8 @@
 //! hb's userspace: the agent, the sender and the status client.
 //!
 //! - [`config`]: the agent's TOML configuration and its validation.
-//! - [`datapath`]: loading and attaching the XDP program; the mmapped node table.
+//! - [`datapath`]: loading and attaching the XDP program.
+//! - [`table`]: the node table (hot seen words, cold records) in shared memory.
 //! - [`detector`]: the per-node state machine the sweep runs.
 //! - [`actions`]: running failover actions with a bound and a timeout.
 //! - [`agent`]: the agent's main loop tying these together.
@@ -17,3 +18,4 @@ pub mod detector;
 pub mod sender;
 pub mod state_file;
 pub mod status;
+pub mod table;

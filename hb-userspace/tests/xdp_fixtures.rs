@@ -4,8 +4,9 @@
 //! [`CONFIGURED`] marked configured) and runs its rows in order. A row gives
 //! the frame, the XDP action, the outcome counter (the verdict counter
 //! follows from the action) and the node-table effect: nothing, or one node
-//! recorded with the heartbeat's fields, `heartbeats + 1` and a
-//! `last_seen_ns` between `CLOCK_MONOTONIC` readings taken around the run.
+//! recorded with the heartbeat's fields and `heartbeats + 1` in its cold
+//! record, and a seen word whose arrival time lies between `CLOCK_MONOTONIC`
+//! readings taken around the run and whose leave bit is the heartbeat's.
 //! Every other counter and every other slot must stay as it was. All rows run
 //! and the failures are reported together; after each table, the sum of the
 //! outcome counters, the number of packets run and `passed + dropped` must
@@ -38,7 +39,7 @@ use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 use hb::datapath::{Datapath, LoadOptions};
 use hb_common::{
     counters::Counter,
-    table::{NodeRecord, SLOT_CONFIGURED},
+    table::{NodeRecord, seen},
     wire::{self, HEARTBEAT_LEN, Heartbeat},
 };
 use packet::{
@@ -284,13 +285,7 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{name}: loading the XDP program (are we root?): {e}"));
         assert_eq!(dp.table().len(), MAX_NODES, "{name}: node table size");
         for id in CONFIGURED {
-            dp.table().set(
-                id,
-                NodeRecord {
-                    slot_flags: SLOT_CONFIGURED,
-                    ..Default::default()
-                },
-            );
+            dp.table().configure(id, NodeRecord::default());
         }
         Harness {
             name,
@@ -300,8 +295,18 @@ impl Harness {
         }
     }
 
+    /// The cold records of every slot.
     fn snapshot(&self) -> Vec<NodeRecord> {
-        (0..MAX_NODES).map(|id| self.dp.table().get(id)).collect()
+        (0..MAX_NODES)
+            .map(|id| self.dp.table().records.get(id))
+            .collect()
+    }
+
+    /// The seen words of every slot.
+    fn seen_words(&self) -> Vec<u64> {
+        (0..MAX_NODES)
+            .map(|id| self.dp.table().seen.get(id))
+            .collect()
     }
 
     fn counters(&self) -> [u64; Counter::COUNT as usize] {
@@ -338,10 +343,12 @@ impl Harness {
     /// Runs one row and records every way it differs from its expectation.
     fn check(&mut self, index: usize, row: &Fixture) {
         let table_before = self.snapshot();
+        let seen_before = self.seen_words();
         let counters_before = self.counters();
         let (action, t0, t1) = self.run(&row.frame, row.metadata);
         let counters_after = self.counters();
         let table_after = self.snapshot();
+        let seen_after = self.seen_words();
 
         let mut problems = Vec::new();
         if action != row.action {
@@ -368,18 +375,18 @@ impl Harness {
         }
 
         let mut expected_table = table_before.clone();
+        let mut expected_seen = seen_before.clone();
         if let Some((hb, src)) = row.records {
             let id = hb.node_id as usize;
             let before = table_before[id];
-            let actual = table_after[id];
-            if !(t0..=t1).contains(&actual.last_seen_ns) {
+            let arrival = seen::arrival_ns(seen_after[id]);
+            if !(seen::arrival_ns(t0)..=t1).contains(&arrival) {
                 problems.push(format!(
-                    "node {id}: last_seen_ns {} is not within the run [{t0}, {t1}]",
-                    actual.last_seen_ns
+                    "node {id}: arrival {arrival} is not within the run [{t0}, {t1}]"
                 ));
             }
+            expected_seen[id] = seen::word(arrival, hb.is_leave());
             expected_table[id] = NodeRecord {
-                last_seen_ns: actual.last_seen_ns,
                 incarnation: hb.incarnation,
                 sequence: hb.sequence,
                 heartbeats: before.heartbeats + 1,
@@ -390,6 +397,13 @@ impl Harness {
                 heartbeat_flags: hb.flags,
                 slot_flags: before.slot_flags,
             };
+        }
+        for (id, (actual, expected)) in seen_after.iter().zip(&expected_seen).enumerate() {
+            if actual != expected {
+                problems.push(format!(
+                    "node {id}: seen word {actual:#x}, expected {expected:#x}"
+                ));
+            }
         }
         for (id, (actual, expected)) in table_after.iter().zip(&expected_table).enumerate() {
             if actual != expected {
@@ -1380,10 +1394,12 @@ impl Harness {
     /// that advances a configured node.
     fn check_loosely(&mut self, what: &str, frame: &[u8]) {
         let table_before = self.snapshot();
+        let seen_before = self.seen_words();
         let counters_before = self.counters();
         let (action, t0, t1) = self.run(frame, false);
         let counters_after = self.counters();
         let table_after = self.snapshot();
+        let seen_after = self.seen_words();
 
         let mut problems = Vec::new();
         let moved: Vec<Counter> = Counter::ALL
@@ -1420,7 +1436,7 @@ impl Harness {
             }
         }
         let changed: Vec<usize> = (0..table_before.len())
-            .filter(|&i| table_before[i] != table_after[i])
+            .filter(|&i| table_before[i] != table_after[i] || seen_before[i] != seen_after[i])
             .collect();
         match (outcome, &changed[..]) {
             (Some(Counter::Accepted), [id]) => {
@@ -1430,7 +1446,9 @@ impl Harness {
                     || new.heartbeats != old.heartbeats + 1
                     || new.slot_flags != old.slot_flags
                     || new.heartbeat_flags & !wire::flags::KNOWN != 0
-                    || !(t0..=t1).contains(&new.last_seen_ns)
+                    || !(seen::arrival_ns(t0)..=t1).contains(&seen::arrival_ns(seen_after[*id]))
+                    || seen::is_leave(seen_after[*id])
+                        != (new.heartbeat_flags & wire::flags::LEAVE != 0)
                 {
                     problems.push(format!("node {id} changed from {old:?}\n      to {new:?}"));
                 }

@@ -1,0 +1,212 @@
+//! The node table as the agent sees it: the hot array of seen words and the
+//! cold array of [`NodeRecord`]s (layout in `hb_common::table`), each a
+//! shared memory [`Mapping`].
+//!
+//! In the XDP datapath the mappings are the kernel's `BPF_F_MMAPABLE` maps,
+//! written by the XDP program; in the socket datapath they are anonymous
+//! memory written by the receive thread. Either way the agent reads the same
+//! layout without any syscall per node.
+
+use std::{
+    io,
+    marker::PhantomData,
+    os::fd::{AsRawFd, BorrowedFd},
+    ptr::{self, NonNull},
+    sync::atomic::AtomicU64,
+};
+
+use hb_common::table::{NodeRecord, SLOT_CONFIGURED};
+
+/// `len` values of `T` in shared memory, written concurrently by someone
+/// else (the kernel, or a receive thread). Access is by copy (volatile), or
+/// for the seen words through atomics.
+pub struct Mapping<T> {
+    base: NonNull<T>,
+    len: u32,
+    mapped_bytes: usize,
+    _values: PhantomData<T>,
+}
+
+// SAFETY: the mapping is plain shared memory; every access is a volatile or
+// atomic copy of a `T: Copy` valid for every bit pattern (u64, NodeRecord).
+unsafe impl<T: Copy + Send> Send for Mapping<T> {}
+// SAFETY: as above.
+unsafe impl<T: Copy + Sync> Sync for Mapping<T> {}
+
+impl<T: Copy> Mapping<T> {
+    /// Maps the values of a `BPF_F_MMAPABLE` array map of `len` entries.
+    ///
+    /// # Safety
+    /// `fd` must be such a map, with `size_of::<T>()`-byte values (a multiple
+    /// of 8, so the kernel lays them out back to back) and `len` entries.
+    pub unsafe fn of_bpf_array(fd: BorrowedFd<'_>, len: u32) -> io::Result<Self> {
+        debug_assert_eq!(size_of::<T>() % 8, 0);
+        Self::map(len, libc::MAP_SHARED, fd.as_raw_fd())
+    }
+
+    /// Zeroed anonymous memory for `len` values.
+    pub fn anonymous(len: u32) -> io::Result<Self> {
+        Self::map(len, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)
+    }
+
+    fn map(len: u32, flags: libc::c_int, fd: libc::c_int) -> io::Result<Self> {
+        let page = page_size();
+        let bytes = (len as usize).max(1) * size_of::<T>();
+        let mapped_bytes = bytes.div_ceil(page) * page;
+        // SAFETY: a fresh mapping of whole pages at an address the kernel
+        // picks; the result is checked before use.
+        let addr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                mapped_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base =
+            NonNull::new(addr.cast::<T>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(Mapping {
+            base,
+            len,
+            mapped_bytes,
+            _values: PhantomData,
+        })
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes mapped (whole pages).
+    pub fn mapped_bytes(&self) -> usize {
+        self.mapped_bytes
+    }
+
+    /// A copy of value `index`.
+    ///
+    /// # Panics
+    /// If `index >= len()`.
+    #[inline]
+    pub fn get(&self, index: u32) -> T {
+        assert!(
+            index < self.len,
+            "index {index} is outside the table of {} slots",
+            self.len
+        );
+        // SAFETY: in bounds (checked above) of a live mapping; volatile since
+        // another writer may store concurrently.
+        unsafe { ptr::read_volatile(self.base.as_ptr().add(index as usize)) }
+    }
+
+    /// Overwrites value `index`.
+    ///
+    /// # Panics
+    /// If `index >= len()`.
+    #[inline]
+    pub fn set(&self, index: u32, value: T) {
+        assert!(
+            index < self.len,
+            "index {index} is outside the table of {} slots",
+            self.len
+        );
+        // SAFETY: in bounds of a live, writable mapping.
+        unsafe { ptr::write_volatile(self.base.as_ptr().add(index as usize), value) }
+    }
+}
+
+impl Mapping<u64> {
+    /// The values as atomics: what the sweep scans. Relaxed loads compile to
+    /// plain loads, and make concurrent stores by the kernel well defined.
+    pub fn atomics(&self) -> &[AtomicU64] {
+        // SAFETY: `AtomicU64` has the size and alignment of `u64`; the
+        // mapping is page-aligned and holds `len` values; it lives as long as
+        // the returned borrow of `self`.
+        unsafe {
+            std::slice::from_raw_parts(self.base.as_ptr().cast::<AtomicU64>(), self.len as usize)
+        }
+    }
+}
+
+impl<T> Drop for Mapping<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped; no borrow of it
+        // outlives `self`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_bytes) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// The hot and the cold array, indexed by node id.
+pub struct NodeTable {
+    /// Seen words (`hb_common::table::seen`): read by every sweep.
+    pub seen: Mapping<u64>,
+    /// Cold records: read on state changes and for `hb status`.
+    pub records: Mapping<NodeRecord>,
+}
+
+impl NodeTable {
+    /// Number of slots (`max_nodes`).
+    pub fn len(&self) -> u32 {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Marks `id` as a configured node, with what a previous run of the agent
+    /// knew of it (`record`, whose `slot_flags` are ignored); its seen word is
+    /// reset (arrival times of a previous boot or kernel table mean nothing).
+    /// Only done before heartbeats are recorded.
+    pub fn configure(&self, id: u32, record: NodeRecord) {
+        self.records.set(
+            id,
+            NodeRecord {
+                slot_flags: SLOT_CONFIGURED,
+                ..record
+            },
+        );
+        self.seen.set(id, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    #[test]
+    fn anonymous_mapping_is_zeroed_and_shared_between_views() {
+        let seen = Mapping::<u64>::anonymous(1000).unwrap();
+        assert_eq!(seen.len(), 1000);
+        assert_eq!(seen.mapped_bytes() % page_size(), 0);
+        assert!((0..1000).all(|i| seen.get(i) == 0));
+        seen.set(999, 42);
+        assert_eq!(seen.atomics()[999].load(Ordering::Relaxed), 42);
+        seen.atomics()[0].store(7, Ordering::Relaxed);
+        assert_eq!(seen.get(0), 7);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the table")]
+    fn out_of_range_access_panics() {
+        let records = Mapping::<NodeRecord>::anonymous(4).unwrap();
+        records.get(4);
+    }
+}
