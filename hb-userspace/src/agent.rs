@@ -1,99 +1,92 @@
-//! `hb agent`: loads and attaches the XDP program, sweeps the node table on
-//! a fixed period, runs every node through the [`Detector`], logs each
-//! transition and hands it to the [`ActionRunner`], answers `hb status`, and
-//! on SIGINT/SIGTERM saves its state and detaches.
+//! `hb agent`: starts the datapath (the XDP program, or a UDP socket), sweeps
+//! the node table on a fixed period, runs every node through the
+//! [`Detector`], logs each transition, records it in the event log and
+//! hands it to the [`ActionRunner`], answers `hb status`, and on
+//! SIGINT/SIGTERM saves its state and stops the datapath (detaching XDP).
 //!
 //! One task does all of this in a `select!` loop: the sweep never waits on
-//! an action (actions run in their own tasks) and never makes a syscall per
-//! node (the table is memory-mapped).
+//! an action (actions run in their own tasks) or on the state file (saved
+//! in a blocking task), and never makes a syscall per node (the table is
+//! memory-mapped).
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv6Addr},
-    path::Path,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use hb_common::{
     counters::Counter,
     table::{NodeRecord, seen},
 };
 use tokio::{
-    io::{AsyncWriteExt, Interest, unix::AsyncFd},
-    net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
+    sync::mpsc,
+    task::JoinHandle,
     time::MissedTickBehavior,
 };
 
 use crate::{
     actions::{ActionEvent, ActionRunner},
-    config::{Config, Event, NodeConfig, XdpMode},
-    datapath::{AttachPolicy, Datapath, LoadOptions},
+    config::{Config, Event},
+    datapath::Datapath,
     detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
+    event_log::EventLog,
+    nodes::{NodeDirectory, NodeInfo},
     state_file::{self, SavedNode},
-    status::{self, InterfaceStatus, NodeStatus, StatusReport},
+    status::{self, NodeStatus, StatusReport},
     table::NodeTable,
 };
 
 /// State is saved at most this often while nodes change state.
-const SAVE_EVERY: Duration = Duration::from_secs(1);
+const SAVE_EVERY: Duration = Duration::from_secs(2);
 /// On shutdown, running actions get at most this long to finish.
 const SHUTDOWN_ACTION_WAIT: Duration = Duration::from_secs(10);
+/// A sweep with more transitions than this logs a summary line per kind of
+/// change (and each node at debug level) instead of one line per node.
+const LOG_EACH_UP_TO: usize = 50;
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.check_interfaces_exist()?;
-    if config.nodes.is_empty() {
+    let nodes = NodeDirectory::new(&config);
+    if nodes.is_empty() {
         tracing::warn!(
-            "no [[nodes]] configured: every heartbeat will be counted as unknown_node and no \
-             node will ever be watched"
+            "no [[nodes]] or [[node_ranges]] configured: every heartbeat will be counted as \
+             unknown_node and no node will ever be watched"
         );
     }
     raise_memlock_limit();
     let started = Instant::now();
 
-    let mut datapath = Datapath::load(LoadOptions {
-        port: config.port,
-        max_nodes: config.max_nodes,
-        pass_heartbeats: config.pass_heartbeats,
+    let mut datapath = Datapath::prepare(&config)?;
+    let mut detector = watch_nodes(&config, &nodes, datapath.table())?;
+    let mut events = EventLog::open(config.event_log.as_deref()).with_context(|| {
+        let path = config
+            .event_log
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        format!("opening the event log {}", path.display())
     })?;
-    let mut detector = watch_nodes(&config, datapath.table())?;
-    let by_id: HashMap<u32, usize> = config
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id, i))
-        .collect();
-    forward_program_log(&mut datapath)?;
+    datapath.start(&config)?;
 
-    let policy = match config.xdp_mode {
-        XdpMode::Auto => AttachPolicy::Auto,
-        XdpMode::Native => AttachPolicy::Native,
-        XdpMode::Generic => AttachPolicy::Generic,
-    };
-    for interface in &config.interfaces {
-        match datapath.attach(interface, policy) {
-            Ok(mode) => tracing::info!(interface, mode = mode.name(), "XDP program attached"),
-            Err(e) => {
-                datapath.detach_all().ok();
-                return Err(e.into());
-            }
-        }
-    }
-
-    let (status_tx, mut status_rx) = mpsc::channel::<oneshot::Sender<StatusReport>>(16);
-    let listener = bind_status_socket(&config.status_socket)?;
-    tokio::spawn(serve_status(listener, status_tx));
+    let (status_tx, mut status_rx) = mpsc::channel::<status::Request>(16);
+    tokio::spawn(status::serve(
+        status::bind(&config.status_socket)?,
+        status_tx,
+    ));
 
     let actions = ActionRunner::new(config.actions.clone(), config.max_concurrent_actions);
+    let mut saver = StateSaver::new(config.state_file.clone());
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut ticker = tokio::time::interval(config.defaults.sweep_period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tracing::info!(
-        nodes = config.nodes.len(),
+        nodes = nodes.len(),
+        datapath = config.datapath.as_str(),
         port = config.port,
         sweep_period = ?config.defaults.sweep_period,
         status_socket = %config.status_socket.display(),
@@ -101,38 +94,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let mut transitions = Vec::new();
-    let mut unsaved = false;
-    let mut last_save = Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                let now = monotonic_ns();
                 transitions.clear();
-                detector.sweep(monotonic_ns(), datapath.table(), &mut transitions);
-                for transition in &transitions {
-                    let node = &config.nodes[by_id[&transition.node_id]];
-                    let record = datapath.table().records.get(node.id);
-                    announce(node, transition, &detector);
-                    if let Some(event) = event_of(transition.to) {
-                        actions.dispatch(ActionEvent {
-                            event,
-                            node_id: node.id,
-                            node_name: node.name.clone(),
-                            node_address: node_address(node, &record).map(|a| a.to_string()),
-                            previous_state: transition.from.name(),
-                            since_last_heartbeat: transition.since_last_heartbeat_ns.map(Duration::from_nanos),
-                        });
-                    }
+                detector.sweep(now, datapath.table(), &mut transitions);
+                if !transitions.is_empty() {
+                    let table = datapath.table();
+                    handle_transitions(&transitions, now, &nodes, table, &detector, &actions, &mut events);
+                    saver.changed();
                 }
-                unsaved |= !transitions.is_empty();
-                if unsaved && last_save.elapsed() >= SAVE_EVERY {
-                    save_state(&config, &detector, datapath.table());
-                    unsaved = false;
-                    last_save = Instant::now();
-                }
+                saver.save_if_due(|| snapshot(&nodes, &detector, datapath.table()));
             }
-            Some(reply) = status_rx.recv() => {
-                let report = report(&config, &detector, &datapath, &actions, started);
-                let _ = reply.send(report);
+            Some(request) = status_rx.recv() => {
+                let report = report(&nodes, &detector, &datapath, &actions, started, request.limit);
+                let _ = request.reply.send(report);
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -140,8 +117,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down");
-    save_state(&config, &detector, datapath.table());
-    datapath.detach_all()?;
+    events.flush();
+    saver
+        .save_now(snapshot(&nodes, &detector, datapath.table()))
+        .await;
+    datapath.stop()?;
     let _ = std::fs::remove_file(&config.status_socket);
     actions.wait_idle(SHUTDOWN_ACTION_WAIT).await;
     Ok(())
@@ -149,17 +129,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Marks every configured node in the table, restoring what the state file
 /// says about it, and builds the detector.
-fn watch_nodes(config: &Config, table: &NodeTable) -> anyhow::Result<Detector> {
+fn watch_nodes(
+    config: &Config,
+    nodes: &NodeDirectory<'_>,
+    table: &NodeTable,
+) -> anyhow::Result<Detector> {
     let settings = DetectorSettings {
         default_interval_ns: config.defaults.interval.as_nanos() as u64,
         timeout_multiplier: config.defaults.timeout_multiplier,
     };
-    let watched: Vec<_> = config
-        .nodes
-        .iter()
-        .map(|n| WatchedNode {
-            node_id: n.id,
-            interval_ns: n.interval.map(|d| d.as_nanos() as u64),
+    let watched: Vec<_> = nodes
+        .intervals()
+        .map(|(node_id, interval)| WatchedNode {
+            node_id,
+            interval_ns: interval.map(|d| d.as_nanos() as u64),
         })
         .collect();
     let mut detector = Detector::new(settings, table.len(), &watched, monotonic_ns());
@@ -168,80 +151,107 @@ fn watch_nodes(config: &Config, table: &NodeTable) -> anyhow::Result<Detector> {
         .into_iter()
         .map(|n| (n.id, n))
         .collect();
-    for node in &config.nodes {
+    let mut restored = 0usize;
+    for id in nodes.ids() {
         let mut record = NodeRecord::default();
-        if let Some(saved) = saved.get(&node.id) {
+        if let Some(saved) = saved.get(&id) {
             record.heartbeats = saved.heartbeats;
             record.incarnation = saved.incarnation;
             record.sequence = saved.sequence;
             record.interval_ms = saved.interval_ms;
-            detector.restore(node.id, saved.state, saved.interval_ms);
+            detector.restore(id, saved.state, saved.interval_ms);
+            restored += 1;
         }
-        table.configure(node.id, record);
+        table.configure(id, record);
     }
-    if !saved.is_empty() {
+    if restored > 0 {
         tracing::info!(
-            restored = saved.len(),
+            restored,
             "restored node states from the state file; nodes that were up get a full timeout to be heard"
         );
     }
     Ok(detector)
 }
 
-fn save_state(config: &Config, detector: &Detector, table: &NodeTable) {
-    let nodes = config
-        .nodes
-        .iter()
-        .map(|node| {
+/// Logs the changes of one sweep, records them in the event log and starts
+/// their actions.
+fn handle_transitions(
+    transitions: &[Transition],
+    now: u64,
+    nodes: &NodeDirectory<'_>,
+    table: &NodeTable,
+    detector: &Detector,
+    actions: &ActionRunner,
+    events: &mut EventLog,
+) {
+    let each = transitions.len() <= LOG_EACH_UP_TO;
+    let mut kinds: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for transition in transitions {
+        let Some(node) = nodes.get(transition.node_id) else {
+            tracing::error!(
+                id = transition.node_id,
+                "a node that is not configured changed state"
+            );
+            continue;
+        };
+        if each {
+            announce(&node, transition, detector);
+        } else {
+            tracing::debug!(node = %node.name, id = node.id, from = %transition.from, to = %transition.to);
+            *kinds
+                .entry((transition.from.name(), transition.to.name()))
+                .or_default() += 1;
+        }
+        events.record(now, &node.name, transition);
+        if let Some(event) = event_of(transition.to) {
             let record = table.records.get(node.id);
-            SavedNode {
-                id: node.id,
-                state: detector.state(node.id),
-                heartbeats: record.heartbeats,
-                incarnation: record.incarnation,
-                sequence: record.sequence,
-                interval_ms: record.interval_ms,
-            }
-        })
-        .collect();
-    if let Err(e) = state_file::save(&config.state_file, nodes) {
-        tracing::error!("{e}");
+            actions.dispatch(ActionEvent {
+                event,
+                node_id: node.id,
+                node_name: node.name.into_owned(),
+                node_address: node_address(node.address, &record).map(|a| a.to_string()),
+                previous_state: transition.from.name(),
+                since_last_heartbeat: transition.since_last_heartbeat_ns.map(Duration::from_nanos),
+            });
+        }
     }
+    for ((from, to), count) in kinds {
+        if to == "down" {
+            tracing::warn!(
+                count,
+                from,
+                "nodes are DOWN: no heartbeat within their timeout"
+            );
+        } else {
+            tracing::info!(count, from, to, "nodes changed state");
+        }
+    }
+    events.flush();
 }
 
 /// Logs a transition in words an operator reads at a glance.
-fn announce(node: &NodeConfig, transition: &Transition, detector: &Detector) {
-    let silent = transition
-        .since_last_heartbeat_ns
-        .map_or("never heard".to_owned(), |ns| {
-            format!("{:.3}s", ns as f64 / 1e9)
-        });
-    let timeout = Duration::from_nanos(detector.timeout_ns(transition.node_id));
+fn announce(node: &NodeInfo<'_>, transition: &Transition, detector: &Detector) {
+    let name = node.name.as_ref();
+    let id = node.id;
     match (transition.from, transition.to) {
-        (_, NodeState::Down) => tracing::warn!(
-            node = node.name, id = node.id, silent_for = silent, timeout = ?timeout,
-            "node is DOWN: no heartbeat within its timeout"
-        ),
+        (_, NodeState::Down) => {
+            let silent = transition
+                .since_last_heartbeat_ns
+                .map_or("never heard".to_owned(), |ns| {
+                    format!("{:.3}s", ns as f64 / 1e9)
+                });
+            let timeout = Duration::from_nanos(detector.timeout_ns(id));
+            tracing::warn!(node = name, id, silent_for = silent, timeout = ?timeout, "node is DOWN: no heartbeat within its timeout")
+        }
         (NodeState::Unseen, NodeState::Up) => {
-            tracing::info!(
-                node = node.name,
-                id = node.id,
-                "node is up: first heartbeat"
-            )
+            tracing::info!(node = name, id, "node is up: first heartbeat")
         }
         (from, NodeState::Up) => {
-            tracing::info!(
-                node = node.name,
-                id = node.id,
-                was = from.name(),
-                "node is up again"
-            )
+            tracing::info!(node = name, id, was = from.name(), "node is up again")
         }
-        (_, NodeState::Left) => tracing::info!(
-            node = node.name,
-            id = node.id,
-            "node left gracefully; no failover"
-        ),
+        (_, NodeState::Left) => {
+            tracing::info!(node = name, id, "node left gracefully; no failover")
+        }
         (_, NodeState::Unseen) => {}
     }
 }
@@ -256,8 +266,8 @@ fn event_of(state: NodeState) -> Option<Event> {
 }
 
 /// The configured address of a node, else where its last heartbeat came from.
-fn node_address(node: &NodeConfig, record: &NodeRecord) -> Option<IpAddr> {
-    node.address.or_else(|| {
+fn node_address(configured: Option<IpAddr>, record: &NodeRecord) -> Option<IpAddr> {
+    configured.or_else(|| {
         (record.heartbeats != 0).then(|| {
             let v6 = Ipv6Addr::from(record.src_addr);
             v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
@@ -265,12 +275,82 @@ fn node_address(node: &NodeConfig, record: &NodeRecord) -> Option<IpAddr> {
     })
 }
 
+/// What is saved about every node.
+fn snapshot(nodes: &NodeDirectory<'_>, detector: &Detector, table: &NodeTable) -> Vec<SavedNode> {
+    nodes
+        .ids()
+        .map(|id| {
+            let record = table.records.get(id);
+            SavedNode {
+                id,
+                state: detector.state(id),
+                heartbeats: record.heartbeats,
+                incarnation: record.incarnation,
+                sequence: record.sequence,
+                interval_ms: record.interval_ms,
+            }
+        })
+        .collect()
+}
+
+/// Saves node states in a blocking task, at most every [`SAVE_EVERY`] while
+/// they change, so that a large table never stalls a sweep.
+struct StateSaver {
+    path: PathBuf,
+    unsaved: bool,
+    last_save: Instant,
+    saving: Option<JoinHandle<()>>,
+}
+
+impl StateSaver {
+    fn new(path: PathBuf) -> Self {
+        StateSaver {
+            path,
+            unsaved: false,
+            last_save: Instant::now(),
+            saving: None,
+        }
+    }
+
+    fn changed(&mut self) {
+        self.unsaved = true;
+    }
+
+    fn save_if_due(&mut self, snapshot: impl FnOnce() -> Vec<SavedNode>) {
+        let busy = self.saving.as_ref().is_some_and(|task| !task.is_finished());
+        if !self.unsaved || busy || self.last_save.elapsed() < SAVE_EVERY {
+            return;
+        }
+        let (path, nodes) = (self.path.clone(), snapshot());
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = state_file::save(&path, nodes) {
+                tracing::error!("{e}");
+            }
+        }));
+        self.unsaved = false;
+        self.last_save = Instant::now();
+    }
+
+    /// Waits for a save in progress, then saves `nodes`.
+    async fn save_now(&mut self, nodes: Vec<SavedNode>) {
+        if let Some(task) = self.saving.take() {
+            let _ = task.await;
+        }
+        if let Err(e) = state_file::save(&self.path, nodes) {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// The status report: every node counted by state, at most `limit` listed
+/// (those not up first).
 fn report(
-    config: &Config,
+    nodes: &NodeDirectory<'_>,
     detector: &Detector,
     datapath: &Datapath,
     actions: &ActionRunner,
     started: Instant,
+    limit: usize,
 ) -> StatusReport {
     let now = monotonic_ns();
     let counters = match datapath.counters() {
@@ -280,23 +360,36 @@ fn report(
             .map(|(c, v)| (c.name().to_owned(), v))
             .collect(),
         Err(e) => {
-            tracing::error!("{:#}", anyhow::Error::from(e));
+            tracing::error!("{e:#}");
             BTreeMap::new()
         }
     };
+    let mut states: BTreeMap<String, u64> = BTreeMap::new();
+    for id in nodes.ids() {
+        *states
+            .entry(detector.state(id).name().to_owned())
+            .or_default() += 1;
+    }
+    let not_up = nodes
+        .ids()
+        .filter(|&id| detector.state(id) != NodeState::Up);
+    let up = nodes
+        .ids()
+        .filter(|&id| detector.state(id) == NodeState::Up);
+    let mut listed: Vec<u32> = not_up.chain(up).take(limit).collect();
+    listed.sort_unstable();
     let table = datapath.table();
-    let nodes = config
-        .nodes
-        .iter()
+    let listed = listed
+        .into_iter()
+        .filter_map(|id| nodes.get(id))
         .map(|node| {
             let record = table.records.get(node.id);
             let word = table.seen.get(node.id);
             let arrival = seen::arrival_ns(word);
             NodeStatus {
                 id: node.id,
-                name: node.name.clone(),
                 state: detector.state(node.id),
-                address: node_address(node, &record).map(|a| a.to_string()),
+                address: node_address(node.address, &record).map(|a| a.to_string()),
                 since_last_heartbeat_ms: (arrival != 0)
                     .then(|| now.saturating_sub(arrival) / 1_000_000),
                 heartbeats: record.heartbeats,
@@ -306,109 +399,19 @@ fn report(
                 down_in_ms: detector
                     .deadline_ns(node.id, word)
                     .map(|d| d.saturating_sub(now) / 1_000_000),
+                name: node.name.into_owned(),
             }
         })
         .collect();
     StatusReport {
         uptime_ms: started.elapsed().as_millis() as u64,
-        interfaces: datapath
-            .attachments()
-            .iter()
-            .map(|a| InterfaceStatus {
-                name: a.interface.clone(),
-                mode: a.mode.name().to_owned(),
-            })
-            .collect(),
+        interfaces: datapath.interfaces(),
         counters,
         actions: actions.stats(),
-        nodes,
+        states,
+        nodes_total: nodes.len() as u64,
+        nodes: listed,
     }
-}
-
-/// Binds the status socket, refusing if another agent answers on it and
-/// removing a stale socket file left by one that died.
-fn bind_status_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another agent is already running (its status socket {} answers); stop it first, \
-                 or give this one another --status-socket",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale status socket {}", path.display()))?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("listening on the status socket {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {} to its owner", path.display()))?;
-    Ok(listener)
-}
-
-/// Accepts status clients; each request is answered by the main loop.
-async fn serve_status(
-    listener: UnixListener,
-    requests: mpsc::Sender<oneshot::Sender<StatusReport>>,
-) {
-    loop {
-        let mut stream: UnixStream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!("status socket: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            let asked =
-                tokio::time::timeout(Duration::from_secs(5), status::read_request(&mut stream))
-                    .await;
-            if !matches!(asked, Ok(Ok(true))) {
-                return;
-            }
-            let (reply_tx, reply_rx) = oneshot::channel();
-            if requests.send(reply_tx).await.is_err() {
-                return;
-            }
-            if let Ok(report) = reply_rx.await
-                && let Ok(body) = serde_json::to_vec(&report)
-            {
-                let _ = stream.write_all(&body).await;
-                let _ = stream.shutdown().await;
-            }
-        });
-    }
-}
-
-/// Forwards the XDP program's aya-log records to this process's log.
-fn forward_program_log(datapath: &mut Datapath) -> anyhow::Result<()> {
-    let logger =
-        aya_log::EbpfLogger::init(datapath.ebpf_mut()).context("opening the XDP program's log")?;
-    // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged,
-    // for as long as the AsyncFd owns the logger.
-    let mut logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-        .context("polling the XDP log")?;
-    tokio::spawn(async move {
-        loop {
-            match logger.readable_mut().await {
-                Ok(mut guard) => {
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-                Err(e) => {
-                    tracing::warn!("XDP log forwarding stopped: {e}");
-                    return;
-                }
-            }
-        }
-    });
-    Ok(())
 }
 
 /// Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.

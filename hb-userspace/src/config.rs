@@ -156,6 +156,29 @@ pub enum ConfigError {
     ActionTimeoutZero { action: String },
     #[error("two actions are named `{action}` (`name`): give each action its own name")]
     DuplicateActionName { action: String },
+    #[error("node range `{prefix}` (`[[node_ranges]]`): {problem}")]
+    NodeRange { prefix: String, problem: String },
+}
+
+/// What receives heartbeats and records them into the node table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathKind {
+    /// The XDP program, in the driver: no socket, no per-packet syscall.
+    #[default]
+    Xdp,
+    /// A UDP socket read with `recvmmsg`: the fallback where XDP cannot be
+    /// attached, and the baseline XDP is measured against.
+    Socket,
+}
+
+impl DatapathKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DatapathKind::Xdp => "xdp",
+            DatapathKind::Socket => "socket",
+        }
+    }
 }
 
 /// How the XDP program is attached.
@@ -270,6 +293,32 @@ pub struct NodeConfig {
     pub interval: Option<Duration>,
 }
 
+/// A block of nodes with consecutive ids (`[[node_ranges]]`), for clusters
+/// too large to list node by node: node `first_id + k` is named
+/// `{name_prefix}{first_id + k}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRange {
+    pub first_id: u32,
+    pub count: u32,
+    pub name_prefix: String,
+    /// Overrides the interval the nodes advertise and `defaults.interval`.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+}
+
+impl NodeRange {
+    /// The ids of the range.
+    pub fn ids(&self) -> std::ops::Range<u32> {
+        self.first_id..self.first_id.saturating_add(self.count)
+    }
+
+    /// The name of node `id` of this range.
+    pub fn name_of(&self, id: u32) -> String {
+        format!("{}{id}", self.name_prefix)
+    }
+}
+
 /// What an action runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ActionRun {
@@ -298,6 +347,7 @@ pub struct Config {
     pub port: u16,
     pub max_nodes: u32,
     pub pass_heartbeats: bool,
+    pub datapath: DatapathKind,
     pub xdp_mode: XdpMode,
     pub status_socket: PathBuf,
     /// Where node states are saved so that a restart neither forgets nodes
@@ -306,6 +356,9 @@ pub struct Config {
     pub max_concurrent_actions: usize,
     pub defaults: Defaults,
     pub nodes: Vec<NodeConfig>,
+    pub node_ranges: Vec<NodeRange>,
+    /// Optional: every state change is appended here as one JSON line.
+    pub event_log: Option<PathBuf>,
     pub actions: Vec<ActionConfig>,
 }
 
@@ -318,12 +371,15 @@ impl Default for Config {
             port: hb_common::wire::DEFAULT_PORT,
             max_nodes: DEFAULT_MAX_NODES,
             pass_heartbeats: false,
+            datapath: DatapathKind::Xdp,
             xdp_mode: XdpMode::Auto,
             status_socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             max_concurrent_actions: DEFAULT_MAX_CONCURRENT_ACTIONS,
             defaults: Defaults::default(),
             nodes: Vec::new(),
+            node_ranges: Vec::new(),
+            event_log: None,
             actions: Vec::new(),
         }
     }
@@ -340,6 +396,7 @@ pub struct Overrides {
     pub timeout_multiplier: Option<u32>,
     pub sweep_period: Option<Duration>,
     pub max_nodes: Option<u32>,
+    pub datapath: Option<DatapathKind>,
     pub xdp_mode: Option<XdpMode>,
     /// `true`: sets `pass_heartbeats` (false leaves the file's value).
     pub pass_heartbeats: bool,
@@ -355,12 +412,15 @@ struct RawConfig {
     port: u16,
     max_nodes: u32,
     pass_heartbeats: bool,
+    datapath: DatapathKind,
     xdp_mode: XdpMode,
     status_socket: PathBuf,
     state_file: PathBuf,
     max_concurrent_actions: usize,
     defaults: Defaults,
     nodes: Vec<NodeConfig>,
+    node_ranges: Vec<NodeRange>,
+    event_log: Option<PathBuf>,
     actions: Vec<RawAction>,
 }
 
@@ -372,12 +432,15 @@ impl Default for RawConfig {
             port: c.port,
             max_nodes: c.max_nodes,
             pass_heartbeats: c.pass_heartbeats,
+            datapath: c.datapath,
             xdp_mode: c.xdp_mode,
             status_socket: c.status_socket,
             state_file: c.state_file,
             max_concurrent_actions: c.max_concurrent_actions,
             defaults: c.defaults,
             nodes: c.nodes,
+            node_ranges: c.node_ranges,
+            event_log: c.event_log,
             actions: Vec::new(),
         }
     }
@@ -448,12 +511,15 @@ impl Config {
             port: raw.port,
             max_nodes: raw.max_nodes,
             pass_heartbeats: raw.pass_heartbeats,
+            datapath: raw.datapath,
             xdp_mode: raw.xdp_mode,
             status_socket: raw.status_socket,
             state_file: raw.state_file,
             max_concurrent_actions: raw.max_concurrent_actions,
             defaults: raw.defaults,
             nodes: raw.nodes,
+            node_ranges: raw.node_ranges,
+            event_log: raw.event_log,
             actions,
         })
     }
@@ -477,6 +543,9 @@ impl Config {
         }
         if let Some(max_nodes) = overrides.max_nodes {
             self.max_nodes = max_nodes;
+        }
+        if let Some(datapath) = overrides.datapath {
+            self.datapath = datapath;
         }
         if let Some(xdp_mode) = overrides.xdp_mode {
             self.xdp_mode = xdp_mode;
@@ -599,17 +668,80 @@ impl Config {
                     second_id: node.id,
                 });
             }
-            if let Some(interval) = node.interval {
-                if interval < MIN_INTERVAL {
-                    return Err(ConfigError::NodeIntervalTooShort {
-                        name: node.name.clone(),
-                        interval,
-                    });
-                }
-                if interval > MAX_INTERVAL {
-                    return Err(ConfigError::NodeIntervalTooLong {
-                        name: node.name.clone(),
-                        interval,
+            check_node_interval(&node.name, node.interval)?;
+        }
+        self.validate_node_ranges(&by_id, &by_name)
+    }
+
+    fn validate_node_ranges(
+        &self,
+        by_id: &HashMap<u32, &str>,
+        by_name: &HashMap<&str, u32>,
+    ) -> Result<(), ConfigError> {
+        let mut ranges: Vec<&NodeRange> = self.node_ranges.iter().collect();
+        ranges.sort_by_key(|r| r.first_id);
+        for range in &ranges {
+            let prefix = &range.name_prefix;
+            if prefix.trim().is_empty() {
+                return Err(ConfigError::NodeRange { prefix: prefix.clone(), problem: "`name_prefix` is empty: give the nodes of the range a name prefix, e.g. name_prefix = \"node-\"".into() });
+            }
+            if range.count == 0 {
+                return Err(ConfigError::NodeRange {
+                    prefix: prefix.clone(),
+                    problem: "`count` is 0: a range holds at least one node".into(),
+                });
+            }
+            if u64::from(range.first_id) + u64::from(range.count) > u64::from(self.max_nodes) {
+                return Err(ConfigError::NodeRange {
+                    prefix: prefix.clone(),
+                    problem: format!(
+                        "ids {}..={} do not fit in the table: raise max_nodes to at least {}",
+                        range.first_id,
+                        u64::from(range.first_id) + u64::from(range.count) - 1,
+                        u64::from(range.first_id) + u64::from(range.count)
+                    ),
+                });
+            }
+            if let Some((&id, &name)) = by_id.iter().find(|(id, _)| range.ids().contains(id)) {
+                return Err(ConfigError::NodeRange {
+                    prefix: prefix.clone(),
+                    problem: format!(
+                        "its ids include {id}, already node `{name}`: give the node another id or shrink the range"
+                    ),
+                });
+            }
+            if let Some((&name, _)) = by_name.iter().find(|(name, _)| {
+                name.strip_prefix(prefix.as_str())
+                    .and_then(|rest| rest.parse::<u32>().ok())
+                    .is_some_and(|id| range.ids().contains(&id))
+            }) {
+                return Err(ConfigError::NodeRange {
+                    prefix: prefix.clone(),
+                    problem: format!("it names a node `{name}` too: rename that node"),
+                });
+            }
+            check_node_interval(prefix, range.interval)?;
+        }
+        for pair in ranges.windows(2) {
+            if pair[0].ids().end > pair[1].first_id {
+                return Err(ConfigError::NodeRange {
+                    prefix: pair[1].name_prefix.clone(),
+                    problem: format!(
+                        "its ids overlap the range `{}`: ranges must not share ids",
+                        pair[0].name_prefix
+                    ),
+                });
+            }
+        }
+        for a in &ranges {
+            for b in &ranges {
+                if !std::ptr::eq(*a, *b) && b.name_prefix.starts_with(a.name_prefix.as_str()) {
+                    return Err(ConfigError::NodeRange {
+                        prefix: b.name_prefix.clone(),
+                        problem: format!(
+                            "its name prefix starts with the prefix `{}` of another range, so names could clash: make the prefixes distinct",
+                            a.name_prefix
+                        ),
                     });
                 }
             }
@@ -661,6 +793,20 @@ impl Config {
     }
 }
 
+fn check_node_interval(name: &str, interval: Option<Duration>) -> Result<(), ConfigError> {
+    match interval {
+        Some(interval) if interval < MIN_INTERVAL => Err(ConfigError::NodeIntervalTooShort {
+            name: name.to_owned(),
+            interval,
+        }),
+        Some(interval) if interval > MAX_INTERVAL => Err(ConfigError::NodeIntervalTooLong {
+            name: name.to_owned(),
+            interval,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn valid_interface_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_INTERFACE_NAME_LEN
@@ -684,6 +830,10 @@ max_nodes = 65536
 # false: heartbeats are consumed by XDP; true: recorded, then passed on to the
 # network stack.
 pass_heartbeats = false
+
+# What receives heartbeats: "xdp" (the XDP program, no socket) or "socket"
+# (a UDP socket read with recvmmsg, where XDP cannot be attached).
+datapath = "xdp"
 
 # auto (native, falling back to generic) | native | generic
 xdp_mode = "auto"
@@ -717,6 +867,16 @@ interval = "1s"
 [[nodes]]
 id = 2
 name = "web-2"
+
+# Large clusters: a block of consecutive ids, named name_prefix + id
+# (here node-1000 ... node-1999). Optional `interval` as for [[nodes]].
+[[node_ranges]]
+first_id = 1000
+count = 1000
+name_prefix = "node-"
+
+# Optional: every state change is appended here as one JSON line.
+# event_log = "/var/log/hb/events.jsonl"
 
 # Actions run when a node changes state. Events: up, down, left (graceful
 # leave). Environment: HB_EVENT, HB_NODE_ID, HB_NODE_NAME, HB_NODE_ADDRESS,
@@ -1335,6 +1495,7 @@ mod tests {
             timeout_multiplier: Some(6),
             sweep_period: Some(Duration::from_millis(20)),
             max_nodes: Some(300),
+            datapath: Some(DatapathKind::Socket),
             xdp_mode: Some(XdpMode::Generic),
             pass_heartbeats: true,
             status_socket: Some("/cli.sock".into()),
@@ -1350,6 +1511,7 @@ mod tests {
         assert_eq!(config.xdp_mode, XdpMode::Generic);
         assert!(config.pass_heartbeats);
         assert_eq!(config.status_socket, Path::new("/cli.sock"));
+        assert_eq!(config.datapath, DatapathKind::Socket);
         assert_eq!(config.state_file, Path::new("/cli.json"));
 
         // Overrides are validated too.
@@ -1392,5 +1554,68 @@ mod tests {
         let err = Config::load(&bad, &Overrides::default()).expect_err("unknown field");
         assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
         assert_mentions(&err, &["bad.toml", "bogus"]);
+    }
+
+    #[test]
+    fn node_ranges_parse_and_every_mistake_is_named() {
+        let ok = parse(&format!(
+            "{BASE}max_nodes = 3000\n[[nodes]]\nid = 5\nname = \"db\"\n\
+             [[node_ranges]]\nfirst_id = 1000\ncount = 2000\nname_prefix = \"n-\"\ninterval = \"1s\"\n"
+        ));
+        ok.validate().expect("a valid range");
+        assert_eq!(ok.node_ranges[0].ids(), 1000..3000);
+        assert_eq!(ok.node_ranges[0].name_of(1234), "n-1234");
+        assert_eq!(ok.node_ranges[0].interval, Some(Duration::from_secs(1)));
+
+        let range = |first: u32, count: u32, prefix: &str| {
+            format!(
+                "[[node_ranges]]\nfirst_id = {first}\ncount = {count}\nname_prefix = \"{prefix}\"\n"
+            )
+        };
+        for (extra, needle) in [
+            (range(0, 0, "a-"), "`count` is 0"),
+            (
+                range(60_000, 10_000, "a-"),
+                "raise max_nodes to at least 70000",
+            ),
+            (range(0, 10, ""), "`name_prefix` is empty"),
+            (
+                format!("[[nodes]]\nid = 3\nname = \"x\"\n{}", range(0, 10, "a-")),
+                "already node `x`",
+            ),
+            (
+                format!("[[nodes]]\nid = 30\nname = \"a-5\"\n{}", range(0, 10, "a-")),
+                "names a node `a-5`",
+            ),
+            (
+                format!("{}{}", range(0, 10, "a-"), range(5, 10, "b-")),
+                "overlap the range `a-`",
+            ),
+            (
+                format!("{}{}", range(0, 10, "a-"), range(20, 10, "a-b")),
+                "starts with the prefix `a-`",
+            ),
+        ] {
+            let err = validate_err(&format!("{BASE}{extra}"));
+            assert!(matches!(err, ConfigError::NodeRange { .. }), "{err:?}");
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should contain {needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn event_log_and_datapath_are_read() {
+        let config = parse(&format!(
+            "{BASE}event_log = \"/tmp/e.jsonl\"\ndatapath = \"socket\"\n"
+        ));
+        assert_eq!(config.event_log.as_deref(), Some(Path::new("/tmp/e.jsonl")));
+        assert_eq!(config.datapath, DatapathKind::Socket);
+        assert_eq!(parse(BASE).datapath, DatapathKind::Xdp);
+        assert!(matches!(
+            parse_err(&format!("{BASE}datapath = \"dpdk\"\n")),
+            ConfigError::Parse { .. }
+        ));
     }
 }

@@ -1,332 +1,150 @@
-//! The XDP datapath: loads the embedded XDP program with its load-time
-//! settings, attaches it to interfaces (native mode, falling back to generic),
-//! and gives the agent the node table as a shared memory mapping plus the
-//! per-CPU counters.
+//! What records heartbeats into the node table: the XDP program
+//! ([`crate::xdp`], the default) or a UDP socket ([`crate::socket`], where
+//! XDP cannot be attached). Both fill the same [`NodeTable`] layout and the
+//! same counters, so the agent above does not know which one runs.
 //!
-//! The node table is read without any syscall: its two `BPF_F_MMAPABLE`
-//! arrays are mapped into this process ([`crate::table`]), so a sweep of a
-//! million nodes is a walk over memory the kernel writes directly.
+//! Lifecycle: [`Datapath::prepare`] creates the table (nothing is received
+//! yet, so the agent can configure and restore nodes in it), then
+//! [`Datapath::start`] attaches or starts receiving, and [`Datapath::stop`]
+//! detaches or stops.
 
-use std::{io, os::fd::AsFd};
+use anyhow::Context;
+use hb_common::counters::Counter;
+use tokio::io::{Interest, unix::AsyncFd};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+use crate::{
+    config::{Config, DatapathKind, XdpMode},
+    socket::{SocketDatapath, SocketOptions},
+    status::InterfaceStatus,
+    table::NodeTable,
+    xdp::{AttachPolicy, LoadOptions, XdpDatapath},
 };
-use hb_common::{counters::Counter, globals, table::NodeRecord};
-use thiserror::Error;
 
-use crate::table::{Mapping, NodeTable};
+/// Counter values in [`Counter::ALL`] order.
+pub type Counters = [u64; Counter::COUNT as usize];
 
-/// The XDP object built by `build.rs` from the `hb-ebpf` crate.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-xdp"));
-
-/// Errors of the datapath, each naming what failed.
-#[derive(Debug, Error)]
-pub enum DatapathError {
-    #[error(
-        "loading the XDP program into the kernel failed (are you root, with a kernel that has \
-         BPF and BTF?)"
-    )]
-    Load(#[source] Box<aya::EbpfError>),
-    #[error("the XDP object has no {what} named `{name}` (was it built from this source tree?)")]
-    Missing {
-        what: &'static str,
-        name: &'static str,
-    },
-    #[error("{op} failed")]
-    Program {
-        op: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("{op} failed")]
-    Map {
-        op: &'static str,
-        #[source]
-        source: Box<aya::maps::MapError>,
-    },
-    #[error(
-        "map `{name}` has {entries} values of {value_size} bytes, expected {expected_entries} of \
-         {expected_value_size}: the XDP object and this binary disagree"
-    )]
-    Layout {
-        name: &'static str,
-        entries: u32,
-        value_size: u32,
-        expected_entries: u32,
-        expected_value_size: usize,
-    },
-    #[error("memory-mapping the node table `{map}` failed")]
-    Mmap {
-        map: &'static str,
-        source: io::Error,
-    },
-    #[error(
-        "attaching XDP to interface `{interface}` in {mode} mode failed (check that the \
-         interface exists and has no other XDP program)"
-    )]
-    Attach {
-        interface: String,
-        mode: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-}
-
-/// Load-time settings of the XDP program.
-#[derive(Clone, Copy, Debug)]
-pub struct LoadOptions {
-    /// UDP destination port of heartbeats.
-    pub port: u16,
-    /// Size of the node table; node ids must be below it.
-    pub max_nodes: u32,
-    /// Pass valid heartbeats on to the stack after recording them.
-    pub pass_heartbeats: bool,
-}
-
-/// Which XDP mode to attach in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachPolicy {
-    /// Native (driver) mode, falling back to generic mode if unavailable.
-    Auto,
-    /// Native mode only: fail if the driver cannot run XDP.
-    Native,
-    /// Generic (skb) mode only.
-    Generic,
-}
-
-/// The mode an interface ended up attached in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachedMode {
-    Native,
-    Generic,
-}
-
-impl AttachedMode {
-    pub const fn name(self) -> &'static str {
-        match self {
-            AttachedMode::Native => "native",
-            AttachedMode::Generic => "generic",
-        }
-    }
-}
-
-/// One interface the program is attached to.
-#[derive(Debug)]
-pub struct Attachment {
-    pub interface: String,
-    pub mode: AttachedMode,
-    link: XdpLinkId,
-}
-
-/// The loaded program, its maps and its attachments. Dropping it detaches
-/// the program from every interface.
-pub struct Datapath {
-    // Field order matters for Drop: the table mappings go before the maps.
-    table: NodeTable,
-    _table_maps: [MapData; 2],
-    counters: PerCpuArray<MapData, u64>,
-    attachments: Vec<Attachment>,
-    ebpf: Ebpf,
+pub enum Datapath {
+    /// Boxed: far larger than the socket variant.
+    Xdp(Box<XdpDatapath>),
+    Socket(SocketDatapath),
 }
 
 impl Datapath {
-    /// Loads the embedded XDP program into the kernel (not attached yet).
-    pub fn load(options: LoadOptions) -> Result<Self, DatapathError> {
-        let pass = u8::from(options.pass_heartbeats);
-        let mut ebpf = EbpfLoader::new()
-            .override_global(globals::UDP_PORT, &options.port, true)
-            .override_global(globals::PASS_HEARTBEATS, &pass, true)
-            .map_max_entries(globals::SEEN_MAP, options.max_nodes)
-            .map_max_entries(globals::NODES_MAP, options.max_nodes)
-            .load(EBPF_OBJECT)
-            .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        let program = xdp_program(&mut ebpf)?;
-        program.load().map_err(|e| DatapathError::Program {
-            op: "verifying the XDP program",
-            source: Box::new(e),
-        })?;
-
-        let seen = take_array::<u64>(&mut ebpf, globals::SEEN_MAP, options.max_nodes)?;
-        let records = take_array::<NodeRecord>(&mut ebpf, globals::NODES_MAP, options.max_nodes)?;
-        let mmap = |map: &'static str, e| DatapathError::Mmap { map, source: e };
-        // SAFETY: both maps are BPF_F_MMAPABLE arrays of `max_nodes` entries
-        // whose value types are u64 and NodeRecord (hb-ebpf's definitions).
-        let table = unsafe {
-            NodeTable {
-                seen: Mapping::of_bpf_array(seen.fd().as_fd(), options.max_nodes)
-                    .map_err(|e| mmap(globals::SEEN_MAP, e))?,
-                records: Mapping::<NodeRecord>::of_bpf_array(
-                    records.fd().as_fd(),
-                    options.max_nodes,
-                )
-                .map_err(|e| mmap(globals::NODES_MAP, e))?,
-            }
-        };
-        let counters = ebpf
-            .take_map(globals::COUNTERS_MAP)
-            .ok_or(DatapathError::Missing {
-                what: "map",
-                name: globals::COUNTERS_MAP,
-            })?;
-        let counters = PerCpuArray::try_from(counters).map_err(|e| DatapathError::Map {
-            op: "opening the counters",
-            source: Box::new(e),
-        })?;
-        Ok(Datapath {
-            table,
-            _table_maps: [seen, records],
-            counters,
-            attachments: Vec::new(),
-            ebpf,
+    /// Creates the node table and whatever receives into it, not yet
+    /// receiving.
+    pub fn prepare(config: &Config) -> anyhow::Result<Self> {
+        Ok(match config.datapath {
+            DatapathKind::Xdp => Datapath::Xdp(Box::new(XdpDatapath::load(LoadOptions {
+                port: config.port,
+                max_nodes: config.max_nodes,
+                pass_heartbeats: config.pass_heartbeats,
+            })?)),
+            DatapathKind::Socket => Datapath::Socket(SocketDatapath::new(SocketOptions {
+                port: config.port,
+                max_nodes: config.max_nodes,
+                interfaces: config.interfaces.clone(),
+            })?),
         })
     }
 
-    /// The node table, shared with the kernel.
     pub fn table(&self) -> &NodeTable {
-        &self.table
+        match self {
+            Datapath::Xdp(xdp) => xdp.table(),
+            Datapath::Socket(socket) => socket.table(),
+        }
     }
 
-    /// The loaded XDP program (for `BPF_PROG_TEST_RUN`).
-    pub fn program(&mut self) -> Result<&mut Xdp, DatapathError> {
-        xdp_program(&mut self.ebpf)
-    }
-
-    /// The underlying object, e.g. to start forwarding the program's log.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
-    /// Attaches the program to `interface`. In `auto` mode it tries native
-    /// (driver) XDP first and falls back to generic (skb) mode, logging why.
-    pub fn attach(
-        &mut self,
-        interface: &str,
-        policy: AttachPolicy,
-    ) -> Result<AttachedMode, DatapathError> {
-        let attempt = |program: &mut Xdp, mode: AttachedMode| {
-            let xdp_mode = match mode {
-                AttachedMode::Native => XdpMode::Driver,
-                AttachedMode::Generic => XdpMode::Skb,
-            };
-            program
-                .attach(interface, xdp_mode)
-                .map_err(|e| DatapathError::Attach {
-                    interface: interface.to_owned(),
-                    mode: mode.name(),
-                    source: Box::new(e),
-                })
-        };
-        let program = xdp_program(&mut self.ebpf)?;
-        let (link, mode) = match policy {
-            AttachPolicy::Native => (
-                attempt(program, AttachedMode::Native)?,
-                AttachedMode::Native,
-            ),
-            AttachPolicy::Generic => (
-                attempt(program, AttachedMode::Generic)?,
-                AttachedMode::Generic,
-            ),
-            AttachPolicy::Auto => match attempt(program, AttachedMode::Native) {
-                Ok(link) => (link, AttachedMode::Native),
-                Err(native) => {
-                    tracing::warn!(
-                        interface,
-                        "native XDP is not available ({:#}); falling back to generic \
-                         (skb) mode, which works everywhere but costs more CPU per packet",
-                        anyhow::Error::from(native)
-                    );
-                    (
-                        attempt(program, AttachedMode::Generic)?,
-                        AttachedMode::Generic,
-                    )
+    /// Starts recording heartbeats on every configured interface. On error,
+    /// whatever was started is stopped again.
+    pub fn start(&mut self, config: &Config) -> anyhow::Result<()> {
+        match self {
+            Datapath::Xdp(xdp) => {
+                forward_program_log(xdp)?;
+                let policy = match config.xdp_mode {
+                    XdpMode::Auto => AttachPolicy::Auto,
+                    XdpMode::Native => AttachPolicy::Native,
+                    XdpMode::Generic => AttachPolicy::Generic,
+                };
+                for interface in &config.interfaces {
+                    match xdp.attach(interface, policy) {
+                        Ok(mode) => {
+                            tracing::info!(interface, mode = mode.name(), "XDP program attached")
+                        }
+                        Err(e) => {
+                            xdp.detach_all().ok();
+                            return Err(e.into());
+                        }
+                    }
                 }
-            },
-        };
-        self.attachments.push(Attachment {
-            interface: interface.to_owned(),
-            mode,
-            link,
-        });
-        Ok(mode)
-    }
-
-    /// Interfaces the program is attached to, with their modes.
-    pub fn attachments(&self) -> &[Attachment] {
-        &self.attachments
-    }
-
-    /// Detaches the program from every interface.
-    pub fn detach_all(&mut self) -> Result<(), DatapathError> {
-        let attachments = std::mem::take(&mut self.attachments);
-        let program = xdp_program(&mut self.ebpf)?;
-        for attachment in attachments {
-            program
-                .detach(attachment.link)
-                .map_err(|e| DatapathError::Program {
-                    op: "detaching XDP",
-                    source: Box::new(e),
-                })?;
-            tracing::info!(interface = attachment.interface, "XDP program detached");
+                Ok(())
+            }
+            Datapath::Socket(socket) => socket.start(),
         }
-        Ok(())
     }
 
-    /// Current value of every counter, summed over CPUs, in [`Counter::ALL`]
-    /// order.
-    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], DatapathError> {
-        let mut out = [0u64; Counter::COUNT as usize];
-        for (slot, counter) in out.iter_mut().zip(Counter::ALL) {
-            let per_cpu =
-                self.counters
-                    .get(&(counter as u32), 0)
-                    .map_err(|e| DatapathError::Map {
-                        op: "reading counters",
-                        source: Box::new(e),
-                    })?;
-            *slot = per_cpu.iter().sum();
+    /// Counters summed over CPUs (XDP) or receive threads (socket).
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        match self {
+            Datapath::Xdp(xdp) => Ok(xdp.counters()?),
+            Datapath::Socket(socket) => Ok(socket.counters()),
         }
-        Ok(out)
+    }
+
+    /// Where heartbeats are received, for `hb status`.
+    pub fn interfaces(&self) -> Vec<InterfaceStatus> {
+        match self {
+            Datapath::Xdp(xdp) => xdp
+                .attachments()
+                .iter()
+                .map(|a| InterfaceStatus {
+                    name: a.interface.clone(),
+                    mode: a.mode.name().to_owned(),
+                })
+                .collect(),
+            Datapath::Socket(socket) => socket
+                .interfaces()
+                .iter()
+                .map(|name| InterfaceStatus {
+                    name: name.clone(),
+                    mode: "socket".to_owned(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Detaches the XDP program or stops the receive threads.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        match self {
+            Datapath::Xdp(xdp) => Ok(xdp.detach_all()?),
+            Datapath::Socket(socket) => {
+                socket.stop();
+                Ok(())
+            }
+        }
     }
 }
 
-/// Takes array map `name` out of the object, checking that the kernel made
-/// it with `len` values of `T` (what the memory mapping will assume).
-fn take_array<T>(ebpf: &mut Ebpf, name: &'static str, len: u32) -> Result<MapData, DatapathError> {
-    let Some(Map::Array(map)) = ebpf.take_map(name) else {
-        return Err(DatapathError::Missing {
-            what: "array map",
-            name,
-        });
-    };
-    let info = map.info().map_err(|e| DatapathError::Map {
-        op: "reading map info",
-        source: Box::new(e),
-    })?;
-    if info.max_entries() != len || info.value_size() as usize != size_of::<T>() {
-        return Err(DatapathError::Layout {
-            name,
-            entries: info.max_entries(),
-            value_size: info.value_size(),
-            expected_entries: len,
-            expected_value_size: size_of::<T>(),
-        });
-    }
-    Ok(map)
-}
-
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
-    let missing = DatapathError::Missing {
-        what: "XDP program",
-        name: globals::PROGRAM,
-    };
-    ebpf.program_mut(globals::PROGRAM)
-        .ok_or(missing)?
-        .try_into()
-        .map_err(|_| DatapathError::Missing {
-            what: "XDP program",
-            name: globals::PROGRAM,
-        })
+/// Forwards the XDP program's aya-log records to this process's log.
+fn forward_program_log(xdp: &mut XdpDatapath) -> anyhow::Result<()> {
+    let logger =
+        aya_log::EbpfLogger::init(xdp.ebpf_mut()).context("opening the XDP program's log")?;
+    // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged,
+    // for as long as the AsyncFd owns the logger.
+    let mut logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .context("polling the XDP log")?;
+    tokio::spawn(async move {
+        loop {
+            match logger.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::warn!("XDP log forwarding stopped: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
 }

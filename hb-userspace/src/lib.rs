@@ -1,21 +1,31 @@
 //! hb's userspace: the agent, the sender and the status client.
 //!
 //! - [`config`]: the agent's TOML configuration and its validation.
-//! - [`datapath`]: loading and attaching the XDP program.
+//! - [`datapath`]: what records heartbeats: [`xdp`] (default) or [`socket`].
 //! - [`table`]: the node table (hot seen words, cold records) in shared memory.
+//! - [`nodes`]: the configured nodes (listed and ranged) by id.
 //! - [`detector`]: the per-node state machine the sweep runs.
+//! - [`event_log`]: the optional JSON-lines log of state changes.
 //! - [`actions`]: running failover actions with a bound and a timeout.
 //! - [`agent`]: the agent's main loop tying these together.
 //! - [`state_file`]: node states saved across agent restarts.
 //! - [`status`]: the status socket protocol and the `hb status` table.
 //! - [`sender`]: `hb send`, the heartbeat sender.
+//! - [`bench`]: `hb bench`, measurements for `cargo xtask bench`.
+//! - [`loadgen`]: `hb loadgen`, a simulated fleet of senders for load tests.
 
 pub mod actions;
 pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod datapath;
 pub mod detector;
+pub mod event_log;
+pub mod loadgen;
+pub mod nodes;
 pub mod sender;
+pub mod socket;
 pub mod state_file;
 pub mod status;
 pub mod table;
+pub mod xdp;

@@ -1,4 +1,4 @@
-//! The `hb` command line: `hb agent`, `hb send`, `hb status`.
+//! The `hb` command line: `hb agent`, `hb send`, `hb status`, `hb loadgen`.
 //!
 //! A thin layer: clap parses (the doc comments below are the help text), the
 //! library does the work, and errors are printed once with their causes.
@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hb::{
     config::{self, Config, Overrides},
+    loadgen::{LoadgenOptions, Pace},
     sender::SendOptions,
     status,
 };
@@ -37,8 +38,13 @@ enum Command {
     Send(SendArgs),
     /// Show the running agent's view: node states and XDP counters.
     Status(StatusArgs),
+    /// Simulate a fleet of nodes from one process (load tests, benchmarks).
+    Loadgen(LoadgenArgs),
     /// Print a complete, commented example configuration file.
     ExampleConfig,
+    /// Measurements run by `cargo xtask bench` (root; JSON on stdout).
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Args)]
@@ -64,6 +70,9 @@ struct AgentArgs {
     /// Size of the node table; node ids must be below it.
     #[arg(long)]
     max_nodes: Option<u32>,
+    /// What receives heartbeats: the XDP program, or a UDP socket.
+    #[arg(long, value_enum)]
+    datapath: Option<DatapathArg>,
     /// XDP attach mode.
     #[arg(long, value_enum)]
     xdp_mode: Option<XdpModeArg>,
@@ -76,6 +85,14 @@ struct AgentArgs {
     /// Where node states are saved across restarts.
     #[arg(long)]
     state_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DatapathArg {
+    /// The XDP program, in the driver (default).
+    Xdp,
+    /// A UDP socket read with recvmmsg: where XDP cannot be attached.
+    Socket,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,6 +135,77 @@ struct SendArgs {
 }
 
 #[derive(Args)]
+struct LoadgenArgs {
+    /// How many nodes to simulate (1-1000000).
+    #[arg(long)]
+    nodes: u32,
+    /// Id of the first node; the others follow consecutively.
+    #[arg(long, default_value_t = 1)]
+    first_id: u32,
+    /// Monitor address, e.g. 198.18.0.1:7979 (repeatable; every heartbeat
+    /// goes to each).
+    #[arg(long = "to", required = true, value_name = "ADDR:PORT")]
+    targets: Vec<SocketAddr>,
+    /// Time between two heartbeats of one node.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Aggregate heartbeats per second over all nodes, instead of
+    /// --interval (each node then beats every nodes/rate seconds).
+    #[arg(long, conflicts_with = "interval")]
+    rate: Option<f64>,
+    /// Stop after this long, at most 1h (required unless --count is given).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many heartbeats in all, at most 10^10.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Heartbeats per sendmmsg(2) call (1-1024).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Fraction of the nodes (0-1) that crash at --stop-after: they stop
+    /// sending, without a graceful leave.
+    #[arg(long, default_value_t = 0.0)]
+    stop_fraction: f64,
+    /// When the --stop-fraction nodes stop, as time into the run, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    stop_after: Option<Duration>,
+    /// Seed of the choice of stopping nodes and of the phase jitter.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// At the end, send a graceful-leave heartbeat for every running node.
+    #[arg(long)]
+    leave_at_end: bool,
+    /// Write a JSON report here, with when each stopped node last sent.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Hand the kernel one message per datagram instead of letting UDP GSO
+    /// cut batches into datagrams (slower; for comparison).
+    #[arg(long)]
+    no_gso: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The XDP program's cost per packet, through BPF_PROG_TEST_RUN.
+    XdpCost {
+        /// Distinct accepted heartbeats, each run once.
+        #[arg(long, default_value_t = 100_000)]
+        distinct: u32,
+        /// Repeats of one packet for the other classes.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
+    /// One sweep of N up nodes over the mmapped table, and a memcpy of the
+    /// bytes it reads.
+    Sweep {
+        #[arg(long)]
+        nodes: u32,
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+    },
+}
+
+#[derive(Args)]
 struct StatusArgs {
     /// The agent's status socket.
     #[arg(long, default_value = config::DEFAULT_STATUS_SOCKET)]
@@ -125,6 +213,9 @@ struct StatusArgs {
     /// Print the raw JSON report.
     #[arg(long)]
     json: bool,
+    /// List at most this many nodes (those not up first); all are counted.
+    #[arg(long, default_value_t = status::DEFAULT_LIMIT)]
+    limit: usize,
 }
 
 fn main() -> ExitCode {
@@ -160,6 +251,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 timeout_multiplier: args.timeout_multiplier,
                 sweep_period: args.sweep_period,
                 max_nodes: args.max_nodes,
+                datapath: args.datapath.map(|kind| match kind {
+                    DatapathArg::Xdp => config::DatapathKind::Xdp,
+                    DatapathArg::Socket => config::DatapathKind::Socket,
+                }),
                 xdp_mode: args.xdp_mode.map(|mode| match mode {
                     XdpModeArg::Auto => config::XdpMode::Auto,
                     XdpModeArg::Native => config::XdpMode::Native,
@@ -185,8 +280,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Loadgen(args) => {
+            hb::loadgen::run(LoadgenOptions {
+                nodes: args.nodes,
+                first_id: args.first_id,
+                targets: args.targets,
+                pace: args.rate.map_or(Pace::Interval(args.interval), Pace::Rate),
+                duration: args.duration,
+                count: args.count,
+                batch: args.batch,
+                stop_fraction: args.stop_fraction,
+                stop_after: args.stop_after,
+                seed: args.seed,
+                leave_at_end: args.leave_at_end,
+                report: args.report,
+                gso: !args.no_gso,
+            })
+            .await
+        }
         Command::Status(args) => {
-            let report = status::fetch(&args.socket).await?;
+            let report = status::fetch(&args.socket, args.limit).await?;
             if args.json {
                 println!(
                     "{}",
@@ -197,11 +310,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(BenchCommand::XdpCost { distinct, repeat }) => {
+            print_json(&hb::bench::xdp_cost(distinct, repeat)?)
+        }
+        Command::Bench(BenchCommand::Sweep { nodes, rounds }) => {
+            print_json(&hb::bench::sweep(nodes, rounds.max(1))?)
+        }
         Command::ExampleConfig => {
             print!("{}", Config::example());
             Ok(())
         }
     }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value).context("encoding JSON")?);
+    Ok(())
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`). The XDP program's

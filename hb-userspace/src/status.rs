@@ -1,22 +1,34 @@
 //! `hb status`: the agent's view of the cluster, served on a local Unix
 //! socket and printed as a table (or JSON) by the client.
 //!
-//! Protocol: connect, write `status\n`, read one JSON [`StatusReport`] until
-//! the agent closes the connection.
+//! Protocol: connect, write `status <limit>\n`, read one JSON
+//! [`StatusReport`] until the agent closes the connection. The report
+//! counts every node by state and lists at most `limit` nodes, the ones not
+//! up first, so that a million-node agent answers with a page, not 100 MB.
 
 use std::{collections::BTreeMap, fmt::Write as _, io, path::Path, time::Duration};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::UnixStream,
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
 };
 
 use crate::{actions::ActionStats, detector::NodeState};
 
-/// The request line a client sends.
+/// The request word a client sends, followed by the node limit.
 pub const REQUEST: &str = "status";
+/// Nodes listed when the client does not say.
+pub const DEFAULT_LIMIT: usize = 1000;
+
+/// A request waiting for the agent's main loop to answer it.
+pub struct Request {
+    /// At most this many nodes in the report.
+    pub limit: usize,
+    pub reply: oneshot::Sender<StatusReport>,
+}
 
 /// Everything `hb status` shows.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,13 +38,18 @@ pub struct StatusReport {
     /// XDP counters by name, summed over CPUs.
     pub counters: BTreeMap<String, u64>,
     pub actions: ActionStats,
+    /// Number of configured nodes in each state.
+    pub states: BTreeMap<String, u64>,
+    /// Number of configured nodes.
+    pub nodes_total: u64,
+    /// At most the requested number of nodes, those not up first.
     pub nodes: Vec<NodeStatus>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InterfaceStatus {
     pub name: String,
-    /// "native" or "generic".
+    /// "native" or "generic" (XDP), or "socket".
     pub mode: String,
 }
 
@@ -52,8 +69,9 @@ pub struct NodeStatus {
     pub down_in_ms: Option<u64>,
 }
 
-/// Asks the agent listening on `socket` for its report.
-pub async fn fetch(socket: &Path) -> anyhow::Result<StatusReport> {
+/// Asks the agent listening on `socket` for its report, listing at most
+/// `limit` nodes.
+pub async fn fetch(socket: &Path, limit: usize) -> anyhow::Result<StatusReport> {
     let mut stream = match UnixStream::connect(socket).await {
         Ok(stream) => stream,
         Err(e)
@@ -71,7 +89,9 @@ pub async fn fetch(socket: &Path) -> anyhow::Result<StatusReport> {
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
     };
     let exchange = async {
-        stream.write_all(format!("{REQUEST}\n").as_bytes()).await?;
+        stream
+            .write_all(format!("{REQUEST} {limit}\n").as_bytes())
+            .await?;
         let mut body = Vec::new();
         stream.read_to_end(&mut body).await?;
         Ok::<_, io::Error>(body)
@@ -83,12 +103,75 @@ pub async fn fetch(socket: &Path) -> anyhow::Result<StatusReport> {
     serde_json::from_slice(&body).context("the agent's answer is not a status report")
 }
 
-/// Reads one request line from a client; true if it asked for the status.
-pub async fn read_request(stream: &mut UnixStream) -> io::Result<bool> {
+/// Reads one request line: `status` or `status <limit>`; the node limit.
+async fn read_request(stream: &mut UnixStream) -> io::Result<Option<usize>> {
     let mut line = String::new();
     let mut reader = BufReader::new(stream).take(64);
     reader.read_line(&mut line).await?;
-    Ok(line.trim() == REQUEST)
+    let mut words = line.split_whitespace();
+    if words.next() != Some(REQUEST) {
+        return Ok(None);
+    }
+    Ok(match words.next() {
+        None => Some(DEFAULT_LIMIT),
+        Some(limit) => limit.parse().ok(),
+    })
+}
+
+/// Binds the status socket (mode 0600), refusing if another agent answers on
+/// it and removing a stale socket file left by one that died.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another agent is already running (its status socket {} answers); stop it first, \
+                 or give this one another --status-socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale status socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("listening on the status socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to its owner", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts status clients and passes each request to the agent's main loop
+/// through `requests`; writes the answer back.
+pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("status socket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let asked =
+                tokio::time::timeout(Duration::from_secs(5), read_request(&mut stream)).await;
+            let Ok(Ok(Some(limit))) = asked else { return };
+            let (reply, answer) = oneshot::channel();
+            if requests.send(Request { limit, reply }).await.is_err() {
+                return;
+            }
+            if let Ok(report) = answer.await
+                && let Ok(body) = serde_json::to_vec(&report)
+            {
+                let _ = stream.write_all(&body).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+    }
 }
 
 /// Formats the report as the table `hb status` prints.
@@ -101,21 +184,29 @@ pub fn render(report: &StatusReport) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "agent up {}, XDP on {}",
+        "agent up {}, receiving on {}",
         humantime::format_duration(Duration::from_secs(report.uptime_ms / 1000)),
         interfaces.join(", ")
     );
-    let mut by_state = BTreeMap::new();
-    for node in &report.nodes {
-        *by_state.entry(node.state.name()).or_insert(0) += 1;
-    }
-    let summary: Vec<_> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let summary: Vec<_> = report
+        .states
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
     let _ = writeln!(
         out,
-        "nodes: {} ({})\n",
-        report.nodes.len(),
+        "nodes: {} ({})",
+        report.nodes_total,
         summary.join(", ")
     );
+    if (report.nodes.len() as u64) < report.nodes_total {
+        let _ = writeln!(
+            out,
+            "showing {} of them, those not up first (--limit N for more)",
+            report.nodes.len()
+        );
+    }
+    let _ = writeln!(out);
     let _ = writeln!(
         out,
         "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}",
@@ -145,7 +236,7 @@ pub fn render(report: &StatusReport) -> String {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let _ = writeln!(out, "\nXDP counters: {}", counters.join(" "));
+    let _ = writeln!(out, "\ncounters: {}", counters.join(" "));
     let a = &report.actions;
     let _ = writeln!(
         out,

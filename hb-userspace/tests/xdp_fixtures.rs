@@ -36,7 +36,7 @@ use std::{
 };
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
-use hb::datapath::{Datapath, LoadOptions};
+use hb::xdp::{LoadOptions, XdpDatapath};
 use hb_common::{
     counters::Counter,
     table::{NodeRecord, seen},
@@ -269,7 +269,7 @@ fn test_run(program: &mut Xdp, frame: &[u8], metadata: bool) -> Result<u32, Prog
 /// A loaded datapath plus the bookkeeping for one table.
 struct Harness {
     name: &'static str,
-    dp: Datapath,
+    dp: XdpDatapath,
     runs: u64,
     failures: Vec<String>,
 }
@@ -281,7 +281,7 @@ impl Harness {
             max_nodes: MAX_NODES,
             pass_heartbeats,
         };
-        let dp = Datapath::load(options)
+        let dp = XdpDatapath::load(options)
             .unwrap_or_else(|e| panic!("{name}: loading the XDP program (are we root?): {e}"));
         assert_eq!(dp.table().len(), MAX_NODES, "{name}: node table size");
         for id in CONFIGURED {

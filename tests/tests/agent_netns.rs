@@ -1,8 +1,10 @@
 //! End-to-end tests of `hb agent` and `hb send`: each test builds its own
 //! lab (a monitor namespace and node namespaces joined by veth pairs),
 //! runs the real binaries in it and watches the events the configured
-//! action records. Needs root and the `hb` binary (`$HB_BIN`, set by
-//! `cargo xtask test`).
+//! action records. Every scenario runs once per datapath (`--datapath xdp`
+//! and `--datapath socket`, tests named `*_xdp` and `*_socket`): the agent
+//! must behave the same on both. Needs root and the `hb` binary
+//! (`$HB_BIN`, set by `cargo xtask test`).
 
 use std::{
     collections::BTreeMap,
@@ -26,6 +28,37 @@ const READY_WITHIN: Duration = Duration::from_secs(15);
 const UP_WITHIN: Duration = Duration::from_secs(5);
 const EXIT_WITHIN: Duration = Duration::from_secs(5);
 
+/// What records heartbeats in the agent under test (`--datapath`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Datapath {
+    Xdp,
+    Socket,
+}
+
+impl Datapath {
+    fn arg(self) -> &'static str {
+        match self {
+            Datapath::Xdp => "xdp",
+            Datapath::Socket => "socket",
+        }
+    }
+}
+
+/// Two tests running `scenario`, one per datapath.
+macro_rules! on_each_datapath {
+    ($scenario:ident => $xdp:ident, $socket:ident) => {
+        #[test]
+        fn $xdp() {
+            $scenario(Datapath::Xdp);
+        }
+
+        #[test]
+        fn $socket() {
+            $scenario(Datapath::Socket);
+        }
+    };
+}
+
 /// A running agent in its own lab, and the senders started so far.
 /// Field order is drop order: processes first, then the lab, then files.
 struct Fixture {
@@ -35,17 +68,18 @@ struct Fixture {
     config: TestConfig,
     dir: TempDir,
     hb: Hb,
+    datapath: Datapath,
 }
 
 impl Fixture {
-    /// Build a lab of `nodes` nodes and start the agent on it.
-    fn start(nodes: u8) -> Self {
+    /// Build a lab of `nodes` nodes and start the agent on it with `datapath`.
+    fn start(nodes: u8, datapath: Datapath) -> Self {
         let hb = Hb::from_env();
         let lab = Lab::build(&unique_prefix(), nodes)
             .unwrap_or_else(|err| panic!("building the lab: {err}"));
         let dir = TempDir::new("hb-test").unwrap_or_else(|err| panic!("{err}"));
         let config = TestConfig::write(&dir, &lab, TIMING).unwrap_or_else(|err| panic!("{err}"));
-        let agent = spawn_agent(&hb, &lab, &config, &dir.join("agent.log"));
+        let agent = spawn_agent(&hb, &lab, &config, &dir.join("agent.log"), datapath);
         Self {
             senders: BTreeMap::new(),
             agent,
@@ -53,6 +87,7 @@ impl Fixture {
             config,
             dir,
             hb,
+            datapath,
         }
     }
 
@@ -69,6 +104,7 @@ impl Fixture {
             &self.lab,
             &self.config,
             &self.dir.join("agent-2.log"),
+            self.datapath,
         );
     }
 
@@ -175,26 +211,63 @@ impl Fixture {
     }
 
     fn accepted(&self) -> u64 {
+        self.counter("accepted")
+    }
+
+    /// Counter `name` in `hb status --json`.
+    fn counter(&self, name: &str) -> u64 {
         let status = self.status();
-        status["counters"]["accepted"]
+        status["counters"][name]
             .as_u64()
-            .unwrap_or_else(|| panic!("no counters.accepted in hb status --json: {status}"))
+            .unwrap_or_else(|| panic!("no counters.{name} in hb status --json: {status}"))
+    }
+
+    /// The UDP sockets bound to the heartbeat port in the monitor
+    /// namespace, as `ss` lists them (`*%<interface>:<port>` for the socket
+    /// datapath's device-bound sockets).
+    fn udp_listeners(&self) -> Vec<String> {
+        let output = self
+            .lab
+            .monitor
+            .exec(
+                "ss",
+                [
+                    "-H",
+                    "-u",
+                    "-l",
+                    "-n",
+                    &format!("sport = :{HEARTBEAT_PORT}"),
+                ],
+            )
+            .unwrap_or_else(|err| panic!("{err}"));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| line.split_whitespace().nth(3).unwrap_or(line).to_owned())
+            .collect()
     }
 }
 
 /// Starts `hb agent` in the lab's monitor namespace and waits until it
 /// answers `hb status`.
-fn spawn_agent(hb: &Hb, lab: &Lab, config: &TestConfig, log: &Path) -> ChildGuard {
+fn spawn_agent(
+    hb: &Hb,
+    lab: &Lab,
+    config: &TestConfig,
+    log: &Path,
+    datapath: Datapath,
+) -> ChildGuard {
     let mut agent = hb
         .spawn_in(
             &lab.monitor,
-            "agent",
+            &format!("agent ({})", datapath.arg()),
             [
                 "agent".as_ref(),
                 "--config".as_ref(),
                 config.path.as_os_str(),
                 "--status-socket".as_ref(),
                 config.socket.as_os_str(),
+                "--datapath".as_ref(),
+                datapath.arg().as_ref(),
             ],
             log,
         )
@@ -208,9 +281,12 @@ fn sleep(duration: Duration) {
     interrupt::sleep(duration).unwrap_or_else(|err| panic!("{err}"));
 }
 
-#[test]
-fn crashed_sender_goes_down_and_comes_back_up() {
-    let mut f = Fixture::start(3);
+on_each_datapath!(crashed_sender_goes_down_and_comes_back_up =>
+    crashed_sender_goes_down_and_comes_back_up_xdp,
+    crashed_sender_goes_down_and_comes_back_up_socket);
+
+fn crashed_sender_goes_down_and_comes_back_up(datapath: Datapath) {
+    let mut f = Fixture::start(3, datapath);
     f.bring_up(&[1, 2, 3]);
     let accepted = f.accepted();
     assert!(
@@ -267,11 +343,19 @@ fn crashed_sender_goes_down_and_comes_back_up() {
         assert_eq!(f.node_state(id), "up", "node {id}{}", f.context());
     }
     assert!(f.accepted() > accepted, "counters.accepted stopped growing");
+    if datapath == Datapath::Socket {
+        // The socket consumes every datagram, and only sees UDP to the port.
+        assert_eq!(f.counter("passed"), 0, "{}", f.context());
+        assert_eq!(f.counter("not_heartbeat"), 0, "{}", f.context());
+    }
 }
 
-#[test]
-fn graceful_leave_is_left_not_down() {
-    let mut f = Fixture::start(3);
+on_each_datapath!(graceful_leave_is_left_not_down =>
+    graceful_leave_is_left_not_down_xdp,
+    graceful_leave_is_left_not_down_socket);
+
+fn graceful_leave_is_left_not_down(datapath: Datapath) {
+    let mut f = Fixture::start(3, datapath);
     f.bring_up(&[1, 2, 3]);
 
     let status = f
@@ -298,26 +382,61 @@ fn graceful_leave_is_left_not_down() {
     assert_eq!(f.node_state(3), "left", "{}", f.context());
 }
 
-#[test]
-fn sigterm_stops_the_agent_and_detaches_xdp() {
-    let mut f = Fixture::start(2);
+on_each_datapath!(sigterm_stops_the_agent_and_releases_the_datapath =>
+    sigterm_stops_the_agent_and_releases_the_datapath_xdp,
+    sigterm_stops_the_agent_and_releases_the_datapath_socket);
+
+/// While the agent runs, every interface is listed in `hb status` and
+/// served by the chosen datapath only (an XDP program, or a UDP socket bound
+/// to it); after SIGTERM the agent exits 0 and leaves neither behind.
+fn sigterm_stops_the_agent_and_releases_the_datapath(datapath: Datapath) {
+    let mut f = Fixture::start(2, datapath);
     let interfaces = f.lab.monitor_interfaces();
     let status = f.status();
+    let listeners = f.udp_listeners();
     for name in &interfaces {
         let attached = f
             .lab
             .monitor_xdp(name)
             .unwrap_or_else(|err| panic!("{err}"));
-        assert!(
-            attached.is_some(),
-            "no XDP program on {name} while the agent runs{}",
-            f.context()
-        );
-        let listed = status["interfaces"]
+        let mode = status["interfaces"]
             .as_array()
-            .is_some_and(|list| list.iter().any(|i| i["name"] == name.as_str()));
-        assert!(listed, "{name} missing from hb status --json: {status}");
+            .and_then(|list| list.iter().find(|i| i["name"] == name.as_str()))
+            .and_then(|i| i["mode"].as_str())
+            .unwrap_or_else(|| panic!("{name} missing from hb status --json: {status}"));
+        let listening = listeners.contains(&format!("*%{name}:{HEARTBEAT_PORT}"));
+        match datapath {
+            Datapath::Xdp => {
+                assert!(
+                    attached.is_some(),
+                    "no XDP program on {name} while the agent runs{}",
+                    f.context()
+                );
+                assert!(
+                    ["native", "generic"].contains(&mode),
+                    "{name} is in mode {mode}"
+                );
+            }
+            Datapath::Socket => {
+                assert_eq!(attached, None, "the socket datapath attached XDP to {name}");
+                assert_eq!(mode, "socket", "{name}");
+                assert!(
+                    listening,
+                    "no UDP socket bound to {name} on port {HEARTBEAT_PORT}: {listeners:?}{}",
+                    f.context()
+                );
+            }
+        }
     }
+    let expected_listeners = match datapath {
+        Datapath::Xdp => 0,
+        Datapath::Socket => interfaces.len(),
+    };
+    assert_eq!(
+        listeners.len(),
+        expected_listeners,
+        "UDP sockets on port {HEARTBEAT_PORT}: {listeners:?}"
+    );
 
     let exit = f
         .agent
@@ -334,6 +453,11 @@ fn sigterm_stops_the_agent_and_detaches_xdp() {
             "XDP still attached to {name} after the agent exited"
         );
     }
+    let left = f.udp_listeners();
+    assert!(
+        left.is_empty(),
+        "UDP sockets still bound to port {HEARTBEAT_PORT} after the agent exited: {left:?}"
+    );
     assert_no_agent(&f.hb, &f.config.socket);
 }
 
@@ -368,9 +492,12 @@ fn status_without_an_agent_says_so() {
     assert_no_agent(&hb, &dir.join("hb.sock"));
 }
 
-#[test]
-fn restarted_agent_keeps_node_states_and_fires_no_event_again() {
-    let mut f = Fixture::start(3);
+on_each_datapath!(restarted_agent_keeps_node_states_and_fires_no_event_again =>
+    restarted_agent_keeps_node_states_and_fires_no_event_again_xdp,
+    restarted_agent_keeps_node_states_and_fires_no_event_again_socket);
+
+fn restarted_agent_keeps_node_states_and_fires_no_event_again(datapath: Datapath) {
+    let mut f = Fixture::start(3, datapath);
     f.bring_up(&[1, 2, 3]);
     f.sender(2)
         .signal(Signal::Kill)

@@ -4,6 +4,7 @@
 //! machine is set up), so a fresh machine needs nothing but
 //! `cargo xtask test`.
 
+mod bench;
 mod build;
 mod demo;
 mod paths;
@@ -51,6 +52,14 @@ enum Command {
     /// Builds hb, then runs the agent and three senders in a throw-away lab
     /// of network namespaces; everything is removed at the end.
     Demo,
+    /// Measure hb against its performance targets (root; ~10 min).
+    ///
+    /// Builds hb, then measures the XDP cost per packet, the sweep vs node
+    /// count, loss and CPU per heartbeat over veth (XDP vs socket), a
+    /// million nodes held, and detection latency, in throw-away network
+    /// namespaces (hbbench-*). Prints a table per phase and a summary of
+    /// the targets; writes bench/results/<date>.json and SVG plots.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
         Command::Run { args } => run::run(&args),
         Command::Test => test::run().map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
+        Command::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");

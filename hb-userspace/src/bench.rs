@@ -1,0 +1,335 @@
+//! `hb bench`: in-process measurements that `cargo xtask bench` runs and
+//! collects (each prints one JSON object on stdout).
+//!
+//! - `xdp-cost`: the XDP program's cost per packet through
+//!   `BPF_PROG_TEST_RUN`, for an accepted heartbeat, an unknown node, a stale
+//!   sequence and a packet that is not a heartbeat.
+//! - `sweep`: one sweep of N nodes over the real memory-mapped BPF table,
+//!   next to a plain memcpy of the bytes the sweep reads (the floor).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use hb_common::{
+    table::{NodeRecord, seen},
+    wire::{DEFAULT_PORT, Heartbeat},
+};
+use serde::Serialize;
+
+use crate::{
+    agent::monotonic_ns,
+    detector::{Detector, DetectorSettings, NodeState, WatchedNode},
+    xdp::{LoadOptions, XdpDatapath},
+};
+
+/// Cost of one packet class, in nanoseconds per packet.
+#[derive(Debug, Serialize)]
+pub struct PacketCost {
+    pub case: &'static str,
+    pub ns_per_packet: f64,
+    /// How it was measured.
+    pub method: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct XdpCost {
+    pub cases: Vec<PacketCost>,
+}
+
+/// Measures the XDP program's cost per packet.
+///
+/// Classes whose outcome does not change when the same packet runs again
+/// (unknown node, stale sequence, not a heartbeat) are timed by the kernel
+/// over `repeat` runs of one packet. An accepted heartbeat must carry a new
+/// sequence every time, so it is timed over `distinct` single runs of
+/// distinct packets; the kernel's per-call timing overhead is measured the
+/// same way on a non-heartbeat packet (single runs minus repeated runs) and
+/// subtracted.
+pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
+    const NODES: u32 = 1024;
+    let mut datapath = XdpDatapath::load(LoadOptions {
+        port: DEFAULT_PORT,
+        max_nodes: NODES,
+        pass_heartbeats: false,
+    })?;
+    for id in 0..NODES - 1 {
+        datapath.table().configure(id, NodeRecord::default());
+    }
+    let unknown = NODES - 1; // in the table, not configured
+    let program = datapath.program()?;
+
+    let heartbeat = |node_id: u32, sequence: u64| Heartbeat {
+        flags: 0,
+        key_id: 0,
+        node_id,
+        interval_ms: 1000,
+        incarnation: 1,
+        sequence,
+        sent_unix_ns: 0,
+        auth_tag: [0; 16],
+    };
+    let mut single_runs_ns = 0u128;
+    let mut sequence = 0;
+    for i in 0..distinct {
+        if i % (NODES - 1) == 0 {
+            sequence += 1;
+        }
+        let frame = ipv4_udp_frame(DEFAULT_PORT, &heartbeat(i % (NODES - 1), sequence).encode());
+        single_runs_ns += run(program, &frame, 1, Some(1))?.as_nanos();
+    }
+    let accepted_single = single_runs_ns as f64 / f64::from(distinct);
+
+    let arp = arp_frame();
+    let mut arp_single_ns = 0u128;
+    for _ in 0..distinct {
+        arp_single_ns += run(program, &arp, 1, Some(2))?.as_nanos();
+    }
+    let arp_single = arp_single_ns as f64 / f64::from(distinct);
+    let arp_repeated = run(program, &arp, repeat, Some(2))?.as_nanos() as f64;
+    let single_run_overhead = (arp_single - arp_repeated).max(0.0);
+
+    // Node 0 has just accepted `sequence`; the same packet again is stale.
+    let stale = run(
+        program,
+        &ipv4_udp_frame(DEFAULT_PORT, &heartbeat(0, 1).encode()),
+        repeat,
+        Some(1),
+    )?;
+    let unknown = run(
+        program,
+        &ipv4_udp_frame(DEFAULT_PORT, &heartbeat(unknown, 1).encode()),
+        repeat,
+        Some(1),
+    )?;
+    let other_port = run(program, &ipv4_udp_frame(53, &[0u8; 56]), repeat, Some(2))?;
+    let accepted = datapath.counters()?[hb_common::counters::Counter::Accepted as usize];
+    if accepted != u64::from(distinct) {
+        bail!("{accepted} of the {distinct} distinct heartbeats were accepted, expected all");
+    }
+    let repeated = format!("kernel-timed over {repeat} repeats of one packet");
+    Ok(XdpCost {
+        cases: vec![
+            PacketCost {
+                case: "accepted heartbeat",
+                ns_per_packet: accepted_single - single_run_overhead,
+                method: format!(
+                    "{distinct} distinct packets run once each ({accepted_single:.1} ns), minus the \
+                     single-run timing overhead ({single_run_overhead:.1} ns, ARP once vs repeated)"
+                ),
+            },
+            PacketCost {
+                case: "stale sequence",
+                ns_per_packet: stale.as_nanos() as f64,
+                method: repeated.clone(),
+            },
+            PacketCost {
+                case: "unknown node",
+                ns_per_packet: unknown.as_nanos() as f64,
+                method: repeated.clone(),
+            },
+            PacketCost {
+                case: "UDP to another port",
+                ns_per_packet: other_port.as_nanos() as f64,
+                method: repeated.clone(),
+            },
+            PacketCost {
+                case: "ARP (not IP)",
+                ns_per_packet: arp_repeated,
+                method: repeated,
+            },
+        ],
+    })
+}
+
+/// Runs `frame` `repeat` times; returns the kernel's time per run, checking
+/// the XDP action if `expect` is given.
+fn run(program: &Xdp, frame: &[u8], repeat: u32, expect: Option<u32>) -> anyhow::Result<Duration> {
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    if let Some(expected) = expect
+        && result.return_value != expected
+    {
+        bail!(
+            "XDP returned {} where {expected} was expected",
+            result.return_value
+        );
+    }
+    Ok(result.duration)
+}
+
+/// Ethernet + IPv4 (198.18.0.2 -> 198.18.0.1) + UDP to `port` + `payload`.
+pub fn ipv4_udp_frame(port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let total = (20 + 8 + payload.len()) as u16;
+    frame.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ]);
+    frame.extend_from_slice(&[198, 18, 0, 2, 198, 18, 0, 1]);
+    let udp_len = (8 + payload.len()) as u16;
+    frame.extend_from_slice(&40000u16.to_be_bytes());
+    frame.extend_from_slice(&port.to_be_bytes());
+    frame.extend_from_slice(&udp_len.to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn arp_frame() -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x08, 0x06]);
+    frame.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 198, 18, 0, 2]);
+    frame.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 1]);
+    frame
+}
+
+#[derive(Debug, Serialize)]
+pub struct SweepCost {
+    pub nodes: u32,
+    /// Bytes one sweep reads: the seen word and the detector's watch word.
+    pub hot_bytes: u64,
+    pub sweep_ns_min: u64,
+    pub sweep_ns_median: u64,
+    pub memcpy_ns_min: u64,
+    pub memcpy_ns_median: u64,
+    pub rounds: u32,
+}
+
+/// Times the sweep of `nodes` up nodes, all heard recently (the steady
+/// state: nothing to do but check), over the real mmapped BPF table.
+pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
+    let datapath = XdpDatapath::load(LoadOptions {
+        port: DEFAULT_PORT,
+        max_nodes: nodes,
+        pass_heartbeats: false,
+    })?;
+    let table = datapath.table();
+    let settings = DetectorSettings {
+        default_interval_ns: 1_000_000_000,
+        timeout_multiplier: 3,
+    };
+    let watched: Vec<_> = (0..nodes)
+        .map(|node_id| WatchedNode {
+            node_id,
+            interval_ns: None,
+        })
+        .collect();
+    let start = monotonic_ns();
+    let mut detector = Detector::new(settings, nodes, &watched, start);
+    drop(watched);
+    for id in 0..nodes {
+        table.configure(
+            id,
+            NodeRecord {
+                interval_ms: 1000,
+                ..Default::default()
+            },
+        );
+        table.seen.set(id, seen::word(start, false));
+        detector.restore(id, NodeState::Up, 1000);
+    }
+
+    let mut transitions = Vec::new();
+    let mut sweeps = Vec::with_capacity(rounds as usize);
+    for _ in 0..rounds {
+        let now = monotonic_ns();
+        let t = Instant::now();
+        detector.sweep(now, table, &mut transitions);
+        sweeps.push(t.elapsed().as_nanos() as u64);
+        if !transitions.is_empty() {
+            bail!(
+                "{} nodes changed state during the sweep benchmark",
+                transitions.len()
+            );
+        }
+    }
+
+    // The floor: copy the same bytes (8 B seen word + 4 B watch word per node).
+    let seen_bytes = nodes as usize * 8;
+    let watch_bytes = nodes as usize * 4;
+    let watch_words = vec![0x4000_0bb8u32; nodes as usize];
+    let mut destination = vec![0u8; seen_bytes + watch_bytes];
+    let mut copies = Vec::with_capacity(rounds as usize);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        // SAFETY: the seen mapping holds `nodes` u64 values, the destination
+        // has room for them followed by the watch words; no overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                table.seen.atomics().as_ptr().cast::<u8>(),
+                destination.as_mut_ptr(),
+                seen_bytes,
+            );
+            std::ptr::copy_nonoverlapping(
+                watch_words.as_ptr().cast::<u8>(),
+                destination.as_mut_ptr().add(seen_bytes),
+                watch_bytes,
+            );
+        }
+        std::hint::black_box(&destination);
+        copies.push(t.elapsed().as_nanos() as u64);
+    }
+    let (sweep_ns_min, sweep_ns_median) = min_median(&mut sweeps);
+    let (memcpy_ns_min, memcpy_ns_median) = min_median(&mut copies);
+    Ok(SweepCost {
+        nodes,
+        hot_bytes: (seen_bytes + watch_bytes) as u64,
+        sweep_ns_min,
+        sweep_ns_median,
+        memcpy_ns_min,
+        memcpy_ns_median,
+        rounds,
+    })
+}
+
+fn min_median(samples: &mut [u64]) -> (u64, u64) {
+    samples.sort_unstable();
+    (samples[0], samples[samples.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_well_formed() {
+        let hb = Heartbeat {
+            flags: 0,
+            key_id: 0,
+            node_id: 1,
+            interval_ms: 1,
+            incarnation: 1,
+            sequence: 1,
+            sent_unix_ns: 0,
+            auth_tag: [0; 16],
+        };
+        let frame = ipv4_udp_frame(DEFAULT_PORT, &hb.encode());
+        assert_eq!(frame.len(), 14 + 20 + 8 + 56);
+        assert_eq!(u16::from_be_bytes([frame[16], frame[17]]), 20 + 8 + 56);
+        assert_eq!(u16::from_be_bytes([frame[36], frame[37]]), DEFAULT_PORT);
+        assert_eq!(Heartbeat::decode(&frame[42..]), Ok(hb));
+        assert_eq!(arp_frame().len(), 42);
+    }
+
+    #[test]
+    fn min_median_of_samples() {
+        assert_eq!(min_median(&mut [5, 1, 3]), (1, 3));
+    }
+}

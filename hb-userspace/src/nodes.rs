@@ -1,0 +1,117 @@
+//! Every configured node by id, whether listed in `[[nodes]]` or part of a
+//! `[[node_ranges]]` block: the agent's way to name a node in logs, events
+//! and `hb status` without keeping a string per node of a million-node range.
+
+use std::{borrow::Cow, collections::HashMap, net::IpAddr, time::Duration};
+
+use crate::config::{Config, NodeConfig, NodeRange};
+
+/// What the agent knows of one configured node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo<'a> {
+    pub id: u32,
+    pub name: Cow<'a, str>,
+    pub address: Option<IpAddr>,
+    pub interval: Option<Duration>,
+}
+
+/// The configured nodes, looked up by id.
+pub struct NodeDirectory<'a> {
+    nodes: &'a [NodeConfig],
+    ranges: &'a [NodeRange],
+    by_id: HashMap<u32, usize>,
+}
+
+impl<'a> NodeDirectory<'a> {
+    /// The nodes of a validated configuration (ids unique, ranges disjoint).
+    pub fn new(config: &'a Config) -> Self {
+        NodeDirectory {
+            nodes: &config.nodes,
+            ranges: &config.node_ranges,
+            by_id: config
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.id, i))
+                .collect(),
+        }
+    }
+
+    /// Number of configured nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len() + self.ranges.iter().map(|r| r.count as usize).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every configured node id: the listed nodes, then the ranges.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.nodes
+            .iter()
+            .map(|n| n.id)
+            .chain(self.ranges.iter().flat_map(NodeRange::ids))
+    }
+
+    /// Every configured node with its configured interval, if any.
+    pub fn intervals(&self) -> impl Iterator<Item = (u32, Option<Duration>)> + '_ {
+        let listed = self.nodes.iter().map(|n| (n.id, n.interval));
+        listed.chain(
+            self.ranges
+                .iter()
+                .flat_map(|r| r.ids().map(move |id| (id, r.interval))),
+        )
+    }
+
+    /// The node with this id, if it is configured.
+    pub fn get(&self, id: u32) -> Option<NodeInfo<'a>> {
+        if let Some(&index) = self.by_id.get(&id) {
+            let node = &self.nodes[index];
+            return Some(NodeInfo {
+                id,
+                name: Cow::Borrowed(node.name.as_str()),
+                address: node.address,
+                interval: node.interval,
+            });
+        }
+        let range = self.ranges.iter().find(|r| r.ids().contains(&id))?;
+        Some(NodeInfo {
+            id,
+            name: Cow::Owned(range.name_of(id)),
+            address: None,
+            interval: range.interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_and_ranged_nodes_are_found_by_id() {
+        let config = Config::parse(
+            "interfaces = [\"eth0\"]\n[[nodes]]\nid = 7\nname = \"db\"\naddress = \"198.18.0.7\"\n\
+             [[node_ranges]]\nfirst_id = 100\ncount = 3\nname_prefix = \"n-\"\ninterval = \"1s\"\n",
+            "test",
+        )
+        .unwrap();
+        let nodes = NodeDirectory::new(&config);
+        assert_eq!(nodes.len(), 4);
+        assert_eq!(nodes.ids().collect::<Vec<_>>(), vec![7, 100, 101, 102]);
+        let db = nodes.get(7).unwrap();
+        assert_eq!(
+            (db.name.as_ref(), db.address),
+            ("db", Some("198.18.0.7".parse().unwrap()))
+        );
+        let n = nodes.get(102).unwrap();
+        assert_eq!(
+            (n.name.as_ref(), n.interval),
+            ("n-102", Some(Duration::from_secs(1)))
+        );
+        assert_eq!(nodes.get(103), None);
+        assert_eq!(nodes.get(8), None);
+        assert_eq!(nodes.intervals().filter(|(_, i)| i.is_some()).count(), 3);
+    }
+}

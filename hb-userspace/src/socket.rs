@@ -1,0 +1,1289 @@
+//! The socket datapath: records heartbeats into the node table from UDP
+//! sockets, where the XDP program cannot be attached, and as the baseline the
+//! XDP datapath is measured against.
+//!
+//! One IPv6 dual-stack socket per interface (`[::]:port`, IPv4 arriving as
+//! v4-mapped addresses, the form the XDP program records), bound to its
+//! interface with `SO_BINDTODEVICE` so it hears only that interface, like an
+//! XDP attachment. Each socket has its own receive thread that takes up to
+//! [`BATCH`] datagrams per `recvmmsg(2)` call into buffers allocated once,
+//! and applies exactly the XDP program's rules (`hb-ebpf`): a 56-byte payload
+//! that decodes, a configured node id below `max_nodes`, an (incarnation,
+//! sequence) that moves forward; then the cold record is written and after it
+//! the seen word, with a release store. Arrival times are the kernel's receive
+//! timestamps (`SO_TIMESTAMPNS`, `CLOCK_REALTIME`) moved onto
+//! `CLOCK_MONOTONIC`, the clock of the XDP program's `bpf_ktime_get_ns` and
+//! of the agent's sweep; they do not depend on when a datagram is read, so
+//! under load the thread lets datagrams pile up into full batches
+//! ([`COALESCE`]).
+//!
+//! Counters keep the XDP program's meaning and invariant: every datagram
+//! bumps one outcome and the `dropped` verdict (the socket consumes it), so
+//! `passed` and `not_heartbeat` (the socket only sees UDP to the port) stay 0.
+
+use std::{
+    ffi::c_void,
+    io, mem,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    ptr::{self, NonNull},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use hb_common::{
+    counters::Counter,
+    table::{NodeRecord, seen},
+    wire::{HEARTBEAT_LEN, Heartbeat},
+};
+use thiserror::Error;
+
+use crate::{
+    datapath::Counters,
+    table::{Mapping, NodeTable},
+};
+
+/// Datagrams taken per `recvmmsg` call.
+pub const BATCH: usize = 64;
+/// Receive buffer asked for per socket: 8 MiB holds about 10^4 queued
+/// heartbeats (the kernel charges each one's skb, not just its 56 bytes).
+pub const RECEIVE_BUFFER_BYTES: usize = 8 << 20;
+/// How long a receive thread waits for a datagram before it checks whether
+/// it should stop; bounds [`SocketDatapath::stop`].
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Bytes of each datagram buffer: more than a heartbeat, so a longer
+/// datagram shows as such (its length, or `MSG_TRUNC`).
+const DATAGRAM_BUFFER: usize = 64;
+/// Bytes of each control buffer: `SCM_TIMESTAMPNS` needs 32 on 64-bit.
+const CONTROL_BUFFER: usize = 64;
+/// Stripes of the locks that serialise updates of one node's record when
+/// several receive threads (interfaces) hear it.
+const RECORD_LOCKS: usize = 64;
+/// Pause after a batch of more than one datagram but less than [`BATCH`],
+/// so that under load datagrams pile up into full batches instead of one
+/// wake-up and one `recvmmsg` each (at 100k heartbeats/s this cuts the
+/// receive thread's CPU about 3.5 times). Arrival times are the kernel's
+/// timestamps, so reading later does not change them; a lone datagram (an
+/// idle or lightly loaded monitor) is never delayed.
+pub const COALESCE: Duration = Duration::from_millis(1);
+/// A failing `recvmmsg` is logged at most this often per socket.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Pause after a failing `recvmmsg`, so a persistent error does not spin.
+const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Errors of the socket datapath, each naming the interface and the call.
+#[derive(Debug, Error)]
+pub enum SocketError {
+    #[error("allocating the node table ({what}) of {max_nodes} slots failed")]
+    Table {
+        what: &'static str,
+        max_nodes: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op} for interface `{interface}` failed")]
+    Io {
+        interface: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "binding UDP port {port} on interface `{interface}` failed (does another program \
+         receive on that port on this interface?)"
+    )]
+    Bind {
+        interface: String,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting the receive thread for interface `{interface}` failed")]
+    Spawn {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the socket datapath was already started (it cannot be started again)")]
+    AlreadyStarted,
+}
+
+/// What [`SocketDatapath::new`] opens.
+#[derive(Clone, Debug)]
+pub struct SocketOptions {
+    /// UDP destination port of heartbeats.
+    pub port: u16,
+    /// Size of the node table; node ids must be below it.
+    pub max_nodes: u32,
+    /// One socket per interface, hearing only that interface.
+    pub interfaces: Vec<String>,
+}
+
+/// The node table, the sockets and their receive threads. Dropping it stops
+/// the threads and closes the sockets.
+pub struct SocketDatapath {
+    shared: Arc<Shared>,
+    interfaces: Vec<String>,
+    /// Sockets opened by `new`, waiting for `start`.
+    opened: Vec<Receiver>,
+    /// Receive threads, with the interface each one serves.
+    threads: Vec<(String, JoinHandle<()>)>,
+    /// Each receive thread's counters; kept after the threads end.
+    counters: Vec<Arc<ThreadCounters>>,
+    started: bool,
+}
+
+/// What the receive threads share with the datapath.
+struct Shared {
+    table: NodeTable,
+    record_locks: [Mutex<()>; RECORD_LOCKS],
+    stop: AtomicBool,
+}
+
+/// An opened socket and the interface it is bound to.
+struct Receiver {
+    interface: String,
+    socket: OwnedFd,
+}
+
+/// One receive thread's counters, in [`Counter::ALL`] order. Only that
+/// thread writes them.
+#[derive(Default)]
+struct ThreadCounters([AtomicU64; Counter::COUNT as usize]);
+
+impl SocketDatapath {
+    /// Allocates the node table and opens one socket per interface. Nothing
+    /// is received until [`SocketDatapath::start`]: datagrams arriving before
+    /// wait in the sockets' buffers.
+    pub fn new(options: SocketOptions) -> Result<Self, SocketError> {
+        let table_error = |what| {
+            move |source| SocketError::Table {
+                what,
+                max_nodes: options.max_nodes,
+                source,
+            }
+        };
+        let table = NodeTable {
+            seen: Mapping::anonymous(options.max_nodes).map_err(table_error("seen words"))?,
+            records: Mapping::anonymous(options.max_nodes).map_err(table_error("records"))?,
+        };
+        let mut opened = Vec::with_capacity(options.interfaces.len());
+        for interface in &options.interfaces {
+            let (socket, receive_buffer) = open_socket(interface, options.port)?;
+            tracing::info!(
+                interface,
+                port = options.port,
+                receive_buffer,
+                "UDP socket opened"
+            );
+            if receive_buffer < RECEIVE_BUFFER_BYTES {
+                tracing::warn!(
+                    interface,
+                    "the socket's receive buffer is only {receive_buffer} bytes (asked for \
+                     {RECEIVE_BUFFER_BYTES}): bursts of heartbeats may be dropped; run as root \
+                     or raise net.core.rmem_max"
+                );
+            }
+            opened.push(Receiver {
+                interface: interface.clone(),
+                socket,
+            });
+        }
+        Ok(SocketDatapath {
+            shared: Arc::new(Shared {
+                table,
+                record_locks: std::array::from_fn(|_| Mutex::new(())),
+                stop: AtomicBool::new(false),
+            }),
+            interfaces: options.interfaces,
+            opened,
+            threads: Vec::new(),
+            counters: Vec::new(),
+            started: false,
+        })
+    }
+
+    /// The node table, written by the receive threads once started.
+    pub fn table(&self) -> &NodeTable {
+        &self.shared.table
+    }
+
+    /// Starts one receive thread per socket. On error, the threads started
+    /// so far are stopped again.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        if self.started {
+            return Err(SocketError::AlreadyStarted.into());
+        }
+        self.started = true;
+        for receiver in mem::take(&mut self.opened) {
+            let interface = receiver.interface.clone();
+            let counters = Arc::new(ThreadCounters::default());
+            let thread_counters = Arc::clone(&counters);
+            let shared = Arc::clone(&self.shared);
+            // Linux keeps the first 15 bytes of a thread name.
+            let spawned = thread::Builder::new()
+                .name(format!("hb-rx-{interface}"))
+                .spawn(move || receive_loop(&receiver, &shared, &thread_counters));
+            match spawned {
+                Ok(thread) => {
+                    tracing::info!(interface, "receiving heartbeats on the UDP socket");
+                    self.counters.push(counters);
+                    self.threads.push((interface, thread));
+                }
+                Err(source) => {
+                    self.stop();
+                    return Err(SocketError::Spawn { interface, source }.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every counter summed over the receive threads, in [`Counter::ALL`]
+    /// order.
+    pub fn counters(&self) -> Counters {
+        let mut out = Counters::default();
+        for thread in &self.counters {
+            for (total, value) in out.iter_mut().zip(&thread.0) {
+                *total += value.load(Ordering::Relaxed);
+            }
+        }
+        out
+    }
+
+    /// The interfaces a socket was opened for.
+    pub fn interfaces(&self) -> &[String] {
+        &self.interfaces
+    }
+
+    /// Stops the receive threads (each notices within [`RECEIVE_TIMEOUT`])
+    /// and closes every socket. The table and the counters stay readable.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for (interface, thread) in self.threads.drain(..) {
+            match thread.join() {
+                Ok(()) => tracing::info!(interface, "UDP socket closed"),
+                Err(_) => tracing::error!(interface, "the receive thread panicked"),
+            }
+        }
+        self.opened.clear();
+    }
+}
+
+impl Drop for SocketDatapath {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl ThreadCounters {
+    /// Publishes the thread's running totals (plain stores: one writer).
+    fn publish(&self, totals: &Counters) {
+        for (counter, &total) in self.0.iter().zip(totals) {
+            counter.store(total, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Opens the socket of `interface`; returns it with the receive buffer size
+/// the kernel granted (bytes of payload it will queue).
+fn open_socket(interface: &str, port: u16) -> Result<(OwnedFd, usize), SocketError> {
+    let io_error = |op| {
+        move |source| SocketError::Io {
+            interface: interface.to_owned(),
+            op,
+            source,
+        }
+    };
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io_error("socket(AF_INET6, SOCK_DGRAM)")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)
+        .map_err(io_error("setsockopt(IPV6_V6ONLY, 0)"))?;
+    // No SO_REUSEADDR: UDP has no TIME_WAIT to skip on restart, and with it
+    // a second agent could bind the same interface and port and silently
+    // take every heartbeat from the first; without it, its bind fails.
+    set_option(
+        &socket,
+        libc::SOL_SOCKET,
+        libc::SO_BINDTODEVICE,
+        interface.as_bytes(),
+    )
+    .map_err(io_error("setsockopt(SO_BINDTODEVICE)"))?;
+    let wanted = libc::c_int::try_from(RECEIVE_BUFFER_BYTES).unwrap_or(libc::c_int::MAX);
+    // SO_RCVBUFFORCE needs CAP_NET_ADMIN; SO_RCVBUF is capped by rmem_max.
+    set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, wanted)
+        .or_else(|_| set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, wanted))
+        .map_err(io_error("setsockopt(SO_RCVBUF)"))?;
+    set_int(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+        .map_err(io_error("setsockopt(SO_TIMESTAMPNS)"))?;
+    let timeout = libc::timeval {
+        tv_sec: RECEIVE_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: RECEIVE_TIMEOUT.subsec_micros() as libc::suseconds_t,
+    };
+    set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)
+        .map_err(io_error("setsockopt(SO_RCVTIMEO)"))?;
+
+    // SAFETY: all-zero is a valid sockaddr_in6 (the unspecified address).
+    let mut address: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+    address.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    address.sin6_port = port.to_be();
+    // SAFETY: the address is a valid sockaddr_in6 of the length given.
+    let bound = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const address).cast(),
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if bound != 0 {
+        return Err(SocketError::Bind {
+            interface: interface.to_owned(),
+            port,
+            source: io::Error::last_os_error(),
+        });
+    }
+
+    let mut granted: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `granted`.
+    let got = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw mut granted).cast(),
+            &mut len,
+        )
+    };
+    if got != 0 {
+        return Err(io_error("getsockopt(SO_RCVBUF)")(io::Error::last_os_error()));
+    }
+    // The kernel reports twice what it queues (the rest is its bookkeeping).
+    Ok((socket, usize::try_from(granted).unwrap_or(0) / 2))
+}
+
+fn set_int(
+    socket: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    set_option(socket, level, name, &value)
+}
+
+fn set_option<T: ?Sized>(
+    socket: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is valid for reads of its whole size for the call.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            ptr::from_ref(value).cast::<c_void>(),
+            size_of_val(value) as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A receive thread: batches of datagrams until the stop flag is set.
+fn receive_loop(receiver: &Receiver, shared: &Shared, counters: &ThreadCounters) {
+    let mut batch = Batch::new();
+    let mut totals = Counters::default();
+    let mut errors = ErrorLog::default();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let received = match batch.receive(&receiver.socket) {
+            Ok(received) => received,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                errors.report(&receiver.interface, &e);
+                thread::sleep(ERROR_BACKOFF);
+                continue;
+            }
+        };
+        let clock = Clock::sample();
+        for index in 0..received {
+            let outcome = record(shared, &batch.datagram(index), &clock);
+            totals[outcome as usize] += 1;
+            totals[Counter::Dropped as usize] += 1;
+        }
+        counters.publish(&totals);
+        if received > 1 && received < BATCH {
+            thread::sleep(COALESCE);
+        }
+    }
+}
+
+/// Rate-limited warnings about a failing `recvmmsg`.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn report(&mut self, interface: &str, error: &io::Error) {
+        if self.last.is_some_and(|at| at.elapsed() < ERROR_LOG_EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            interface,
+            suppressed = self.suppressed,
+            "recvmmsg failed: {error}; retrying"
+        );
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+/// One received datagram, as far as recording it is concerned.
+struct Datagram<'a> {
+    /// The payload (at most [`DATAGRAM_BUFFER`] bytes of it).
+    payload: &'a [u8],
+    /// The payload was longer than the buffer.
+    truncated: bool,
+    /// Source address (IPv6, or v4-mapped), network byte order.
+    src_addr: [u8; 16],
+    /// Source port, host byte order.
+    src_port: u16,
+    /// The kernel's receive timestamp, `CLOCK_REALTIME` ns.
+    realtime_ns: Option<u64>,
+}
+
+/// Applies the XDP program's rules to one datagram and, for an accepted
+/// heartbeat, records it: the cold record first, then the seen word.
+fn record(shared: &Shared, datagram: &Datagram<'_>, clock: &Clock) -> Counter {
+    if datagram.truncated || datagram.payload.len() != HEARTBEAT_LEN {
+        return Counter::Malformed;
+    }
+    let Ok(heartbeat) = Heartbeat::decode(datagram.payload) else {
+        return Counter::Malformed;
+    };
+    let table = &shared.table;
+    let id = heartbeat.node_id;
+    if id >= table.len() {
+        return Counter::UnknownNode;
+    }
+    let _serialised = shared.record_locks[id as usize % RECORD_LOCKS]
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let record = table.records.get(id);
+    if !record.is_configured() {
+        return Counter::UnknownNode;
+    }
+    if !record.accepts(heartbeat.incarnation, heartbeat.sequence) {
+        return Counter::StaleSequence;
+    }
+    if record.heartbeats != 0 && heartbeat.incarnation != record.incarnation {
+        tracing::info!("node {id} restarted: incarnation {}", heartbeat.incarnation);
+    }
+    table.records.set(
+        id,
+        NodeRecord {
+            incarnation: heartbeat.incarnation,
+            sequence: heartbeat.sequence,
+            heartbeats: record.heartbeats + 1,
+            sent_unix_ns: heartbeat.sent_unix_ns,
+            src_addr: datagram.src_addr,
+            interval_ms: heartbeat.interval_ms,
+            src_port: datagram.src_port,
+            heartbeat_flags: heartbeat.flags,
+            slot_flags: record.slot_flags,
+        },
+    );
+    let seen_word = &table.seen.atomics()[id as usize];
+    // An accepted heartbeat never makes its node look older than the last
+    // one did (which a step of the realtime clock could otherwise cause).
+    let previous = seen::arrival_ns(seen_word.load(Ordering::Relaxed));
+    let arrival = clock.monotonic_ns(datagram.realtime_ns).max(previous);
+    seen_word.store(seen::word(arrival, heartbeat.is_leave()), Ordering::Release);
+    Counter::Accepted
+}
+
+/// `CLOCK_MONOTONIC` now, and how far `CLOCK_REALTIME` is ahead of it:
+/// sampled once per batch, right after `recvmmsg` returned.
+struct Clock {
+    monotonic_now: u64,
+    realtime_minus_monotonic: i128,
+}
+
+impl Clock {
+    fn sample() -> Self {
+        // Monotonic readings on both sides of the realtime one, so the
+        // offset is not biased by the time between the calls.
+        let before = clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        let after = clock_ns(libc::CLOCK_MONOTONIC);
+        let monotonic = before + (after - before) / 2;
+        Clock {
+            monotonic_now: u64::try_from(after).unwrap_or(0),
+            realtime_minus_monotonic: realtime - monotonic,
+        }
+    }
+
+    /// A receive timestamp moved onto `CLOCK_MONOTONIC`; never later than
+    /// the batch was read (nor earlier than boot). Without a timestamp, now.
+    fn monotonic_ns(&self, realtime_ns: Option<u64>) -> u64 {
+        let Some(realtime_ns) = realtime_ns else {
+            return self.monotonic_now;
+        };
+        let monotonic = i128::from(realtime_ns) - self.realtime_minus_monotonic;
+        u64::try_from(monotonic)
+            .ok()
+            .filter(|&ns| ns > 0)
+            .map_or(self.monotonic_now, |ns| ns.min(self.monotonic_now))
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// The `recvmmsg` vectors and every buffer they point to, in one heap block
+/// allocated once per receive thread. Only reached through `slots`: the
+/// kernel writes into it behind any reference's back.
+struct Batch {
+    slots: NonNull<Slots>,
+    /// Headers the last call filled, whose in-out lengths need resetting.
+    dirty: usize,
+}
+
+#[repr(C)]
+struct Slots {
+    headers: [libc::mmsghdr; BATCH],
+    iovecs: [libc::iovec; BATCH],
+    names: [libc::sockaddr_in6; BATCH],
+    controls: [Control; BATCH],
+    payloads: [[u8; DATAGRAM_BUFFER]; BATCH],
+}
+
+/// A control message buffer, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; CONTROL_BUFFER]);
+
+impl Batch {
+    fn new() -> Self {
+        // SAFETY: every field of `Slots` is plain data (integers, arrays and
+        // raw pointers) for which all-zero is a valid value.
+        let slots = unsafe { Box::<Slots>::new_zeroed().assume_init() };
+        let slots = NonNull::from(Box::leak(slots));
+        let base = slots.as_ptr();
+        for i in 0..BATCH {
+            // SAFETY: `base` points to a live, exclusively owned `Slots`;
+            // the pointers stored stay valid until `Drop` frees it.
+            unsafe {
+                let iovec = &raw mut (*base).iovecs[i];
+                (*iovec).iov_base = (&raw mut (*base).payloads[i]).cast();
+                (*iovec).iov_len = DATAGRAM_BUFFER;
+                let header = &raw mut (*base).headers[i].msg_hdr;
+                (*header).msg_iov = iovec;
+                (*header).msg_iovlen = 1;
+                (*header).msg_name = (&raw mut (*base).names[i]).cast();
+                (*header).msg_control = (&raw mut (*base).controls[i]).cast();
+            }
+        }
+        let mut batch = Batch {
+            slots,
+            dirty: BATCH,
+        };
+        batch.reset();
+        batch
+    }
+
+    /// Restores the in-out lengths the kernel overwrote in the last call.
+    fn reset(&mut self) {
+        let base = self.slots.as_ptr();
+        for i in 0..self.dirty {
+            // SAFETY: in bounds of the live `Slots`; no reference to it is
+            // held.
+            unsafe {
+                let header = &raw mut (*base).headers[i];
+                (*header).msg_len = 0;
+                (*header).msg_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                (*header).msg_hdr.msg_controllen = CONTROL_BUFFER;
+                (*header).msg_hdr.msg_flags = 0;
+            }
+        }
+        self.dirty = 0;
+    }
+
+    /// Waits (at most the socket's receive timeout) for a datagram, then
+    /// takes it and whatever else is queued, up to [`BATCH`]. Returns how
+    /// many were taken.
+    fn receive(&mut self, socket: &OwnedFd) -> io::Result<usize> {
+        self.reset();
+        // SAFETY: the headers and every buffer they point to are live and
+        // sized as the headers say; the kernel writes nothing else.
+        let received = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                (&raw mut (*self.slots.as_ptr()).headers).cast(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                ptr::null_mut(),
+            )
+        };
+        let received = usize::try_from(received).map_err(|_| io::Error::last_os_error())?;
+        self.dirty = received;
+        Ok(received)
+    }
+
+    /// Datagram `index` of the last [`Batch::receive`].
+    fn datagram(&self, index: usize) -> Datagram<'_> {
+        assert!(index < self.dirty, "datagram {index} was not received");
+        let base = self.slots.as_ptr();
+        // SAFETY: in bounds of the live `Slots`, which the kernel does not
+        // write until the next `receive` (which needs `&mut self`, so the
+        // returned payload borrow has ended by then).
+        unsafe {
+            let header = &(*base).headers[index];
+            let len = (header.msg_len as usize).min(DATAGRAM_BUFFER);
+            let name = &(*base).names[index];
+            let (src_addr, src_port) = if header.msg_hdr.msg_namelen as usize
+                >= size_of::<libc::sockaddr_in6>()
+                && libc::c_int::from(name.sin6_family) == libc::AF_INET6
+            {
+                (name.sin6_addr.s6_addr, u16::from_be(name.sin6_port))
+            } else {
+                ([0; 16], 0)
+            };
+            Datagram {
+                payload: &(&(*base).payloads[index])[..len],
+                truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                src_addr,
+                src_port,
+                realtime_ns: receive_timestamp(&header.msg_hdr),
+            }
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // SAFETY: `slots` came from `Box::leak` in `new` and is freed once.
+        drop(unsafe { Box::from_raw(self.slots.as_ptr()) });
+    }
+}
+
+/// The `SCM_TIMESTAMPNS` control message of a received datagram, in ns.
+///
+/// # Safety
+/// `header` must describe a message `recvmmsg` just filled, its control
+/// buffer still live.
+unsafe fn receive_timestamp(header: &libc::msghdr) -> Option<u64> {
+    // SAFETY: the caller guarantees the control buffer and its length;
+    // CMSG_FIRSTHDR/CMSG_NXTHDR stay within it.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(header) };
+    while !cmsg.is_null() {
+        // SAFETY: a non-null result of CMSG_FIRSTHDR/CMSG_NXTHDR points to a
+        // header inside the control buffer.
+        let (level, kind, len) =
+            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        // SAFETY: CMSG_LEN is pure arithmetic.
+        let wanted = unsafe { libc::CMSG_LEN(size_of::<libc::timespec>() as libc::c_uint) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPNS && len >= wanted as usize {
+            // SAFETY: the message holds a timespec (length checked above);
+            // control data need not be aligned for it.
+            let ts = unsafe { ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>()) };
+            let secs = u64::try_from(ts.tv_sec).ok()?;
+            let nanos = u64::try_from(ts.tv_nsec).ok()?;
+            return secs.checked_mul(1_000_000_000)?.checked_add(nanos);
+        }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        cmsg = unsafe { libc::CMSG_NXTHDR(header, cmsg) };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    //! These open real sockets on `lo` (and, in one test, in a private
+    //! network namespace), so they need root, like the XDP fixtures.
+
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr, UdpSocket},
+        process::Command,
+    };
+
+    use hb_common::{
+        table::SLOT_CONFIGURED,
+        wire::{self, flags},
+    };
+
+    use super::*;
+
+    const MAX_NODES: u32 = 8;
+    /// Slot 2 is left unconfigured; 7 is the last slot.
+    const CONFIGURED: [u32; 3] = [1, 3, 7];
+    const SENT_UNIX_NS: u64 = 1_700_000_000_123_456_789;
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn heartbeat(node_id: u32, incarnation: u64, sequence: u64, flags: u8) -> Heartbeat {
+        Heartbeat {
+            flags,
+            key_id: 0,
+            node_id,
+            interval_ms: 250,
+            incarnation,
+            sequence,
+            sent_unix_ns: SENT_UNIX_NS,
+            auth_tag: [0; 16],
+        }
+    }
+
+    /// A UDP port nobody uses right now.
+    fn free_port() -> u16 {
+        UdpSocket::bind("[::]:0")
+            .and_then(|s| s.local_addr())
+            .expect("binding an ephemeral port")
+            .port()
+    }
+
+    /// A datapath on `interfaces` with [`CONFIGURED`] configured.
+    fn open(interfaces: &[&str], port: u16) -> SocketDatapath {
+        let datapath = SocketDatapath::new(SocketOptions {
+            port,
+            max_nodes: MAX_NODES,
+            interfaces: interfaces.iter().map(|&i| i.to_owned()).collect(),
+        })
+        .unwrap_or_else(|e| panic!("opening the socket datapath (are we root?): {e:?}"));
+        for id in CONFIGURED {
+            datapath.table().configure(id, NodeRecord::default());
+        }
+        datapath
+    }
+
+    fn monotonic() -> u64 {
+        u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap()
+    }
+
+    fn outcomes(counters: &Counters) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.is_outcome())
+            .map(|&c| counters[c as usize])
+            .sum()
+    }
+
+    /// Waits until `total` datagrams have been counted; returns the counters.
+    fn wait_for(datapath: &SocketDatapath, total: u64) -> Counters {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let counters = datapath.counters();
+            if outcomes(&counters) >= total {
+                return counters;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{total} datagrams not counted within {WAIT:?}: {counters:?}"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn snapshot(table: &NodeTable) -> Vec<(NodeRecord, u64)> {
+        (0..table.len())
+            .map(|id| (table.records.get(id), table.seen.get(id)))
+            .collect()
+    }
+
+    fn assert_arrival_between(word: u64, before: u64, after: u64) {
+        let arrival = seen::arrival_ns(word);
+        assert!(
+            (before & !seen::LEAVE) <= arrival && arrival <= after,
+            "arrival {arrival} outside [{before}, {after}]"
+        );
+    }
+
+    #[test]
+    fn records_a_valid_heartbeat_with_every_field() {
+        let port = free_port();
+        let mut datapath = open(&["lo"], port);
+        datapath.start().unwrap();
+        let empty = snapshot(datapath.table());
+
+        let v4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let before = monotonic();
+        v4.send_to(&heartbeat(3, 7, 1, 0).encode(), (Ipv4Addr::LOCALHOST, port))
+            .unwrap();
+        wait_for(&datapath, 1);
+        let after = monotonic();
+        let expected = NodeRecord {
+            incarnation: 7,
+            sequence: 1,
+            heartbeats: 1,
+            sent_unix_ns: SENT_UNIX_NS,
+            src_addr: Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets(),
+            interval_ms: 250,
+            src_port: v4.local_addr().unwrap().port(),
+            heartbeat_flags: 0,
+            slot_flags: SLOT_CONFIGURED,
+        };
+        assert_eq!(datapath.table().records.get(3), expected);
+        let word = datapath.table().seen.get(3);
+        assert!(!seen::is_leave(word));
+        assert_arrival_between(word, before, after);
+
+        // IPv6 source addresses are recorded as they are; LEAVE sets the bit.
+        let v6 = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+        let before = monotonic();
+        v6.send_to(
+            &heartbeat(3, 7, 2, flags::LEAVE).encode(),
+            (Ipv6Addr::LOCALHOST, port),
+        )
+        .unwrap();
+        wait_for(&datapath, 2);
+        let after = monotonic();
+        let expected = NodeRecord {
+            sequence: 2,
+            heartbeats: 2,
+            src_addr: Ipv6Addr::LOCALHOST.octets(),
+            src_port: v6.local_addr().unwrap().port(),
+            heartbeat_flags: flags::LEAVE,
+            ..expected
+        };
+        assert_eq!(datapath.table().records.get(3), expected);
+        let word = datapath.table().seen.get(3);
+        assert!(seen::is_leave(word));
+        assert_arrival_between(word, before, after);
+
+        // A new incarnation (the sender restarted) starts its sequence over.
+        v4.send_to(&heartbeat(3, 8, 0, 0).encode(), (Ipv4Addr::LOCALHOST, port))
+            .unwrap();
+        let counters = wait_for(&datapath, 3);
+        let record = datapath.table().records.get(3);
+        assert_eq!((record.incarnation, record.sequence), (8, 0));
+        assert_eq!(record.heartbeats, 3);
+        assert!(!seen::is_leave(datapath.table().seen.get(3)));
+
+        let mut expected_counters = Counters::default();
+        expected_counters[Counter::Accepted as usize] = 3;
+        expected_counters[Counter::Dropped as usize] = 3;
+        assert_eq!(counters, expected_counters);
+        let now = snapshot(datapath.table());
+        for id in (0..MAX_NODES).filter(|&id| id != 3) {
+            assert_eq!(now[id as usize], empty[id as usize], "slot {id} changed");
+        }
+    }
+
+    #[test]
+    fn rejects_what_the_xdp_program_rejects_and_leaves_the_table_alone() {
+        let port = free_port();
+        let mut datapath = open(&["lo"], port);
+        datapath.start().unwrap();
+        let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let send = |payload: &[u8]| {
+            sender
+                .send_to(payload, (Ipv4Addr::LOCALHOST, port))
+                .unwrap();
+        };
+        send(&heartbeat(3, 7, 5, 0).encode());
+        wait_for(&datapath, 1);
+        let recorded = snapshot(datapath.table());
+
+        // Each payload would be accepted but for the one thing it gets wrong.
+        let next = heartbeat(3, 7, 6, 0).encode();
+        let with = |at: usize, value: u8| {
+            let mut bytes = next.to_vec();
+            bytes[at] = value;
+            bytes
+        };
+        let longer = |extra: usize| {
+            let mut bytes = next.to_vec();
+            bytes.resize(HEARTBEAT_LEN + extra, 0);
+            bytes
+        };
+        let cases: Vec<(&str, Vec<u8>, Counter)> = vec![
+            (
+                "unconfigured node",
+                heartbeat(2, 7, 6, 0).encode().to_vec(),
+                Counter::UnknownNode,
+            ),
+            (
+                "id = max_nodes",
+                heartbeat(MAX_NODES, 7, 6, 0).encode().to_vec(),
+                Counter::UnknownNode,
+            ),
+            (
+                "id u32::MAX",
+                heartbeat(u32::MAX, 7, 6, 0).encode().to_vec(),
+                Counter::UnknownNode,
+            ),
+            (
+                "duplicate",
+                heartbeat(3, 7, 5, 0).encode().to_vec(),
+                Counter::StaleSequence,
+            ),
+            (
+                "older sequence",
+                heartbeat(3, 7, 4, 0).encode().to_vec(),
+                Counter::StaleSequence,
+            ),
+            (
+                "older incarnation",
+                heartbeat(3, 6, 100, 0).encode().to_vec(),
+                Counter::StaleSequence,
+            ),
+            ("empty", Vec::new(), Counter::Malformed),
+            ("55 bytes", next[..55].to_vec(), Counter::Malformed),
+            ("57 bytes", longer(1), Counter::Malformed),
+            (
+                "1400 bytes",
+                longer(1400 - HEARTBEAT_LEN),
+                Counter::Malformed,
+            ),
+            (
+                "bad magic",
+                with(wire::offset::MAGIC, b'X'),
+                Counter::Malformed,
+            ),
+            (
+                "version 2",
+                with(wire::offset::VERSION, 2),
+                Counter::Malformed,
+            ),
+            (
+                "reserved byte set",
+                with(wire::offset::RESERVED, 1),
+                Counter::Malformed,
+            ),
+            (
+                "unknown flag",
+                with(wire::offset::FLAGS, 0x80),
+                Counter::Malformed,
+            ),
+        ];
+        for (sent, (what, payload, reason)) in (2..).zip(&cases) {
+            let before = datapath.counters();
+            send(payload);
+            let after = wait_for(&datapath, sent);
+            for counter in Counter::ALL {
+                let delta = after[counter as usize] - before[counter as usize];
+                let expected = u64::from(counter == *reason || counter == Counter::Dropped);
+                assert_eq!(
+                    delta,
+                    expected,
+                    "{what}: {} moved by {delta}",
+                    counter.name()
+                );
+            }
+        }
+        assert_eq!(
+            snapshot(datapath.table()),
+            recorded,
+            "a rejected datagram changed the table"
+        );
+
+        // The record did not move, so the heartbeat they imitated is accepted.
+        send(&next);
+        let total = cases.len() as u64 + 2;
+        let counters = wait_for(&datapath, total);
+        assert_eq!(datapath.table().records.get(3).sequence, 6);
+        assert_eq!(counters[Counter::Accepted as usize], 2);
+        assert_eq!(outcomes(&counters), total);
+        assert_eq!(
+            counters[Counter::Passed as usize] + counters[Counter::Dropped as usize],
+            total
+        );
+        assert_eq!(counters[Counter::Passed as usize], 0);
+        assert_eq!(counters[Counter::NotHeartbeat as usize], 0);
+    }
+
+    #[test]
+    fn nothing_is_recorded_before_start() {
+        let port = free_port();
+        let mut datapath = open(&["lo"], port);
+        let empty = snapshot(datapath.table());
+        let sender = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+        let before = monotonic();
+        sender
+            .send_to(&heartbeat(1, 1, 1, 0).encode(), (Ipv6Addr::LOCALHOST, port))
+            .unwrap();
+        // Loopback delivers (and timestamps) the datagram within send_to.
+        let sent = monotonic();
+        thread::sleep(RECEIVE_TIMEOUT * 2);
+        assert_eq!(datapath.counters(), Counters::default());
+        assert_eq!(snapshot(datapath.table()), empty);
+
+        // It waited in the socket's buffer, and is recorded as arriving when
+        // it did (the kernel's timestamp), not when it was read.
+        datapath.start().unwrap();
+        let counters = wait_for(&datapath, 1);
+        assert_eq!(counters[Counter::Accepted as usize], 1);
+        assert_eq!(datapath.table().records.get(1).heartbeats, 1);
+        assert_arrival_between(datapath.table().seen.get(1), before, sent);
+    }
+
+    /// Whether a socket of our own (not bound to a device) can bind `port`,
+    /// i.e. whether no datapath socket holds it any more.
+    fn port_is_free(port: u16) -> bool {
+        match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)) {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => false,
+            Err(e) => panic!("binding port {port}: {e}"),
+        }
+    }
+
+    #[test]
+    fn stop_returns_promptly_and_closes_the_sockets() {
+        let port = free_port();
+        let mut datapath = open(&["lo"], port);
+        datapath.start().unwrap();
+        assert!(
+            !port_is_free(port),
+            "the datapath does not hold port {port}"
+        );
+        let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        sender
+            .send_to(&heartbeat(7, 1, 1, 0).encode(), (Ipv4Addr::LOCALHOST, port))
+            .unwrap();
+        wait_for(&datapath, 1);
+
+        let started = Instant::now();
+        datapath.stop();
+        let took = started.elapsed();
+        assert!(
+            took < RECEIVE_TIMEOUT + Duration::from_millis(400),
+            "stop took {took:?}"
+        );
+        assert!(port_is_free(port), "port {port} still bound after stop");
+        // Counters and table outlive the threads; stop is idempotent, and a
+        // stopped datapath does not start again.
+        assert_eq!(datapath.counters()[Counter::Accepted as usize], 1);
+        assert_eq!(datapath.table().records.get(7).heartbeats, 1);
+        datapath.stop();
+        let err = datapath.start().unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<SocketError>(),
+                Some(SocketError::AlreadyStarted)
+            ),
+            "{err:#}"
+        );
+
+        // Dropping a datapath that never started closes its sockets too.
+        let port = free_port();
+        let unstarted = open(&["lo"], port);
+        assert!(!port_is_free(port));
+        drop(unstarted);
+        assert!(port_is_free(port), "port {port} still bound after drop");
+    }
+
+    #[test]
+    fn errors_name_the_interface_and_the_call() {
+        let err = SocketDatapath::new(SocketOptions {
+            port: free_port(),
+            max_nodes: MAX_NODES,
+            interfaces: vec!["lo".to_owned(), "hbnosuchif0".to_owned()],
+        })
+        .err()
+        .expect("an interface that does not exist was accepted");
+        let text = err.to_string();
+        assert!(
+            text.contains("hbnosuchif0") && text.contains("SO_BINDTODEVICE"),
+            "{text}"
+        );
+
+        // A second datapath on the same interface and port is refused,
+        // rather than sharing the port and taking the heartbeats.
+        let port = free_port();
+        let _first = open(&["lo"], port);
+        let err = SocketDatapath::new(SocketOptions {
+            port,
+            max_nodes: MAX_NODES,
+            interfaces: vec!["lo".to_owned()],
+        })
+        .err()
+        .expect("a second datapath bound the same interface and port");
+        match &err {
+            SocketError::Bind {
+                interface,
+                port: reported,
+                source,
+            } => {
+                assert_eq!((interface.as_str(), *reported), ("lo", port));
+                assert_eq!(source.kind(), io::ErrorKind::AddrInUse, "{source}");
+            }
+            other => panic!("expected a bind error, got {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("`lo`") && text.contains(&port.to_string()),
+            "{text}"
+        );
+    }
+
+    fn run(program: &str, args: &[&str]) {
+        let output = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn each_socket_hears_only_its_interface() {
+        // A private network namespace for this thread (and the threads and
+        // processes it starts), with a veth pair besides `lo`.
+        thread::spawn(|| {
+            // SAFETY: affects only the calling thread, which nothing else
+            // uses and which ends with this closure.
+            let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(unshared, 0, "unshare: {}", io::Error::last_os_error());
+            run("ip", &["link", "set", "lo", "up"]);
+            run(
+                "ip",
+                &[
+                    "link", "add", "hbsock0", "type", "veth", "peer", "name", "hbsock1",
+                ],
+            );
+            run("ip", &["link", "set", "hbsock0", "up"]);
+            run("ip", &["link", "set", "hbsock1", "up"]);
+            let payload = heartbeat(1, 1, 1, 0).encode();
+
+            // Bound to the veth only: traffic to 127.0.0.1 comes in on `lo`,
+            // finds no socket, and the sender is told (ICMP port unreachable).
+            let port = free_port();
+            let mut datapath = open(&["hbsock0"], port);
+            datapath.start().unwrap();
+            let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            sender.connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+            sender.set_read_timeout(Some(WAIT)).unwrap();
+            sender.send(&payload).unwrap();
+            let refused = sender.recv(&mut [0; 8]).unwrap_err();
+            assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+            assert_eq!(datapath.counters(), Counters::default());
+            datapath.stop();
+
+            // Sockets on two interfaces share the port; `lo`'s hears it, once.
+            let port = free_port();
+            let mut datapath = open(&["hbsock0", "lo"], port);
+            datapath.start().unwrap();
+            sender.connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+            sender.send(&payload).unwrap();
+            wait_for(&datapath, 1);
+            thread::sleep(RECEIVE_TIMEOUT);
+            let counters = datapath.counters();
+            assert_eq!(counters[Counter::Accepted as usize], 1);
+            assert_eq!(outcomes(&counters), 1);
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    }
+
+    #[test]
+    fn an_accepted_heartbeat_never_moves_its_arrival_back() {
+        let shared = Shared {
+            table: NodeTable {
+                seen: Mapping::anonymous(MAX_NODES).unwrap(),
+                records: Mapping::anonymous(MAX_NODES).unwrap(),
+            },
+            record_locks: std::array::from_fn(|_| Mutex::new(())),
+            stop: AtomicBool::new(false),
+        };
+        shared.table.configure(1, NodeRecord::default());
+        let clock = Clock {
+            monotonic_now: 10_000,
+            realtime_minus_monotonic: 0,
+        };
+        let payload = heartbeat(1, 1, 1, 0).encode();
+        let datagram = |payload, realtime_ns| Datagram {
+            payload,
+            truncated: false,
+            src_addr: Ipv6Addr::LOCALHOST.octets(),
+            src_port: 9,
+            realtime_ns: Some(realtime_ns),
+        };
+        let outcome = record(&shared, &datagram(&payload, 9_000), &clock);
+        assert_eq!(outcome, Counter::Accepted);
+        assert_eq!(seen::arrival_ns(shared.table.seen.get(1)), 9_000);
+
+        // The realtime clock was stepped forward since: the next heartbeat's
+        // timestamp converts to an earlier time. Recorded, but not older.
+        let payload = heartbeat(1, 1, 2, flags::LEAVE).encode();
+        let outcome = record(&shared, &datagram(&payload, 5_000), &clock);
+        assert_eq!(outcome, Counter::Accepted);
+        let word = shared.table.seen.get(1);
+        assert_eq!(seen::arrival_ns(word), 9_000);
+        assert!(seen::is_leave(word));
+        assert_eq!(shared.table.records.get(1).sequence, 2);
+
+        // A truncated datagram is malformed whatever its first bytes say.
+        let payload = heartbeat(1, 1, 3, 0).encode();
+        let truncated = Datagram {
+            truncated: true,
+            ..datagram(&payload, 9_500)
+        };
+        assert_eq!(record(&shared, &truncated, &clock), Counter::Malformed);
+    }
+
+    #[test]
+    fn receive_timestamps_move_onto_the_monotonic_clock() {
+        let clock = Clock {
+            monotonic_now: 5_000,
+            realtime_minus_monotonic: 1_000_000,
+        };
+        assert_eq!(clock.monotonic_ns(Some(1_004_000)), 4_000);
+        assert_eq!(clock.monotonic_ns(None), 5_000, "no timestamp: now");
+        assert_eq!(
+            clock.monotonic_ns(Some(1_009_000)),
+            5_000,
+            "never after the batch was read"
+        );
+        assert_eq!(
+            clock.monotonic_ns(Some(999_000)),
+            5_000,
+            "before boot: the realtime clock was stepped; now"
+        );
+
+        let sampled = Clock::sample();
+        let realtime = u64::try_from(clock_ns(libc::CLOCK_REALTIME)).unwrap();
+        let converted = sampled.monotonic_ns(Some(realtime));
+        assert!(
+            sampled.monotonic_now.abs_diff(converted) < 1_000_000,
+            "{converted} vs {}",
+            sampled.monotonic_now
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The XDP datapath: loads the embedded XDP program with its load-time
+//! settings, attaches it to interfaces (native mode, falling back to generic),
+//! and gives the agent the node table as shared memory mappings plus the
+//! per-CPU counters.
+//!
+//! The node table is read without any syscall: its two `BPF_F_MMAPABLE`
+//! arrays are mapped into this process ([`crate::table`]), so a sweep of a
+//! million nodes is a walk over memory the kernel writes directly.
+
+use std::{io, os::fd::AsFd};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use hb_common::{counters::Counter, globals, table::NodeRecord};
+use thiserror::Error;
+
+use crate::table::{Mapping, NodeTable};
+
+/// The XDP object built by `build.rs` from the `hb-ebpf` crate.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-xdp"));
+
+/// Errors of the datapath, each naming what failed.
+#[derive(Debug, Error)]
+pub enum XdpError {
+    #[error(
+        "loading the XDP program into the kernel failed (are you root, with a kernel that has \
+         BPF and BTF?)"
+    )]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the XDP object has no {what} named `{name}` (was it built from this source tree?)")]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error("{op} failed")]
+    Program {
+        op: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("{op} failed")]
+    Map {
+        op: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error(
+        "map `{name}` has {entries} values of {value_size} bytes, expected {expected_entries} of \
+         {expected_value_size}: the XDP object and this binary disagree"
+    )]
+    Layout {
+        name: &'static str,
+        entries: u32,
+        value_size: u32,
+        expected_entries: u32,
+        expected_value_size: usize,
+    },
+    #[error("memory-mapping the node table `{map}` failed")]
+    Mmap {
+        map: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "attaching XDP to interface `{interface}` in {mode} mode failed (check that the \
+         interface exists and has no other XDP program)"
+    )]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+}
+
+/// Load-time settings of the XDP program.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// UDP destination port of heartbeats.
+    pub port: u16,
+    /// Size of the node table; node ids must be below it.
+    pub max_nodes: u32,
+    /// Pass valid heartbeats on to the stack after recording them.
+    pub pass_heartbeats: bool,
+}
+
+/// Which XDP mode to attach in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachPolicy {
+    /// Native (driver) mode, falling back to generic mode if unavailable.
+    Auto,
+    /// Native mode only: fail if the driver cannot run XDP.
+    Native,
+    /// Generic (skb) mode only.
+    Generic,
+}
+
+/// The mode an interface ended up attached in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl AttachedMode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        }
+    }
+}
+
+/// One interface the program is attached to.
+#[derive(Debug)]
+pub struct Attachment {
+    pub interface: String,
+    pub mode: AttachedMode,
+    link: XdpLinkId,
+}
+
+/// The loaded program, its maps and its attachments. Dropping it detaches
+/// the program from every interface.
+pub struct XdpDatapath {
+    // Field order matters for Drop: the table mappings go before the maps.
+    table: NodeTable,
+    _table_maps: [MapData; 2],
+    counters: PerCpuArray<MapData, u64>,
+    attachments: Vec<Attachment>,
+    ebpf: Ebpf,
+}
+
+impl XdpDatapath {
+    /// Loads the embedded XDP program into the kernel (not attached yet).
+    pub fn load(options: LoadOptions) -> Result<Self, XdpError> {
+        let pass = u8::from(options.pass_heartbeats);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::UDP_PORT, &options.port, true)
+            .override_global(globals::PASS_HEARTBEATS, &pass, true)
+            .map_max_entries(globals::SEEN_MAP, options.max_nodes)
+            .map_max_entries(globals::NODES_MAP, options.max_nodes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| XdpError::Load(Box::new(e)))?;
+        let program = xdp_program(&mut ebpf)?;
+        program.load().map_err(|e| XdpError::Program {
+            op: "verifying the XDP program",
+            source: Box::new(e),
+        })?;
+
+        let seen = take_array::<u64>(&mut ebpf, globals::SEEN_MAP, options.max_nodes)?;
+        let records = take_array::<NodeRecord>(&mut ebpf, globals::NODES_MAP, options.max_nodes)?;
+        let mmap = |map: &'static str, e| XdpError::Mmap { map, source: e };
+        // SAFETY: both maps are BPF_F_MMAPABLE arrays of `max_nodes` entries
+        // whose value types are u64 and NodeRecord (hb-ebpf's definitions).
+        let table = unsafe {
+            NodeTable {
+                seen: Mapping::of_bpf_array(seen.fd().as_fd(), options.max_nodes)
+                    .map_err(|e| mmap(globals::SEEN_MAP, e))?,
+                records: Mapping::<NodeRecord>::of_bpf_array(
+                    records.fd().as_fd(),
+                    options.max_nodes,
+                )
+                .map_err(|e| mmap(globals::NODES_MAP, e))?,
+            }
+        };
+        let counters = ebpf
+            .take_map(globals::COUNTERS_MAP)
+            .ok_or(XdpError::Missing {
+                what: "map",
+                name: globals::COUNTERS_MAP,
+            })?;
+        let counters = PerCpuArray::try_from(counters).map_err(|e| XdpError::Map {
+            op: "opening the counters",
+            source: Box::new(e),
+        })?;
+        Ok(XdpDatapath {
+            table,
+            _table_maps: [seen, records],
+            counters,
+            attachments: Vec::new(),
+            ebpf,
+        })
+    }
+
+    /// The node table, shared with the kernel.
+    pub fn table(&self) -> &NodeTable {
+        &self.table
+    }
+
+    /// The loaded XDP program (for `BPF_PROG_TEST_RUN`).
+    pub fn program(&mut self) -> Result<&mut Xdp, XdpError> {
+        xdp_program(&mut self.ebpf)
+    }
+
+    /// The underlying object, e.g. to start forwarding the program's log.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Attaches the program to `interface`. In `auto` mode it tries native
+    /// (driver) XDP first and falls back to generic (skb) mode, logging why.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        policy: AttachPolicy,
+    ) -> Result<AttachedMode, XdpError> {
+        let attempt = |program: &mut Xdp, mode: AttachedMode| {
+            let xdp_mode = match mode {
+                AttachedMode::Native => XdpMode::Driver,
+                AttachedMode::Generic => XdpMode::Skb,
+            };
+            program
+                .attach(interface, xdp_mode)
+                .map_err(|e| XdpError::Attach {
+                    interface: interface.to_owned(),
+                    mode: mode.name(),
+                    source: Box::new(e),
+                })
+        };
+        let program = xdp_program(&mut self.ebpf)?;
+        let (link, mode) = match policy {
+            AttachPolicy::Native => (
+                attempt(program, AttachedMode::Native)?,
+                AttachedMode::Native,
+            ),
+            AttachPolicy::Generic => (
+                attempt(program, AttachedMode::Generic)?,
+                AttachedMode::Generic,
+            ),
+            AttachPolicy::Auto => match attempt(program, AttachedMode::Native) {
+                Ok(link) => (link, AttachedMode::Native),
+                Err(native) => {
+                    tracing::warn!(
+                        interface,
+                        "native XDP is not available ({:#}); falling back to generic \
+                         (skb) mode, which works everywhere but costs more CPU per packet",
+                        anyhow::Error::from(native)
+                    );
+                    (
+                        attempt(program, AttachedMode::Generic)?,
+                        AttachedMode::Generic,
+                    )
+                }
+            },
+        };
+        self.attachments.push(Attachment {
+            interface: interface.to_owned(),
+            mode,
+            link,
+        });
+        Ok(mode)
+    }
+
+    /// Interfaces the program is attached to, with their modes.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Detaches the program from every interface.
+    pub fn detach_all(&mut self) -> Result<(), XdpError> {
+        let attachments = std::mem::take(&mut self.attachments);
+        let program = xdp_program(&mut self.ebpf)?;
+        for attachment in attachments {
+            program
+                .detach(attachment.link)
+                .map_err(|e| XdpError::Program {
+                    op: "detaching XDP",
+                    source: Box::new(e),
+                })?;
+            tracing::info!(interface = attachment.interface, "XDP program detached");
+        }
+        Ok(())
+    }
+
+    /// Current value of every counter, summed over CPUs, in [`Counter::ALL`]
+    /// order.
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], XdpError> {
+        let mut out = [0u64; Counter::COUNT as usize];
+        for (slot, counter) in out.iter_mut().zip(Counter::ALL) {
+            let per_cpu = self
+                .counters
+                .get(&(counter as u32), 0)
+                .map_err(|e| XdpError::Map {
+                    op: "reading counters",
+                    source: Box::new(e),
+                })?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// Takes array map `name` out of the object, checking that the kernel made
+/// it with `len` values of `T` (what the memory mapping will assume).
+fn take_array<T>(ebpf: &mut Ebpf, name: &'static str, len: u32) -> Result<MapData, XdpError> {
+    let Some(Map::Array(map)) = ebpf.take_map(name) else {
+        return Err(XdpError::Missing {
+            what: "array map",
+            name,
+        });
+    };
+    let info = map.info().map_err(|e| XdpError::Map {
+        op: "reading map info",
+        source: Box::new(e),
+    })?;
+    if info.max_entries() != len || info.value_size() as usize != size_of::<T>() {
+        return Err(XdpError::Layout {
+            name,
+            entries: info.max_entries(),
+            value_size: info.value_size(),
+            expected_entries: len,
+            expected_value_size: size_of::<T>(),
+        });
+    }
+    Ok(map)
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
+    let missing = XdpError::Missing {
+        what: "XDP program",
+        name: globals::PROGRAM,
+    };
+    ebpf.program_mut(globals::PROGRAM)
+        .ok_or(missing)?
+        .try_into()
+        .map_err(|_| XdpError::Missing {
+            what: "XDP program",
+            name: globals::PROGRAM,
+        })
+}

@@ -1,0 +1,329 @@
+//! `cargo xtask bench`: measures hb against its performance targets, in one
+//! go (root; about 10 minutes, `--quick` about one).
+//!
+//! Builds hb (release), then runs the phases, each printing a table:
+//!
+//! 1. [`xdp_cost`]: the XDP program's ns per packet (`hb bench xdp-cost`);
+//! 2. [`sweep`]: the agent's sweep vs node count, next to memcpy;
+//! 3. [`e2e`]: loss and monitor CPU per heartbeat over veth, XDP vs socket;
+//! 4. [`held`]: a million nodes beating once a second, held by the agent;
+//! 5. [`detection`]: detection latency of crashed nodes.
+//!
+//! Then a summary of every target (met, or missed by how much), and
+//! `bench/results/<date>.json` (every raw figure and the machine) with one
+//! SVG plot per curve, `bench/results/<date>-<name>.svg`. A `--quick` or
+//! `--only` run writes `<date>-quick...` files, so it never overwrites a
+//! full run's. Network phases build their own namespaces (`hbbench-*`,
+//! 198.18.1.0/24) and remove them on exit, Ctrl-C included. A phase that
+//! fails is reported and the others still run; missed targets are results,
+//! not failures.
+
+mod detection;
+mod e2e;
+mod held;
+mod machine;
+mod output;
+mod plot;
+mod rig;
+mod stats;
+mod sweep;
+mod xdp_cost;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use hb_tests::{Hb, TempDir, interrupt, netns};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use self::output::Target;
+use crate::{build, paths::workspace};
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Reduced sizes and durations: a smoke run of about a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Run only this phase (repeatable).
+    #[arg(long, value_enum, value_name = "PHASE")]
+    only: Vec<Phase>,
+}
+
+/// The phases, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    /// XDP program cost per packet (BPF_PROG_TEST_RUN).
+    XdpCost,
+    /// Sweep time vs node count, next to memcpy.
+    Sweep,
+    /// End to end over veth: loss and CPU per heartbeat, XDP vs socket.
+    E2e,
+    /// A million nodes beating once a second, held.
+    Held,
+    /// Detection latency of crashed nodes.
+    Detection,
+}
+
+impl Phase {
+    const ALL: [Self; 5] = [
+        Self::XdpCost,
+        Self::Sweep,
+        Self::E2e,
+        Self::Held,
+        Self::Detection,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::XdpCost => "xdp-cost",
+            Self::Sweep => "sweep",
+            Self::E2e => "e2e",
+            Self::Held => "held",
+            Self::Detection => "detection",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::XdpCost => "XDP cost per packet",
+            Self::Sweep => "sweep time vs node count",
+            Self::E2e => "end to end over veth, XDP vs socket",
+            Self::Held => "a million nodes beating once a second",
+            Self::Detection => "detection latency",
+        }
+    }
+
+    fn run(self, ctx: &Ctx<'_>) -> Result<PhaseOutput> {
+        match self {
+            Self::XdpCost => xdp_cost::run(ctx),
+            Self::Sweep => sweep::run(ctx),
+            Self::E2e => e2e::run(ctx),
+            Self::Held => held::run(ctx),
+            Self::Detection => detection::run(ctx),
+        }
+    }
+}
+
+/// What every phase gets.
+pub struct Ctx<'a> {
+    pub hb: &'a Hb,
+    /// Scratch directory (configurations, logs, reports), removed at the end.
+    pub work: &'a Path,
+    pub quick: bool,
+    results: &'a Path,
+    /// File name stem of this run's results: `<date>` or `<date>-quick...`.
+    stem: &'a str,
+}
+
+impl Ctx<'_> {
+    /// Where the plot `name` goes.
+    pub fn svg(&self, name: &str) -> PathBuf {
+        self.results.join(format!("{}-{name}.svg", self.stem))
+    }
+
+    /// Runs `hb ARGS...` in this namespace and parses the JSON it prints.
+    pub fn hb_json<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
+        let mut cmd = self.hb.command(args);
+        let output = netns::run(&mut cmd)?;
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "`{}` printed unexpected output: {}",
+                netns::describe(&cmd),
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+}
+
+/// What a phase hands back.
+pub struct PhaseOutput {
+    /// Every raw figure, for the results file.
+    pub json: Value,
+    /// The targets it checked.
+    pub targets: Vec<Target>,
+    /// The plots it wrote.
+    pub plots: Vec<PathBuf>,
+    /// Findings for the summary that are not targets.
+    pub facts: Vec<String>,
+}
+
+/// Runs the selected phases and writes the results.
+pub fn run(options: &Options) -> Result<()> {
+    if !hb_tests::is_root() {
+        bail!(
+            "not root: the bench loads XDP programs and creates network namespaces; run \
+             `cargo xtask bench` as root"
+        );
+    }
+    interrupt::install();
+    let start = Instant::now();
+    let phases: Vec<Phase> = Phase::ALL
+        .into_iter()
+        .filter(|p| options.only.is_empty() || options.only.contains(p))
+        .collect();
+    let date = machine::utc_date();
+    let mut stem = date.clone();
+    if options.quick {
+        stem += "-quick";
+    }
+    if !options.only.is_empty() {
+        for phase in &phases {
+            stem += "-";
+            stem += phase.name();
+        }
+    }
+    println!(
+        "hb bench{}: {} (Ctrl-C stops it and cleans up)",
+        if options.quick { " --quick" } else { "" },
+        phases
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let hb = Hb::new(build::run()?);
+    let machine = machine::describe()?;
+    println!("machine: {}", machine.line());
+    let results = workspace().join("bench/results");
+    fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
+    let work = TempDir::at(std::env::temp_dir().join("hbbench"))?;
+    let ctx = Ctx {
+        hb: &hb,
+        work: work.path(),
+        quick: options.quick,
+        results: &results,
+        stem: &stem,
+    };
+
+    let mut phase_json = Map::new();
+    let mut targets: Vec<Target> = Vec::new();
+    let mut plots: Vec<PathBuf> = Vec::new();
+    let mut facts: Vec<String> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    for (n, phase) in phases.iter().enumerate() {
+        println!(
+            "\n== Phase {}/{}: {} ({})",
+            n + 1,
+            phases.len(),
+            phase.title(),
+            phase.name()
+        );
+        let phase_start = Instant::now();
+        match phase.run(&ctx) {
+            Ok(out) => {
+                let mut json = out.json;
+                json["elapsed_s"] = json!(phase_start.elapsed().as_secs_f64());
+                phase_json.insert(phase.name().to_owned(), json);
+                targets.extend(out.targets);
+                plots.extend(out.plots);
+                facts.extend(out.facts);
+            }
+            Err(err) if is_interrupted(&err) => {
+                println!(
+                    "\ninterrupted: cleaned up the namespaces and processes; no results written"
+                );
+                return Err(err);
+            }
+            Err(err) => {
+                eprintln!("phase {} failed: {err:#}", phase.name());
+                phase_json.insert(
+                    phase.name().to_owned(),
+                    json!({ "error": format!("{err:#}") }),
+                );
+                failed.push(phase.name().to_owned());
+            }
+        }
+        println!(
+            "   ({} done in {:.1} s)",
+            phase.name(),
+            phase_start.elapsed().as_secs_f64()
+        );
+    }
+    drop(work);
+    let elapsed = start.elapsed().as_secs_f64();
+
+    println!("\n== Summary ({})", machine.line());
+    for target in &targets {
+        println!("  {}", target.line());
+    }
+    for fact in &facts {
+        println!("  note    {fact}");
+    }
+    for phase in &failed {
+        println!("  FAILED  phase {phase} (see its error above)");
+    }
+    let met = targets.iter().filter(|t| t.met).count();
+    println!(
+        "  {met} of {} targets met; {elapsed:.0} s in all",
+        targets.len()
+    );
+
+    let record = json!({
+        "date": date,
+        "started_unix_s": SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() - elapsed),
+        "elapsed_s": elapsed,
+        "mode": if options.quick { "quick" } else { "full" },
+        "phases_run": phases.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        "machine": machine,
+        "hb": source_version(),
+        "targets": targets,
+        "facts": facts,
+        "failed_phases": failed,
+        "plots": plots
+            .iter()
+            .map(|p| p.strip_prefix(workspace()).unwrap_or(p).display().to_string())
+            .collect::<Vec<_>>(),
+        "phases": phase_json,
+    });
+    let path = results.join(format!("{stem}.json"));
+    let mut text = serde_json::to_string_pretty(&record).context("encoding the results")?;
+    text.push('\n');
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("\nresults: {}", path.display());
+    for plot in &plots {
+        println!("plot:    {}", plot.display());
+    }
+    if !failed.is_empty() {
+        bail!("{} phase(s) failed: {}", failed.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+fn is_interrupted(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<hb_tests::Error>(),
+            Some(hb_tests::Error::Interrupted)
+        )
+    })
+}
+
+/// The commit the binary was built from and whether the tree had changes
+/// (read-only git commands; null outside a git checkout).
+fn source_version() -> Value {
+    let git = |args: &[&str]| -> Option<String> {
+        let output = Command::new("git")
+            .arg("--no-optional-locks")
+            .args(args)
+            .current_dir(workspace())
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    json!({
+        "commit": git(&["rev-parse", "HEAD"]),
+        "uncommitted_changes": git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+    })
+}

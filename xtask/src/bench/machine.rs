@@ -1,0 +1,216 @@
+//! The machine the figures come from, and CPU time as Linux accounts it in
+//! /proc: the whole machine's softirq time (the `cpu` line of /proc/stat)
+//! and one process's user + system time, all its threads included
+//! (/proc/<pid>/stat). Both count clock ticks (`USER_HZ`).
+
+use std::{
+    fs,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// What the results were measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// `uname -r`.
+    pub kernel: String,
+    /// `model name` of /proc/cpuinfo.
+    pub cpu_model: String,
+    /// Logical CPUs.
+    pub cores: usize,
+    /// `MemTotal` of /proc/meminfo.
+    pub memory_bytes: u64,
+    /// Clock ticks per second of the /proc CPU times.
+    pub user_hz: u64,
+}
+
+impl Machine {
+    /// One line for people: `6.18.44 (x86), AMD EPYC, 2 cores, 23.4 GiB`.
+    pub fn line(&self) -> String {
+        format!(
+            "Linux {}, {}, {} cores, {:.1} GiB RAM",
+            self.kernel,
+            self.cpu_model,
+            self.cores,
+            self.memory_bytes as f64 / (1u64 << 30) as f64
+        )
+    }
+}
+
+fn read(path: &str) -> Result<String> {
+    fs::read_to_string(path).with_context(|| format!("reading {path}"))
+}
+
+/// Describes this machine.
+pub fn describe() -> Result<Machine> {
+    let cpuinfo = read("/proc/cpuinfo")?;
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map_or_else(
+            || "unknown CPU".to_owned(),
+            |(_, model)| model.trim().to_owned(),
+        );
+    let cores = cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("processor"))
+        .count();
+    let meminfo = read("/proc/meminfo")?;
+    let memory_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    Ok(Machine {
+        kernel: read("/proc/sys/kernel/osrelease")?.trim().to_owned(),
+        cpu_model,
+        cores,
+        memory_bytes: memory_kib * 1024,
+        user_hz: user_hz(),
+    })
+}
+
+/// Clock ticks per second of /proc's CPU times.
+pub fn user_hz() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
+}
+
+/// The softirq column of the `cpu` line of /proc/stat text.
+fn parse_softirq(stat: &str) -> Result<u64> {
+    let line = stat
+        .lines()
+        .find(|line| line.starts_with("cpu "))
+        .context("no `cpu` line in /proc/stat")?;
+    // cpu user nice system idle iowait irq softirq ...
+    line.split_whitespace()
+        .nth(7)
+        .and_then(|ticks| ticks.parse().ok())
+        .with_context(|| format!("no softirq column in {line:?}"))
+}
+
+/// utime + stime from /proc/<pid>/stat text.
+fn parse_process_ticks(stat: &str) -> Result<u64> {
+    // The command name may hold spaces and parentheses: fields count from
+    // the last ')'. After it come field 3 (state) ... 14 (utime), 15 (stime).
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .with_context(|| format!("unexpected /proc/<pid>/stat: {stat:?}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |index: usize| -> Result<u64> {
+        fields
+            .get(index)
+            .and_then(|value| value.parse().ok())
+            .with_context(|| format!("unexpected /proc/<pid>/stat: {stat:?}"))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// The whole machine's softirq time so far, in ticks.
+pub fn softirq_ticks() -> Result<u64> {
+    parse_softirq(&read("/proc/stat")?)
+}
+
+/// User + system time of process `pid` (all its threads), in ticks.
+pub fn process_ticks(pid: u32) -> Result<u64> {
+    parse_process_ticks(&read(&format!("/proc/{pid}/stat"))?)
+}
+
+/// CPU counters at one instant: the machine's softirq time and one
+/// process's time.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    pub at: Instant,
+    pub softirq_ticks: u64,
+    pub process_ticks: u64,
+}
+
+impl CpuSample {
+    pub fn take(pid: u32) -> Result<Self> {
+        let process_ticks = process_ticks(pid)?;
+        let softirq_ticks = softirq_ticks()?;
+        Ok(Self {
+            at: Instant::now(),
+            softirq_ticks,
+            process_ticks,
+        })
+    }
+
+    /// What was spent from `self` to `later`.
+    pub fn until(&self, later: &Self) -> CpuSpent {
+        let hz = user_hz() as f64;
+        let softirq_ticks = later.softirq_ticks.saturating_sub(self.softirq_ticks);
+        let process_ticks = later.process_ticks.saturating_sub(self.process_ticks);
+        CpuSpent {
+            wall_s: later.at.duration_since(self.at).as_secs_f64(),
+            softirq_ticks,
+            process_ticks,
+            softirq_s: softirq_ticks as f64 / hz,
+            process_s: process_ticks as f64 / hz,
+        }
+    }
+}
+
+/// CPU time spent between two samples.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuSpent {
+    pub wall_s: f64,
+    pub softirq_ticks: u64,
+    pub process_ticks: u64,
+    pub softirq_s: f64,
+    pub process_s: f64,
+}
+
+/// Today's date in UTC, `YYYY-MM-DD`.
+pub fn utc_date() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    date_of(secs)
+}
+
+/// The UTC date of Unix time `secs` (Howard Hinnant's civil_from_days).
+fn date_of(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat() {
+        let stat = "cpu  305408 0 47171 267276 2598 0 832 79 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        assert_eq!(parse_softirq(stat).unwrap(), 832);
+        assert!(parse_softirq("intr 1 2 3").is_err());
+    }
+
+    #[test]
+    fn parses_process_stat_with_awkward_names() {
+        let stat = "4242 (hb (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 3 0 1 \
+                    2 3";
+        assert_eq!(parse_process_ticks(stat).unwrap(), 1234 + 567);
+        assert!(parse_process_ticks("4242 (hb) S 1").is_err());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(date_of(0), "1970-01-01");
+        assert_eq!(date_of(951_782_400), "2000-02-29");
+        assert_eq!(date_of(1_764_115_200), "2025-11-26");
+    }
+}

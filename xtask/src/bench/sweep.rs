@@ -1,0 +1,196 @@
+//! Phase `sweep`: the agent's sweep over the memory-mapped node table vs
+//! the number of nodes, next to a memcpy of the same bytes (the floor), from
+//! `hb bench sweep --nodes N`. Targets: at most 1 ms per million nodes
+//! (median sweep), within 2x of memcpy at every size (best of each), and
+//! growing linearly (log-log slope of the median sweep time vs N at most
+//! 1.1).
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    Ctx, PhaseOutput,
+    output::{Bound, Progress, Table, Target, duration_ns, si},
+    plot::{self, Series},
+    stats::loglog_slope,
+};
+
+const PHASE: &str = "sweep";
+/// Nanoseconds per million nodes allowed (1 ms).
+const NS_PER_MILLION_LIMIT: f64 = 1e6;
+/// Sweep / memcpy allowed.
+const MEMCPY_RATIO_LIMIT: f64 = 2.0;
+/// Log-log slope allowed: 1 is linear.
+const SLOPE_LIMIT: f64 = 1.1;
+
+/// `hb bench sweep`'s output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+struct SweepCost {
+    nodes: u32,
+    hot_bytes: u64,
+    sweep_ns_min: u64,
+    sweep_ns_median: u64,
+    memcpy_ns_min: u64,
+    memcpy_ns_median: u64,
+    rounds: u32,
+}
+
+impl SweepCost {
+    fn ns_per_node(&self) -> f64 {
+        self.sweep_ns_median as f64 / f64::from(self.nodes)
+    }
+
+    fn ns_per_million(&self) -> f64 {
+        self.ns_per_node() * 1e6
+    }
+
+    /// Best sweep over best memcpy: the two floors.
+    fn ratio_min(&self) -> f64 {
+        self.sweep_ns_min as f64 / self.memcpy_ns_min.max(1) as f64
+    }
+
+    fn ratio_median(&self) -> f64 {
+        self.sweep_ns_median as f64 / self.memcpy_ns_median.max(1) as f64
+    }
+}
+
+pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
+    let (sizes, rounds): (&[u32], u32) = if ctx.quick {
+        (&[10_000, 100_000, 1_000_000], 10)
+    } else {
+        (&[10_000, 100_000, 1_000_000, 4_000_000, 16_000_000], 20)
+    };
+    let planned: f64 = sizes.iter().map(|&n| 0.3 + f64::from(n) * 0.25e-6).sum();
+    let progress = Progress::start(PHASE, std::time::Duration::from_secs_f64(planned));
+    let mut results = Vec::new();
+    for &nodes in sizes {
+        progress.step(format!("{} nodes", si(f64::from(nodes))));
+        let cost: SweepCost = ctx.hb_json(&[
+            "bench",
+            "sweep",
+            "--nodes",
+            &nodes.to_string(),
+            "--rounds",
+            &rounds.to_string(),
+        ])?;
+        results.push(cost);
+    }
+    drop(progress);
+
+    let mut table = Table::new(&[
+        "nodes",
+        "bytes read",
+        "sweep min",
+        "sweep median",
+        "ns/node",
+        "memcpy min",
+        "memcpy median",
+        "ratio (min)",
+        "ratio (median)",
+    ]);
+    for r in &results {
+        table.row(vec![
+            si(f64::from(r.nodes)),
+            format!("{:.2} MB", r.hot_bytes as f64 / 1e6),
+            duration_ns(r.sweep_ns_min as f64),
+            duration_ns(r.sweep_ns_median as f64),
+            format!("{:.2}", r.ns_per_node()),
+            duration_ns(r.memcpy_ns_min as f64),
+            duration_ns(r.memcpy_ns_median as f64),
+            format!("{:.2}", r.ratio_min()),
+            format!("{:.2}", r.ratio_median()),
+        ]);
+    }
+    table.print(&format!(
+        "Sweep of N up nodes vs memcpy of the same bytes ({rounds} rounds each)"
+    ));
+
+    let points = |f: fn(&SweepCost) -> u64| -> Vec<(f64, f64)> {
+        results
+            .iter()
+            .map(|r| (f64::from(r.nodes), f(r) as f64))
+            .collect()
+    };
+    let sweep_slope = loglog_slope(&points(|r| r.sweep_ns_median));
+    let memcpy_slope = loglog_slope(&points(|r| r.memcpy_ns_median));
+
+    let worst_per_million = results
+        .iter()
+        .max_by(|a, b| a.ns_per_million().total_cmp(&b.ns_per_million()))
+        .expect("at least one size");
+    let worst_ratio = results
+        .iter()
+        .max_by(|a, b| a.ratio_min().total_cmp(&b.ratio_min()))
+        .expect("at least one size");
+    let targets = vec![
+        Target::new(
+            PHASE,
+            "sweep time per million nodes (worst size)",
+            worst_per_million.ns_per_million() / 1e6,
+            "ms",
+            Bound::AtMost,
+            NS_PER_MILLION_LIMIT / 1e6,
+        )
+        .with_note(format!(
+            "median sweep at {} nodes",
+            si(f64::from(worst_per_million.nodes))
+        )),
+        Target::new(
+            PHASE,
+            "sweep / memcpy of the same bytes (worst size)",
+            worst_ratio.ratio_min(),
+            "x",
+            Bound::AtMost,
+            MEMCPY_RATIO_LIMIT,
+        )
+        .with_note(format!(
+            "best sweep / best memcpy at {} nodes (medians: {:.2}x)",
+            si(f64::from(worst_ratio.nodes)),
+            worst_ratio.ratio_median()
+        )),
+        Target::new(
+            PHASE,
+            "sweep growth: log-log slope of time vs N",
+            sweep_slope,
+            "",
+            Bound::AtMost,
+            SLOPE_LIMIT,
+        )
+        .with_note(format!(
+            "1 = linear; least squares over {} sizes; memcpy's slope: {memcpy_slope:.2}",
+            results.len()
+        )),
+    ];
+
+    let path = ctx.svg("sweep");
+    plot::loglog(
+        &path,
+        "Sweep of N up nodes vs memcpy of the same bytes",
+        ("nodes", plot::si_format),
+        ("time", plot::ns_format),
+        &[
+            Series::new("sweep (median)", points(|r| r.sweep_ns_median), 0),
+            Series::new("memcpy (median)", points(|r| r.memcpy_ns_median), 1),
+            Series::dashed(
+                "target: 1 ms per million nodes",
+                results
+                    .iter()
+                    .map(|r| (f64::from(r.nodes), f64::from(r.nodes)))
+                    .collect(),
+                2,
+            ),
+        ],
+    )?;
+    Ok(PhaseOutput {
+        json: json!({
+            "rounds": rounds,
+            "sizes": results,
+            "sweep_loglog_slope": sweep_slope,
+            "memcpy_loglog_slope": memcpy_slope,
+        }),
+        targets,
+        plots: vec![path],
+        facts: Vec::new(),
+    })
+}
