@@ -30,7 +30,7 @@ use tokio::{
 
 use crate::{
     actions::{ActionEvent, ActionRunner},
-    config::{Config, Event},
+    config::{Config, DatapathKind, Event, XdpMode},
     datapath::Datapath,
     detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
     event_log::EventLog,
@@ -56,6 +56,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(
             "no [[nodes]] or [[node_ranges]] configured: every heartbeat will be counted as \
              unknown_node and no node will ever be watched"
+        );
+    }
+    if config.datapath == DatapathKind::Socket
+        && (config.pass_heartbeats || config.xdp_mode != XdpMode::Auto)
+    {
+        tracing::warn!(
+            "pass_heartbeats and xdp_mode apply to the XDP datapath only; with datapath = \"socket\" \
+             they have no effect"
         );
     }
     raise_memlock_limit();

@@ -99,6 +99,13 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     let window_start: CpuSample = window_start.unwrap_or(window_end);
     let spent = window_start.until(&window_end);
     let cpu_percent = 100.0 * spent.process_s / spent.wall_s.max(1e-9);
+    let mut steady: Vec<f64> = seconds
+        .iter()
+        .filter(|s| s.t_s > warm_up.as_secs_f64() + 0.5)
+        .map(|s| s.cpu_percent)
+        .collect();
+    steady.sort_by(f64::total_cmp);
+    let median_second = steady.get(steady.len() / 2).copied();
     let states = agent.states()?;
     progress.step("waiting for the load generator to finish");
     let report = load.finish()?;
@@ -143,6 +150,10 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             "agent CPU (utime + stime)",
             format!("{:.2} s = {cpu_percent:.2}% of one core", spent.process_s),
         ),
+        (
+            "agent CPU, median second of the window",
+            median_second.map_or_else(|| "-".to_owned(), |p| format!("{p:.1}% of one core")),
+        ),
         ("nodes up at the check", count("up").to_string()),
         ("nodes down at the check", count("down").to_string()),
         (
@@ -178,9 +189,11 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             CPU_LIMIT_PERCENT,
         )
         .with_note(format!(
-            "utime + stime over {:.1} s after a {} s warm-up; load achieved {}/s of {}/s",
+            "utime + stime over {:.1} s after a {} s warm-up (median second: {}); load achieved \
+             {}/s of {}/s",
             spent.wall_s,
             warm_up.as_secs_f64(),
+            median_second.map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%")),
             si(report.achieved_rate),
             si(report.rate)
         )),
@@ -235,6 +248,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             "warm_up_s": warm_up.as_secs_f64(),
             "window": spent,
             "agent_cpu_percent": cpu_percent,
+            "agent_cpu_percent_median_second": median_second,
             "per_second": seconds,
             "states_at_check": states,
             "false_downs": false_downs,

@@ -8,7 +8,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 /// What the results were measured on.
@@ -80,17 +80,43 @@ pub fn user_hz() -> u64 {
     u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
 }
 
-/// The softirq column of the `cpu` line of /proc/stat text.
-fn parse_softirq(stat: &str) -> Result<u64> {
+/// The whole machine's CPU time by kind, in ticks (the `cpu` line of
+/// /proc/stat).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineTicks {
+    /// Tick-sampled.
+    pub softirq: u64,
+    /// idle + iowait: measured exactly on tickless kernels, unlike the
+    /// busy columns, which are sampled by the tick.
+    pub idle: u64,
+    /// CPUs (`cpuN` lines).
+    pub cpus: u64,
+}
+
+/// The `cpu` line of /proc/stat text.
+fn parse_machine(stat: &str) -> Result<MachineTicks> {
     let line = stat
         .lines()
         .find(|line| line.starts_with("cpu "))
         .context("no `cpu` line in /proc/stat")?;
-    // cpu user nice system idle iowait irq softirq ...
-    line.split_whitespace()
-        .nth(7)
-        .and_then(|ticks| ticks.parse().ok())
-        .with_context(|| format!("no softirq column in {line:?}"))
+    // cpu user nice system idle iowait irq softirq steal guest guest_nice
+    let columns: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|ticks| ticks.parse().unwrap_or(0))
+        .collect();
+    if columns.len() < 8 {
+        bail!("unexpected `cpu` line in /proc/stat: {line:?}");
+    }
+    let cpus = stat
+        .lines()
+        .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
+        .count() as u64;
+    Ok(MachineTicks {
+        softirq: columns[6],
+        idle: columns[3] + columns[4],
+        cpus: cpus.max(1),
+    })
 }
 
 /// utime + stime from /proc/<pid>/stat text.
@@ -110,9 +136,9 @@ fn parse_process_ticks(stat: &str) -> Result<u64> {
     Ok(field(11)? + field(12)?)
 }
 
-/// The whole machine's softirq time so far, in ticks.
-pub fn softirq_ticks() -> Result<u64> {
-    parse_softirq(&read("/proc/stat")?)
+/// The whole machine's CPU time so far, in ticks.
+pub fn machine_ticks() -> Result<MachineTicks> {
+    parse_machine(&read("/proc/stat")?)
 }
 
 /// User + system time of process `pid` (all its threads), in ticks.
@@ -120,22 +146,21 @@ pub fn process_ticks(pid: u32) -> Result<u64> {
     parse_process_ticks(&read(&format!("/proc/{pid}/stat"))?)
 }
 
-/// CPU counters at one instant: the machine's softirq time and one
-/// process's time.
+/// CPU counters at one instant: the machine's and one process's.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSample {
     pub at: Instant,
-    pub softirq_ticks: u64,
+    pub machine: MachineTicks,
     pub process_ticks: u64,
 }
 
 impl CpuSample {
     pub fn take(pid: u32) -> Result<Self> {
         let process_ticks = process_ticks(pid)?;
-        let softirq_ticks = softirq_ticks()?;
+        let machine = machine_ticks()?;
         Ok(Self {
             at: Instant::now(),
-            softirq_ticks,
+            machine,
             process_ticks,
         })
     }
@@ -143,14 +168,23 @@ impl CpuSample {
     /// What was spent from `self` to `later`.
     pub fn until(&self, later: &Self) -> CpuSpent {
         let hz = user_hz() as f64;
-        let softirq_ticks = later.softirq_ticks.saturating_sub(self.softirq_ticks);
-        let process_ticks = later.process_ticks.saturating_sub(self.process_ticks);
+        let delta = |a: u64, b: u64| b.saturating_sub(a);
+        let softirq_ticks = delta(self.machine.softirq, later.machine.softirq);
+        let process_ticks = delta(self.process_ticks, later.process_ticks);
+        let idle = delta(self.machine.idle, later.machine.idle);
+        let wall_s = later.at.duration_since(self.at).as_secs_f64();
+        let capacity = wall_s * hz * later.machine.cpus as f64;
         CpuSpent {
-            wall_s: later.at.duration_since(self.at).as_secs_f64(),
+            wall_s,
             softirq_ticks,
             process_ticks,
             softirq_s: softirq_ticks as f64 / hz,
             process_s: process_ticks as f64 / hz,
+            machine_busy: if capacity > 0.0 {
+                (1.0 - idle as f64 / capacity).clamp(0.0, 1.0)
+            } else {
+                0.0
+            },
         }
     }
 }
@@ -159,10 +193,15 @@ impl CpuSample {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct CpuSpent {
     pub wall_s: f64,
+    /// The whole machine's softirq time (tick-sampled).
     pub softirq_ticks: u64,
+    /// The process's utime + stime.
     pub process_ticks: u64,
     pub softirq_s: f64,
     pub process_s: f64,
+    /// Share of the machine's CPU time that was not idle (from the exact
+    /// idle time): everything that ran, this bench and any other load.
+    pub machine_busy: f64,
 }
 
 /// Today's date in UTC, `YYYY-MM-DD`.
@@ -195,8 +234,12 @@ mod tests {
     #[test]
     fn parses_proc_stat() {
         let stat = "cpu  305408 0 47171 267276 2598 0 832 79 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
-        assert_eq!(parse_softirq(stat).unwrap(), 832);
-        assert!(parse_softirq("intr 1 2 3").is_err());
+        let ticks = parse_machine(stat).unwrap();
+        assert_eq!(ticks.softirq, 832);
+        assert_eq!(ticks.idle, 267_276 + 2598);
+        assert_eq!(ticks.cpus, 1);
+        assert!(parse_machine("intr 1 2 3").is_err());
+        assert!(parse_machine("cpu  1 2 3").is_err());
     }
 
     #[test]

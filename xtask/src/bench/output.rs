@@ -222,13 +222,9 @@ impl Target {
 
     /// One summary line: `met`, or `MISSED` and by how much.
     pub fn line(&self) -> String {
-        let value = format!("{} {}", number(self.value), self.unit);
-        let wanted = format!(
-            "{} {} {}",
-            self.bound.symbol(),
-            number(self.limit),
-            self.unit
-        );
+        let with_unit = |v: f64| format!("{} {}", number(v), self.unit).trim_end().to_owned();
+        let value = with_unit(self.value);
+        let wanted = format!("{} {}", self.bound.symbol(), with_unit(self.limit));
         let verdict = if self.met {
             "met    ".to_owned()
         } else {
@@ -241,12 +237,7 @@ impl Target {
             } else {
                 String::new()
             };
-            let _ = write!(
-                line,
-                ": missed by {} {}{relative}",
-                number(self.missed_by),
-                self.unit
-            );
+            let _ = write!(line, ": missed by {}{relative}", with_unit(self.missed_by));
         }
         if !self.note.is_empty() {
             let _ = write!(line, "\n{:>9}{}", "", self.note);
@@ -258,7 +249,7 @@ impl Target {
 /// A number with a precision that suits its size.
 pub fn number(value: f64) -> String {
     let magnitude = value.abs();
-    if (value == value.trunc() && magnitude < 1e15) || magnitude >= 100.0 {
+    if (value == value.trunc() && magnitude < 1e15) || magnitude >= 1e5 {
         format!("{value:.0}")
     } else if magnitude >= 10.0 {
         format!("{value:.1}")

@@ -15,14 +15,35 @@ use super::output::{duration_ns, number, si};
 /// How an axis labels its values.
 pub type Format = fn(&f64) -> String;
 
-/// `50k`, `1.6M`.
+/// `50k`, `1.6M` (on a log axis: only 1, 2 and 5 times a power of ten).
 pub fn si_format(v: &f64) -> String {
-    si(*v)
+    if round_mantissa(*v) {
+        si(*v)
+    } else {
+        String::new()
+    }
 }
 
-/// Nanoseconds as `10 µs`, `1.00 ms`.
+/// Nanoseconds as `10 µs`, `1.00 ms` (on a log axis: only 1, 2 and 5 times
+/// a power of ten).
 pub fn ns_format(v: &f64) -> String {
-    duration_ns(*v)
+    if round_mantissa(*v) {
+        duration_ns(*v)
+    } else {
+        String::new()
+    }
+}
+
+/// Whether `v` is 1, 2 or 5 times a power of ten (so that a log axis is
+/// labelled sparsely); always true for 0.
+fn round_mantissa(v: f64) -> bool {
+    if v <= 0.0 {
+        return true;
+    }
+    let mantissa = v / 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .any(|m| (mantissa - m).abs() < 1e-6 * m)
 }
 
 /// A plain number.
@@ -211,6 +232,7 @@ where
         .label_style(("sans-serif", 17))
         .axis_desc_style(("sans-serif", 19))
         .light_line_style(RGBColor(235, 235, 235))
+        .max_light_lines(4)
         .draw()
         .map_err(|e| failed(&e))?;
     for s in series {
@@ -253,6 +275,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_axes_label_round_values_only() {
+        assert_eq!(si_format(&200_000.0), "200k");
+        assert_eq!(si_format(&300_000.0), "");
+        assert_eq!(si_format(&1_000_000.0), "1M");
+        assert_eq!(ns_format(&5_000.0), "5.0 µs");
+        assert_eq!(ns_format(&7_000.0), "");
+    }
 
     #[test]
     fn draws_svg_with_text_and_no_font_files() {

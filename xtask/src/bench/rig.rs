@@ -145,6 +145,187 @@ impl<'a> Rig<'a> {
     pub fn run_load(&self, load: &Load) -> Result<LoadReport> {
         self.start_load(load)?.finish()
     }
+
+    /// Gives the monitor's end of the veth pair a NIC-like receive path of
+    /// its own, the same for both datapaths: GRO on, so veth receives
+    /// through NAPI also without XDP (and TSO off on the sender's end, or
+    /// veth bypasses NAPI for socket traffic), and that NAPI threaded, so
+    /// the kernel's receive work runs in a `napi/<interface>-*` thread
+    /// whose CPU time is exact (see [`Rig::receive_thread_ns`]) instead of
+    /// inline in the sender's system calls, where tick sampling cannot
+    /// tell it apart.
+    pub fn thread_receive_path(&self) -> Result<()> {
+        let node = self.lab.node(1);
+        ethtool_set(
+            self.lab.monitor.name(),
+            &node.monitor_interface,
+            ETHTOOL_SGRO,
+            true,
+        )?;
+        ethtool_set(node.ns.name(), &node.interface, ETHTOOL_STSO, false)?;
+        let threaded = format!("/sys/class/net/{}/threaded", node.monitor_interface);
+        // `ip netns exec` mounts the namespace's own /sys.
+        self.lab
+            .monitor
+            .exec("sh", ["-c", &format!("echo 1 > {threaded}")])?;
+        Ok(())
+    }
+
+    /// Where packets were dropped so far: both ends of the veth pair and
+    /// the monitor's UDP stack, by counter name.
+    pub fn drop_counters(&self) -> Result<BTreeMap<String, u64>> {
+        let node = self.lab.node(1);
+        let mut counters = BTreeMap::new();
+        for (ns, interface, side) in [
+            (&self.lab.monitor, &node.monitor_interface, "monitor"),
+            (&node.ns, &node.interface, "sender"),
+        ] {
+            let output = ns.ip(["-s", "-j", "link", "show", "dev", interface])?;
+            let links: Value = serde_json::from_slice(&output.stdout)
+                .with_context(|| format!("`ip -s -j link show dev {interface}`: not JSON"))?;
+            for direction in ["rx", "tx"] {
+                let dropped = links[0]["stats64"][direction]["dropped"]
+                    .as_u64()
+                    .with_context(|| format!("no {direction} drops for {interface}: {links}"))?;
+                counters.insert(format!("{side}_veth_{direction}_dropped"), dropped);
+            }
+        }
+        let snmp = self.lab.monitor.exec("cat", ["/proc/net/snmp"])?;
+        let snmp = String::from_utf8_lossy(&snmp.stdout);
+        let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+        if let [names, values] = udp[..] {
+            for (name, value) in names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .skip(1)
+            {
+                // InErrors would count RcvbufErrors and MemErrors again.
+                if matches!(
+                    name,
+                    "RcvbufErrors" | "MemErrors" | "NoPorts" | "InCsumErrors"
+                ) {
+                    counters.insert(format!("monitor_udp_{name}"), value.parse().unwrap_or(0));
+                }
+            }
+        }
+        Ok(counters)
+    }
+
+    /// Runs the monitor interface's NAPI threads at real-time priority
+    /// (SCHED_FIFO 50), as the softirq they replace would preempt ordinary
+    /// tasks: other load on the machine does not starve the receive path.
+    pub fn prioritize_receive_threads(&self) -> Result<()> {
+        let threads = self.receive_thread_ns()?;
+        if threads.is_empty() {
+            bail!(
+                "no napi/{}-* thread: threaded NAPI is not in use",
+                self.lab.node(1).monitor_interface
+            );
+        }
+        for &tid in threads.keys() {
+            let param = libc::sched_param { sched_priority: 50 };
+            let pid = libc::pid_t::try_from(tid).context("thread id out of range")?;
+            // SAFETY: sched_setscheduler reads a valid sched_param; the
+            // thread is a kernel thread of our own interface.
+            if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &raw const param) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("raising the priority of NAPI thread {tid}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// CPU time so far of each NAPI thread of the monitor's interface, by
+    /// thread id, in ns (`/proc/<tid>/schedstat`).
+    pub fn receive_thread_ns(&self) -> Result<BTreeMap<u32, u64>> {
+        let prefix = format!("napi/{}-", self.lab.node(1).monitor_interface);
+        let mut threads = BTreeMap::new();
+        for entry in fs::read_dir("/proc").context("listing /proc")? {
+            let Some(pid) = entry
+                .ok()
+                .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if !comm.trim_end().starts_with(&prefix) {
+                continue;
+            }
+            let schedstat =
+                fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+            if let Some(ns) = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse().ok())
+            {
+                threads.insert(pid, ns);
+            }
+        }
+        Ok(threads)
+    }
+}
+
+/// CPU time the threads of `after` spent since `before` (a thread new in
+/// `after` counts from 0), ns.
+pub fn threads_delta_ns(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(tid, &ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// `ETHTOOL_SGRO`: set generic receive offload (legacy ethtool ioctl).
+const ETHTOOL_SGRO: u32 = 0x2c;
+/// `ETHTOOL_STSO`: set TCP segmentation offload (all TSO features).
+const ETHTOOL_STSO: u32 = 0x1f;
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// Sets one ethtool flag of `interface` in the network namespace `netns`,
+/// from a thread that enters that namespace (no ethtool binary needed).
+fn ethtool_set(netns: &str, interface: &str, cmd: u32, on: bool) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let what = format!("setting ethtool flag {cmd:#x} of {interface} in {netns}");
+    let path = format!("/var/run/netns/{netns}");
+    let name = interface.as_bytes().to_vec();
+    let outcome = std::thread::spawn(move || -> std::io::Result<()> {
+        let ns = fs::File::open(&path)?;
+        // SAFETY: setns takes an open namespace file descriptor; it moves
+        // only this short-lived thread into the namespace.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let mut value = EthtoolValue {
+            cmd,
+            data: u32::from(on),
+        };
+        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        if name.len() >= request.ifr_name.len() {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        }
+        for (slot, &byte) in request.ifr_name.iter_mut().zip(&name) {
+            *slot = byte as libc::c_char;
+        }
+        request.ifr_ifru.ifru_data = (&raw mut value).cast();
+        // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it
+        // points to, both alive and correctly laid out for the call.
+        if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &raw mut request) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+    .join();
+    match outcome {
+        Ok(result) => result.with_context(|| what),
+        Err(_) => bail!("{what}: the thread panicked"),
+    }
 }
 
 /// The files of one agent.
