@@ -20,7 +20,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use aya_log_ebpf::info;
+use aya_log_ebpf::debug;
 use hb_common::{
     counters::Counter,
     table::{NodeRecord, seen},
@@ -121,7 +121,9 @@ fn classify(ctx: &XdpContext) -> Counter {
         return Counter::StaleSequence;
     }
     if record.heartbeats != 0 && incarnation != record.incarnation {
-        info!(
+        // Debug level: a fleet-wide restart would otherwise log a line per
+        // node; the agent enables it only when its own log is at debug.
+        debug!(
             ctx,
             "node {} restarted: incarnation {}", node_id, incarnation
         );

@@ -505,7 +505,7 @@ fn record(shared: &Shared, datagram: &Datagram<'_>, clock: &Clock) -> Counter {
         return Counter::StaleSequence;
     }
     if record.heartbeats != 0 && heartbeat.incarnation != record.incarnation {
-        tracing::info!("node {id} restarted: incarnation {}", heartbeat.incarnation);
+        tracing::debug!("node {id} restarted: incarnation {}", heartbeat.incarnation);
     }
     table.records.set(
         id,

@@ -19,6 +19,11 @@ use thiserror::Error;
 
 use crate::table::{Mapping, NodeTable};
 
+/// aya-log-ebpf's global log level and the values of its `Level` enum.
+const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+const AYA_LOG_INFO: u8 = 3;
+const AYA_LOG_DEBUG: u8 = 4;
+
 /// The XDP object built by `build.rs` from the `hb-ebpf` crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-xdp"));
 
@@ -136,9 +141,17 @@ impl XdpDatapath {
     /// Loads the embedded XDP program into the kernel (not attached yet).
     pub fn load(options: LoadOptions) -> Result<Self, XdpError> {
         let pass = u8::from(options.pass_heartbeats);
+        // The program's log records are filtered in the kernel, before they
+        // cost anything, at the level this process logs at.
+        let log_level = if tracing::enabled!(tracing::Level::DEBUG) {
+            AYA_LOG_DEBUG
+        } else {
+            AYA_LOG_INFO
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::UDP_PORT, &options.port, true)
             .override_global(globals::PASS_HEARTBEATS, &pass, true)
+            .override_global(AYA_LOG_LEVEL, &log_level, false)
             .map_max_entries(globals::SEEN_MAP, options.max_nodes)
             .map_max_entries(globals::NODES_MAP, options.max_nodes)
             .load(EBPF_OBJECT)

@@ -3,7 +3,9 @@
 //!
 //! For each datapath an agent watches 100k nodes (range interval 60 s, so
 //! no node times out between steps) and `hb loadgen --nodes 100000` offers
-//! a rising rate, one bounded step at a time. Per step:
+//! a rising rate, one bounded step at a time, one datagram per heartbeat
+//! (`--no-gso`, as real nodes send them; see [`Load::one_datagram_per_packet`]).
+//! Per step:
 //!
 //! - loss = 1 - (`counters.accepted` delta of `hb status --json`) / (the
 //!   report's `sent`); the highest offered rate with loss < 0.1% is the
@@ -171,7 +173,13 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         .iter()
         .enumerate()
         .rev()
-        .find(|&(i, _)| xdp[i].sustained() && socket[i].sustained())
+        // Both sustained it, and the load generator really offered it: a
+        // step the generator could not deliver says nothing of the monitor.
+        .find(|&(i, _)| {
+            [&xdp[i], &socket[i]]
+                .iter()
+                .all(|step| step.sustained() && !step.generator_limited())
+        })
         .map(|(_, &rate)| rate);
     let cpu_rate = common.unwrap_or(plan.rates[0]);
 
@@ -459,8 +467,10 @@ fn session(
         sweep_period: Duration::from_millis(100),
     })?;
     progress.step(format!("{datapath}: warm-up"));
-    rig.run_load(&Load::new(NODES, Pace::Rate(f64::from(NODES)), WARM_UP))?
-        .ensure_complete()?;
+    rig.run_load(
+        &Load::new(NODES, Pace::Rate(f64::from(NODES)), WARM_UP).one_datagram_per_packet(),
+    )?
+    .ensure_complete()?;
     interrupt::sleep(DRAIN)?;
     if threaded {
         rig.prioritize_receive_threads()?;
@@ -474,7 +484,8 @@ fn session(
         ));
         let before = agent.counters()?;
         let drops_before = rig.drop_counters()?;
-        let load = rig.start_load(&Load::new(NODES, Pace::Rate(rate), duration))?;
+        let load = rig
+            .start_load(&Load::new(NODES, Pace::Rate(rate), duration).one_datagram_per_packet())?;
         let started = load.started();
         // The first beat of every node starts a new incarnation (a new
         // load generator run), which the agent logs: measure after it.

@@ -507,6 +507,13 @@ pub struct Load {
     pub duration: Duration,
     /// `--stop-fraction` and `--stop-after`.
     pub stop: Option<(f64, Duration)>,
+    /// One datagram per heartbeat on the wire (`--no-gso`), as many real
+    /// nodes would send them. With UDP GSO (the load generator's default,
+    /// for higher rates) one `sendmmsg` message carries up to 64 heartbeats
+    /// through the sender's stack and over veth as one super-packet, which
+    /// the receiving UDP stack segments only at the socket: it makes the
+    /// socket datapath look cheaper than it is with real senders.
+    pub one_datagram_per_packet: bool,
 }
 
 impl Load {
@@ -516,6 +523,15 @@ impl Load {
             pace,
             duration,
             stop: None,
+            one_datagram_per_packet: false,
+        }
+    }
+
+    /// The same load, sent one datagram per packet (see the field).
+    pub fn one_datagram_per_packet(self) -> Self {
+        Self {
+            one_datagram_per_packet: true,
+            ..self
         }
     }
 
@@ -541,6 +557,9 @@ impl Load {
             Pace::Interval(interval) => {
                 args.extend(["--interval".to_owned(), humantime(interval)]);
             }
+        }
+        if self.one_datagram_per_packet {
+            args.push("--no-gso".to_owned());
         }
         if let Some((fraction, after)) = self.stop {
             args.extend([
