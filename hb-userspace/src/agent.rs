@@ -30,6 +30,7 @@ use tokio::{
 
 use crate::{
     actions::{ActionEvent, ActionRunner},
+    clock::monotonic_ns,
     config::{Config, DatapathKind, Event, XdpMode},
     datapath::Datapath,
     detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
@@ -435,15 +436,4 @@ fn raise_memlock_limit() {
             std::io::Error::last_os_error()
         );
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

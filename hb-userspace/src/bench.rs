@@ -18,7 +18,7 @@ use hb_common::{
 use serde::Serialize;
 
 use crate::{
-    agent::monotonic_ns,
+    clock::monotonic_ns,
     detector::{Detector, DetectorSettings, NodeState, WatchedNode},
     xdp::{LoadOptions, XdpDatapath},
 };

@@ -11,7 +11,6 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -61,9 +60,7 @@ impl EventLog {
         };
         let record = EventRecord {
             mono_ns,
-            unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            unix_ms: crate::clock::unix_ns() / 1_000_000,
             event: transition.to.name().to_owned(),
             node_id: transition.node_id,
             node: node.to_owned(),

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the agent's TOML configuration and its validation.
 //! - [`datapath`]: what records heartbeats: [`xdp`] (default) or [`socket`].
+//! - [`clock`]: the monotonic clock liveness is measured with, and the wall clock.
 //! - [`table`]: the node table (hot seen words, cold records) in shared memory.
 //! - [`nodes`]: the configured nodes (listed and ranged) by id.
 //! - [`detector`]: the per-node state machine the sweep runs.
@@ -17,6 +18,7 @@
 pub mod actions;
 pub mod agent;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod datapath;
 pub mod detector;

@@ -32,11 +32,13 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
 use hb_common::wire::{HEARTBEAT_LEN, Heartbeat, flags, offset};
+
+use crate::clock::{monotonic_ns, unix_ns};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
@@ -313,7 +315,7 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
     let mut last_late_warning = 0u64;
     let mut interrupted = false;
 
-    let start = mono_ns();
+    let start = monotonic_ns();
     let end = start + plan.end_ns;
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -331,7 +333,7 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
             interrupted = true;
             break;
         }
-        let now = mono_ns();
+        let now = monotonic_ns();
         if now >= end {
             break;
         }
@@ -379,14 +381,14 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
         // run still lasts its duration.
         interrupted = !wait_until(end, stop);
     }
-    let ended = mono_ns().min(end);
+    let ended = monotonic_ns().min(end);
     let sent = sender.sent;
     // The schedule may have passed `stop_after` for a batch a signal then
     // cancelled: the doomed nodes only stopped if the run got there.
     let stopped_now = schedule.stopping && ended >= start + plan.stop_after_ns;
 
     if plan.leave_at_end {
-        let give_up = mono_ns() + LEAVE_TIME_LIMIT.as_nanos() as u64;
+        let give_up = monotonic_ns() + LEAVE_TIME_LIMIT.as_nanos() as u64;
         for slot in 0..plan.nodes {
             let sequence = sequences[slot as usize];
             if sequence == 0 || (stopped_now && schedule.doomed.get(slot)) {
@@ -395,7 +397,7 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
             sender.push(plan.first_id + slot, sequence + 1, flags::LEAVE);
             if sender.len() == plan.batch {
                 sender.flush(give_up, None, |_, _| {});
-                if mono_ns() >= give_up {
+                if monotonic_ns() >= give_up {
                     tracing::warn!("gave up sending graceful leaves after {LEAVE_TIME_LIMIT:?}");
                     break;
                 }
@@ -864,7 +866,7 @@ impl Sender {
             if done >= total {
                 return;
             }
-            let at = mono_ns();
+            let at = monotonic_ns();
             // SAFETY: `done < total <= msgs.len()`, so the pointer and count
             // cover initialised mmsghdrs whose iovecs, buffers and addresses
             // (owned by `self`) outlive the call.
@@ -1006,7 +1008,7 @@ fn wait_until(deadline: u64, stop: &AtomicBool) -> bool {
         if stop.load(Ordering::Relaxed) {
             return false;
         }
-        let now = mono_ns();
+        let now = monotonic_ns();
         if now >= deadline {
             return true;
         }
@@ -1049,27 +1051,6 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the valid timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
-pub fn mono_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

@@ -8,11 +8,13 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
 use hb_common::wire::{Heartbeat, flags};
+
+use crate::clock::unix_ns;
 use rand::Rng;
 use tokio::{
     net::UdpSocket,
@@ -199,12 +201,6 @@ fn jittered(interval: Duration, jitter: f64) -> Duration {
     }
     let factor = rand::rng().random_range(1.0 - jitter..=1.0 + jitter);
     interval.mul_f64(factor)
-}
-
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ use hb_common::{
 use thiserror::Error;
 
 use crate::{
+    clock,
     datapath::Counters,
     table::{Mapping, NodeTable},
 };
@@ -541,9 +542,9 @@ impl Clock {
     fn sample() -> Self {
         // Monotonic readings on both sides of the realtime one, so the
         // offset is not biased by the time between the calls.
-        let before = clock_ns(libc::CLOCK_MONOTONIC);
-        let realtime = clock_ns(libc::CLOCK_REALTIME);
-        let after = clock_ns(libc::CLOCK_MONOTONIC);
+        let before = i128::from(clock::monotonic_ns());
+        let realtime = i128::from(clock::unix_ns());
+        let after = i128::from(clock::monotonic_ns());
         let monotonic = before + (after - before) / 2;
         Clock {
             monotonic_now: u64::try_from(after).unwrap_or(0),
@@ -563,16 +564,6 @@ impl Clock {
             .filter(|&ns| ns > 0)
             .map_or(self.monotonic_now, |ns| ns.min(self.monotonic_now))
     }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the valid timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 /// The `recvmmsg` vectors and every buffer they point to, in one heap block
@@ -791,7 +782,7 @@ mod tests {
     }
 
     fn monotonic() -> u64 {
-        u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap()
+        u64::try_from(i128::from(clock::monotonic_ns())).unwrap()
     }
 
     fn outcomes(counters: &Counters) -> u64 {
@@ -1278,7 +1269,7 @@ mod tests {
         );
 
         let sampled = Clock::sample();
-        let realtime = u64::try_from(clock_ns(libc::CLOCK_REALTIME)).unwrap();
+        let realtime = u64::try_from(i128::from(clock::unix_ns())).unwrap();
         let converted = sampled.monotonic_ns(Some(realtime));
         assert!(
             sampled.monotonic_now.abs_diff(converted) < 1_000_000,

@@ -6,8 +6,8 @@
 
 use aya::programs::{TestRun, TestRunOptions};
 use hb::{
-    agent::monotonic_ns,
     bench::ipv4_udp_frame,
+    clock::monotonic_ns,
     detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
     xdp::{LoadOptions, XdpDatapath},
 };

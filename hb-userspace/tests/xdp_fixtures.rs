@@ -36,7 +36,10 @@ use std::{
 };
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
-use hb::xdp::{LoadOptions, XdpDatapath};
+use hb::{
+    clock::monotonic_ns,
+    xdp::{LoadOptions, XdpDatapath},
+};
 use hb_common::{
     counters::Counter,
     table::{NodeRecord, seen},
@@ -216,17 +219,6 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{byte:02x}");
         out
     })
-}
-
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn mapped(addr: SocketAddr) -> [u8; 16] {

@@ -32,7 +32,6 @@ mod xdp_cost;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -43,7 +42,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use self::output::Target;
-use crate::{build, paths::workspace};
+use crate::{
+    build,
+    paths::{stdout_of, workspace},
+};
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
@@ -310,17 +312,12 @@ fn is_interrupted(err: &anyhow::Error) -> bool {
 /// The commit the binary was built from and whether the tree had changes
 /// (read-only git commands; null outside a git checkout).
 fn source_version() -> Value {
-    let git = |args: &[&str]| -> Option<String> {
-        let output = Command::new("git")
-            .arg("--no-optional-locks")
-            .args(args)
-            .current_dir(workspace())
-            .output()
-            .ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    let workspace = workspace();
+    let workspace = workspace.to_string_lossy();
+    let git = |args: &[&str]| {
+        let mut all = vec!["--no-optional-locks", "-C", workspace.as_ref()];
+        all.extend_from_slice(args);
+        stdout_of("git", &all)
     };
     json!({
         "commit": git(&["rev-parse", "HEAD"]),

@@ -5,7 +5,7 @@ use std::{
     env,
     ffi::OsString,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -69,6 +69,20 @@ pub fn run_inherited(cmd: &mut Command, what: &str) -> Result<()> {
         bail!("{what}: `{}` failed ({status})", describe(cmd));
     }
     Ok(())
+}
+
+/// Run `program args...`, returning its trimmed stdout if it succeeds.
+pub fn stdout_of(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// Whether `name` is an executable file in a directory of `PATH`.

@@ -11,13 +11,13 @@ use std::{
     fs,
     os::unix::fs::symlink,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::paths::{on_path, run_inherited, tools_dir};
+use crate::paths::{on_path, run_inherited, stdout_of, tools_dir};
 
 const STEPS: usize = 3;
 
@@ -35,20 +35,6 @@ fn step(n: usize, name: &str, f: fn() -> Result<String>) -> Result<()> {
     let outcome = f().with_context(|| format!("setup step {n}/{STEPS} ({name}) failed"))?;
     println!("setup [{n}/{STEPS}] {name}: {outcome}");
     Ok(())
-}
-
-/// Run `program args...`, returning its stdout if it succeeds.
-fn stdout_of(program: &str, args: &[&str]) -> Option<String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 fn require_rustup() -> Result<()> {
