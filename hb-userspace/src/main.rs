@@ -36,7 +36,7 @@ enum Command {
     Agent(AgentArgs),
     /// Send heartbeats for one node to one or more monitors.
     Send(SendArgs),
-    /// Show the running agent's view: node states and XDP counters.
+    /// Show the running agent's view: node states and datapath counters.
     Status(StatusArgs),
     /// Simulate a fleet of nodes from one process (load tests, benchmarks).
     Loadgen(LoadgenArgs),

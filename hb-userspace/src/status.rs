@@ -35,7 +35,7 @@ pub struct Request {
 pub struct StatusReport {
     pub uptime_ms: u64,
     pub interfaces: Vec<InterfaceStatus>,
-    /// XDP counters by name, summed over CPUs.
+    /// Datapath counters by name, summed over CPUs (XDP) or receive threads (socket).
     pub counters: BTreeMap<String, u64>,
     pub actions: ActionStats,
     /// Number of configured nodes in each state.
