@@ -7,6 +7,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod paths;
 mod run;
 mod setup;
@@ -60,6 +61,13 @@ enum Command {
     /// namespaces (hbbench-*). Prints a table per phase and a summary of
     /// the targets; writes bench/results/<date>.json and SVG plots.
     Bench(bench::Options),
+    /// Fuzz the wire decoder and the config parser (nightly; not in CI).
+    ///
+    /// Installs cargo-fuzz into <target-dir>/hb-tools if missing, seeds
+    /// empty corpora in fuzz/corpus, then runs each cargo-fuzz target of
+    /// fuzz/ for --time seconds (default 60). A crash fails the command and
+    /// names the input saved in fuzz/artifacts/<target>/.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
         Command::Test => test::run().map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
+        Command::Fuzz(options) => fuzz::run(&options).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
