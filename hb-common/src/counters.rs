@@ -1,8 +1,10 @@
-//! Per-CPU counters of what the XDP program did with each packet.
+//! Per-CPU counters of what the datapath did with each packet.
 //!
 //! Every packet the program sees increments exactly one *outcome* counter
 //! (why) and exactly one *verdict* counter (what), so
-//! `sum(outcomes) == passed + dropped == packets seen`.
+//! `sum(outcomes) == passed + dropped == packets seen`. Outcomes after
+//! `malformed` are well-formed heartbeats that were refused, one counter per
+//! reason, in the order the checks are made.
 
 /// Index of a counter in the `HB_COUNTERS` per-CPU array.
 #[repr(u32)]
@@ -13,31 +15,47 @@ pub enum Counter {
     /// Not a UDP packet to the heartbeat port (or not parseable as one):
     /// passed on untouched.
     NotHeartbeat = 1,
-    /// UDP to the heartbeat port, but wrong magic, version or length:
-    /// passed on untouched.
+    /// UDP to the heartbeat port, but wrong magic, version, length, reserved
+    /// byte or flags: passed on untouched.
     Malformed = 2,
-    /// A well-formed heartbeat whose node id is not in the configured table
-    /// (or beyond `max_nodes`): not recorded.
-    UnknownNode = 3,
-    /// A well-formed heartbeat whose (incarnation, sequence) does not move
-    /// forward: a duplicate, reordered or replayed packet. Not recorded.
-    StaleSequence = 4,
+    /// An unauthenticated heartbeat (key id 0) where authentication is
+    /// required: by the config, or because the node has sent authenticated
+    /// heartbeats before. Not recorded.
+    Unauthenticated = 3,
+    /// A heartbeat whose key id has no key on this monitor. Not recorded.
+    UnknownKey = 4,
+    /// A heartbeat whose tag is wrong: forged, corrupted, or signed with
+    /// another key under the same id. Not recorded.
+    BadTag = 5,
+    /// A heartbeat whose node id is not in the configured table (or beyond
+    /// `max_nodes`). Not recorded.
+    UnknownNode = 6,
+    /// A heartbeat of a node pinned to a source address, from another
+    /// address. Not recorded.
+    WrongSource = 7,
+    /// A heartbeat whose (incarnation, sequence) does not move forward: a
+    /// duplicate, reordered or replayed packet. Not recorded.
+    Replay = 8,
     /// Verdict: the packet was passed to the network stack (XDP_PASS).
-    Passed = 5,
+    Passed = 9,
     /// Verdict: the packet was consumed (XDP_DROP).
-    Dropped = 6,
+    Dropped = 10,
 }
 
 impl Counter {
     /// Number of counters (the size of the per-CPU array).
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 11;
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Accepted,
         Counter::NotHeartbeat,
         Counter::Malformed,
+        Counter::Unauthenticated,
+        Counter::UnknownKey,
+        Counter::BadTag,
         Counter::UnknownNode,
-        Counter::StaleSequence,
+        Counter::WrongSource,
+        Counter::Replay,
         Counter::Passed,
         Counter::Dropped,
     ];
@@ -48,8 +66,12 @@ impl Counter {
             Counter::Accepted => "accepted",
             Counter::NotHeartbeat => "not_heartbeat",
             Counter::Malformed => "malformed",
+            Counter::Unauthenticated => "unauthenticated",
+            Counter::UnknownKey => "unknown_key",
+            Counter::BadTag => "bad_tag",
             Counter::UnknownNode => "unknown_node",
-            Counter::StaleSequence => "stale_sequence",
+            Counter::WrongSource => "wrong_source",
+            Counter::Replay => "replay",
             Counter::Passed => "passed",
             Counter::Dropped => "dropped",
         }
@@ -58,5 +80,26 @@ impl Counter {
     /// True for the outcome counters (one per packet), false for the verdicts.
     pub const fn is_outcome(self) -> bool {
         !matches!(self, Counter::Passed | Counter::Dropped)
+    }
+
+    /// True for the outcomes of a well-formed heartbeat (recorded or
+    /// refused): the packets the datapath consumes unless told to pass them.
+    pub const fn is_heartbeat(self) -> bool {
+        !matches!(
+            self,
+            Counter::NotHeartbeat | Counter::Malformed | Counter::Passed | Counter::Dropped
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order() {
+        for (index, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, index);
+        }
     }
 }

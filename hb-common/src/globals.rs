@@ -6,6 +6,8 @@ pub const UDP_PORT: &str = "HB_UDP_PORT";
 /// `u8`: 1 to pass valid heartbeats on to the network stack after recording
 /// them (XDP_PASS), 0 to consume them (XDP_DROP).
 pub const PASS_HEARTBEATS: &str = "HB_PASS_HEARTBEATS";
+/// `u8`: 1 to accept unauthenticated heartbeats (key id 0), 0 to refuse them.
+pub const ACCEPT_UNAUTHENTICATED: &str = "HB_ACCEPT_UNAUTHENTICATED";
 
 /// The hot half of the node table: a `BPF_F_MMAPABLE` array of seen words
 /// ([`crate::table::seen`]) indexed by node id, sized to `max_nodes`.
@@ -15,5 +17,15 @@ pub const SEEN_MAP: &str = "HB_SEEN";
 pub const NODES_MAP: &str = "HB_NODES";
 /// The per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const COUNTERS_MAP: &str = "HB_COUNTERS";
+/// The monitor's keys: an array of [`crate::auth::KeySlot`] indexed by key
+/// id, [`crate::auth::KEY_SLOTS`] entries, written by the agent at start and
+/// on reload.
+pub const KEYS_MAP: &str = "HB_KEYS";
 /// The name of the XDP program in the object file.
 pub const PROGRAM: &str = "hb_xdp";
+/// A test-only XDP program, never attached: computes SipHash-2-4 with the
+/// kernel-side code over a packet laid out as key (16 bytes), an 8-byte
+/// slot for the result, the message length (1 byte, 0 to 63), then the
+/// message, and writes the result (little-endian) into the slot. Run through BPF_PROG_TEST_RUN to
+/// check the kernel side against the reference vectors.
+pub const SIPHASH_PROGRAM: &str = "hb_siphash";

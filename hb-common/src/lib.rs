@@ -1,13 +1,17 @@
 //! Types shared by the XDP program (`hb-ebpf`) and userspace (`hb-userspace`).
 //!
-//! One module per topic: [`wire`] is the UDP heartbeat format, [`table`] the
-//! per-node record the XDP program writes, [`counters`] the per-CPU outcome
-//! counters, [`globals`] the names of the load-time constants of the program,
-//! [`siphash`] the keyed MAC both sides compute.
+//! One module per topic: [`wire`] is the UDP heartbeat format, [`auth`] its
+//! tag and the monitor's key slots, [`siphash`] the keyed MAC both sides
+//! compute, [`admission`] the checks a heartbeat passes before it is
+//! recorded, [`table`] the per-node record the datapath writes, [`counters`]
+//! the per-packet outcome counters, [`globals`] the names of the XDP
+//! program's load-time constants and maps.
 //! Every shared struct is `#[repr(C)]` with no implicit padding and a size
 //! assertion, so a layout change is a compile error on both sides.
 #![no_std]
 
+pub mod admission;
+pub mod auth;
 pub mod counters;
 pub mod globals;
 pub mod siphash;

@@ -9,14 +9,25 @@
 //!   only when a node changes state or is shown by `hb status`.
 //!
 //! 64 bytes of kernel memory per node in all. Ownership: the agent writes
-//! [`NodeRecord::slot_flags`] (and, when it restores state after a restart,
-//! the whole record) *before* the program is attached; from then on only the
-//! XDP program writes. Times are `bpf_ktime_get_ns()`, i.e. `CLOCK_MONOTONIC`
+//! [`NodeRecord::slot_flags`] and, for a pinned node, `src_addr` (and, when it
+//! restores state after a restart, the whole record) *before* the program is
+//! attached; from then on only the XDP program writes. Times are `bpf_ktime_get_ns()`, i.e. `CLOCK_MONOTONIC`
 //! nanoseconds of the monitoring host.
+
+use crate::wire::RawHeartbeat;
 
 /// [`NodeRecord::slot_flags`]: the node id is configured; heartbeats for a
 /// slot without it are counted as unknown and not recorded.
 pub const SLOT_CONFIGURED: u8 = 1 << 0;
+/// [`NodeRecord::slot_flags`], set by the agent: the node's heartbeats must
+/// come from [`NodeRecord::src_addr`] (which then holds the configured
+/// address, not merely the last one seen).
+pub const SLOT_PINNED: u8 = 1 << 1;
+/// [`NodeRecord::slot_flags`], set by the datapath when it records an
+/// authenticated heartbeat: from then on the node's unauthenticated
+/// heartbeats are refused, so a node cannot be downgraded to forgeable
+/// heartbeats, even where unauthenticated ones are accepted.
+pub const SLOT_AUTHENTICATED: u8 = 1 << 2;
 
 /// The seen word: when a node's last accepted heartbeat arrived, and whether
 /// it was a graceful leave, in one `u64` the kernel writes with one store.
@@ -67,7 +78,8 @@ pub struct NodeRecord {
     pub src_port: u16,
     /// [`crate::wire::flags`] of the last accepted heartbeat (e.g. LEAVE).
     pub heartbeat_flags: u8,
-    /// Written by the agent: [`SLOT_CONFIGURED`].
+    /// [`SLOT_CONFIGURED`] and [`SLOT_PINNED`] (written by the agent),
+    /// [`SLOT_AUTHENTICATED`] (written by the datapath).
     pub slot_flags: u8,
 }
 
@@ -78,6 +90,39 @@ impl NodeRecord {
     /// Whether the agent marked this slot as a configured node.
     pub const fn is_configured(&self) -> bool {
         self.slot_flags & SLOT_CONFIGURED != 0
+    }
+
+    /// Whether the node's heartbeats must come from `src_addr`.
+    pub const fn is_pinned(&self) -> bool {
+        self.slot_flags & SLOT_PINNED != 0
+    }
+
+    /// Whether the node has sent an authenticated heartbeat.
+    pub const fn is_authenticated(&self) -> bool {
+        self.slot_flags & SLOT_AUTHENTICATED != 0
+    }
+
+    /// Records an admitted heartbeat (see [`crate::admission::admit`]) that
+    /// came from `src_addr`, `src_port`. The caller then writes the seen word.
+    #[inline(always)]
+    pub fn record(
+        &mut self,
+        heartbeat: &RawHeartbeat,
+        src_addr: &[u8; 16],
+        src_port: u16,
+        authenticated: bool,
+    ) {
+        self.incarnation = heartbeat.incarnation();
+        self.sequence = heartbeat.sequence();
+        self.sent_unix_ns = heartbeat.sent_unix_ns();
+        self.src_addr = *src_addr;
+        self.src_port = src_port;
+        self.interval_ms = heartbeat.interval_ms();
+        self.heartbeat_flags = heartbeat.flags;
+        self.heartbeats += 1;
+        if authenticated {
+            self.slot_flags |= SLOT_AUTHENTICATED;
+        }
     }
 
     /// Whether (incarnation, sequence) moves forward from this record: a new

@@ -18,7 +18,7 @@
 //! +---------------------------------------------------------------+
 //! |            sender timestamp, Unix ns (64 bits)                | 32
 //! +---------------------------------------------------------------+
-//! |             authentication tag (128 bits, reserved)           | 40
+//! |    authentication tag (128 bits; see `crate::auth`)           | 40
 //! +---------------------------------------------------------------+
 //!                                                          56 bytes
 //! ```
@@ -81,6 +81,22 @@ const _: () = assert!(core::mem::size_of::<RawHeartbeat>() == HEARTBEAT_LEN);
 const _: () = assert!(core::mem::align_of::<RawHeartbeat>() == 1);
 
 impl RawHeartbeat {
+    /// The payload bytes viewed as fields, without copying (no validation).
+    #[inline(always)]
+    pub const fn view(bytes: &[u8; HEARTBEAT_LEN]) -> &Self {
+        // SAFETY: `RawHeartbeat` is `repr(C)`, `HEARTBEAT_LEN` bytes long with
+        // alignment 1 (both asserted above) and made of byte arrays only, so
+        // every byte string of that length is a valid value.
+        unsafe { &*(bytes as *const [u8; HEARTBEAT_LEN] as *const Self) }
+    }
+
+    /// The fields as the payload bytes they are, without copying.
+    #[inline(always)]
+    pub const fn as_bytes(&self) -> &[u8; HEARTBEAT_LEN] {
+        // SAFETY: as in `view`: same size, alignment 1, no padding.
+        unsafe { &*(self as *const Self as *const [u8; HEARTBEAT_LEN]) }
+    }
+
     /// Splits the payload bytes into fields (no validation).
     pub fn from_bytes(bytes: &[u8; HEARTBEAT_LEN]) -> Self {
         fn array<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
@@ -126,6 +142,12 @@ impl RawHeartbeat {
     #[inline(always)]
     pub const fn sent_unix_ns(&self) -> u64 {
         u64::from_be_bytes(self.sent_unix_ns)
+    }
+
+    /// Whether the LEAVE flag is set.
+    #[inline(always)]
+    pub const fn is_leave(&self) -> bool {
+        self.flags & flags::LEAVE != 0
     }
 
     /// The checks the monitor applies to every payload before trusting any

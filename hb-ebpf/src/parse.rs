@@ -26,8 +26,9 @@ const IPV4_FRAGMENT_MASK: u16 = 0x3FFF;
 pub enum ParseError {
     /// The packet ends before the header being read.
     Truncated,
-    /// Not IPv4/IPv6 over Ethernet, not UDP, an IPv4 fragment, a bad IHL or
-    /// too many VLAN tags: not something hb looks at.
+    /// Not IPv4/IPv6 over Ethernet, not UDP, an IPv4 fragment, a bad IHL,
+    /// too many VLAN tags or an IPv6 packet from an IPv4-mapped address: not
+    /// something hb looks at.
     NotUdp,
 }
 
@@ -123,6 +124,12 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
             let saddr: *const [u8; 16] = ptr_at(ctx, offset + 8)?;
             // SAFETY: ptr_at checked the bounds.
             src_addr = unsafe { *saddr };
+            // An IPv4-mapped source is how IPv4 senders are recorded: an
+            // IPv6 packet claiming one would pass a pinned IPv4 source. The
+            // kernel's IPv6 stack drops such packets too.
+            if is_v4_mapped(&src_addr) {
+                return Err(ParseError::NotUdp);
+            }
             offset += IPV6_HLEN;
         }
         _ => return Err(ParseError::NotUdp),
@@ -140,4 +147,10 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
         udp_len: u16::from_be_bytes([udp[4], udp[5]]),
         src_addr,
     })
+}
+
+/// `::ffff:a.b.c.d`.
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[..10].iter().all(|&byte| byte == 0) && addr[10] == 0xff && addr[11] == 0xff
 }

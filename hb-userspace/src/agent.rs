@@ -1,8 +1,9 @@
 //! `hb agent`: starts the datapath (the XDP program, or a UDP socket), sweeps
 //! the node table on a fixed period, runs every node through the
 //! [`Detector`], logs each transition, records it in the event log and
-//! hands it to the [`ActionRunner`], answers `hb status`, and on
-//! SIGINT/SIGTERM saves its state and stops the datapath (detaching XDP).
+//! hands it to the [`ActionRunner`], answers `hb status`, reloads the
+//! heartbeat keys on SIGHUP, and on SIGINT/SIGTERM saves its state and stops
+//! the datapath (detaching XDP).
 //!
 //! One task does all of this in a `select!` loop: the sweep never waits on
 //! an action (actions run in their own tasks) or on the state file (saved
@@ -18,8 +19,9 @@ use std::{
 
 use anyhow::Context;
 use hb_common::{
+    admission::Unauthenticated,
     counters::Counter,
-    table::{NodeRecord, seen},
+    table::{NodeRecord, SLOT_AUTHENTICATED, SLOT_PINNED, seen},
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -35,9 +37,10 @@ use crate::{
     datapath::Datapath,
     detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
     event_log::EventLog,
+    keys::Keyring,
     nodes::{NodeDirectory, NodeInfo},
     state_file::{self, SavedNode},
-    status::{self, NodeStatus, StatusReport},
+    status::{self, AuthStatus, NodeStatus, StatusReport},
     table::NodeTable,
 };
 
@@ -70,8 +73,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     raise_memlock_limit();
     let started = Instant::now();
 
+    let keyring = Keyring::load(&config.auth.keys)?;
+    log_auth_policy(&keyring, config.auth.unauthenticated());
     let mut datapath = Datapath::prepare(&config)?;
-    let mut detector = watch_nodes(&config, &nodes, datapath.table())?;
+    datapath.set_keys(&keyring.slots())?;
+    let mut auth = AuthStatus {
+        key_ids: keyring.ids(),
+        accept_unauthenticated: config.auth.unauthenticated() == Unauthenticated::Accept,
+    };
+    let mut detector = watch_nodes(&config, &nodes, &keyring, datapath.table())?;
     let mut events = EventLog::open(config.event_log.as_deref()).with_context(|| {
         let path = config
             .event_log
@@ -91,6 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut saver = StateSaver::new(config.state_file.clone());
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
     let mut ticker = tokio::time::interval(config.defaults.sweep_period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tracing::info!(
@@ -117,8 +128,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 saver.save_if_due(|| snapshot(&nodes, &detector, datapath.table()));
             }
             Some(request) = status_rx.recv() => {
-                let report = report(&nodes, &detector, &datapath, &actions, started, request.limit);
+                let report = report(&nodes, &detector, &datapath, &actions, &auth, started, request.limit);
                 let _ = request.reply.send(report);
+            }
+            _ = hangup.recv() => {
+                if let Some(key_ids) = reload_keys(&config, &mut datapath) {
+                    auth.key_ids = key_ids;
+                }
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -136,11 +152,71 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Marks every configured node in the table, restoring what the state file
-/// says about it, and builds the detector.
+/// Says, once at start, how heartbeats are authenticated.
+fn log_auth_policy(keyring: &Keyring, unauthenticated: Unauthenticated) {
+    match (keyring.is_empty(), unauthenticated) {
+        (true, _) => tracing::warn!(
+            "heartbeats are not authenticated: anyone who can send UDP to the monitor can keep a              dead node up or make a live one leave; add key files to [auth] keys (`hb keygen`)"
+        ),
+        (false, Unauthenticated::Accept) => tracing::warn!(
+            key_ids = ?keyring.ids(),
+            "heartbeats without a tag are accepted too (auth.accept_unauthenticated), from nodes              that have never sent an authenticated one: set it to false once every sender signs"
+        ),
+        (false, Unauthenticated::Refuse) => tracing::info!(
+            key_ids = ?keyring.ids(),
+            "heartbeats are authenticated; those without a valid tag are refused"
+        ),
+    }
+}
+
+/// SIGHUP: re-reads the config file's `[auth] keys` and installs them. Any
+/// problem keeps the keys in use (a failed reload never drops a key) and is
+/// logged. Returns the new key ids if they were installed.
+fn reload_keys(config: &Config, datapath: &mut Datapath) -> Option<Vec<u8>> {
+    let Some(path) = &config.loaded_from else {
+        tracing::warn!("SIGHUP: no config file to reload the keys from; keys unchanged");
+        return None;
+    };
+    let reloaded = match Config::load(path, &Default::default()) {
+        Ok(reloaded) => reloaded,
+        Err(e) => {
+            tracing::error!("SIGHUP: {e}; keys unchanged");
+            return None;
+        }
+    };
+    if reloaded.auth.unauthenticated() != config.auth.unauthenticated() {
+        tracing::warn!(
+            "SIGHUP: whether unauthenticated heartbeats are accepted changes only with a restart;              reloading the keys alone"
+        );
+    }
+    let keyring = match Keyring::load(&reloaded.auth.keys) {
+        Ok(keyring) => keyring,
+        Err(e) => {
+            tracing::error!("SIGHUP: {e}; keys unchanged");
+            return None;
+        }
+    };
+    if keyring.is_empty() && config.auth.unauthenticated() == Unauthenticated::Refuse {
+        tracing::error!(
+            "SIGHUP: [auth] keys is now empty, which would refuse every heartbeat; keys unchanged"
+        );
+        return None;
+    }
+    if let Err(e) = datapath.set_keys(&keyring.slots()) {
+        tracing::error!("SIGHUP: installing the keys: {e:#}");
+        return None;
+    }
+    tracing::info!(key_ids = ?keyring.ids(), "SIGHUP: keys reloaded");
+    Some(keyring.ids())
+}
+
+/// Marks every configured node in the table, pinning it to its source
+/// address if it has one, restoring what the state file says about it, and
+/// builds the detector.
 fn watch_nodes(
     config: &Config,
     nodes: &NodeDirectory<'_>,
+    keyring: &Keyring,
     table: &NodeTable,
 ) -> anyhow::Result<Detector> {
     let settings = DetectorSettings {
@@ -168,8 +244,20 @@ fn watch_nodes(
             record.incarnation = saved.incarnation;
             record.sequence = saved.sequence;
             record.interval_ms = saved.interval_ms;
+            // Without keys nothing can be authenticated: forget the flag
+            // rather than refuse the node for ever.
+            if saved.authenticated && !keyring.is_empty() {
+                record.slot_flags |= SLOT_AUTHENTICATED;
+            }
             detector.restore(id, saved.state, saved.interval_ms);
             restored += 1;
+        }
+        if let Some(source) = nodes.source_of(id) {
+            record.slot_flags |= SLOT_PINNED;
+            record.src_addr = match source {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => v6.octets(),
+            };
         }
         table.configure(id, record);
     }
@@ -297,6 +385,7 @@ fn snapshot(nodes: &NodeDirectory<'_>, detector: &Detector, table: &NodeTable) -
                 incarnation: record.incarnation,
                 sequence: record.sequence,
                 interval_ms: record.interval_ms,
+                authenticated: record.is_authenticated(),
             }
         })
         .collect()
@@ -358,6 +447,7 @@ fn report(
     detector: &Detector,
     datapath: &Datapath,
     actions: &ActionRunner,
+    auth: &AuthStatus,
     started: Instant,
     limit: usize,
 ) -> StatusReport {
@@ -405,6 +495,8 @@ fn report(
                 incarnation: record.incarnation,
                 sequence: record.sequence,
                 interval_ms: record.interval_ms,
+                authenticated: record.is_authenticated(),
+                pinned: record.is_pinned(),
                 down_in_ms: detector
                     .deadline_ns(node.id, word)
                     .map(|d| d.saturating_sub(now) / 1_000_000),
@@ -417,6 +509,7 @@ fn report(
         interfaces: datapath.interfaces(),
         counters,
         actions: actions.stats(),
+        auth: auth.clone(),
         states,
         nodes_total: nodes.len() as u64,
         nodes: listed,

@@ -2,16 +2,23 @@
 //! collects (each prints one JSON object on stdout).
 //!
 //! - `xdp-cost`: the XDP program's cost per packet through
-//!   `BPF_PROG_TEST_RUN`, for an accepted heartbeat, an unknown node, a stale
-//!   sequence and a packet that is not a heartbeat.
+//!   `BPF_PROG_TEST_RUN`, for an accepted heartbeat without and with
+//!   authentication, a replay, a bad tag, an unknown node and packets that
+//!   are not heartbeats.
 //! - `sweep`: one sweep of N nodes over the real memory-mapped BPF table,
 //!   next to a plain memcpy of the bytes the sweep reads (the floor).
+//!
+//! `hb bench hostile` lives in [`crate::hostile`].
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use hb_common::{
+    admission::Unauthenticated,
+    auth::{self, KEY_SLOTS, KeySlot},
+    counters::Counter,
+    siphash::Key,
     table::{NodeRecord, seen},
     wire::{DEFAULT_PORT, Heartbeat},
 };
@@ -37,10 +44,81 @@ pub struct XdpCost {
     pub cases: Vec<PacketCost>,
 }
 
-/// Measures the XDP program's cost per packet.
+/// Nodes in each measured table; the last id is left unconfigured.
+const COST_NODES: u32 = 1024;
+/// The key id and key of the authenticated rig.
+const COST_KEY: (u8, Key) = (1, [0x5a; 16]);
+
+/// A loaded program, with or without a key, and its table configured.
+struct CostRig {
+    datapath: XdpDatapath,
+    key: Option<(u8, Key)>,
+}
+
+impl CostRig {
+    fn load(key: Option<(u8, Key)>) -> anyhow::Result<Self> {
+        let mut datapath = XdpDatapath::load(LoadOptions {
+            port: DEFAULT_PORT,
+            max_nodes: COST_NODES,
+            pass_heartbeats: false,
+            unauthenticated: if key.is_some() {
+                Unauthenticated::Refuse
+            } else {
+                Unauthenticated::Accept
+            },
+        })?;
+        if let Some((id, key)) = key {
+            let mut slots = [KeySlot::default(); KEY_SLOTS as usize];
+            slots[usize::from(id)] = KeySlot::with_key(key);
+            datapath.set_keys(&slots)?;
+        }
+        for id in 0..COST_NODES - 1 {
+            datapath.table().configure(id, NodeRecord::default());
+        }
+        Ok(CostRig { datapath, key })
+    }
+
+    /// A heartbeat frame of `node_id` at `sequence`, signed if the rig has
+    /// a key (with `tamper`, its tag is then broken).
+    fn frame(&self, node_id: u32, sequence: u64, tamper: bool) -> Vec<u8> {
+        let mut payload = Heartbeat {
+            flags: 0,
+            key_id: 0,
+            node_id,
+            interval_ms: 1000,
+            incarnation: 1,
+            sequence,
+            sent_unix_ns: 0,
+            auth_tag: [0; 16],
+        }
+        .encode();
+        if let Some((id, key)) = self.key {
+            auth::sign(&mut payload, id, &key);
+            if tamper {
+                payload[auth::SIGNED_LEN] ^= 1;
+            }
+        }
+        ipv4_udp_frame(DEFAULT_PORT, &payload)
+    }
+
+    fn program(&mut self) -> anyhow::Result<&mut Xdp> {
+        Ok(self.datapath.program()?)
+    }
+
+    fn check_accepted(&self, expected: u32) -> anyhow::Result<()> {
+        let accepted = self.datapath.counters()?[Counter::Accepted as usize];
+        if accepted != u64::from(expected) {
+            bail!("{accepted} of the {expected} distinct heartbeats were accepted, expected all");
+        }
+        Ok(())
+    }
+}
+
+/// Measures the XDP program's cost per packet, without and with
+/// authentication (two programs loaded side by side, measured interleaved).
 ///
 /// Classes whose outcome does not change when the same packet runs again
-/// (unknown node, stale sequence, not a heartbeat) are timed by the kernel
+/// (unknown node, replay, bad tag, not a heartbeat) are timed by the kernel
 /// over `repeat` runs of one packet. An accepted heartbeat must carry a new
 /// sequence every time, so it is timed over `distinct` single runs of
 /// distinct packets; the kernel's per-call timing overhead is measured the
@@ -49,39 +127,29 @@ pub struct XdpCost {
 /// an interrupt or a preemption during one run of a few dozen nanoseconds
 /// would otherwise weigh on the result far beyond its frequency.
 pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
-    const NODES: u32 = 1024;
-    let mut datapath = XdpDatapath::load(LoadOptions {
-        port: DEFAULT_PORT,
-        max_nodes: NODES,
-        pass_heartbeats: false,
-    })?;
-    for id in 0..NODES - 1 {
-        datapath.table().configure(id, NodeRecord::default());
-    }
-    let unknown = NODES - 1; // in the table, not configured
-    let program = datapath.program()?;
+    let mut plain = CostRig::load(None)?;
+    let mut signed = CostRig::load(Some(COST_KEY))?;
+    let unknown = COST_NODES - 1;
 
-    let heartbeat = |node_id: u32, sequence: u64| Heartbeat {
-        flags: 0,
-        key_id: 0,
-        node_id,
-        interval_ms: 1000,
-        incarnation: 1,
-        sequence,
-        sent_unix_ns: 0,
-        auth_tag: [0; 16],
-    };
-    let mut single_runs = Vec::with_capacity(distinct as usize);
+    let mut plain_runs = Vec::with_capacity(distinct as usize);
+    let mut signed_runs = Vec::with_capacity(distinct as usize);
     let mut sequence = 0;
     for i in 0..distinct {
-        if i % (NODES - 1) == 0 {
+        if i % (COST_NODES - 1) == 0 {
             sequence += 1;
         }
-        let frame = ipv4_udp_frame(DEFAULT_PORT, &heartbeat(i % (NODES - 1), sequence).encode());
-        single_runs.push(run(program, &frame, 1, Some(1))?.as_nanos() as u64);
+        let node = i % (COST_NODES - 1);
+        let frame = plain.frame(node, sequence, false);
+        plain_runs.push(run(plain.program()?, &frame, 1, Some(1))?.as_nanos() as u64);
+        let frame = signed.frame(node, sequence, false);
+        signed_runs.push(run(signed.program()?, &frame, 1, Some(1))?.as_nanos() as u64);
     }
-    let accepted_single = min_median(&mut single_runs).1 as f64;
+    let plain_single = min_median(&mut plain_runs).1 as f64;
+    let signed_single = min_median(&mut signed_runs).1 as f64;
+    plain.check_accepted(distinct)?;
+    signed.check_accepted(distinct)?;
 
+    let program = plain.program()?;
     let arp = arp_frame();
     let mut arp_single_runs = Vec::with_capacity(distinct as usize);
     for _ in 0..distinct {
@@ -91,56 +159,51 @@ pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
     let arp_repeated = run(program, &arp, repeat, Some(2))?.as_nanos() as f64;
     let single_run_overhead = (arp_single - arp_repeated).max(0.0);
 
-    // Node 0 has just accepted `sequence`; the same packet again is stale.
-    let stale = run(
-        program,
-        &ipv4_udp_frame(DEFAULT_PORT, &heartbeat(0, 1).encode()),
-        repeat,
-        Some(1),
-    )?;
-    let unknown = run(
-        program,
-        &ipv4_udp_frame(DEFAULT_PORT, &heartbeat(unknown, 1).encode()),
-        repeat,
-        Some(1),
-    )?;
-    let other_port = run(program, &ipv4_udp_frame(53, &[0u8; 56]), repeat, Some(2))?;
-    let accepted = datapath.counters()?[hb_common::counters::Counter::Accepted as usize];
-    if accepted != u64::from(distinct) {
-        bail!("{accepted} of the {distinct} distinct heartbeats were accepted, expected all");
-    }
+    // Node 0 has just accepted `sequence`; the same packet again is a replay.
+    let repeated_cost = |rig: &mut CostRig, frame: Vec<u8>, action| -> anyhow::Result<f64> {
+        Ok(run(rig.program()?, &frame, repeat, Some(action))?.as_nanos() as f64)
+    };
+    let frame = plain.frame(0, 1, false);
+    let replay = repeated_cost(&mut plain, frame, 1)?;
+    let frame = signed.frame(0, 1, false);
+    let signed_replay = repeated_cost(&mut signed, frame, 1)?;
+    let frame = signed.frame(0, sequence + 1, true);
+    let bad_tag = repeated_cost(&mut signed, frame, 1)?;
+    let frame = plain.frame(unknown, 1, false);
+    let unknown = repeated_cost(&mut plain, frame, 1)?;
+    let other_port = repeated_cost(&mut plain, ipv4_udp_frame(53, &[0u8; 56]), 2)?;
+
     let repeated = format!("kernel-timed over {repeat} repeats of one packet");
+    let single = |median: f64| {
+        format!(
+            "{distinct} distinct packets run once each (median {median:.0} ns), minus the \
+             single-run timing overhead ({single_run_overhead:.1} ns: ARP's median single run \
+             minus its repeated-run time)"
+        )
+    };
+    let case = |case, ns_per_packet, method| PacketCost {
+        case,
+        ns_per_packet,
+        method,
+    };
     Ok(XdpCost {
         cases: vec![
-            PacketCost {
-                case: "accepted heartbeat",
-                ns_per_packet: accepted_single - single_run_overhead,
-                method: format!(
-                    "{distinct} distinct packets run once each (median {accepted_single:.0} ns), minus \
-                     the single-run timing overhead ({single_run_overhead:.1} ns: ARP's median single \
-                     run minus its repeated-run time)"
-                ),
-            },
-            PacketCost {
-                case: "stale sequence",
-                ns_per_packet: stale.as_nanos() as f64,
-                method: repeated.clone(),
-            },
-            PacketCost {
-                case: "unknown node",
-                ns_per_packet: unknown.as_nanos() as f64,
-                method: repeated.clone(),
-            },
-            PacketCost {
-                case: "UDP to another port",
-                ns_per_packet: other_port.as_nanos() as f64,
-                method: repeated.clone(),
-            },
-            PacketCost {
-                case: "ARP (not IP)",
-                ns_per_packet: arp_repeated,
-                method: repeated,
-            },
+            case(
+                "accepted heartbeat",
+                plain_single - single_run_overhead,
+                single(plain_single),
+            ),
+            case(
+                "accepted authenticated heartbeat",
+                signed_single - single_run_overhead,
+                single(signed_single),
+            ),
+            case("replay", replay, repeated.clone()),
+            case("authenticated replay", signed_replay, repeated.clone()),
+            case("bad tag", bad_tag, repeated.clone()),
+            case("unknown node", unknown, repeated.clone()),
+            case("UDP to another port", other_port, repeated.clone()),
+            case("ARP (not IP)", arp_repeated, repeated),
         ],
     })
 }
@@ -222,6 +285,7 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
         port: DEFAULT_PORT,
         max_nodes: nodes,
         pass_heartbeats: false,
+        unauthenticated: Unauthenticated::Accept,
     })?;
     let table = datapath.table();
     let settings = DetectorSettings {

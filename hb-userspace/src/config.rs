@@ -158,6 +158,14 @@ pub enum ConfigError {
     DuplicateActionName { action: String },
     #[error("node range `{prefix}` (`[[node_ranges]]`): {problem}")]
     NodeRange { prefix: String, problem: String },
+    #[error(
+        "`auth.keys` lists {count} key files: give the current key, and during a rotation the previous one, at most 2"
+    )]
+    TooManyKeys { count: usize },
+    #[error(
+        "`auth.accept_unauthenticated` is false but `auth.keys` is empty, so every heartbeat would be refused: add a key file (`hb keygen --id 1 /etc/hb/hb.key`) to auth.keys or remove the setting"
+    )]
+    NoKeysToAuthenticate,
 }
 
 /// What receives heartbeats and records them into the node table.
@@ -291,6 +299,10 @@ pub struct NodeConfig {
     /// Overrides the interval the node advertises and `defaults.interval`.
     #[serde(default, with = "humantime_serde")]
     pub interval: Option<Duration>,
+    /// Pins the node: its heartbeats are accepted only from this source
+    /// address (checked in the XDP program); others count as `wrong_source`.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
 }
 
 /// A block of nodes with consecutive ids (`[[node_ranges]]`), for clusters
@@ -305,6 +317,10 @@ pub struct NodeRange {
     /// Overrides the interval the nodes advertise and `defaults.interval`.
     #[serde(default, with = "humantime_serde")]
     pub interval: Option<Duration>,
+    /// Pins the nodes: node `first_id + k` is heard only from address
+    /// `first_source + k`.
+    #[serde(default)]
+    pub first_source: Option<IpAddr>,
 }
 
 impl NodeRange {
@@ -316,6 +332,45 @@ impl NodeRange {
     /// The name of node `id` of this range.
     pub fn name_of(&self, id: u32) -> String {
         format!("{}{id}", self.name_prefix)
+    }
+
+    /// The pinned source address of node `id` of this range, if the range is
+    /// pinned (and the address exists: validation checks the whole range).
+    pub fn source_of(&self, id: u32) -> Option<IpAddr> {
+        let step = id.checked_sub(self.first_id)?;
+        match self.first_source? {
+            IpAddr::V4(first) => u32::from(first)
+                .checked_add(step)
+                .map(|a| IpAddr::V4(a.into())),
+            IpAddr::V6(first) => u128::from(first)
+                .checked_add(u128::from(step))
+                .map(|a| IpAddr::V6(a.into())),
+        }
+    }
+}
+
+/// Heartbeat authentication (`[auth]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Key files (`hb keygen`): the current key, and during a rotation the
+    /// previous one. Heartbeats signed with either are accepted.
+    pub keys: Vec<PathBuf>,
+    /// Whether heartbeats with no tag (key id 0) are accepted. Default:
+    /// only when no key is configured.
+    pub accept_unauthenticated: Option<bool>,
+}
+
+impl AuthConfig {
+    /// Whether unauthenticated heartbeats are accepted, defaults applied.
+    pub fn unauthenticated(&self) -> hb_common::admission::Unauthenticated {
+        use hb_common::admission::Unauthenticated;
+        match self.accept_unauthenticated {
+            Some(true) => Unauthenticated::Accept,
+            Some(false) => Unauthenticated::Refuse,
+            None if self.keys.is_empty() => Unauthenticated::Accept,
+            None => Unauthenticated::Refuse,
+        }
     }
 }
 
@@ -359,7 +414,11 @@ pub struct Config {
     pub node_ranges: Vec<NodeRange>,
     /// Optional: every state change is appended here as one JSON line.
     pub event_log: Option<PathBuf>,
+    pub auth: AuthConfig,
     pub actions: Vec<ActionConfig>,
+    /// The file this configuration was loaded from (by [`Config::load`]),
+    /// re-read for the keys on SIGHUP.
+    pub loaded_from: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -380,7 +439,9 @@ impl Default for Config {
             nodes: Vec::new(),
             node_ranges: Vec::new(),
             event_log: None,
+            auth: AuthConfig::default(),
             actions: Vec::new(),
+            loaded_from: None,
         }
     }
 }
@@ -421,6 +482,7 @@ struct RawConfig {
     nodes: Vec<NodeConfig>,
     node_ranges: Vec<NodeRange>,
     event_log: Option<PathBuf>,
+    auth: AuthConfig,
     actions: Vec<RawAction>,
 }
 
@@ -441,6 +503,7 @@ impl Default for RawConfig {
             nodes: c.nodes,
             node_ranges: c.node_ranges,
             event_log: c.event_log,
+            auth: c.auth,
             actions: Vec::new(),
         }
     }
@@ -490,6 +553,7 @@ impl Config {
         let mut config = Self::parse(&text, &path.display().to_string())?;
         config.apply(overrides);
         config.validate()?;
+        config.loaded_from = Some(path.to_owned());
         Ok(config)
     }
 
@@ -520,7 +584,9 @@ impl Config {
             nodes: raw.nodes,
             node_ranges: raw.node_ranges,
             event_log: raw.event_log,
+            auth: raw.auth,
             actions,
+            loaded_from: None,
         })
     }
 
@@ -578,7 +644,20 @@ impl Config {
         }
         self.validate_defaults()?;
         self.validate_nodes()?;
+        self.validate_auth()?;
         self.validate_actions()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        if self.auth.keys.len() > 2 {
+            return Err(ConfigError::TooManyKeys {
+                count: self.auth.keys.len(),
+            });
+        }
+        if self.auth.keys.is_empty() && self.auth.accept_unauthenticated == Some(false) {
+            return Err(ConfigError::NoKeysToAuthenticate);
+        }
+        Ok(())
     }
 
     /// Checks that every interface exists on this host
@@ -721,6 +800,17 @@ impl Config {
                 });
             }
             check_node_interval(prefix, range.interval)?;
+            if let Some(first) = range.first_source
+                && range.source_of(range.ids().end - 1).is_none()
+            {
+                return Err(ConfigError::NodeRange {
+                    prefix: prefix.clone(),
+                    problem: format!(
+                        "`first_source` {first} + {} addresses runs past the last address: start the range lower",
+                        range.count
+                    ),
+                });
+            }
         }
         for pair in ranges.windows(2) {
             if pair[0].ids().end > pair[1].first_id {
@@ -856,6 +946,17 @@ timeout_multiplier = 3
 # How often the node table is swept (at most `interval`).
 sweep_period = "100ms"
 
+# Heartbeat authentication: SipHash-2-4 tags, verified in the XDP program.
+[auth]
+# Key files written by `hb keygen --id N FILE` (owned by root, mode 0600, or
+# they are refused): the current key and, during a rotation, the previous
+# one. Reloaded on SIGHUP. Without keys, heartbeats are not authenticated.
+keys = ["/etc/hb/hb.key"]
+# Accept heartbeats without a tag too (default: only when no key is given).
+# A node that has sent an authenticated heartbeat is never again heard
+# without one.
+# accept_unauthenticated = false
+
 [[nodes]]
 id = 1
 name = "web-1"
@@ -863,13 +964,16 @@ name = "web-1"
 address = "198.18.1.2"
 # Optional: overrides the advertised and the default interval.
 interval = "1s"
+# Optional: heartbeats of this node are accepted only from this address.
+source = "198.18.1.2"
 
 [[nodes]]
 id = 2
 name = "web-2"
 
 # Large clusters: a block of consecutive ids, named name_prefix + id
-# (here node-1000 ... node-1999). Optional `interval` as for [[nodes]].
+# (here node-1000 ... node-1999). Optional `interval` as for [[nodes]], and
+# optional `first_source`: node first_id + k is pinned to first_source + k.
 [[node_ranges]]
 first_id = 1000
 count = 1000
@@ -1050,6 +1154,7 @@ mod tests {
                 name: "db".into(),
                 address: Some("2001:db8::1".parse().expect("ipv6")),
                 interval: None,
+                source: None,
             }
         );
         assert_eq!(
@@ -1059,6 +1164,7 @@ mod tests {
                 name: "web".into(),
                 address: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2))),
                 interval: Some(Duration::from_millis(250)),
+                source: None,
             }
         );
         assert_eq!(
@@ -1554,6 +1660,61 @@ mod tests {
         let err = Config::load(&bad, &Overrides::default()).expect_err("unknown field");
         assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
         assert_mentions(&err, &["bad.toml", "bogus"]);
+    }
+
+    #[test]
+    fn auth_keys_and_the_unauthenticated_default() {
+        use hb_common::admission::Unauthenticated;
+        let none = parse(BASE);
+        assert_eq!(none.auth, AuthConfig::default());
+        assert_eq!(none.auth.unauthenticated(), Unauthenticated::Accept);
+        let keyed = parse(&format!("{BASE}[auth]\nkeys = [\"/etc/hb/a.key\"]\n"));
+        keyed.validate().expect("one key");
+        assert_eq!(keyed.auth.keys, vec![PathBuf::from("/etc/hb/a.key")]);
+        assert_eq!(
+            keyed.auth.unauthenticated(),
+            Unauthenticated::Refuse,
+            "refused by default once a key is configured"
+        );
+        let migrating = parse(&format!(
+            "{BASE}[auth]\nkeys = [\"/a\", \"/b\"]\naccept_unauthenticated = true\n"
+        ));
+        migrating.validate().expect("two keys");
+        assert_eq!(migrating.auth.unauthenticated(), Unauthenticated::Accept);
+
+        let err = validate_err(&format!("{BASE}[auth]\nkeys = [\"/a\", \"/b\", \"/c\"]\n"));
+        assert_mentions(&err, &["`auth.keys` lists 3", "at most 2"]);
+        let err = validate_err(&format!("{BASE}[auth]\naccept_unauthenticated = false\n"));
+        assert_mentions(&err, &["auth.accept_unauthenticated", "hb keygen"]);
+        let err = parse_err(&format!("{BASE}[auth]\nkey = \"/a\"\n"));
+        assert_mentions(&err, &["key"]);
+    }
+
+    #[test]
+    fn sources_pin_nodes_and_ranges() {
+        let config = parse(&format!(
+            "{BASE}[[nodes]]\nid = 1\nname = \"a\"\nsource = \"fd00::7\"\n\
+             [[node_ranges]]\nfirst_id = 10\ncount = 2\nname_prefix = \"n-\"\n\
+             first_source = \"198.18.0.255\"\n"
+        ));
+        config.validate().expect("valid sources");
+        assert_eq!(config.nodes[0].source, Some("fd00::7".parse().unwrap()));
+        assert_eq!(
+            config.node_ranges[0].source_of(11),
+            Some("198.18.1.0".parse().unwrap())
+        );
+        let err = validate_err(&format!(
+            "{BASE}[[node_ranges]]\nfirst_id = 0\ncount = 3\nname_prefix = \"n-\"\n\
+             first_source = \"255.255.255.254\"\n"
+        ));
+        assert_mentions(
+            &err,
+            &["`first_source` 255.255.255.254", "start the range lower"],
+        );
+        let err = parse_err(&format!(
+            "{BASE}[[nodes]]\nid = 1\nname = \"a\"\nsource = \"not-an-address\"\n"
+        ));
+        assert_mentions(&err, &["source"]);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! detaches or stops.
 
 use anyhow::Context;
-use hb_common::counters::Counter;
+use hb_common::{auth::KeySlots, counters::Counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
@@ -38,11 +38,13 @@ impl Datapath {
                 port: config.port,
                 max_nodes: config.max_nodes,
                 pass_heartbeats: config.pass_heartbeats,
+                unauthenticated: config.auth.unauthenticated(),
             })?)),
             DatapathKind::Socket => Datapath::Socket(SocketDatapath::new(SocketOptions {
                 port: config.port,
                 max_nodes: config.max_nodes,
                 interfaces: config.interfaces.clone(),
+                unauthenticated: config.auth.unauthenticated(),
             })?),
         })
     }
@@ -51,6 +53,18 @@ impl Datapath {
         match self {
             Datapath::Xdp(xdp) => xdp.table(),
             Datapath::Socket(socket) => socket.table(),
+        }
+    }
+
+    /// Installs the keys heartbeats are verified with (at start, before
+    /// `start`, and on every reload).
+    pub fn set_keys(&mut self, keys: &KeySlots) -> anyhow::Result<()> {
+        match self {
+            Datapath::Xdp(xdp) => Ok(xdp.set_keys(keys)?),
+            Datapath::Socket(socket) => {
+                socket.set_keys(keys);
+                Ok(())
+            }
         }
     }
 

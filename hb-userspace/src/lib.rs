@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the agent's TOML configuration and its validation.
 //! - [`datapath`]: what records heartbeats: [`xdp`] (default) or [`socket`].
+//! - [`frame`]: Ethernet frames for `BPF_PROG_TEST_RUN` (tests, bench).
 //! - [`clock`]: the monotonic clock liveness is measured with, and the wall clock.
 //! - [`table`]: the node table (hot seen words, cold records) in shared memory.
 //! - [`nodes`]: the configured nodes (listed and ranged) by id.
@@ -11,8 +12,10 @@
 //! - [`agent`]: the agent's main loop tying these together.
 //! - [`state_file`]: node states saved across agent restarts.
 //! - [`status`]: the status socket protocol and the `hb status` table.
+//! - [`keys`]: heartbeat key files (`hb keygen`) and the monitor's keyring.
 //! - [`sender`]: `hb send`, the heartbeat sender.
 //! - [`bench`]: `hb bench`, measurements for `cargo xtask bench`.
+//! - [`hostile`]: `hb bench hostile`, generated hostile packets through the XDP program.
 //! - [`loadgen`]: `hb loadgen`, a simulated fleet of senders for load tests.
 
 pub mod actions;
@@ -23,6 +26,9 @@ pub mod config;
 pub mod datapath;
 pub mod detector;
 pub mod event_log;
+pub mod frame;
+pub mod hostile;
+pub mod keys;
 pub mod loadgen;
 pub mod nodes;
 pub mod sender;

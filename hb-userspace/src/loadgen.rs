@@ -15,6 +15,10 @@
 //! heartbeat is; the thread sleeps until then and spins for the last
 //! [`SPIN_NS`]. Behind schedule, it sends at once and records the lag.
 //!
+//! With a key (`--key-file`), every heartbeat, graceful leaves included, is
+//! signed after it is stamped: the key id and a SipHash tag computed per
+//! heartbeat in place in the batch (no allocation).
+//!
 //! For detection-latency measurements, a seeded random subset of nodes can
 //! stop part-way (a crash: no leave). The [`Report`] gives, for each of them,
 //! the `CLOCK_MONOTONIC` time at which its last heartbeat was handed to the
@@ -36,9 +40,16 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use hb_common::wire::{HEARTBEAT_LEN, Heartbeat, flags, offset};
+use hb_common::{
+    auth,
+    siphash::Key,
+    wire::{HEARTBEAT_LEN, Heartbeat, flags, offset},
+};
 
-use crate::clock::{monotonic_ns, unix_ns};
+use crate::{
+    clock::{monotonic_ns, unix_ns},
+    keys::KeyFile,
+};
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
@@ -113,6 +124,8 @@ pub struct LoadgenOptions {
     /// Let the kernel cut each message into datagrams (UDP GSO, when
     /// available): about half the CPU per heartbeat on veth.
     pub gso: bool,
+    /// Sign every heartbeat with this key; `None`: unauthenticated.
+    pub key: Option<KeyFile>,
 }
 
 impl LoadgenOptions {
@@ -132,6 +145,7 @@ impl LoadgenOptions {
             leave_at_end: false,
             report: None,
             gso: true,
+            key: None,
         }
     }
 }
@@ -178,6 +192,9 @@ pub struct Report {
     pub interrupted: bool,
     /// Sent with UDP GSO (at the end of the run).
     pub gso: bool,
+    /// The key id every heartbeat was signed with; 0: unauthenticated.
+    #[serde(default)]
+    pub key_id: u8,
     /// The nodes that stopped, by id.
     pub stopped: Vec<StoppedNode>,
 }
@@ -202,12 +219,16 @@ impl Report {
         let last_id = self.first_id as u64 + self.nodes as u64 - 1;
         let mut out = format!(
             "hb loadgen: {} nodes (ids {}..={last_id}), interval {}, {:.0} heartbeats/s requested, \
-             {} target(s){}\n",
+             {} target(s), {}{}\n",
             self.nodes,
             self.first_id,
             humantime::format_duration(Duration::from_nanos(self.interval_ns)),
             self.rate,
             self.targets.len(),
+            match self.key_id {
+                auth::UNAUTHENTICATED => "unauthenticated".to_owned(),
+                id => format!("signed with key id {id}"),
+            },
             if self.interrupted {
                 ", interrupted"
             } else {
@@ -280,9 +301,13 @@ pub async fn run(options: LoadgenOptions) -> anyhow::Result<()> {
 pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<Report> {
     let plan = Plan::new(options)?;
     let incarnation = unix_ns() / 1_000;
+    let key_id = options
+        .key
+        .as_ref()
+        .map_or(auth::UNAUTHENTICATED, |key| key.id);
     let template = Heartbeat {
         flags: 0,
-        key_id: 0,
+        key_id,
         node_id: 0,
         interval_ms: plan.interval_ms(),
         incarnation,
@@ -290,7 +315,8 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
         sent_unix_ns: 0,
         auth_tag: [0; 16],
     };
-    let mut sender = Sender::open(&options.targets, plan.batch, &template, options.gso)?;
+    let mut sender = Sender::open(&options.targets, plan.batch, &template, options.gso)?
+        .signing_with(options.key.as_ref());
     let _slack = TimerSlack::precise();
     tracing::info!(
         nodes = plan.nodes,
@@ -301,6 +327,7 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
         batch = plan.batch,
         gso = sender.gso(),
         stopping = plan.doomed.len(),
+        key_id,
         "load generator starting"
     );
 
@@ -443,6 +470,7 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
         late_batches,
         interrupted,
         gso: sender.gso(),
+        key_id,
         stopped,
     })
 }
@@ -691,6 +719,8 @@ struct Sender {
     msgs: Vec<libc::mmsghdr>,
     /// Heartbeats in the current batch.
     len: usize,
+    /// Key id and key every heartbeat is signed with, if any.
+    key: Option<(u8, Key)>,
     sent: u64,
     send_errors: u64,
     unsent: u64,
@@ -747,6 +777,7 @@ impl Sender {
             addr_lens,
             msgs: Vec::with_capacity(capacity * targets.len()),
             len: 0,
+            key: None,
             sent: 0,
             send_errors: 0,
             unsent: 0,
@@ -786,6 +817,13 @@ impl Sender {
         }
     }
 
+    /// Signs every heartbeat sent from now on with `key` (`None`: leaves
+    /// them unauthenticated).
+    fn signing_with(mut self, key: Option<&KeyFile>) -> Self {
+        self.key = key.map(|key| (key.id, key.key));
+        self
+    }
+
     /// Whether messages carry several heartbeats (UDP GSO).
     fn gso(&self) -> bool {
         self.per_msg > 1
@@ -823,6 +861,17 @@ impl Sender {
         }
     }
 
+    /// Signs one complete heartbeat of the batch: on a copy on the stack,
+    /// written back through [`Sender::patch`].
+    fn sign(&mut self, index: usize, key_id: u8, key: &Key) {
+        assert!(index < self.bufs.len());
+        // SAFETY: in bounds (asserted); a read through the Vec's raw
+        // pointer, as `patch` writes.
+        let mut payload = unsafe { ptr::read(self.bufs.as_ptr().add(index)) };
+        auth::sign(&mut payload, key_id, key);
+        self.patch(index, 0, &payload);
+    }
+
     /// Heartbeats `len` fill in `chunk`.
     fn segments(&self, chunk: usize, len: usize) -> usize {
         self.per_msg.min(len - chunk * self.per_msg)
@@ -858,6 +907,11 @@ impl Sender {
         let stamp = unix_ns().to_be_bytes();
         for index in 0..len {
             self.patch(index, offset::SENT_UNIX_NS, &stamp);
+        }
+        if let Some((key_id, key)) = self.key {
+            for index in 0..len {
+                self.sign(index, key_id, &key);
+            }
         }
         self.size_chunks(len);
         let mut done = 0;
@@ -1083,13 +1137,21 @@ mod tests {
 
         /// Everything received, until nothing more arrives for 100 ms.
         fn drain(&self) -> Vec<Heartbeat> {
+            self.drain_payloads()
+                .iter()
+                .map(|payload| Heartbeat::decode(payload).expect("a valid heartbeat"))
+                .collect()
+        }
+
+        /// Every payload received, until nothing more arrives for 100 ms.
+        fn drain_payloads(&self) -> Vec<[u8; HEARTBEAT_LEN]> {
             let mut out = Vec::new();
             let mut buf = [0u8; 128];
             let mut idle_since = Instant::now();
             loop {
                 match self.0.recv(&mut buf) {
                     Ok(n) => {
-                        out.push(Heartbeat::decode(&buf[..n]).expect("a valid heartbeat"));
+                        out.push(buf[..n].try_into().expect("a heartbeat-sized datagram"));
                         idle_since = Instant::now();
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1226,6 +1288,60 @@ mod tests {
         let again = Plan::new(&options).unwrap();
         let ids: HashSet<u32> = again.doomed.iter().map(|slot| slot + 1).collect();
         assert_eq!(ids, stopped);
+    }
+
+    #[test]
+    fn signs_every_heartbeat_and_leave_with_the_key() {
+        for gso in [true, false] {
+            let monitor = Monitor::bind();
+            let key = KeyFile {
+                path: "/etc/hb/test.key".into(),
+                id: 42,
+                key: [0xc3; 16],
+            };
+            let options = LoadgenOptions {
+                duration: Some(Duration::from_millis(100)),
+                leave_at_end: true,
+                gso,
+                key: Some(key.clone()),
+                ..options(&monitor, 100, 20)
+            };
+            let report = run_to_end(&options);
+            assert_eq!(report.key_id, 42);
+            assert!(report.summary().contains("signed with key id 42"));
+            let payloads = monitor.drain_payloads();
+            assert_eq!(payloads.len() as u64, report.sent + report.leaves_sent);
+            let mut leaves = 0;
+            for payload in &payloads {
+                let check = auth::check(payload, |id| (id == key.id).then_some(&key.key));
+                assert_eq!(check, auth::TagCheck::Authenticated);
+                let hb = Heartbeat::decode(payload).unwrap();
+                assert_eq!(hb.key_id, 42);
+                leaves += u64::from(hb.is_leave());
+            }
+            assert_eq!(leaves, 100);
+            // Every heartbeat has its own tag.
+            let tags: HashSet<&[u8]> = payloads.iter().map(|p| &p[offset::AUTH_TAG..]).collect();
+            assert_eq!(tags.len(), payloads.len());
+        }
+    }
+
+    #[test]
+    fn without_a_key_heartbeats_are_unauthenticated() {
+        let monitor = Monitor::bind();
+        let report = run_to_end(&LoadgenOptions {
+            count: Some(50),
+            ..options(&monitor, 50, 20)
+        });
+        assert_eq!(report.key_id, 0);
+        let payloads = monitor.drain_payloads();
+        assert_eq!(payloads.len(), 50);
+        for payload in &payloads {
+            assert_eq!(
+                auth::check(payload, |_| None),
+                auth::TagCheck::Unauthenticated
+            );
+        }
     }
 
     #[test]
@@ -1535,6 +1651,7 @@ mod tests {
             late_batches: 0,
             interrupted: false,
             gso: true,
+            key_id: 0,
             stopped: vec![StoppedNode {
                 id: 2,
                 last_sent_mono_ns: Some(500),

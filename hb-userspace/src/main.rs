@@ -1,4 +1,5 @@
-//! The `hb` command line: `hb agent`, `hb send`, `hb status`, `hb loadgen`.
+//! The `hb` command line: `hb agent`, `hb send`, `hb status`, `hb loadgen`,
+//! `hb keygen`.
 //!
 //! A thin layer: clap parses (the doc comments below are the help text), the
 //! library does the work, and errors are printed once with their causes.
@@ -6,7 +7,8 @@
 use std::{
     io::IsTerminal,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
@@ -15,6 +17,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hb::{
     config::{self, Config, Overrides},
+    keys::{self, KeyFile},
     loadgen::{LoadgenOptions, Pace},
     sender::SendOptions,
     status,
@@ -40,6 +43,9 @@ enum Command {
     Status(StatusArgs),
     /// Simulate a fleet of nodes from one process (load tests, benchmarks).
     Loadgen(LoadgenArgs),
+    /// Write a new random heartbeat key to a file (mode 0600), for
+    /// `auth.keys` on the monitor and `--key-file` on the senders.
+    Keygen(KeygenArgs),
     /// Print a complete, commented example configuration file.
     ExampleConfig,
     /// Measurements run by `cargo xtask bench` (root; JSON on stdout).
@@ -132,6 +138,10 @@ struct SendArgs {
     /// Local address to send from.
     #[arg(long)]
     bind: Option<IpAddr>,
+    /// Sign heartbeats with the key in this file (see `hb keygen`; owned by
+    /// root, mode 0600). Without it, heartbeats are unauthenticated.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -182,6 +192,24 @@ struct LoadgenArgs {
     /// cut batches into datagrams (slower; for comparison).
     #[arg(long)]
     no_gso: bool,
+    /// Sign every heartbeat with the key in this file (see `hb keygen`;
+    /// owned by root, mode 0600). Without it, heartbeats are unauthenticated.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// The key id heartbeats signed with this key carry (1-255). Give a new
+    /// key an id the key it replaces does not have.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=255))]
+    id: u8,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Where to write the key; its directory must exist.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -202,6 +230,18 @@ enum BenchCommand {
         nodes: u32,
         #[arg(long, default_value_t = 20)]
         rounds: u32,
+    },
+    /// Generated hostile packets through BPF_PROG_TEST_RUN, checking after
+    /// each one that only a fresh, validly signed heartbeat changes the node
+    /// table and that the counters add up. Exits non-zero on a violation
+    /// (after printing the report).
+    Hostile {
+        /// Packets to generate.
+        #[arg(long, default_value_t = hb::hostile::DEFAULT_PACKETS)]
+        packets: u64,
+        /// Seed of the generator: the same seed makes the same packets.
+        #[arg(long, default_value_t = hb::hostile::DEFAULT_SEED)]
+        seed: u64,
     },
 }
 
@@ -277,6 +317,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 count: args.count,
                 duration: args.duration,
                 bind: args.bind,
+                key: read_key(args.key_file.as_deref())?,
             })
             .await
         }
@@ -295,6 +336,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 leave_at_end: args.leave_at_end,
                 report: args.report,
                 gso: !args.no_gso,
+                key: read_key(args.key_file.as_deref())?,
             })
             .await
         }
@@ -316,11 +358,56 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Sweep { nodes, rounds }) => {
             print_json(&hb::bench::sweep(nodes, rounds.max(1))?)
         }
+        Command::Bench(BenchCommand::Hostile { packets, seed }) => {
+            let report = hb::hostile::run(packets, seed)?;
+            print_json(&report)?;
+            if report.violations > 0 {
+                anyhow::bail!(
+                    "{} of {} hostile packets violated the property (first: {})",
+                    report.violations,
+                    report.packets,
+                    report
+                        .examples
+                        .first()
+                        .map_or_else(String::new, |v| format!("{}: {}", v.what, v.problem))
+                );
+            }
+            Ok(())
+        }
+        Command::Keygen(args) => {
+            let key = keys::generate(&args.file, args.id, args.force)?;
+            println!(
+                "wrote key id {} to {} (mode 0600)",
+                key.id,
+                key.path.display()
+            );
+            println!(
+                "to rotate: give the monitor the new key first (auth.keys = [new, old]), then the \
+                 senders, then drop the old one"
+            );
+            if let Ok(metadata) = std::fs::metadata(&key.path)
+                && metadata.uid() != 0
+            {
+                eprintln!(
+                    "warning: {} is owned by uid {}; hb reads only keys owned by root: \
+                     `chown root:root {}`",
+                    key.path.display(),
+                    metadata.uid(),
+                    key.path.display()
+                );
+            }
+            Ok(())
+        }
         Command::ExampleConfig => {
             print!("{}", Config::example());
             Ok(())
         }
     }
+}
+
+/// Reads `--key-file`, if given.
+fn read_key(path: Option<&Path>) -> anyhow::Result<Option<KeyFile>> {
+    Ok(path.map(KeyFile::read).transpose()?)
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -64,6 +64,18 @@ impl<'a> NodeDirectory<'a> {
         )
     }
 
+    /// The source address the heartbeats of node `id` must come from, if the
+    /// node is pinned (`source`, or `first_source` of its range).
+    pub fn source_of(&self, id: u32) -> Option<IpAddr> {
+        if let Some(&index) = self.by_id.get(&id) {
+            return self.nodes[index].source;
+        }
+        self.ranges
+            .iter()
+            .find(|r| r.ids().contains(&id))
+            .and_then(|r| r.source_of(id))
+    }
+
     /// The node with this id, if it is configured.
     pub fn get(&self, id: u32) -> Option<NodeInfo<'a>> {
         if let Some(&index) = self.by_id.get(&id) {
@@ -93,7 +105,8 @@ mod tests {
     fn listed_and_ranged_nodes_are_found_by_id() {
         let config = Config::parse(
             "interfaces = [\"eth0\"]\n[[nodes]]\nid = 7\nname = \"db\"\naddress = \"198.18.0.7\"\n\
-             [[node_ranges]]\nfirst_id = 100\ncount = 3\nname_prefix = \"n-\"\ninterval = \"1s\"\n",
+             [[node_ranges]]\nfirst_id = 100\ncount = 3\nname_prefix = \"n-\"\ninterval = \"1s\"\n\
+             first_source = \"198.18.1.254\"\n",
             "test",
         )
         .unwrap();
@@ -113,5 +126,9 @@ mod tests {
         assert_eq!(nodes.get(103), None);
         assert_eq!(nodes.get(8), None);
         assert_eq!(nodes.intervals().filter(|(_, i)| i.is_some()).count(), 3);
+        assert_eq!(nodes.source_of(7), None, "an address does not pin");
+        assert_eq!(nodes.source_of(100), Some("198.18.1.254".parse().unwrap()));
+        assert_eq!(nodes.source_of(102), Some("198.18.2.0".parse().unwrap()));
+        assert_eq!(nodes.source_of(103), None);
     }
 }

@@ -5,6 +5,10 @@
 //! lockstep). The incarnation is new on every start, so the monitor accepts
 //! the restarted sender's sequence from 1 at once. On SIGTERM or SIGINT it
 //! sends one graceful-leave heartbeat and exits.
+//!
+//! With a key file (`--key-file`), every heartbeat, the graceful leave
+//! included, carries the key's id and a SipHash tag under the key; without
+//! one, heartbeats are unauthenticated (key id 0, no tag).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -12,9 +16,12 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use hb_common::wire::{Heartbeat, flags};
+use hb_common::{
+    auth,
+    wire::{HEARTBEAT_LEN, Heartbeat, flags},
+};
 
-use crate::clock::unix_ns;
+use crate::{clock::unix_ns, keys::KeyFile};
 use rand::Rng;
 use tokio::{
     net::UdpSocket,
@@ -38,6 +45,8 @@ pub struct SendOptions {
     pub duration: Option<Duration>,
     /// Local address to send from (default: any address of the target's family).
     pub bind: Option<IpAddr>,
+    /// Sign every heartbeat with this key; `None`: unauthenticated.
+    pub key: Option<KeyFile>,
 }
 
 /// One socket per address family in use.
@@ -97,9 +106,10 @@ pub async fn run(options: SendOptions) -> anyhow::Result<()> {
         .context("--interval must be between 1 ms and 49 days")?;
     let sockets = Sockets::open(&options.targets, options.bind).await?;
     let incarnation = options.incarnation.unwrap_or_else(|| unix_ns() / 1_000);
+    let key = options.key.as_ref();
     let mut heartbeat = Heartbeat {
         flags: 0,
-        key_id: 0,
+        key_id: key.map_or(auth::UNAUTHENTICATED, |key| key.id),
         node_id: options.node_id,
         interval_ms,
         incarnation,
@@ -112,6 +122,8 @@ pub async fn run(options: SendOptions) -> anyhow::Result<()> {
         incarnation,
         interval = ?options.interval,
         targets = ?options.targets,
+        key_id = heartbeat.key_id,
+        key_file = key.map(|key| tracing::field::display(key.path.display())),
         "sending heartbeats"
     );
 
@@ -129,7 +141,7 @@ pub async fn run(options: SendOptions) -> anyhow::Result<()> {
         }
         heartbeat.sequence += 1;
         heartbeat.sent_unix_ns = unix_ns();
-        errors += send(&sockets, &options.targets, &heartbeat, errors).await;
+        errors += send(&sockets, &options.targets, &heartbeat, key, errors).await;
 
         next += jittered(options.interval, options.jitter);
         if stop_at.is_some_and(|stop| next >= stop) {
@@ -140,8 +152,8 @@ pub async fn run(options: SendOptions) -> anyhow::Result<()> {
         }
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
-            _ = terminate.recv() => return leave(&sockets, &options.targets, heartbeat).await,
-            _ = interrupt.recv() => return leave(&sockets, &options.targets, heartbeat).await,
+            _ = terminate.recv() => return leave(&sockets, &options.targets, heartbeat, key).await,
+            _ = interrupt.recv() => return leave(&sockets, &options.targets, heartbeat, key).await,
         }
     }
     tracing::info!(sent = heartbeat.sequence, "done");
@@ -153,11 +165,12 @@ async fn leave(
     sockets: &Sockets,
     targets: &[SocketAddr],
     mut heartbeat: Heartbeat,
+    key: Option<&KeyFile>,
 ) -> anyhow::Result<()> {
     heartbeat.sequence += 1;
     heartbeat.flags |= flags::LEAVE;
     heartbeat.sent_unix_ns = unix_ns();
-    let failed = send(sockets, targets, &heartbeat, 0).await;
+    let failed = send(sockets, targets, &heartbeat, key, 0).await;
     if failed == targets.len() as u64 {
         bail!("could not send the graceful-leave heartbeat to any monitor");
     }
@@ -169,16 +182,17 @@ async fn leave(
     Ok(())
 }
 
-/// Sends to every target; returns how many sends failed. Errors are logged
-/// for the first few failures and then every 100th, so a long outage does
-/// not flood the log.
+/// Signs (with `key`, if any) and sends to every target; returns how many
+/// sends failed. Errors are logged for the first few failures and then every
+/// 100th, so a long outage does not flood the log.
 async fn send(
     sockets: &Sockets,
     targets: &[SocketAddr],
     heartbeat: &Heartbeat,
+    key: Option<&KeyFile>,
     errors_so_far: u64,
 ) -> u64 {
-    let bytes = heartbeat.encode();
+    let bytes = encode(heartbeat, key);
     let mut failed = 0;
     for target in targets {
         let Some(socket) = sockets.for_target(target) else {
@@ -193,6 +207,16 @@ async fn send(
         }
     }
     failed
+}
+
+/// The heartbeat's payload: signed with `key`, or unauthenticated.
+fn encode(heartbeat: &Heartbeat, key: Option<&KeyFile>) -> [u8; HEARTBEAT_LEN] {
+    let mut bytes = heartbeat.encode();
+    match key {
+        Some(key) => auth::sign(&mut bytes, key.id, &key.key),
+        None => auth::sign(&mut bytes, auth::UNAUTHENTICATED, &[0; 16]),
+    }
+    bytes
 }
 
 fn jittered(interval: Duration, jitter: f64) -> Duration {
@@ -233,6 +257,7 @@ mod tests {
             count: Some(3),
             duration: None,
             bind: None,
+            key: None,
         };
         run(options).await.unwrap();
         let mut buf = [0u8; 128];
@@ -245,5 +270,64 @@ mod tests {
             );
             assert!(!hb.is_leave());
         }
+    }
+
+    fn test_key() -> KeyFile {
+        KeyFile {
+            path: "/etc/hb/test.key".into(),
+            id: 3,
+            key: [0x5a; 16],
+        }
+    }
+
+    fn tag_check(payload: &[u8], key: &KeyFile) -> auth::TagCheck {
+        let payload: &[u8; HEARTBEAT_LEN] = payload.try_into().unwrap();
+        auth::check(payload, |id| (id == key.id).then_some(&key.key))
+    }
+
+    #[tokio::test]
+    async fn signs_every_heartbeat_with_the_key() {
+        let monitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let key = test_key();
+        let options = SendOptions {
+            node_id: 7,
+            targets: vec![monitor.local_addr().unwrap()],
+            interval: Duration::from_millis(10),
+            jitter: 0.0,
+            incarnation: Some(99),
+            count: Some(3),
+            duration: None,
+            bind: None,
+            key: Some(key.clone()),
+        };
+        run(options).await.unwrap();
+        let mut buf = [0u8; 128];
+        for expected in 1..=3 {
+            let n = monitor.recv(&mut buf).await.unwrap();
+            let hb = Heartbeat::decode(&buf[..n]).unwrap();
+            assert_eq!((hb.sequence, hb.key_id), (expected, 3));
+            assert_eq!(tag_check(&buf[..n], &key), auth::TagCheck::Authenticated);
+        }
+    }
+
+    #[test]
+    fn the_leave_is_signed_too_and_no_key_means_no_tag() {
+        let key = test_key();
+        let heartbeat = Heartbeat {
+            flags: flags::LEAVE,
+            key_id: 0,
+            node_id: 1,
+            interval_ms: 1000,
+            incarnation: 2,
+            sequence: 3,
+            sent_unix_ns: 4,
+            auth_tag: [0; 16],
+        };
+        let signed = encode(&heartbeat, Some(&key));
+        assert!(Heartbeat::decode(&signed).unwrap().is_leave());
+        assert_eq!(tag_check(&signed, &key), auth::TagCheck::Authenticated);
+        let plain = encode(&heartbeat, None);
+        assert_eq!(plain, heartbeat.encode());
+        assert_eq!(tag_check(&plain, &key), auth::TagCheck::Unauthenticated);
     }
 }

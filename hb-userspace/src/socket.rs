@@ -7,9 +7,9 @@
 //! interface with `SO_BINDTODEVICE` so it hears only that interface, like an
 //! XDP attachment. Each socket has its own receive thread that takes up to
 //! [`BATCH`] datagrams per `recvmmsg(2)` call into buffers allocated once,
-//! and applies exactly the XDP program's rules (`hb-ebpf`): a 56-byte payload
-//! that decodes, a configured node id below `max_nodes`, an (incarnation,
-//! sequence) that moves forward; then the cold record is written and after it
+//! and applies exactly the XDP program's rules: a 56-byte payload, then the
+//! same [`admit`] function the XDP program calls (tag, node, source pin,
+//! (incarnation, sequence)); then the cold record is written and after it
 //! the seen word, with a release store. Arrival times are the kernel's receive
 //! timestamps (`SO_TIMESTAMPNS`, `CLOCK_REALTIME`) moved onto
 //! `CLOCK_MONOTONIC`, the clock of the XDP program's `bpf_ktime_get_ns` and
@@ -27,7 +27,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     ptr::{self, NonNull},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
@@ -35,9 +35,11 @@ use std::{
 };
 
 use hb_common::{
+    admission::{Unauthenticated, admit},
+    auth::{KeySlot, KeySlots},
     counters::Counter,
-    table::{NodeRecord, seen},
-    wire::{HEARTBEAT_LEN, Heartbeat},
+    table::seen,
+    wire::{HEARTBEAT_LEN, RawHeartbeat},
 };
 use thiserror::Error;
 
@@ -122,6 +124,8 @@ pub struct SocketOptions {
     pub max_nodes: u32,
     /// One socket per interface, hearing only that interface.
     pub interfaces: Vec<String>,
+    /// Whether heartbeats with key id 0 are accepted.
+    pub unauthenticated: Unauthenticated,
 }
 
 /// The node table, the sockets and their receive threads. Dropping it stops
@@ -141,6 +145,9 @@ pub struct SocketDatapath {
 /// What the receive threads share with the datapath.
 struct Shared {
     table: NodeTable,
+    /// The keys heartbeats are verified with; replaced whole by `set_keys`.
+    keys: RwLock<Arc<KeySlots>>,
+    unauthenticated: Unauthenticated,
     record_locks: [Mutex<()>; RECORD_LOCKS],
     stop: AtomicBool,
 }
@@ -197,6 +204,10 @@ impl SocketDatapath {
         Ok(SocketDatapath {
             shared: Arc::new(Shared {
                 table,
+                keys: RwLock::new(Arc::new(
+                    [KeySlot::default(); hb_common::auth::KEY_SLOTS as usize],
+                )),
+                unauthenticated: options.unauthenticated,
                 record_locks: std::array::from_fn(|_| Mutex::new(())),
                 stop: AtomicBool::new(false),
             }),
@@ -211,6 +222,16 @@ impl SocketDatapath {
     /// The node table, written by the receive threads once started.
     pub fn table(&self) -> &NodeTable {
         &self.shared.table
+    }
+
+    /// Replaces the keys heartbeats are verified with; each receive thread
+    /// uses the new keys from its next batch on.
+    pub fn set_keys(&self, keys: &KeySlots) {
+        *self
+            .shared
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(*keys);
     }
 
     /// Starts one receive thread per socket. On error, the threads started
@@ -432,8 +453,9 @@ fn receive_loop(receiver: &Receiver, shared: &Shared, counters: &ThreadCounters)
             }
         };
         let clock = Clock::sample();
+        let keys = Arc::clone(&shared.keys.read().unwrap_or_else(PoisonError::into_inner));
         for index in 0..received {
-            let outcome = record(shared, &batch.datagram(index), &clock);
+            let outcome = record(shared, &keys, &batch.datagram(index), &clock);
             totals[outcome as usize] += 1;
             totals[Counter::Dropped as usize] += 1;
         }
@@ -483,45 +505,48 @@ struct Datagram<'a> {
 
 /// Applies the XDP program's rules to one datagram and, for an accepted
 /// heartbeat, records it: the cold record first, then the seen word.
-fn record(shared: &Shared, datagram: &Datagram<'_>, clock: &Clock) -> Counter {
-    if datagram.truncated || datagram.payload.len() != HEARTBEAT_LEN {
-        return Counter::Malformed;
-    }
-    let Ok(heartbeat) = Heartbeat::decode(datagram.payload) else {
+fn record(shared: &Shared, keys: &KeySlots, datagram: &Datagram<'_>, clock: &Clock) -> Counter {
+    let Ok(payload) = <&[u8; HEARTBEAT_LEN]>::try_from(datagram.payload) else {
         return Counter::Malformed;
     };
-    let table = &shared.table;
-    let id = heartbeat.node_id;
-    if id >= table.len() {
-        return Counter::UnknownNode;
+    if datagram.truncated {
+        return Counter::Malformed;
     }
+    let heartbeat = RawHeartbeat::view(payload);
+    let table = &shared.table;
+    let id = heartbeat.node_id();
+    // Serialise the check and the update of one node's record between the
+    // receive threads (one per interface) that may hear it.
     let _serialised = shared.record_locks[id as usize % RECORD_LOCKS]
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let record = table.records.get(id);
-    if !record.is_configured() {
+    let mut record = (id < table.len()).then(|| table.records.get(id));
+    let authenticated = match admit(
+        heartbeat,
+        &datagram.src_addr,
+        record.as_ref(),
+        shared.unauthenticated,
+        |key_id| keys[usize::from(key_id)].key(),
+    ) {
+        Ok(authenticated) => authenticated,
+        Err(refused) => return refused,
+    };
+    let Some(record) = record.as_mut() else {
         return Counter::UnknownNode;
+    };
+    if record.heartbeats != 0 && heartbeat.incarnation() != record.incarnation {
+        tracing::debug!(
+            "node {id} restarted: incarnation {}",
+            heartbeat.incarnation()
+        );
     }
-    if !record.accepts(heartbeat.incarnation, heartbeat.sequence) {
-        return Counter::StaleSequence;
-    }
-    if record.heartbeats != 0 && heartbeat.incarnation != record.incarnation {
-        tracing::debug!("node {id} restarted: incarnation {}", heartbeat.incarnation);
-    }
-    table.records.set(
-        id,
-        NodeRecord {
-            incarnation: heartbeat.incarnation,
-            sequence: heartbeat.sequence,
-            heartbeats: record.heartbeats + 1,
-            sent_unix_ns: heartbeat.sent_unix_ns,
-            src_addr: datagram.src_addr,
-            interval_ms: heartbeat.interval_ms,
-            src_port: datagram.src_port,
-            heartbeat_flags: heartbeat.flags,
-            slot_flags: record.slot_flags,
-        },
+    record.record(
+        heartbeat,
+        &datagram.src_addr,
+        datagram.src_port,
+        authenticated,
     );
+    table.records.set(id, *record);
     let seen_word = &table.seen.atomics()[id as usize];
     // An accepted heartbeat never makes its node look older than the last
     // one did (which a step of the realtime clock could otherwise cause).
@@ -734,8 +759,9 @@ mod tests {
     };
 
     use hb_common::{
-        table::SLOT_CONFIGURED,
-        wire::{self, flags},
+        auth,
+        table::{NodeRecord, SLOT_CONFIGURED},
+        wire::{self, Heartbeat, flags},
     };
 
     use super::*;
@@ -773,6 +799,7 @@ mod tests {
             port,
             max_nodes: MAX_NODES,
             interfaces: interfaces.iter().map(|&i| i.to_owned()).collect(),
+            unauthenticated: Unauthenticated::Accept,
         })
         .unwrap_or_else(|e| panic!("opening the socket datapath (are we root?): {e:?}"));
         for id in CONFIGURED {
@@ -940,17 +967,17 @@ mod tests {
             (
                 "duplicate",
                 heartbeat(3, 7, 5, 0).encode().to_vec(),
-                Counter::StaleSequence,
+                Counter::Replay,
             ),
             (
                 "older sequence",
                 heartbeat(3, 7, 4, 0).encode().to_vec(),
-                Counter::StaleSequence,
+                Counter::Replay,
             ),
             (
                 "older incarnation",
                 heartbeat(3, 6, 100, 0).encode().to_vec(),
-                Counter::StaleSequence,
+                Counter::Replay,
             ),
             ("empty", Vec::new(), Counter::Malformed),
             ("55 bytes", next[..55].to_vec(), Counter::Malformed),
@@ -1042,6 +1069,45 @@ mod tests {
         assert_arrival_between(datapath.table().seen.get(1), before, sent);
     }
 
+    #[test]
+    fn keys_installed_while_running_verify_from_then_on() {
+        let port = free_port();
+        let mut datapath = open(&["lo"], port);
+        datapath.start().unwrap();
+        let key = [0x11; 16];
+        let signed = |sequence| {
+            let mut bytes = heartbeat(3, 1, sequence, 0).encode();
+            auth::sign(&mut bytes, 5, &key);
+            bytes
+        };
+        let sender = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+        sender
+            .send_to(&signed(1), (Ipv6Addr::LOCALHOST, port))
+            .unwrap();
+        let counters = wait_for(&datapath, 1);
+        assert_eq!(counters[Counter::UnknownKey as usize], 1);
+
+        let mut keys = [KeySlot::default(); auth::KEY_SLOTS as usize];
+        keys[5] = KeySlot::with_key(key);
+        datapath.set_keys(&keys);
+        sender
+            .send_to(&signed(1), (Ipv6Addr::LOCALHOST, port))
+            .unwrap();
+        let counters = wait_for(&datapath, 2);
+        assert_eq!(counters[Counter::Accepted as usize], 1);
+        assert!(datapath.table().records.get(3).is_authenticated());
+
+        // Signed with another key under the same id: a bad tag.
+        let mut forged = heartbeat(3, 1, 2, 0).encode();
+        auth::sign(&mut forged, 5, &[0x22; 16]);
+        sender
+            .send_to(&forged, (Ipv6Addr::LOCALHOST, port))
+            .unwrap();
+        let counters = wait_for(&datapath, 3);
+        assert_eq!(counters[Counter::BadTag as usize], 1);
+        assert_eq!(datapath.table().records.get(3).sequence, 1);
+    }
+
     /// Whether a socket of our own (not bound to a device) can bind `port`,
     /// i.e. whether no datapath socket holds it any more.
     fn port_is_free(port: u16) -> bool {
@@ -1103,6 +1169,7 @@ mod tests {
             port: free_port(),
             max_nodes: MAX_NODES,
             interfaces: vec!["lo".to_owned(), "hbnosuchif0".to_owned()],
+            unauthenticated: Unauthenticated::Accept,
         })
         .err()
         .expect("an interface that does not exist was accepted");
@@ -1120,6 +1187,7 @@ mod tests {
             port,
             max_nodes: MAX_NODES,
             interfaces: vec!["lo".to_owned()],
+            unauthenticated: Unauthenticated::Accept,
         })
         .err()
         .expect("a second datapath bound the same interface and port");
@@ -1210,9 +1278,12 @@ mod tests {
                 seen: Mapping::anonymous(MAX_NODES).unwrap(),
                 records: Mapping::anonymous(MAX_NODES).unwrap(),
             },
+            keys: RwLock::new(Arc::new([KeySlot::default(); auth::KEY_SLOTS as usize])),
+            unauthenticated: Unauthenticated::Accept,
             record_locks: std::array::from_fn(|_| Mutex::new(())),
             stop: AtomicBool::new(false),
         };
+        let keys = [KeySlot::default(); auth::KEY_SLOTS as usize];
         shared.table.configure(1, NodeRecord::default());
         let clock = Clock {
             monotonic_now: 10_000,
@@ -1226,14 +1297,14 @@ mod tests {
             src_port: 9,
             realtime_ns: Some(realtime_ns),
         };
-        let outcome = record(&shared, &datagram(&payload, 9_000), &clock);
+        let outcome = record(&shared, &keys, &datagram(&payload, 9_000), &clock);
         assert_eq!(outcome, Counter::Accepted);
         assert_eq!(seen::arrival_ns(shared.table.seen.get(1)), 9_000);
 
         // The realtime clock was stepped forward since: the next heartbeat's
         // timestamp converts to an earlier time. Recorded, but not older.
         let payload = heartbeat(1, 1, 2, flags::LEAVE).encode();
-        let outcome = record(&shared, &datagram(&payload, 5_000), &clock);
+        let outcome = record(&shared, &keys, &datagram(&payload, 5_000), &clock);
         assert_eq!(outcome, Counter::Accepted);
         let word = shared.table.seen.get(1);
         assert_eq!(seen::arrival_ns(word), 9_000);
@@ -1246,7 +1317,10 @@ mod tests {
             truncated: true,
             ..datagram(&payload, 9_500)
         };
-        assert_eq!(record(&shared, &truncated, &clock), Counter::Malformed);
+        assert_eq!(
+            record(&shared, &keys, &truncated, &clock),
+            Counter::Malformed
+        );
     }
 
     #[test]

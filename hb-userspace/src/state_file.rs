@@ -48,6 +48,10 @@ pub struct SavedNode {
     pub incarnation: u64,
     pub sequence: u64,
     pub interval_ms: u32,
+    /// The node has sent authenticated heartbeats: it is not heard without
+    /// a tag again (absent in files of older agents).
+    #[serde(default)]
+    pub authenticated: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -126,6 +130,7 @@ mod tests {
             incarnation: 2,
             sequence: 9,
             interval_ms: 100,
+            authenticated: true,
         }];
         save(&path, nodes.clone()).unwrap();
         assert_eq!(load(&path).unwrap(), Some(nodes));

@@ -38,12 +38,22 @@ pub struct StatusReport {
     /// Datapath counters by name, summed over CPUs (XDP) or receive threads (socket).
     pub counters: BTreeMap<String, u64>,
     pub actions: ActionStats,
+    pub auth: AuthStatus,
     /// Number of configured nodes in each state.
     pub states: BTreeMap<String, u64>,
     /// Number of configured nodes.
     pub nodes_total: u64,
     /// At most the requested number of nodes, those not up first.
     pub nodes: Vec<NodeStatus>,
+}
+
+/// How heartbeats are authenticated.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AuthStatus {
+    /// Ids of the keys heartbeats are verified with, the current one first.
+    pub key_ids: Vec<u8>,
+    /// Whether heartbeats without a tag are accepted.
+    pub accept_unauthenticated: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,6 +75,11 @@ pub struct NodeStatus {
     pub incarnation: u64,
     pub sequence: u64,
     pub interval_ms: u32,
+    /// The node has sent authenticated heartbeats (and is no longer heard
+    /// without a tag).
+    pub authenticated: bool,
+    /// The node's heartbeats must come from its configured source address.
+    pub pinned: bool,
     /// How long until the node is declared down if it stays silent.
     pub down_in_ms: Option<u64>,
 }
@@ -175,6 +190,40 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
 }
 
 /// Formats the report as the table `hb status` prints.
+/// The TRUST column: whether a node signs its heartbeats and is pinned.
+fn trust(node: &NodeStatus) -> &'static str {
+    match (node.authenticated, node.pinned) {
+        (true, true) => "signed,pinned",
+        (true, false) => "signed",
+        (false, true) => "pinned",
+        (false, false) => "-",
+    }
+}
+
+/// The counters in three lines: what the packets were, why heartbeats were
+/// refused, what was done with them; in the datapath's order.
+fn render_counters(out: &mut String, counters: &BTreeMap<String, u64>) {
+    use hb_common::counters::Counter;
+    let line = |out: &mut String, title: &str, keep: &dyn Fn(Counter) -> bool| {
+        let values: Vec<_> = Counter::ALL
+            .into_iter()
+            .filter(|&c| keep(c))
+            .filter_map(|c| counters.get(c.name()).map(|v| format!("{}={v}", c.name())))
+            .collect();
+        let _ = writeln!(out, "{title:<9} {}", values.join(" "));
+    };
+    line(out, "packets:", &|c| {
+        matches!(
+            c,
+            Counter::Accepted | Counter::NotHeartbeat | Counter::Malformed
+        )
+    });
+    line(out, "refused:", &|c| {
+        c.is_heartbeat() && c != Counter::Accepted
+    });
+    line(out, "verdicts:", &|c| !c.is_outcome());
+}
+
 pub fn render(report: &StatusReport) -> String {
     let mut out = String::new();
     let interfaces: Vec<_> = report
@@ -209,13 +258,13 @@ pub fn render(report: &StatusReport) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}",
+        "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}  TRUST",
         "ID", "NAME", "STATE", "LAST HEARD", "HEARTBEATS", "DOWN IN", "ADDRESS", "SEQUENCE"
     );
     for node in &report.nodes {
         let _ = writeln!(
             out,
-            "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}",
+            "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}  {}",
             node.id,
             node.name,
             node.state.name(),
@@ -229,14 +278,28 @@ pub fn render(report: &StatusReport) -> String {
                 .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
             node.address.as_deref().unwrap_or("-"),
             node.sequence,
+            trust(node),
         );
     }
-    let counters: Vec<_> = report
-        .counters
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let _ = writeln!(out, "\ncounters: {}", counters.join(" "));
+    let _ = writeln!(out);
+    render_counters(&mut out, &report.counters);
+    let auth = &report.auth;
+    let keys = match auth.key_ids[..] {
+        [] => "no keys".to_owned(),
+        [current] => format!("key id {current}"),
+        [current, previous, ..] => {
+            format!("key ids {current} (current) and {previous} (previous)")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "auth: {keys}; heartbeats without a tag {}",
+        if auth.accept_unauthenticated {
+            "accepted"
+        } else {
+            "refused"
+        }
+    );
     let a = &report.actions;
     let _ = writeln!(
         out,
@@ -244,4 +307,58 @@ pub fn render(report: &StatusReport) -> String {
         a.started, a.succeeded, a.failed, a.timed_out, a.running, a.queued
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_refusals_trust_and_keys() {
+        use hb_common::counters::Counter;
+        let report = StatusReport {
+            uptime_ms: 61_000,
+            interfaces: vec![InterfaceStatus {
+                name: "eth0".into(),
+                mode: "native".into(),
+            }],
+            counters: Counter::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name().to_owned(), i as u64))
+                .collect(),
+            actions: ActionStats::default(),
+            auth: AuthStatus {
+                key_ids: vec![2, 1],
+                accept_unauthenticated: false,
+            },
+            states: [("up".to_owned(), 1)].into(),
+            nodes_total: 1,
+            nodes: vec![NodeStatus {
+                id: 7,
+                name: "db".into(),
+                state: NodeState::Up,
+                address: Some("198.18.0.7".into()),
+                since_last_heartbeat_ms: Some(250),
+                heartbeats: 9,
+                incarnation: 1,
+                sequence: 9,
+                interval_ms: 1000,
+                authenticated: true,
+                pinned: true,
+                down_in_ms: Some(2750),
+            }],
+        };
+        let text = render(&report);
+        for needle in [
+            "packets:  accepted=0 not_heartbeat=1 malformed=2",
+            "refused:  unauthenticated=3 unknown_key=4 bad_tag=5 unknown_node=6 wrong_source=7 \
+             replay=8",
+            "verdicts: passed=9 dropped=10",
+            "auth: key ids 2 (current) and 1 (previous); heartbeats without a tag refused",
+            "signed,pinned",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
 }

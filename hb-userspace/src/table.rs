@@ -170,14 +170,15 @@ impl NodeTable {
     }
 
     /// Marks `id` as a configured node, with what a previous run of the agent
-    /// knew of it (`record`, whose `slot_flags` are ignored); its seen word is
-    /// reset (arrival times of a previous boot or kernel table mean nothing).
-    /// Only done before heartbeats are recorded.
+    /// knew of it and how it is pinned (`record`; `SLOT_CONFIGURED` is added
+    /// to its `slot_flags`); its seen word is reset (arrival times of a
+    /// previous boot or kernel table mean nothing). Only done before
+    /// heartbeats are recorded.
     pub fn configure(&self, id: u32, record: NodeRecord) {
         self.records.set(
             id,
             NodeRecord {
-                slot_flags: SLOT_CONFIGURED,
+                slot_flags: record.slot_flags | SLOT_CONFIGURED,
                 ..record
             },
         );

@@ -1,7 +1,7 @@
 //! The XDP datapath: loads the embedded XDP program with its load-time
 //! settings, attaches it to interfaces (native mode, falling back to generic),
 //! and gives the agent the node table as shared memory mappings plus the
-//! per-CPU counters.
+//! per-CPU counters, and installs the keys heartbeats are verified with.
 //!
 //! The node table is read without any syscall: its two `BPF_F_MMAPABLE`
 //! arrays are mapped into this process ([`crate::table`]), so a sweep of a
@@ -11,10 +11,16 @@ use std::{io, os::fd::AsFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
-use hb_common::{counters::Counter, globals, table::NodeRecord};
+use hb_common::{
+    admission::Unauthenticated,
+    auth::{KeySlot, KeySlots},
+    counters::Counter,
+    globals,
+    table::NodeRecord,
+};
 use thiserror::Error;
 
 use crate::table::{Mapping, NodeTable};
@@ -89,6 +95,8 @@ pub struct LoadOptions {
     pub max_nodes: u32,
     /// Pass valid heartbeats on to the stack after recording them.
     pub pass_heartbeats: bool,
+    /// Whether heartbeats with key id 0 are accepted.
+    pub unauthenticated: Unauthenticated,
 }
 
 /// Which XDP mode to attach in.
@@ -133,6 +141,9 @@ pub struct XdpDatapath {
     table: NodeTable,
     _table_maps: [MapData; 2],
     counters: PerCpuArray<MapData, u64>,
+    keys: Array<MapData, KeySlot>,
+    /// What `keys` holds, so that `set_keys` writes only what changes.
+    installed_keys: Box<KeySlots>,
     attachments: Vec<Attachment>,
     ebpf: Ebpf,
 }
@@ -141,6 +152,7 @@ impl XdpDatapath {
     /// Loads the embedded XDP program into the kernel (not attached yet).
     pub fn load(options: LoadOptions) -> Result<Self, XdpError> {
         let pass = u8::from(options.pass_heartbeats);
+        let accept_unauthenticated = u8::from(options.unauthenticated == Unauthenticated::Accept);
         // The program's log records are filtered in the kernel, before they
         // cost anything, at the level this process logs at.
         let log_level = if tracing::enabled!(tracing::Level::DEBUG) {
@@ -151,6 +163,11 @@ impl XdpDatapath {
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::UDP_PORT, &options.port, true)
             .override_global(globals::PASS_HEARTBEATS, &pass, true)
+            .override_global(
+                globals::ACCEPT_UNAUTHENTICATED,
+                &accept_unauthenticated,
+                true,
+            )
             .override_global(AYA_LOG_LEVEL, &log_level, false)
             .map_max_entries(globals::SEEN_MAP, options.max_nodes)
             .map_max_entries(globals::NODES_MAP, options.max_nodes)
@@ -188,10 +205,17 @@ impl XdpDatapath {
             op: "opening the counters",
             source: Box::new(e),
         })?;
+        let keys = take_array::<KeySlot>(&mut ebpf, globals::KEYS_MAP, hb_common::auth::KEY_SLOTS)?;
+        let keys = Array::try_from(Map::Array(keys)).map_err(|e| XdpError::Map {
+            op: "opening the key table",
+            source: Box::new(e),
+        })?;
         Ok(XdpDatapath {
             table,
             _table_maps: [seen, records],
             counters,
+            keys,
+            installed_keys: Box::new([KeySlot::default(); hb_common::auth::KEY_SLOTS as usize]),
             attachments: Vec::new(),
             ebpf,
         })
@@ -283,6 +307,29 @@ impl XdpDatapath {
                     source: Box::new(e),
                 })?;
             tracing::info!(interface = attachment.interface, "XDP program detached");
+        }
+        Ok(())
+    }
+
+    /// Installs the keys heartbeats are verified with, from the next packet
+    /// on. Slots that gain or change a key are written before slots that
+    /// lose one, so during a rotation the old and the new key are both
+    /// accepted at every instant.
+    pub fn set_keys(&mut self, keys: &KeySlots) -> Result<(), XdpError> {
+        let changed: Vec<u32> = (0..hb_common::auth::KEY_SLOTS)
+            .filter(|&id| keys[id as usize] != self.installed_keys[id as usize])
+            .collect();
+        let (gaining, losing): (Vec<u32>, Vec<u32>) = changed
+            .into_iter()
+            .partition(|&id| keys[id as usize].key().is_some());
+        for id in gaining.into_iter().chain(losing) {
+            self.keys
+                .set(id, keys[id as usize], 0)
+                .map_err(|e| XdpError::Map {
+                    op: "writing the key table",
+                    source: Box::new(e),
+                })?;
+            self.installed_keys[id as usize] = keys[id as usize];
         }
         Ok(())
     }

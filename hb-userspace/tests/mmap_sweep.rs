@@ -12,6 +12,7 @@ use hb::{
     xdp::{LoadOptions, XdpDatapath},
 };
 use hb_common::{
+    admission::Unauthenticated,
     counters::Counter,
     table::{NodeRecord, seen},
     wire::{DEFAULT_PORT, Heartbeat, flags},
@@ -55,6 +56,7 @@ fn the_sweep_sees_exactly_what_the_kernel_wrote() {
         port: DEFAULT_PORT,
         max_nodes: MAX_NODES,
         pass_heartbeats: false,
+        unauthenticated: Unauthenticated::Accept,
     })
     .expect("loading the XDP program (are we root?)");
     assert_eq!(datapath.table().len(), MAX_NODES);

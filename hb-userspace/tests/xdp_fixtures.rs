@@ -26,9 +26,6 @@
 //! weaker property that only an accepted, advancing heartbeat of a configured
 //! node changes the table.
 
-#[path = "common/packet.rs"]
-mod packet;
-
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -36,18 +33,19 @@ use std::{
 };
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+use hb::frame::{
+    ETH_HLEN, ETH_P_ARP, ETH_P_IPV6, IPPROTO_ICMP, IPV4_HLEN, IPV6_HLEN, PacketBuilder, UDP_HLEN,
+    VLAN_HLEN, eth,
+};
 use hb::{
     clock::monotonic_ns,
     xdp::{LoadOptions, XdpDatapath},
 };
 use hb_common::{
+    admission::Unauthenticated,
     counters::Counter,
     table::{NodeRecord, seen},
     wire::{self, HEARTBEAT_LEN, Heartbeat},
-};
-use packet::{
-    ETH_HLEN, ETH_P_ARP, ETH_P_IPV6, IPPROTO_ICMP, IPV4_HLEN, IPV6_HLEN, PacketBuilder, UDP_HLEN,
-    VLAN_HLEN, eth,
 };
 
 const XDP_DROP: u32 = 1;
@@ -127,7 +125,7 @@ fn unknown_node(what: &str, frame: Vec<u8>) -> Fixture {
 }
 
 fn stale(what: &str, frame: Vec<u8>) -> Fixture {
-    Fixture::new(what, frame, XDP_DROP, Counter::StaleSequence)
+    Fixture::new(what, frame, XDP_DROP, Counter::Replay)
 }
 
 /// A valid heartbeat; interval and sender timestamp vary with the sequence
@@ -272,6 +270,7 @@ impl Harness {
             port: PORT,
             max_nodes: MAX_NODES,
             pass_heartbeats,
+            unauthenticated: Unauthenticated::Accept,
         };
         let dp = XdpDatapath::load(options)
             .unwrap_or_else(|e| panic!("{name}: loading the XDP program (are we root?): {e}"));
@@ -631,13 +630,31 @@ fn main_rows() -> Vec<Fixture> {
         hb,
         SRC6,
     ));
+    // No key is loaded in this table (`auth_table` has keys).
     let hb = Heartbeat {
         key_id: 9,
         auth_tag: [0xA5; 16],
         ..beat(1, INC, 7)
     };
+    rows.push(Fixture::new(
+        "key id without a key here",
+        v4(&hb.encode()).build(),
+        XDP_DROP,
+        Counter::UnknownKey,
+    ));
+    let hb = Heartbeat {
+        auth_tag: [0xA5; 16],
+        ..beat(1, INC, 7)
+    };
+    rows.push(Fixture::new(
+        "a tag on an unauthenticated heartbeat",
+        v4(&hb.encode()).build(),
+        XDP_DROP,
+        Counter::BadTag,
+    ));
+    let hb = beat(1, INC, 7);
     rows.push(accepted(
-        "key id and auth tag are not checked",
+        "unauthenticated heartbeats are accepted without keys",
         v4(&hb.encode()).build(),
         hb,
         SRC4,
@@ -870,6 +887,14 @@ fn main_rows() -> Vec<Fixture> {
             .payload(&udp_shaped(&good))
             .build(),
     ));
+    rows.push(not_heartbeat(
+        "IPv6 heartbeat from an IPv4-mapped source (::ffff:198.18.0.10)",
+        eth()
+            .ipv6(SRC4.to_ipv6_mapped(), DST6)
+            .udp(SPORT, PORT)
+            .payload(&good.encode())
+            .build(),
+    ));
     let arp_body = [
         0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 2, 198, 18, 0, 10, 0, 0, 0, 0, 0, 0, 198, 18, 0, 1,
     ];
@@ -1040,7 +1065,7 @@ fn pass_heartbeats_table() {
             "duplicate",
             v4(&leave.encode()).build(),
             XDP_PASS,
-            Counter::StaleSequence,
+            Counter::Replay,
         ),
         Fixture::new(
             "unconfigured node 4",
@@ -1200,13 +1225,19 @@ fn plausible_heartbeat(rng: &mut XorShift, table: &[NodeRecord]) -> Heartbeat {
         } else {
             0
         },
-        key_id: rng.byte(),
+        // Mostly unauthenticated (these tables load no key); sometimes a key
+        // id or a tag, which must then be refused.
+        key_id: if rng.below(20) == 0 { rng.byte() } else { 0 },
         node_id,
         interval_ms: rng.next() as u32,
         incarnation,
         sequence,
         sent_unix_ns: rng.next(),
-        auth_tag: rng.bytes(16).try_into().expect("16 bytes"),
+        auth_tag: if rng.below(20) == 0 {
+            rng.bytes(16).try_into().expect("16 bytes")
+        } else {
+            [0; 16]
+        },
     }
 }
 
@@ -1229,10 +1260,16 @@ fn predict(
         return malformed(what, frame);
     };
     let record = table.get(hb.node_id as usize).copied().unwrap_or_default();
-    if !record.is_configured() {
+    // These tables load no key: a key id is unknown, and a heartbeat without
+    // one must carry no tag.
+    if hb.key_id != 0 {
+        Fixture::new(what, frame, XDP_DROP, Counter::UnknownKey)
+    } else if hb.auth_tag != [0; 16] {
+        Fixture::new(what, frame, XDP_DROP, Counter::BadTag)
+    } else if !record.is_configured() {
         Fixture::new(what, frame, XDP_DROP, Counter::UnknownNode)
     } else if !record.accepts(hb.incarnation, hb.sequence) {
-        Fixture::new(what, frame, XDP_DROP, Counter::StaleSequence)
+        Fixture::new(what, frame, XDP_DROP, Counter::Replay)
     } else {
         Fixture::new(what, frame, XDP_DROP, Counter::Accepted).records(hb, src.ip(), src.port())
     }
@@ -1418,10 +1455,7 @@ impl Harness {
             }
         };
         if let Some(outcome) = outcome {
-            let consumes = matches!(
-                outcome,
-                Counter::Accepted | Counter::UnknownNode | Counter::StaleSequence
-            );
+            let consumes = outcome.is_heartbeat();
             let expected_action = if consumes { XDP_DROP } else { XDP_PASS };
             if action != expected_action {
                 problems.push(format!("{outcome:?} with action {}", action_name(action)));
@@ -1490,7 +1524,12 @@ fn hostile_sample() {
         started.elapsed(),
         show_deltas(&counters)
     );
-    for counter in Counter::ALL {
+    // No key is loaded and no node pinned here: `hostile_authenticated`
+    // exercises those refusals.
+    for counter in Counter::ALL
+        .into_iter()
+        .filter(|c| !matches!(c, Counter::Unauthenticated | Counter::WrongSource))
+    {
         assert!(
             counters[counter as usize] >= 200,
             "the sample should exercise every counter; {} is only {}",

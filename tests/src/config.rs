@@ -1,7 +1,9 @@
 //! Per-test temporary directories ([`TempDir`]) and the agent configuration
 //! the tests use ([`TestConfig`]): every node of the lab, and one action
 //! appending `EVENT ID NAME PREVIOUS SINCE_MS` to `events.log` on every
-//! state change (see [`crate::events`]).
+//! state change (see [`crate::events`]). [`ConfigOptions`] adds
+//! authentication (`[auth] keys`), source pinning and lab hosts that are
+//! not nodes (an attacker's); by default none of them.
 
 use std::{
     fmt::Write as _,
@@ -131,6 +133,31 @@ pub fn node_name(index: u8) -> String {
     format!("node-{index}")
 }
 
+/// What a test configuration holds beyond the lab and the timing. The
+/// default (no keys, nothing pinned, every lab node configured) is what
+/// [`TestConfig::write`] writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigOptions {
+    /// `[auth] keys`: key files written by `hb keygen` (see
+    /// [`crate::TestKey`]). Empty: no `[auth]` section, so heartbeats are
+    /// not authenticated; otherwise unauthenticated heartbeats are refused
+    /// (the agent's default once a key is given).
+    pub keys: Vec<PathBuf>,
+    /// Lab nodes pinned to their lab address (`source = "198.18.i.2"`).
+    pub pinned: Vec<u8>,
+    /// Lab nodes left out of `[[nodes]]`: the monitor still listens on
+    /// their link, but they are no cluster members (an attacker's host).
+    pub unconfigured: Vec<u8>,
+}
+
+/// A node as the configuration lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConfigNode {
+    index: u8,
+    address: Ipv4Addr,
+    pinned: bool,
+}
+
 /// A configuration file written for a lab, and the paths it names.
 #[derive(Debug, Clone)]
 pub struct TestConfig {
@@ -152,6 +179,26 @@ impl TestConfig {
     /// node i named `node-i` with address 198.18.i.2, `timing` as the
     /// defaults, and the recording action.
     pub fn write(dir: &TempDir, lab: &Lab, timing: Timing) -> Result<Self> {
+        Self::write_with(dir, lab, timing, &ConfigOptions::default())
+    }
+
+    /// [`TestConfig::write`], with `options`: keys, pinned nodes, and lab
+    /// nodes that are not configured.
+    pub fn write_with(
+        dir: &TempDir,
+        lab: &Lab,
+        timing: Timing,
+        options: &ConfigOptions,
+    ) -> Result<Self> {
+        for &index in options.pinned.iter().chain(&options.unconfigured) {
+            if !lab.nodes.iter().any(|node| node.index == index) {
+                return Err(Error::Invalid {
+                    what: "configuration option",
+                    value: format!("node {index}"),
+                    reason: format!("lab {} has no such node", lab.prefix()),
+                });
+            }
+        }
         let config = Self {
             path: dir.join("hb.toml"),
             events: dir.join("events.log"),
@@ -159,12 +206,22 @@ impl TestConfig {
             state: dir.join("state.json"),
             timing,
         };
-        let nodes: Vec<(u8, Ipv4Addr)> = lab
+        let nodes: Vec<ConfigNode> = lab
             .nodes
             .iter()
-            .map(|node| (node.index, node.address))
+            .filter(|node| !options.unconfigured.contains(&node.index))
+            .map(|node| ConfigNode {
+                index: node.index,
+                address: node.address,
+                pinned: options.pinned.contains(&node.index),
+            })
             .collect();
-        let text = config.render(lab.prefix(), &lab.monitor_interfaces(), &nodes);
+        let text = config.render(
+            lab.prefix(),
+            &lab.monitor_interfaces(),
+            &nodes,
+            &options.keys,
+        );
         fs::write(&config.path, text).map_err(|source| Error::Io {
             op: "writing",
             path: config.path.clone(),
@@ -173,7 +230,13 @@ impl TestConfig {
         Ok(config)
     }
 
-    fn render(&self, prefix: &str, interfaces: &[String], nodes: &[(u8, Ipv4Addr)]) -> String {
+    fn render(
+        &self,
+        prefix: &str,
+        interfaces: &[String],
+        nodes: &[ConfigNode],
+        keys: &[PathBuf],
+    ) -> String {
         let interfaces: Vec<String> = interfaces.iter().map(|name| toml_string(name)).collect();
         let path = |p: &Path| toml_string(&p.to_string_lossy());
         let mut text = format!(
@@ -197,12 +260,21 @@ impl TestConfig {
             multiplier = self.timing.timeout_multiplier,
             sweep = humantime(self.timing.sweep_period),
         );
-        for &(index, address) in nodes {
+        if !keys.is_empty() {
+            let keys: Vec<String> = keys.iter().map(|key| path(key)).collect();
+            let _ = write!(text, "\n[auth]\nkeys = [{}]\n", keys.join(", "));
+        }
+        for node in nodes {
             let _ = write!(
                 text,
-                "\n[[nodes]]\nid = {index}\nname = \"{}\"\naddress = \"{address}\"\n",
-                node_name(index),
+                "\n[[nodes]]\nid = {}\nname = \"{}\"\naddress = \"{}\"\n",
+                node.index,
+                node_name(node.index),
+                node.address,
             );
+            if node.pinned {
+                let _ = writeln!(text, "source = \"{}\"", node.address);
+            }
         }
         let shell = format!(
             "echo \"$HB_EVENT $HB_NODE_ID $HB_NODE_NAME $HB_PREVIOUS_STATE \
@@ -235,24 +307,56 @@ mod tests {
         assert_eq!(Timing::FAST.timeout(), Duration::from_millis(600));
     }
 
-    #[test]
-    fn renders_the_contract_format() {
-        let config = TestConfig {
+    fn node(index: u8, pinned: bool) -> ConfigNode {
+        ConfigNode {
+            index,
+            address: Ipv4Addr::new(198, 18, index, 2),
+            pinned,
+        }
+    }
+
+    fn sample_config() -> TestConfig {
+        TestConfig {
             path: "/tmp/x/hb.toml".into(),
             events: "/tmp/x y/events.log".into(),
             socket: "/tmp/x/hb.sock".into(),
             state: "/tmp/x/state.json".into(),
             timing: Timing::FAST,
-        };
-        let text = config.render(
+        }
+    }
+
+    #[test]
+    fn renders_keys_and_pinned_sources() {
+        let text = sample_config().render(
             "hb1t0",
-            &["hb1t0m1".to_owned(), "hb1t0m2".to_owned()],
-            &[
-                (1, Ipv4Addr::new(198, 18, 1, 2)),
-                (2, Ipv4Addr::new(198, 18, 2, 2)),
-            ],
+            &["hb1t0m1".to_owned(), "hb1t0m3".to_owned()],
+            &[node(1, true), node(3, false)],
+            &[PathBuf::from("/tmp/x/it's.key")],
         );
         let value: toml::Value = toml::from_str(&text).expect(&text);
+        let keys = value["auth"]["keys"].as_array().expect(&text);
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].as_str(), Some("/tmp/x/it's.key"));
+        assert!(value["auth"].get("accept_unauthenticated").is_none());
+        let nodes = value["nodes"].as_array().expect(&text);
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0]["source"].as_str(), Some("198.18.1.2"));
+        assert_eq!(nodes[1]["id"].as_integer(), Some(3));
+        assert!(nodes[1].get("source").is_none(), "{text}");
+        assert_eq!(value["actions"][0]["name"].as_str(), Some("record"));
+    }
+
+    #[test]
+    fn renders_the_contract_format() {
+        let text = sample_config().render(
+            "hb1t0",
+            &["hb1t0m1".to_owned(), "hb1t0m2".to_owned()],
+            &[node(1, false), node(2, false)],
+            &[],
+        );
+        let value: toml::Value = toml::from_str(&text).expect(&text);
+        assert!(value.get("auth").is_none(), "{text}");
+        assert!(value["nodes"][0].get("source").is_none(), "{text}");
         assert_eq!(value["interfaces"][1].as_str(), Some("hb1t0m2"));
         assert_eq!(value["port"].as_integer(), Some(7979));
         assert_eq!(value["status_socket"].as_str(), Some("/tmp/x/hb.sock"));

@@ -30,6 +30,10 @@ pub enum Error {
         path: PathBuf,
         source: io::Error,
     },
+    /// A socket or namespace operation of the harness itself failed
+    /// (entering a namespace, binding, sending).
+    #[error("{op}: {source}")]
+    Net { op: String, source: io::Error },
     /// A command printed something that is not the JSON it should print.
     #[error("`{cmd}` printed invalid JSON ({source}): {output}")]
     Json {

@@ -9,19 +9,27 @@
 //! - [`process`]: the [`ChildGuard`] and [`Hb`], which runs the `hb` binary;
 //! - [`config`]: per-test temporary directories and agent configurations;
 //! - [`events`]: reading the log the configured action appends to;
+//! - [`keys`]: heartbeat keys written by `hb keygen`, for signing and
+//!   forging heartbeats ([`TestKey`]);
+//! - [`attacker`]: a thread inside a lab namespace sending crafted
+//!   heartbeats at a bounded rate ([`Attacker`]);
 //! - [`interrupt`]: Ctrl-C turns every wait into an [`Error::Interrupted`].
 
+pub mod attacker;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod interrupt;
+pub mod keys;
 pub mod lab;
 pub mod netns;
 pub mod process;
 
-pub use config::{TempDir, TestConfig, Timing};
+pub use attacker::{Attacker, Flood, Stream};
+pub use config::{ConfigOptions, TempDir, TestConfig, Timing};
 pub use error::{Error, Result};
 pub use events::{Event, wait_for_event, wait_for_line};
+pub use keys::TestKey;
 pub use lab::{Lab, Node, unique_prefix};
 pub use netns::NetNs;
 pub use process::{ChildGuard, Hb, Signal};

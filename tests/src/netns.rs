@@ -1,14 +1,21 @@
 //! The [`NetNs`] guard: a named network namespace that is deleted on Drop,
 //! after killing whatever still runs inside it. Deleting a namespace also
-//! deletes the veth ends inside it (and with them their peers).
+//! deletes the veth ends inside it (and with them their peers). [`enter`]
+//! moves one thread of the test into a namespace.
 
 use std::{
     ffi::OsStr,
-    fs,
+    fs::{self, File},
+    io,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
     process::{Command, Output},
 };
 
 use crate::{Error, Result};
+
+/// Where `ip netns add` mounts the namespaces it names.
+pub const NETNS_DIR: &str = "/var/run/netns";
 
 /// Run a command to completion; a non-zero exit is an [`Error::Command`].
 pub fn run(cmd: &mut Command) -> Result<Output> {
@@ -81,6 +88,11 @@ impl NetNs {
         &self.name
     }
 
+    /// The namespace's file (`/var/run/netns/NAME`), which `setns(2)` enters.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
+    }
+
     /// Run `ip -n NAME ARGS...` (an `ip` command acting inside the namespace).
     pub fn ip<I, S>(&self, args: I) -> Result<Output>
     where
@@ -146,9 +158,30 @@ pub fn remove(name: &str) -> Result<()> {
     ip(["netns", "del", name]).map(drop)
 }
 
+/// Move the calling thread (only it) into the network namespace whose
+/// file is `netns` (see [`NetNs::path`]); sockets it creates from then on
+/// belong to that namespace.
+pub fn enter(netns: &Path) -> Result<()> {
+    let file = File::open(netns).map_err(|source| Error::Io {
+        op: "opening network namespace",
+        path: netns.to_owned(),
+        source,
+    })?;
+    // SAFETY: setns has no memory-safety preconditions; the descriptor is
+    // open for the whole call. With CLONE_NEWNET it moves only the calling
+    // thread, which is this one.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(Error::Net {
+            op: format!("entering network namespace {}", netns.display()),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 /// Names of the existing named namespaces that start with `prefix`.
 pub fn list_with_prefix(prefix: &str) -> Result<Vec<String>> {
-    let dir = std::path::Path::new("/var/run/netns");
+    let dir = Path::new(NETNS_DIR);
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -5,15 +5,23 @@
 //! and `--datapath socket`, tests named `*_xdp` and `*_socket`): the agent
 //! must behave the same on both. Needs root and the `hb` binary
 //! (`$HB_BIN`, set by `cargo xtask test`).
+//!
+//! The attack scenarios run a signed, source-pinned node and an attacker's
+//! host (a lab node that is no cluster member) which floods the monitor
+//! with forged, replayed and wrong-source heartbeats for that node.
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddrV4,
     path::Path,
     time::{Duration, Instant},
 };
 
+use hb_common::wire::{Heartbeat, flags};
 use hb_tests::{
-    ChildGuard, Event, HEARTBEAT_PORT, Hb, Lab, Signal, TempDir, TestConfig, Timing,
+    Attacker, ChildGuard, ConfigOptions, Event, Flood, HEARTBEAT_PORT, Hb, Lab, Signal, Stream,
+    TempDir, TestConfig, TestKey, Timing,
+    attacker::allow_spoofing,
     config::{humantime, node_name},
     events::read_events,
     interrupt, unique_prefix, wait_for_event,
@@ -66,6 +74,8 @@ struct Fixture {
     agent: ChildGuard,
     lab: Lab,
     config: TestConfig,
+    /// The key senders sign with and the agent verifies with, if any.
+    key: Option<TestKey>,
     dir: TempDir,
     hb: Hb,
     datapath: Datapath,
@@ -74,17 +84,47 @@ struct Fixture {
 impl Fixture {
     /// Build a lab of `nodes` nodes and start the agent on it with `datapath`.
     fn start(nodes: u8, datapath: Datapath) -> Self {
+        Self::launch(nodes, datapath, |_, _| (ConfigOptions::default(), None))
+    }
+
+    /// Like [`Fixture::start`], with authentication: a key written by `hb
+    /// keygen` into the test's directory is the agent's only key (so
+    /// unauthenticated heartbeats are refused) and every sender signs with
+    /// it; the nodes `pinned` are pinned to their lab address, and the lab
+    /// nodes `unconfigured` are no cluster members (attackers' hosts).
+    fn start_signed(nodes: u8, datapath: Datapath, pinned: &[u8], unconfigured: &[u8]) -> Self {
+        Self::launch(nodes, datapath, |hb, dir| {
+            let key = TestKey::generate(hb, dir, "hb.key", 1).unwrap_or_else(|err| panic!("{err}"));
+            let options = ConfigOptions {
+                keys: vec![key.path.clone()],
+                pinned: pinned.to_vec(),
+                unconfigured: unconfigured.to_vec(),
+            };
+            (options, Some(key))
+        })
+    }
+
+    /// Build the lab, write the configuration `options` returns, start the
+    /// agent.
+    fn launch(
+        nodes: u8,
+        datapath: Datapath,
+        options: impl FnOnce(&Hb, &TempDir) -> (ConfigOptions, Option<TestKey>),
+    ) -> Self {
         let hb = Hb::from_env();
         let lab = Lab::build(&unique_prefix(), nodes)
             .unwrap_or_else(|err| panic!("building the lab: {err}"));
         let dir = TempDir::new("hb-test").unwrap_or_else(|err| panic!("{err}"));
-        let config = TestConfig::write(&dir, &lab, TIMING).unwrap_or_else(|err| panic!("{err}"));
+        let (options, key) = options(&hb, &dir);
+        let config = TestConfig::write_with(&dir, &lab, TIMING, &options)
+            .unwrap_or_else(|err| panic!("{err}"));
         let agent = spawn_agent(&hb, &lab, &config, &dir.join("agent.log"), datapath);
         Self {
             senders: BTreeMap::new(),
             agent,
             lab,
             config,
+            key,
             dir,
             hb,
             datapath,
@@ -112,20 +152,26 @@ impl Fixture {
     fn start_sender(&mut self, index: u8) {
         let node = self.lab.node(index);
         let to = format!("{}:{HEARTBEAT_PORT}", node.monitor_address);
+        let mut args: Vec<String> = [
+            "send",
+            "--node-id",
+            &index.to_string(),
+            "--to",
+            &to,
+            "--interval",
+            &humantime(TIMING.interval),
+        ]
+        .map(str::to_owned)
+        .into();
+        if let Some(key) = &self.key {
+            args.extend(["--key-file".to_owned(), key.path.display().to_string()]);
+        }
         let sender = self
             .hb
             .spawn_in(
                 &node.ns,
                 &format!("sender {index}"),
-                [
-                    "send",
-                    "--node-id",
-                    &index.to_string(),
-                    "--to",
-                    &to,
-                    "--interval",
-                    &humantime(TIMING.interval),
-                ],
+                args,
                 &self.dir.join(&format!("sender-{index}.log")),
             )
             .unwrap_or_else(|err| panic!("{err}"));
@@ -199,14 +245,22 @@ impl Fixture {
             .unwrap_or_else(|err| panic!("hb status --json: {err}{}", self.context()))
     }
 
-    /// The `state` of node `id` in `hb status --json`.
-    fn node_state(&self, id: u8) -> String {
+    /// The entry of node `id` in `hb status --json`.
+    fn node_status(&self, id: u8) -> Value {
         let status = self.status();
         status["nodes"]
             .as_array()
             .and_then(|nodes| nodes.iter().find(|n| n["id"] == u64::from(id)))
-            .and_then(|node| node["state"].as_str())
-            .unwrap_or_else(|| panic!("node {id} has no state in hb status --json: {status}"))
+            .cloned()
+            .unwrap_or_else(|| panic!("node {id} is not in hb status --json: {status}"))
+    }
+
+    /// The `state` of node `id` in `hb status --json`.
+    fn node_state(&self, id: u8) -> String {
+        let node = self.node_status(id);
+        node["state"]
+            .as_str()
+            .unwrap_or_else(|| panic!("node {id} has no state in hb status --json: {node}"))
             .to_owned()
     }
 
@@ -530,4 +584,329 @@ fn restarted_agent_keeps_node_states_and_fires_no_event_again(datapath: Datapath
         .unwrap_or_else(|err| panic!("{err}"));
     let (down, _) = f.expect_event("down 1 after the restart", limit, |e| e.is("down", 1));
     assert_eq!(down.previous, "up", "{down:?}{}", f.context());
+}
+
+/// The attacked node of the attack scenarios: signs its heartbeats and is
+/// pinned to its lab address (198.18.1.2).
+const VICTIM: u8 = 1;
+/// The attacker's host: a lab node that is no cluster member (198.18.2.2)
+/// and can also send from the victim's address.
+const ATTACKER: u8 = 2;
+/// Packets a second of each kind of attack packet.
+const ATTACK_RATE: u32 = 20;
+/// No attack lasts longer, whatever happens to the test.
+const ATTACK_AT_MOST: Duration = Duration::from_secs(20);
+/// How far beyond the victim's last sequence the attacker's "fresh"
+/// sequences start (the victim cannot have sent that many since).
+const AHEAD: u64 = 1_000;
+/// The kinds of attack packets ([`Fixture::attack`]) and the counter each
+/// must land in.
+const ATTACKS: [(&str, &str); 3] = [
+    ("forged", "bad_tag"),
+    ("replayed", "replay"),
+    ("wrong source", "wrong_source"),
+];
+/// Each stream must have sent at least this many packets for the counters
+/// to say anything.
+const ATTACK_MIN_SENT: u64 = 10;
+
+/// Where a node's last accepted heartbeat was, as `hb status` shows it.
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    incarnation: u64,
+    sequence: u64,
+}
+
+/// Now, in Unix nanoseconds (the sender's informational timestamp).
+fn unix_ns() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Fixture {
+    /// A signed lab under attack: node [`VICTIM`] signed and pinned, node
+    /// [`ATTACKER`] no member and allowed to send from the victim's address.
+    fn start_attacked(datapath: Datapath) -> Self {
+        let f = Self::start_signed(2, datapath, &[VICTIM], &[ATTACKER]);
+        allow_spoofing(&f.lab, f.lab.node(ATTACKER), f.lab.node(VICTIM).address)
+            .unwrap_or_else(|err| panic!("letting the attacker spoof: {err}"));
+        let status = f.status();
+        assert_eq!(
+            status["auth"]["key_ids"],
+            serde_json::json!([1]),
+            "{status}"
+        );
+        assert_eq!(
+            status["auth"]["accept_unauthenticated"],
+            Value::Bool(false),
+            "{status}"
+        );
+        assert_eq!(
+            status["nodes_total"], 1,
+            "the attacker is no node: {status}"
+        );
+        f
+    }
+
+    fn key(&self) -> &TestKey {
+        self.key
+            .as_ref()
+            .expect("the fixture was started with start_signed")
+    }
+
+    /// Where the last heartbeat of node `id` was; the node must be heard
+    /// signed and be pinned.
+    fn heard(&self, id: u8) -> Heard {
+        let node = self.node_status(id);
+        assert_eq!(
+            node["authenticated"],
+            Value::Bool(true),
+            "node {id} is not heard signed: {node}{}",
+            self.context()
+        );
+        assert_eq!(node["pinned"], Value::Bool(true), "node {id}: {node}");
+        let field = |name: &str| {
+            node[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("node {id} has no {name}: {node}"))
+        };
+        Heard {
+            incarnation: field("incarnation"),
+            sequence: field("sequence"),
+        }
+    }
+
+    /// Start flooding the monitor from the attacker's host with heartbeats
+    /// of [`VICTIM`], whose last heartbeat was `heard`, each with `flags`
+    /// (0, or LEAVE for a forged goodbye). Every tick, one of each kind:
+    ///
+    /// - forged: fresh sequences, a tag under a wrong key, from the
+    ///   attacker's address (`bad_tag`);
+    /// - replayed: the victim's incarnation and sequences 1..=heard it has
+    ///   already sent, signed with the real key and so byte for byte what
+    ///   a capture of the victim's packets holds (the timestamp is
+    ///   informational, and fixed here), from the victim's own address
+    ///   (`replay`);
+    /// - wrong source: sequences ahead of the victim's, signed with the
+    ///   real key (a stolen key), from the attacker's address: only the
+    ///   pinning stops them (`wrong_source`).
+    fn attack(&self, heard: Heard, flags: u8) -> Attacker {
+        let attacker = self.lab.node(ATTACKER);
+        let victim = self.lab.node(VICTIM);
+        let interval_ms = u32::try_from(TIMING.interval.as_millis()).unwrap();
+        let heartbeat = move |sequence: u64, sent_unix_ns: u64| Heartbeat {
+            flags,
+            key_id: 0,
+            node_id: VICTIM.into(),
+            interval_ms,
+            incarnation: heard.incarnation,
+            sequence,
+            sent_unix_ns,
+            auth_tag: [0; 16],
+        };
+        assert!(heard.sequence >= 1, "nothing to replay: {heard:?}");
+        let ahead = heard.sequence + AHEAD;
+        let captured_at = unix_ns();
+        let (forger, replayer, thief) =
+            (self.key().clone(), self.key().clone(), self.key().clone());
+        let streams = vec![
+            Stream::new(ATTACKS[0].0, attacker.address, move |k| {
+                forger.forge(&heartbeat(ahead + k, unix_ns()))
+            }),
+            Stream::new(ATTACKS[1].0, victim.address, move |k| {
+                replayer.sign(&heartbeat(1 + k % heard.sequence, captured_at))
+            }),
+            Stream::new(ATTACKS[2].0, attacker.address, move |k| {
+                thief.sign(&heartbeat(ahead + k, unix_ns()))
+            }),
+        ];
+        let flood = Flood {
+            to: SocketAddrV4::new(attacker.monitor_address, HEARTBEAT_PORT),
+            rate: ATTACK_RATE,
+            max_packets: u64::from(ATTACK_RATE) * ATTACK_AT_MOST.as_secs(),
+            max_duration: ATTACK_AT_MOST,
+        };
+        Attacker::start(&attacker.ns.path(), flood, streams)
+            .unwrap_or_else(|err| panic!("starting the attacker: {err}"))
+    }
+
+    /// The counters the attacks must land in, by name.
+    fn refusals(&self) -> BTreeMap<&'static str, u64> {
+        let status = self.status();
+        ATTACKS
+            .iter()
+            .map(|&(_, counter)| {
+                let value = status["counters"][counter]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no counters.{counter}: {status}"));
+                (counter, value)
+            })
+            .collect()
+    }
+
+    /// Wait (bounded) until each attack's counter has grown from `before`
+    /// by at least half of what its stream `sent` (the rest is slack for
+    /// the unexpected, not an expected loss: a veth loses nothing).
+    fn expect_refusals(&self, before: &BTreeMap<&'static str, u64>, sent: &[(&str, u64)]) {
+        let expected: Vec<(&str, u64)> = ATTACKS
+            .iter()
+            .map(|&(stream, counter)| {
+                let sent = sent
+                    .iter()
+                    .find(|(name, _)| *name == stream)
+                    .map_or(0, |&(_, sent)| sent);
+                assert!(
+                    sent >= ATTACK_MIN_SENT,
+                    "the attacker sent only {sent} {stream} packets: {sent:?}"
+                );
+                (counter, before[counter] + sent / 2)
+            })
+            .collect();
+        let deadline = Instant::now() + MARGIN;
+        loop {
+            let now = self.refusals();
+            if expected.iter().all(|&(counter, min)| now[counter] >= min) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the attack did not show in the counters: before {before:?}, now {now:?}, \
+                 expected at least {expected:?} (attacker sent {sent:?}){}",
+                self.context()
+            );
+            sleep(TIMING.sweep_period);
+        }
+    }
+}
+
+on_each_datapath!(attacked_stopped_node_goes_down_on_time =>
+    attacked_stopped_node_goes_down_on_time_xdp,
+    attacked_stopped_node_goes_down_on_time_socket);
+
+/// A signed, pinned node crashes while an attacker floods the monitor with
+/// forged, replayed and wrong-source heartbeats in its name: it goes down
+/// as fast as a crash without attacker does, stays down, and every attack
+/// packet shows up in its counter and nowhere in the node's record.
+fn attacked_stopped_node_goes_down_on_time(datapath: Datapath) {
+    let mut f = Fixture::start_attacked(datapath);
+    f.bring_up(&[VICTIM]);
+    // A few heartbeats to replay.
+    sleep(TIMING.interval * 3);
+    let before = f.refusals();
+    f.sender(VICTIM)
+        .signal(Signal::Kill)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let t0 = Instant::now();
+    let heard = f.heard(VICTIM);
+    let attacker = f.attack(heard, 0);
+
+    let limit = TIMING.timeout() + TIMING.sweep_period + MARGIN;
+    let (down, seen) = f.expect_event("down 1 under attack", limit, |e| e.is("down", 1));
+    let detected = seen - t0;
+    assert!(
+        detected <= limit,
+        "down 1 after {detected:?} (limit {limit:?})"
+    );
+    assert_eq!(down.previous, "up", "{down:?}{}", f.context());
+    let timeout_ms = u64::try_from(TIMING.timeout().as_millis()).unwrap();
+    let silent = down
+        .since_last_heartbeat_ms
+        .unwrap_or_else(|| panic!("down event without a last heartbeat: {down:?}"));
+    assert!(
+        silent >= timeout_ms,
+        "declared down after only {silent} ms of silence (timeout {timeout_ms} ms){}",
+        f.context()
+    );
+    let accepted = f.accepted();
+
+    // The attack goes on for two more timeouts: nothing of it may bring the
+    // node back up.
+    sleep(TIMING.timeout() * 2 + TIMING.sweep_period);
+    assert!(
+        !attacker.is_finished(),
+        "the attacker stopped early: {attacker:?}"
+    );
+    let sent = attacker
+        .stop()
+        .unwrap_or_else(|err| panic!("the attacker failed: {err}"));
+    f.expect_refusals(&before, &sent);
+    let ups: Vec<Event> = f
+        .events()
+        .into_iter()
+        .filter(|e| e.is("up", 1) && e.previous != "unseen")
+        .collect();
+    assert!(
+        ups.is_empty(),
+        "the attacker brought node 1 back: {ups:?} (sent {sent:?}){}",
+        f.context()
+    );
+    assert_eq!(f.node_state(VICTIM), "down", "{}", f.context());
+    assert_eq!(
+        f.accepted(),
+        accepted,
+        "heartbeats were accepted after node 1 went down, and only the attacker sends \
+         (sent {sent:?}){}",
+        f.context()
+    );
+    let last = f.heard(VICTIM);
+    assert_eq!(last.incarnation, heard.incarnation, "{}", f.context());
+    assert!(
+        last.sequence < heard.sequence + AHEAD,
+        "node 1 recorded an attacker's sequence: {last:?}, heard {heard:?} before the \
+         attack{}",
+        f.context()
+    );
+}
+
+on_each_datapath!(forged_leave_does_not_make_a_live_node_left =>
+    forged_leave_does_not_make_a_live_node_left_xdp,
+    forged_leave_does_not_make_a_live_node_left_socket);
+
+/// An attacker sends graceful-leave heartbeats in the name of a live signed,
+/// pinned node: forged (wrong key), replayed (old sequences, real key, the
+/// node's own address) and with a stolen key from elsewhere. The node never
+/// becomes `left` (nor `down`), its own heartbeats go on being accepted, and
+/// the counters show the attack.
+fn forged_leave_does_not_make_a_live_node_left(datapath: Datapath) {
+    let mut f = Fixture::start_attacked(datapath);
+    f.bring_up(&[VICTIM]);
+    sleep(TIMING.interval * 3);
+    let before = f.refusals();
+    let accepted = f.accepted();
+    let heard = f.heard(VICTIM);
+    let attacker = f.attack(heard, flags::LEAVE);
+
+    // Many intervals under attack: a leave taken would show at once.
+    sleep(TIMING.timeout() * 3 + TIMING.sweep_period * 2);
+    assert!(
+        !attacker.is_finished(),
+        "the attacker stopped early: {attacker:?}"
+    );
+    let sent = attacker
+        .stop()
+        .unwrap_or_else(|err| panic!("the attacker failed: {err}"));
+    // Let the agent sweep what arrived last.
+    sleep(TIMING.sweep_period * 2);
+    f.expect_refusals(&before, &sent);
+    f.assert_no_event("left", VICTIM);
+    f.assert_no_event("down", VICTIM);
+    assert_eq!(f.node_state(VICTIM), "up", "{}", f.context());
+    f.sender(VICTIM)
+        .ensure_running()
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        f.accepted() > accepted,
+        "the node's own heartbeats stopped being accepted{}",
+        f.context()
+    );
+    let last = f.heard(VICTIM);
+    assert_eq!(last.incarnation, heard.incarnation, "{}", f.context());
+    assert!(
+        last.sequence > heard.sequence && last.sequence < heard.sequence + AHEAD,
+        "node 1 is at {last:?}, was at {heard:?}: its own heartbeats should have moved it \
+         on, and no attacker's{}",
+        f.context()
+    );
 }

@@ -1,9 +1,21 @@
 //! Tests of the harness itself: a lab is wired as documented and leaves
-//! nothing behind, also when the test using it panics. Needs root.
+//! nothing behind, also when the test using it panics; the attacker sends
+//! from its namespace only, from the addresses it is given, and stops by
+//! itself. Needs root.
 
-use std::{panic, thread};
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    panic,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
 
-use hb_tests::{Lab, netns, unique_prefix};
+use hb_tests::{
+    Attacker, Flood, HEARTBEAT_PORT, Lab, Stream, attacker::allow_spoofing, netns, unique_prefix,
+};
 
 fn brief_addr(ns: &hb_tests::NetNs, dev: &str) -> String {
     let output = ns
@@ -68,4 +80,129 @@ fn lab_is_removed_when_the_test_panics() {
         netns::list_with_prefix(&format!("{prefix}-")).unwrap(),
         Vec::<String>::new()
     );
+}
+
+/// The network namespace of the calling thread.
+fn thread_netns() -> PathBuf {
+    fs::read_link("/proc/thread-self/ns/net").unwrap_or_else(|err| panic!("{err}"))
+}
+
+#[test]
+fn attacker_sends_from_its_namespace_and_stops_by_itself() {
+    let lab = Lab::build(&unique_prefix(), 2).unwrap_or_else(|err| panic!("{err}"));
+    let (victim, attacker) = (lab.node(1), lab.node(2));
+    allow_spoofing(&lab, attacker, victim.address).unwrap_or_else(|err| panic!("{err}"));
+    let to = SocketAddrV4::new(attacker.monitor_address, HEARTBEAT_PORT);
+    let own_netns = thread_netns();
+
+    // A receiver in the monitor namespace: every datagram until 1 s of
+    // silence, at most 100.
+    let monitor = lab.monitor.path();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let receiver = thread::spawn(move || {
+        netns::enter(&monitor).unwrap_or_else(|err| panic!("{err}"));
+        let socket = UdpSocket::bind(to).unwrap_or_else(|err| panic!("{err}"));
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap_or_else(|err| panic!("{err}"));
+        ready_tx.send(()).unwrap();
+        let mut got: Vec<(u8, u8, SocketAddr)> = Vec::new();
+        let mut buf = [0u8; 128];
+        while got.len() < 100 {
+            let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                break;
+            };
+            assert_eq!(len, 56, "{from}");
+            got.push((buf[0], buf[1], from));
+        }
+        got
+    });
+    ready_rx.recv().expect("the receiver is ready");
+
+    let marked = |mark: u8| {
+        move |k: u64| {
+            let mut payload = [0u8; 56];
+            payload[0] = mark;
+            payload[1] = u8::try_from(k).unwrap();
+            payload
+        }
+    };
+    let flood = Flood {
+        to,
+        rate: 50,
+        max_packets: 5,
+        max_duration: Duration::from_secs(10),
+    };
+    let streams = vec![
+        Stream::new("own", attacker.address, marked(1)),
+        Stream::new("spoofed", victim.address, marked(2)),
+    ];
+    let flood_thread =
+        Attacker::start(&attacker.ns.path(), flood, streams).unwrap_or_else(|err| panic!("{err}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !flood_thread.is_finished() {
+        assert!(Instant::now() < deadline, "{flood_thread:?} did not stop");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let sent = flood_thread.stop().unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(sent, [("own", 5), ("spoofed", 5)]);
+
+    let got = receiver.join().expect("the receiver panicked");
+    let from = |mark: u8| -> Vec<(u8, IpAddr)> {
+        got.iter()
+            .filter(|(m, _, _)| *m == mark)
+            .map(|&(_, k, from)| (k, from.ip()))
+            .collect()
+    };
+    let expected =
+        |address: Ipv4Addr| -> Vec<(u8, IpAddr)> { (0..5).map(|k| (k, address.into())).collect() };
+    assert_eq!(from(1), expected(attacker.address), "{got:?}");
+    assert_eq!(from(2), expected(victim.address), "{got:?}");
+    assert_eq!(got.len(), 10, "{got:?}");
+    assert_eq!(
+        thread_netns(),
+        own_netns,
+        "the test's thread changed namespace"
+    );
+
+    // Bounded in time too: 20/s for 300 ms is a handful of packets.
+    let flood = Flood {
+        to,
+        rate: 20,
+        max_packets: 1_000,
+        max_duration: Duration::from_millis(300),
+    };
+    let started = Instant::now();
+    let short = Attacker::start(
+        &attacker.ns.path(),
+        flood,
+        vec![Stream::new("short", attacker.address, marked(3))],
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    while !short.is_finished() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{short:?} did not stop"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let sent = short.stop().unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        (1..=7).contains(&sent[0].1),
+        "{sent:?} in {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn attacker_reports_a_missing_namespace() {
+    let flood = Flood {
+        to: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), HEARTBEAT_PORT),
+        rate: 1,
+        max_packets: 1,
+        max_duration: Duration::from_secs(1),
+    };
+    let path = Path::new(netns::NETNS_DIR).join(format!("{}-absent", unique_prefix()));
+    let err = Attacker::start(&path, flood, Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("-absent"), "{err}");
 }

@@ -4,10 +4,13 @@
 //! Builds hb (release), then runs the phases, each printing a table:
 //!
 //! 1. [`xdp_cost`]: the XDP program's ns per packet (`hb bench xdp-cost`);
-//! 2. [`sweep`]: the agent's sweep vs node count, next to memcpy;
-//! 3. [`e2e`]: loss and monitor CPU per heartbeat over veth, XDP vs socket;
-//! 4. [`held`]: a million nodes beating once a second, held by the agent;
-//! 5. [`detection`]: detection latency of crashed nodes.
+//! 2. [`hostile`]: a million hostile packets through the XDP program, none
+//!    of which may change the node table without a valid tag
+//!    (`hb bench hostile`);
+//! 3. [`sweep`]: the agent's sweep vs node count, next to memcpy;
+//! 4. [`e2e`]: loss and monitor CPU per heartbeat over veth, XDP vs socket;
+//! 5. [`held`]: a million nodes beating once a second, held by the agent;
+//! 6. [`detection`]: detection latency of crashed nodes.
 //!
 //! Then a summary of every target (met, or missed by how much), and
 //! `bench/results/<date>.json` (every raw figure and the machine) with one
@@ -21,6 +24,7 @@
 mod detection;
 mod e2e;
 mod held;
+mod hostile;
 mod machine;
 mod output;
 mod plot;
@@ -63,6 +67,8 @@ pub struct Options {
 pub enum Phase {
     /// XDP program cost per packet (BPF_PROG_TEST_RUN).
     XdpCost,
+    /// A million hostile packets through the XDP program (BPF_PROG_TEST_RUN).
+    Hostile,
     /// Sweep time vs node count, next to memcpy.
     Sweep,
     /// End to end over veth: loss and CPU per heartbeat, XDP vs socket.
@@ -74,8 +80,9 @@ pub enum Phase {
 }
 
 impl Phase {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::XdpCost,
+        Self::Hostile,
         Self::Sweep,
         Self::E2e,
         Self::Held,
@@ -85,6 +92,7 @@ impl Phase {
     fn name(self) -> &'static str {
         match self {
             Self::XdpCost => "xdp-cost",
+            Self::Hostile => "hostile",
             Self::Sweep => "sweep",
             Self::E2e => "e2e",
             Self::Held => "held",
@@ -95,6 +103,7 @@ impl Phase {
     fn title(self) -> &'static str {
         match self {
             Self::XdpCost => "XDP cost per packet",
+            Self::Hostile => "hostile packets never change the table",
             Self::Sweep => "sweep time vs node count",
             Self::E2e => "end to end over veth, XDP vs socket",
             Self::Held => "a million nodes beating once a second",
@@ -105,6 +114,7 @@ impl Phase {
     fn run(self, ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         match self {
             Self::XdpCost => xdp_cost::run(ctx),
+            Self::Hostile => hostile::run(ctx),
             Self::Sweep => sweep::run(ctx),
             Self::E2e => e2e::run(ctx),
             Self::Held => held::run(ctx),

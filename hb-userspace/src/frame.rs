@@ -1,4 +1,5 @@
-//! A small fluent builder for the test frames fed to the XDP program:
+//! A small fluent builder for the frames fed to the XDP program through
+//! `BPF_PROG_TEST_RUN` (its tests, and the hostile-input bench):
 //! `eth().vlan(7).ipv4(src, dst).udp(sport, dport).payload(&hb).build()`.
 //!
 //! Lengths (IPv4 IHL and total length, IPv6 payload length, UDP length) are
@@ -359,58 +360,63 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-#[test]
-fn builder_lays_out_a_vlan_tagged_ipv4_udp_frame() {
-    let frame = eth()
-        .qinq(0x0064)
-        .vlan(0x00C8)
-        .ipv4(Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 19, 0, 2))
-        .ipv4_options(1)
-        .udp(1000, 2000)
-        .payload(&[0xAA; 3])
-        .build();
-    assert_eq!(
-        frame.len(),
-        ETH_HLEN + 2 * VLAN_HLEN + IPV4_HLEN + 4 + UDP_HLEN + 3
-    );
-    assert_eq!(&frame[12..14], &ETH_P_8021AD.to_be_bytes());
-    assert_eq!(&frame[14..16], &0x0064u16.to_be_bytes());
-    assert_eq!(&frame[16..18], &ETH_P_8021Q.to_be_bytes());
-    assert_eq!(&frame[18..20], &0x00C8u16.to_be_bytes());
-    assert_eq!(&frame[20..22], &ETH_P_IPV4.to_be_bytes());
-    let ip = &frame[22..];
-    assert_eq!(ip[0], 0x46, "version 4, IHL 6");
-    assert_eq!(
-        u16::from_be_bytes([ip[2], ip[3]]),
-        24 + 8 + 3,
-        "total length"
-    );
-    assert_eq!(ip[9], IPPROTO_UDP);
-    assert_eq!(internet_checksum(&ip[..24]), 0, "header checksum verifies");
-    let udp = &ip[24..];
-    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 2000);
-    assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 8 + 3, "UDP length");
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[test]
-fn builder_lays_out_ipv6_with_hop_by_hop() {
-    let src: Ipv6Addr = "fd00::1".parse().expect("address");
-    let dst: Ipv6Addr = "fd00::2".parse().expect("address");
-    let frame = eth()
-        .ipv6(src, dst)
-        .hop_by_hop()
-        .udp(1, 2)
-        .payload(&[0; 5])
-        .build();
-    assert_eq!(&frame[12..14], &ETH_P_IPV6.to_be_bytes());
-    let ip = &frame[ETH_HLEN..];
-    assert_eq!(
-        u16::from_be_bytes([ip[4], ip[5]]),
-        8 + 8 + 5,
-        "payload length"
-    );
-    assert_eq!(ip[6], IPPROTO_HOPOPTS);
-    assert_eq!(ip[IPV6_HLEN], IPPROTO_UDP, "extension header's next header");
-    assert_eq!(&ip[8..24], &src.octets());
-    assert_eq!(frame.len(), ETH_HLEN + IPV6_HLEN + 8 + 8 + 5);
+    #[test]
+    fn builder_lays_out_a_vlan_tagged_ipv4_udp_frame() {
+        let frame = eth()
+            .qinq(0x0064)
+            .vlan(0x00C8)
+            .ipv4(Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 19, 0, 2))
+            .ipv4_options(1)
+            .udp(1000, 2000)
+            .payload(&[0xAA; 3])
+            .build();
+        assert_eq!(
+            frame.len(),
+            ETH_HLEN + 2 * VLAN_HLEN + IPV4_HLEN + 4 + UDP_HLEN + 3
+        );
+        assert_eq!(&frame[12..14], &ETH_P_8021AD.to_be_bytes());
+        assert_eq!(&frame[14..16], &0x0064u16.to_be_bytes());
+        assert_eq!(&frame[16..18], &ETH_P_8021Q.to_be_bytes());
+        assert_eq!(&frame[18..20], &0x00C8u16.to_be_bytes());
+        assert_eq!(&frame[20..22], &ETH_P_IPV4.to_be_bytes());
+        let ip = &frame[22..];
+        assert_eq!(ip[0], 0x46, "version 4, IHL 6");
+        assert_eq!(
+            u16::from_be_bytes([ip[2], ip[3]]),
+            24 + 8 + 3,
+            "total length"
+        );
+        assert_eq!(ip[9], IPPROTO_UDP);
+        assert_eq!(internet_checksum(&ip[..24]), 0, "header checksum verifies");
+        let udp = &ip[24..];
+        assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 2000);
+        assert_eq!(u16::from_be_bytes([udp[4], udp[5]]), 8 + 3, "UDP length");
+    }
+
+    #[test]
+    fn builder_lays_out_ipv6_with_hop_by_hop() {
+        let src: Ipv6Addr = "fd00::1".parse().expect("address");
+        let dst: Ipv6Addr = "fd00::2".parse().expect("address");
+        let frame = eth()
+            .ipv6(src, dst)
+            .hop_by_hop()
+            .udp(1, 2)
+            .payload(&[0; 5])
+            .build();
+        assert_eq!(&frame[12..14], &ETH_P_IPV6.to_be_bytes());
+        let ip = &frame[ETH_HLEN..];
+        assert_eq!(
+            u16::from_be_bytes([ip[4], ip[5]]),
+            8 + 8 + 5,
+            "payload length"
+        );
+        assert_eq!(ip[6], IPPROTO_HOPOPTS);
+        assert_eq!(ip[IPV6_HLEN], IPPROTO_UDP, "extension header's next header");
+        assert_eq!(&ip[8..24], &src.octets());
+        assert_eq!(frame.len(), ETH_HLEN + IPV6_HLEN + 8 + 8 + 5);
+    }
 }
