@@ -174,14 +174,31 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
         3,
         &format!(
             "start the agent in {PREFIX}-mon. It attaches an XDP program to {}\n        \
-             that records every heartbeat in the kernel. Its configuration:",
+             that checks every heartbeat's tag and records it in the kernel. First a key \
+             for the\n        tags (the monitor and the senders share it), then the \
+             configuration:",
             lab.monitor_interfaces().join(", ")
         ),
     );
     let socket = dir.join("hb.sock");
     let actions = dir.join("actions.log");
     let config_path = dir.join("hb.toml");
-    let config = render_config(&lab, dir, &actions)?;
+    let key = dir.join("hb.key");
+    let keygen = hb.output([
+        "keygen".as_ref(),
+        "--id".as_ref(),
+        "1".as_ref(),
+        key.as_os_str(),
+    ])?;
+    println!(
+        "    hb keygen --id 1 {}: {}",
+        key.display(),
+        String::from_utf8_lossy(&keygen.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+    );
+    let config = render_config(&lab, dir, &actions, &key)?;
     std::fs::write(&config_path, &config)
         .with_context(|| format!("writing {}", config_path.display()))?;
     println!("{}", indent(&config));
@@ -218,7 +235,7 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
     };
     let mut senders: Vec<ChildGuard> = Vec::new();
     for index in 1..=NODES {
-        senders.push(start_sender(hb, &lab, dir, index)?);
+        senders.push(start_sender(hb, &lab, dir, index, &key)?);
     }
     let mut up = Vec::new();
     while up.len() < usize::from(NODES) {
@@ -249,9 +266,24 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
     node2.signal(Signal::Kill)?;
     let crashed = Instant::now();
     node2.wait_timeout(Duration::from_secs(5))?;
+    println!(
+        "    meanwhile, web-1's host pretends to be web-2: it sends heartbeats with web-2's id, \
+         signed\n    (it holds the key, but web-2 is pinned to 198.18.2.2) and unsigned:"
+    );
+    let impostors = [
+        start_impostor(hb, &lab, dir, Some(&key))?,
+        start_impostor(hb, &lab, dir, None)?,
+    ];
     let (_, seen) = log.wait_for("web-2 DOWN", timeout + SWEEP + MARGIN, |line| {
         line.contains("(id 2) is DOWN")
     })?;
+    drop(impostors);
+    let counters = hb.status_json(&socket)?["counters"].clone();
+    println!(
+        "    -> web-2 went DOWN anyway; the XDP program refused the impostor's heartbeats: \
+         wrong_source={}, unauthenticated={}",
+        counters["wrong_source"], counters["unauthenticated"]
+    );
     let detected = seen - crashed;
     println!(
         "    -> detected {:.2} s after the crash (measured by this demo). Its last heartbeat \
@@ -266,7 +298,7 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
         7,
         "web-2 comes back (a new sender process, as after a reboot): it is UP again.",
     );
-    senders[1] = start_sender(hb, &lab, dir, 2)?;
+    senders[1] = start_sender(hb, &lab, dir, 2, &key)?;
     log.wait_for("web-2 UP again", Duration::from_secs(5), |line| {
         line.contains("(id 2) is UP (was down")
     })?;
@@ -334,7 +366,7 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
 }
 
 /// The embedded configuration for `lab`, with the paths of this run.
-fn render_config(lab: &Lab, dir: &TempDir, actions: &Path) -> Result<String> {
+fn render_config(lab: &Lab, dir: &TempDir, actions: &Path, key: &Path) -> Result<String> {
     let interfaces: Vec<String> = lab
         .monitor_interfaces()
         .iter()
@@ -349,14 +381,16 @@ fn render_config(lab: &Lab, dir: &TempDir, actions: &Path) -> Result<String> {
         .replace("{{INTERFACES}}", &format!("[{}]", interfaces.join(", ")))
         .replace("{{SOCKET}}", &path(&dir.join("hb.sock")))
         .replace("{{STATE}}", &path(&dir.join("state.json")))
+        .replace("{{KEY}}", &path(key))
         .replace("{{LOG}}", &shell_quote(&actions)))
 }
 
-fn start_sender(hb: &Hb, lab: &Lab, dir: &TempDir, index: u8) -> Result<ChildGuard> {
+fn start_sender(hb: &Hb, lab: &Lab, dir: &TempDir, index: u8, key: &Path) -> Result<ChildGuard> {
     let node = lab.node(index);
     let to = format!("{}:{HEARTBEAT_PORT}", node.monitor_address);
     let id = index.to_string();
     let interval = humantime(INTERVAL);
+    let key = key.to_string_lossy();
     let args = [
         "send",
         "--node-id",
@@ -365,6 +399,8 @@ fn start_sender(hb: &Hb, lab: &Lab, dir: &TempDir, index: u8) -> Result<ChildGua
         &to,
         "--interval",
         &interval,
+        "--key-file",
+        &key,
     ];
     let sender = hb.spawn_in(
         &node.ns,
@@ -379,6 +415,34 @@ fn start_sender(hb: &Hb, lab: &Lab, dir: &TempDir, index: u8) -> Result<ChildGua
         sender.pid()
     );
     Ok(sender)
+}
+
+/// A sender on web-1's host claiming to be web-2, signed with `key` or not.
+fn start_impostor(hb: &Hb, lab: &Lab, dir: &TempDir, key: Option<&Path>) -> Result<ChildGuard> {
+    let node = lab.node(1);
+    let to = format!("{}:{HEARTBEAT_PORT}", node.monitor_address);
+    let interval = humantime(INTERVAL / 5);
+    let mut args = vec![
+        "send".to_owned(),
+        "--node-id".to_owned(),
+        "2".to_owned(),
+        "--to".to_owned(),
+        to,
+        "--interval".to_owned(),
+        interval,
+    ];
+    if let Some(key) = key {
+        args.extend(["--key-file".to_owned(), key.to_string_lossy().into_owned()]);
+    }
+    let what = if key.is_some() { "signed" } else { "unsigned" };
+    let impostor = hb.spawn_in(
+        &node.ns,
+        &format!("the {what} impostor"),
+        &args,
+        &dir.join(&format!("impostor-{what}.log")),
+    )?;
+    println!("    web-1 (impostor, {what}): hb {}", args.join(" "));
+    Ok(impostor)
 }
 
 /// "XDP on hbdemom1 (native), ..." from `hb status --json`.
