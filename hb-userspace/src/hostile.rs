@@ -913,6 +913,14 @@ impl Generator {
     }
 
     /// `start` (Ethernet and tags) + IP from `src` + UDP to the port.
+    /// Ethernet / IP / UDP carrying `payload`, from a source `node` may use
+    /// (its pinned address if it has one) and a random port.
+    fn frame_from(&mut self, node: u32, payload: &[u8]) -> Vec<u8> {
+        let src = self.source(node);
+        let port = self.src_port();
+        Self::udp(eth(), src, port, payload).build()
+    }
+
     fn udp(start: PacketBuilder, src: IpAddr, src_port: u16, payload: &[u8]) -> PacketBuilder {
         match src {
             IpAddr::V4(src) => start.ipv4(src, DST4),
@@ -1439,9 +1447,7 @@ impl Generator {
         let node = self.configured_node();
         let (_, mut payload) = self.fresh_signed(node, table);
         payload[5] |= flags::LEAVE;
-        let src = self.source(node);
-        let port = self.src_port();
-        let frame = Self::udp(eth(), src, port, &payload).build();
+        let frame = self.frame_from(node, &payload);
         let what = format!("LEAVE set on a fresh heartbeat of node {node} after signing");
         Self::refuse(category, what, frame, bad_tag)
     }
@@ -1461,9 +1467,7 @@ impl Generator {
             self.rng.bytes(16).try_into().expect("16 bytes")
         };
         let payload = Self::sign_with(&mut hb, id, &key);
-        let src = self.source(node);
-        let port = self.src_port();
-        let frame = Self::udp(eth(), src, port, &payload).build();
+        let frame = self.frame_from(node, &payload);
         Self::refuse(
             Category::UnknownKey,
             format!("node {node} signed under key id {id}"),
@@ -1490,9 +1494,7 @@ impl Generator {
             _ => self.rng.bytes(16).try_into().expect("16 bytes"),
         };
         let payload = Self::sign_with(&mut hb, id, &key);
-        let src = self.source(node);
-        let port = self.src_port();
-        let frame = Self::udp(eth(), src, port, &payload).build();
+        let frame = self.frame_from(node, &payload);
         Self::refuse(
             Category::WrongKey,
             format!("node {node} signed under key id {id} with another key"),
@@ -1512,9 +1514,7 @@ impl Generator {
             hb.flags = flags::LEAVE;
         }
         let payload = Self::sign_with(&mut hb, auth::UNAUTHENTICATED, &[0; 16]);
-        let src = self.source(node);
-        let port = self.src_port();
-        let frame = Self::udp(eth(), src, port, &payload).build();
+        let frame = self.frame_from(node, &payload);
         Self::refuse(
             Category::Unauthenticated,
             format!("node {node}, key id 0"),
@@ -1565,9 +1565,7 @@ impl Generator {
             format!("node {node} sequence {} <= {}", hb.sequence, last.sequence)
         };
         let payload = self.sign(&mut hb);
-        let src = self.source(node);
-        let port = self.src_port();
-        let frame = Self::udp(eth(), src, port, &payload).build();
+        let frame = self.frame_from(node, &payload);
         Self::refuse(Category::OldIncarnation, what, frame, Some(Counter::Replay))
     }
 
@@ -1578,9 +1576,7 @@ impl Generator {
             _ => MAX_NODES + self.below_u32(u32::MAX - MAX_NODES),
         };
         let (_, payload) = self.fresh_signed(node, table);
-        let src = self.source(node);
-        let port = self.src_port();
-        let frame = Self::udp(eth(), src, port, &payload).build();
+        let frame = self.frame_from(node, &payload);
         Self::refuse(
             Category::UnknownNode,
             format!("signed heartbeat of node {node}"),
