@@ -15,6 +15,9 @@ pub const SEEN_MAP: &str = "HB_SEEN";
 /// The cold half of the node table: a `BPF_F_MMAPABLE` array of
 /// [`crate::table::NodeRecord`] indexed by node id, sized to `max_nodes`.
 pub const NODES_MAP: &str = "HB_NODES";
+/// Interval estimates ([`crate::table::intervals`]): a `BPF_F_MMAPABLE`
+/// array of `u64` indexed by node id, sized to `max_nodes`.
+pub const INTERVALS_MAP: &str = "HB_INTERVALS";
 /// The per-CPU outcome counters, indexed by [`crate::counters::Counter`].
 pub const COUNTERS_MAP: &str = "HB_COUNTERS";
 /// The monitor's keys: an array of [`crate::auth::KeySlot`] indexed by key

@@ -1,14 +1,16 @@
-//! The node table: two arrays indexed by node id, both `BPF_F_MMAPABLE`, that
-//! the XDP program writes and the agent reads through shared memory mappings
-//! (no syscall per node), both sized at load time to `max_nodes`.
+//! The node table: three arrays indexed by node id, all `BPF_F_MMAPABLE`,
+//! that the XDP program writes and the agent reads through shared memory
+//! mappings (no syscall per node), all sized at load time to `max_nodes`.
 //!
 //! - `HB_SEEN`, the *hot* array: one 8-byte [seen word](seen) per node, the
 //!   only thing the agent's sweep reads on every pass. 8 MB per million
 //!   nodes, read front to back.
 //! - `HB_NODES`, the *cold* array: one 56-byte [`NodeRecord`] per node, read
 //!   only when a node changes state or is shown by `hb status`.
+//! - `HB_INTERVALS`: one 8-byte [interval word](intervals) per node, the
+//!   measured time between its heartbeats.
 //!
-//! 64 bytes of kernel memory per node in all. Ownership: the agent writes
+//! 72 bytes of kernel memory per node in all. Ownership: the agent writes
 //! [`NodeRecord::slot_flags`] and, for a pinned node, `src_addr` (and, when it
 //! restores state after a restart, the whole record) *before* the program is
 //! attached; from then on only the XDP program writes. Times are `bpf_ktime_get_ns()`, i.e. `CLOCK_MONOTONIC`
@@ -52,6 +54,103 @@ pub mod seen {
     #[inline(always)]
     pub const fn is_leave(word: u64) -> bool {
         word & LEAVE != 0
+    }
+}
+
+/// The interval word (`HB_INTERVALS`, one `u64` per node): a running
+/// estimate of the time between a node's heartbeats, updated by the datapath
+/// on every accepted heartbeat and read by the agent's phi-accrual detector
+/// when the node's arrival time changes. The mean in the low half, the mean
+/// absolute deviation in the high half, both in microseconds, written with
+/// one store so the agent never sees one without the other.
+///
+/// A sample is the time since the node's previous accepted heartbeat divided
+/// by how far its sequence number moved: lost heartbeats (a gap in the
+/// sequence) are not mistaken for a long interval. There is no sample across
+/// a sender restart (a new incarnation), from a node never heard before, or
+/// over a gap of more than [`intervals::MAX_GAP`] sequence numbers (an outage
+/// is not an interval). Both estimates are exponentially weighted moving
+/// averages with weight 1/2^[`intervals::WEIGHT_SHIFT`], in integers (no
+/// floating point in BPF).
+pub mod intervals {
+    /// A sample's weight in the averages: 1/16, about the last 16 to 30
+    /// heartbeats.
+    pub const WEIGHT_SHIFT: u32 = 4;
+    /// Beyond this many sequence numbers between two accepted heartbeats,
+    /// the time between them is an outage, not a sample.
+    pub const MAX_GAP: u64 = 16;
+
+    /// The word for a mean and a mean absolute deviation (µs).
+    #[inline(always)]
+    pub const fn word(mean_us: u32, mad_us: u32) -> u64 {
+        mean_us as u64 | (mad_us as u64) << 32
+    }
+
+    /// Mean interval (µs); 0 = no sample yet.
+    #[inline(always)]
+    pub const fn mean_us(word: u64) -> u32 {
+        word as u32
+    }
+
+    /// Mean absolute deviation of the interval (µs).
+    #[inline(always)]
+    pub const fn mad_us(word: u64) -> u32 {
+        (word >> 32) as u32
+    }
+
+    /// The interval sample (µs) between a node's previous accepted heartbeat
+    /// (`previous_arrival_ns`, 0 if never heard; `previous_sequence` of the
+    /// same incarnation) and this one, if it is a sample at all.
+    #[inline(always)]
+    pub const fn sample_us(
+        previous_arrival_ns: u64,
+        arrival_ns: u64,
+        previous_sequence: u64,
+        sequence: u64,
+        same_incarnation: bool,
+    ) -> Option<u32> {
+        if previous_arrival_ns == 0
+            || !same_incarnation
+            || sequence <= previous_sequence
+            || arrival_ns < previous_arrival_ns
+        {
+            return None;
+        }
+        let gap = sequence - previous_sequence;
+        if gap > MAX_GAP {
+            return None;
+        }
+        let us = (arrival_ns - previous_arrival_ns) / gap / 1_000;
+        Some(if us > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            us as u32
+        })
+    }
+
+    /// `word` updated with one sample. The first sample sets the mean and a
+    /// deviation of a quarter of it (a cautious start: a normal spread of
+    /// about 30% until the samples say otherwise).
+    #[inline(always)]
+    pub const fn update(word: u64, sample_us: u32) -> u64 {
+        let mean = mean_us(word);
+        if mean == 0 {
+            return self::word(if sample_us == 0 { 1 } else { sample_us }, sample_us / 4);
+        }
+        let mean = ewma(mean, sample_us);
+        let deviation = sample_us.abs_diff(mean);
+        self::word(
+            if mean == 0 { 1 } else { mean },
+            ewma(mad_us(word), deviation),
+        )
+    }
+
+    /// `average + (sample - average) / 2^WEIGHT_SHIFT`, in integers.
+    #[inline(always)]
+    const fn ewma(average: u32, sample: u32) -> u32 {
+        let average = average as i64;
+        let next = average + ((sample as i64 - average) >> WEIGHT_SHIFT);
+        next as u32
     }
 }
 
@@ -143,6 +242,77 @@ unsafe impl aya::Pod for NodeRecord {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interval_samples_divide_by_the_sequence_gap() {
+        use intervals::sample_us;
+        const MS: u64 = 1_000_000;
+        assert_eq!(sample_us(1_000 * MS, 1_100 * MS, 7, 8, true), Some(100_000));
+        assert_eq!(
+            sample_us(1_000 * MS, 1_300 * MS, 7, 10, true),
+            Some(100_000),
+            "two lost heartbeats are not a 300 ms interval"
+        );
+        assert_eq!(sample_us(0, 1_100 * MS, 7, 8, true), None, "never heard");
+        assert_eq!(
+            sample_us(1_000 * MS, 1_100 * MS, 7, 8, false),
+            None,
+            "restart"
+        );
+        assert_eq!(
+            sample_us(1_000 * MS, 1_100 * MS, 8, 8, true),
+            None,
+            "duplicate"
+        );
+        assert_eq!(
+            sample_us(1_000 * MS, 9_000 * MS, 7, 7 + intervals::MAX_GAP + 1, true),
+            None,
+            "an outage"
+        );
+        assert_eq!(sample_us(1_000 * MS, 999 * MS, 7, 8, true), None);
+        assert_eq!(
+            sample_us(1, u64::MAX, 0, 1, true),
+            Some(u32::MAX),
+            "saturates"
+        );
+    }
+
+    #[test]
+    fn interval_averages_converge_and_track_the_spread() {
+        use intervals::{mad_us, mean_us, update};
+        let mut word = 0;
+        word = update(word, 100_000);
+        assert_eq!((mean_us(word), mad_us(word)), (100_000, 25_000));
+        // A steady sender: the mean stays, the deviation decays.
+        for _ in 0..200 {
+            word = update(word, 100_000);
+        }
+        assert_eq!(mean_us(word), 100_000);
+        assert!(mad_us(word) < 100, "{}", mad_us(word));
+        // Alternating 90/110 ms: mean 100, mean absolute deviation 10 ms.
+        for i in 0..400 {
+            word = update(word, if i % 2 == 0 { 90_000 } else { 110_000 });
+        }
+        assert!(
+            (99_000..=101_000).contains(&mean_us(word)),
+            "{}",
+            mean_us(word)
+        );
+        assert!((9_000..=11_000).contains(&mad_us(word)), "{}", mad_us(word));
+        // A slower sender: the mean follows within a few dozen samples.
+        for _ in 0..100 {
+            word = update(word, 200_000);
+        }
+        assert!(
+            (195_000..=200_000).contains(&mean_us(word)),
+            "{}",
+            mean_us(word)
+        );
+        // Extremes neither panic nor wrap.
+        let word = update(update(0, u32::MAX), 0);
+        assert!(mean_us(word) > u32::MAX / 2);
+        assert_eq!(mean_us(update(0, 0)), 1, "a mean of 0 would mean no sample");
+    }
 
     #[test]
     fn seen_word_keeps_time_and_leave_apart() {

@@ -6,7 +6,9 @@
 //! tag under one of the monitor's keys (`HB_KEYS`, by key id) unless
 //! unauthenticated heartbeats are accepted, a configured node, the pinned
 //! source address if any, and an (incarnation, sequence) that moves forward.
-//! Recording updates the node's cold record (`HB_NODES`), then its seen word
+//! Recording updates the node's interval estimate (`HB_INTERVALS`, from the
+//! time since its previous heartbeat), its cold record (`HB_NODES`), then its
+//! seen word
 //! (`HB_SEEN`: the kernel's monotonic arrival time and the leave flag, one
 //! 8-byte store, the only thing the agent's sweep reads). Heartbeats, recorded
 //! or refused, are consumed (XDP_DROP) unless the agent asked to pass them on;
@@ -31,7 +33,7 @@ use hb_common::{
     auth::{KEY_SLOTS, KeySlot},
     counters::Counter,
     siphash::{Key, siphash24},
-    table::{NodeRecord, seen},
+    table::{NodeRecord, intervals, seen},
     wire::{DEFAULT_PORT, HEARTBEAT_LEN, RawHeartbeat},
 };
 use parse::{ParseError, UDP_HLEN, parse_udp, ptr_at};
@@ -62,6 +64,11 @@ static HB_SEEN: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
 /// time and memory-mapped by the agent.
 #[map]
 static HB_NODES: Array<NodeRecord> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
+
+/// Interval estimates (mean and mean absolute deviation) indexed by node id;
+/// resized to `max_nodes` at load time and memory-mapped by the agent.
+#[map]
+static HB_INTERVALS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
 
 /// Outcome and verdict counters, indexed by `Counter`.
 #[map]
@@ -133,7 +140,11 @@ fn classify(ctx: &XdpContext) -> Counter {
         Ok(authenticated) => authenticated,
         Err(refused) => return refused,
     };
-    let (Some(record), Some(seen_word)) = (record, HB_SEEN.get_ptr_mut(node_id)) else {
+    let (Some(record), Some(seen_word), Some(interval_word)) = (
+        record,
+        HB_SEEN.get_ptr_mut(node_id),
+        HB_INTERVALS.get_ptr_mut(node_id),
+    ) else {
         return Counter::UnknownNode;
     };
     // SAFETY: the pointer came from a successful array lookup; the agent only
@@ -149,11 +160,25 @@ fn classify(ctx: &XdpContext) -> Counter {
             heartbeat.incarnation()
         );
     }
+    // SAFETY: a BPF helper with no arguments.
+    let arrival = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the pointers came from successful array lookups.
+    let (previous_arrival, interval_word) =
+        unsafe { (seen::arrival_ns(*seen_word), &mut *interval_word) };
+    if let Some(sample) = intervals::sample_us(
+        previous_arrival,
+        arrival,
+        record.sequence,
+        heartbeat.sequence(),
+        record.heartbeats != 0 && record.incarnation == heartbeat.incarnation(),
+    ) {
+        *interval_word = intervals::update(*interval_word, sample);
+    }
     record.record(heartbeat, &udp.src_addr, udp.src_port, authenticated);
-    // SAFETY: a BPF helper with no arguments; the seen word pointer came from
-    // a successful lookup. Written last, after the record it summarises.
+    // SAFETY: the seen word pointer came from a successful lookup. Written
+    // last, after the record it summarises.
     unsafe {
-        *seen_word = seen::word(bpf_ktime_get_ns(), heartbeat.is_leave());
+        *seen_word = seen::word(arrival, heartbeat.is_leave());
     }
     Counter::Accepted
 }

@@ -21,7 +21,7 @@ use anyhow::Context;
 use hb_common::{
     admission::Unauthenticated,
     counters::Counter,
-    table::{NodeRecord, SLOT_AUTHENTICATED, SLOT_PINNED, seen},
+    table::{NodeRecord, SLOT_AUTHENTICATED, SLOT_PINNED, intervals, seen},
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -40,7 +40,7 @@ use crate::{
     keys::Keyring,
     nodes::{NodeDirectory, NodeInfo},
     state_file::{self, SavedNode},
-    status::{self, AuthStatus, NodeStatus, StatusReport},
+    status::{self, AuthStatus, MeasuredInterval, NodeStatus, StatusReport},
     table::NodeTable,
 };
 
@@ -260,6 +260,10 @@ fn watch_nodes(
             };
         }
         table.configure(id, record);
+        if let Some(saved) = saved.get(&id) {
+            let word = intervals::word(saved.interval_mean_us, saved.interval_mad_us);
+            table.intervals.set(id, word);
+        }
     }
     if restored > 0 {
         tracing::info!(
@@ -378,6 +382,7 @@ fn snapshot(nodes: &NodeDirectory<'_>, detector: &Detector, table: &NodeTable) -
         .ids()
         .map(|id| {
             let record = table.records.get(id);
+            let interval = table.intervals.get(id);
             SavedNode {
                 id,
                 state: detector.state(id),
@@ -386,6 +391,8 @@ fn snapshot(nodes: &NodeDirectory<'_>, detector: &Detector, table: &NodeTable) -
                 sequence: record.sequence,
                 interval_ms: record.interval_ms,
                 authenticated: record.is_authenticated(),
+                interval_mean_us: intervals::mean_us(interval),
+                interval_mad_us: intervals::mad_us(interval),
             }
         })
         .collect()
@@ -495,6 +502,7 @@ fn report(
                 incarnation: record.incarnation,
                 sequence: record.sequence,
                 interval_ms: record.interval_ms,
+                measured_interval_ms: MeasuredInterval::from_word(table.intervals.get(node.id)),
                 authenticated: record.is_authenticated(),
                 pinned: record.is_pinned(),
                 down_in_ms: detector

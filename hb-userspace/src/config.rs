@@ -13,8 +13,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// Largest `max_nodes` accepted: the node table is one 64-byte record per
-/// id, so this caps it at 1 GiB.
+/// Largest `max_nodes` accepted: the node table is 72 bytes of kernel
+/// memory per id, so this caps it at 1.125 GiB.
 pub const MAX_NODES_LIMIT: u32 = 16_777_216;
 /// Shortest heartbeat interval accepted (default or per node).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);

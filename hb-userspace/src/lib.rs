@@ -7,6 +7,7 @@
 //! - [`table`]: the node table (hot seen words, cold records) in shared memory.
 //! - [`nodes`]: the configured nodes (listed and ranged) by id.
 //! - [`detector`]: the per-node state machine the sweep runs.
+//! - [`phi`]: phi-accrual suspicion and the per-node deadlines it implies.
 //! - [`event_log`]: the optional JSON-lines log of state changes.
 //! - [`actions`]: running failover actions with a bound and a timeout.
 //! - [`agent`]: the agent's main loop tying these together.
@@ -31,6 +32,7 @@ pub mod hostile;
 pub mod keys;
 pub mod loadgen;
 pub mod nodes;
+pub mod phi;
 pub mod sender;
 pub mod socket;
 pub mod state_file;

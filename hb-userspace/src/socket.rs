@@ -38,7 +38,7 @@ use hb_common::{
     admission::{Unauthenticated, admit},
     auth::{KeySlot, KeySlots},
     counters::Counter,
-    table::seen,
+    table::{intervals, seen},
     wire::{HEARTBEAT_LEN, RawHeartbeat},
 };
 use thiserror::Error;
@@ -178,6 +178,8 @@ impl SocketDatapath {
         let table = NodeTable {
             seen: Mapping::anonymous(options.max_nodes).map_err(table_error("seen words"))?,
             records: Mapping::anonymous(options.max_nodes).map_err(table_error("records"))?,
+            intervals: Mapping::anonymous(options.max_nodes)
+                .map_err(table_error("interval estimates"))?,
         };
         let mut opened = Vec::with_capacity(options.interfaces.len());
         for interface in &options.interfaces {
@@ -534,11 +536,28 @@ fn record(shared: &Shared, keys: &KeySlots, datagram: &Datagram<'_>, clock: &Clo
     let Some(record) = record.as_mut() else {
         return Counter::UnknownNode;
     };
-    if record.heartbeats != 0 && heartbeat.incarnation() != record.incarnation {
+    let same_incarnation = record.heartbeats != 0 && heartbeat.incarnation() == record.incarnation;
+    if record.heartbeats != 0 && !same_incarnation {
         tracing::debug!(
             "node {id} restarted: incarnation {}",
             heartbeat.incarnation()
         );
+    }
+    let seen_word = &table.seen.atomics()[id as usize];
+    // An accepted heartbeat never makes its node look older than the last
+    // one did (which a step of the realtime clock could otherwise cause).
+    let previous = seen::arrival_ns(seen_word.load(Ordering::Relaxed));
+    let arrival = clock.monotonic_ns(datagram.realtime_ns).max(previous);
+    if let Some(sample) = intervals::sample_us(
+        previous,
+        arrival,
+        record.sequence,
+        heartbeat.sequence(),
+        same_incarnation,
+    ) {
+        table
+            .intervals
+            .set(id, intervals::update(table.intervals.get(id), sample));
     }
     record.record(
         heartbeat,
@@ -547,11 +566,6 @@ fn record(shared: &Shared, keys: &KeySlots, datagram: &Datagram<'_>, clock: &Clo
         authenticated,
     );
     table.records.set(id, *record);
-    let seen_word = &table.seen.atomics()[id as usize];
-    // An accepted heartbeat never makes its node look older than the last
-    // one did (which a step of the realtime clock could otherwise cause).
-    let previous = seen::arrival_ns(seen_word.load(Ordering::Relaxed));
-    let arrival = clock.monotonic_ns(datagram.realtime_ns).max(previous);
     seen_word.store(seen::word(arrival, heartbeat.is_leave()), Ordering::Release);
     Counter::Accepted
 }
@@ -1277,6 +1291,7 @@ mod tests {
             table: NodeTable {
                 seen: Mapping::anonymous(MAX_NODES).unwrap(),
                 records: Mapping::anonymous(MAX_NODES).unwrap(),
+                intervals: Mapping::anonymous(MAX_NODES).unwrap(),
             },
             keys: RwLock::new(Arc::new([KeySlot::default(); auth::KEY_SLOTS as usize])),
             unauthenticated: Unauthenticated::Accept,
@@ -1321,6 +1336,49 @@ mod tests {
             record(&shared, &keys, &truncated, &clock),
             Counter::Malformed
         );
+    }
+
+    #[test]
+    fn interval_estimates_are_kept_as_the_xdp_program_keeps_them() {
+        const MS: u64 = 1_000_000;
+        let shared = Shared {
+            table: NodeTable {
+                seen: Mapping::anonymous(MAX_NODES).unwrap(),
+                records: Mapping::anonymous(MAX_NODES).unwrap(),
+                intervals: Mapping::anonymous(MAX_NODES).unwrap(),
+            },
+            keys: RwLock::new(Arc::new([KeySlot::default(); auth::KEY_SLOTS as usize])),
+            unauthenticated: Unauthenticated::Accept,
+            record_locks: std::array::from_fn(|_| Mutex::new(())),
+            stop: AtomicBool::new(false),
+        };
+        let keys = [KeySlot::default(); auth::KEY_SLOTS as usize];
+        shared.table.configure(1, NodeRecord::default());
+        let clock = Clock {
+            monotonic_now: 10_000 * MS,
+            realtime_minus_monotonic: 0,
+        };
+        let deliver = |incarnation, sequence, at_ms: u64| {
+            let payload = heartbeat(1, incarnation, sequence, 0).encode();
+            let datagram = Datagram {
+                payload: &payload,
+                truncated: false,
+                src_addr: Ipv6Addr::LOCALHOST.octets(),
+                src_port: 9,
+                realtime_ns: Some(at_ms * MS),
+            };
+            assert_eq!(record(&shared, &keys, &datagram, &clock), Counter::Accepted);
+            let word = shared.table.intervals.get(1);
+            (intervals::mean_us(word), intervals::mad_us(word))
+        };
+        assert_eq!(deliver(1, 1, 1_000), (0, 0));
+        assert_eq!(deliver(1, 2, 1_100), (100_000, 25_000));
+        // Two lost heartbeats: 300 ms over a gap of 3 is a 100 ms sample.
+        assert_eq!(deliver(1, 5, 1_400), (100_000, 23_437));
+        // A restart is no sample.
+        assert_eq!(deliver(2, 1, 9_000), (100_000, 23_437));
+        // 200 ms: the mean moves by a sixteenth of the difference.
+        assert_eq!(deliver(2, 2, 9_200), (106_250, 27_831));
     }
 
     #[test]

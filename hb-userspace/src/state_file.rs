@@ -52,6 +52,12 @@ pub struct SavedNode {
     /// a tag again (absent in files of older agents).
     #[serde(default)]
     pub authenticated: bool,
+    /// The interval estimate (`hb_common::table::intervals`): mean and mean
+    /// absolute deviation, µs; 0 if none (or an older agent's file).
+    #[serde(default)]
+    pub interval_mean_us: u32,
+    #[serde(default)]
+    pub interval_mad_us: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -131,6 +137,8 @@ mod tests {
             sequence: 9,
             interval_ms: 100,
             authenticated: true,
+            interval_mean_us: 100_000,
+            interval_mad_us: 3_000,
         }];
         save(&path, nodes.clone()).unwrap();
         assert_eq!(load(&path).unwrap(), Some(nodes));

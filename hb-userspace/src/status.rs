@@ -74,7 +74,13 @@ pub struct NodeStatus {
     pub heartbeats: u64,
     pub incarnation: u64,
     pub sequence: u64,
+    /// The interval the node advertises.
     pub interval_ms: u32,
+    /// The interval measured by the datapath: mean and standard deviation
+    /// (estimated from the mean absolute deviation), ms; `None` before two
+    /// heartbeats in a row.
+    #[serde(default)]
+    pub measured_interval_ms: Option<MeasuredInterval>,
     /// The node has sent authenticated heartbeats (and is no longer heard
     /// without a tag).
     pub authenticated: bool,
@@ -82,6 +88,28 @@ pub struct NodeStatus {
     pub pinned: bool,
     /// How long until the node is declared down if it stays silent.
     pub down_in_ms: Option<u64>,
+}
+
+/// A node's interval as the datapath measures it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct MeasuredInterval {
+    pub mean_ms: f64,
+    pub sd_ms: f64,
+}
+
+impl MeasuredInterval {
+    /// From an interval word (`hb_common::table::intervals`); `None` if it
+    /// holds no sample. A normal distribution's standard deviation is its
+    /// mean absolute deviation times sqrt(pi / 2).
+    pub fn from_word(word: u64) -> Option<Self> {
+        use hb_common::table::intervals;
+        let mean_us = intervals::mean_us(word);
+        (mean_us != 0).then(|| MeasuredInterval {
+            mean_ms: f64::from(mean_us) / 1000.0,
+            sd_ms: f64::from(intervals::mad_us(word)) / 1000.0
+                * (std::f64::consts::PI / 2.0).sqrt(),
+        })
+    }
 }
 
 /// Asks the agent listening on `socket` for its report, listing at most
@@ -258,13 +286,21 @@ pub fn render(report: &StatusReport) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}  TRUST",
-        "ID", "NAME", "STATE", "LAST HEARD", "HEARTBEATS", "DOWN IN", "ADDRESS", "SEQUENCE"
+        "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}  {:>16}  TRUST",
+        "ID",
+        "NAME",
+        "STATE",
+        "LAST HEARD",
+        "HEARTBEATS",
+        "DOWN IN",
+        "ADDRESS",
+        "SEQUENCE",
+        "INTERVAL"
     );
     for node in &report.nodes {
         let _ = writeln!(
             out,
-            "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}  {}",
+            "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}  {:>16}  {}",
             node.id,
             node.name,
             node.state.name(),
@@ -278,6 +314,8 @@ pub fn render(report: &StatusReport) -> String {
                 .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
             node.address.as_deref().unwrap_or("-"),
             node.sequence,
+            node.measured_interval_ms
+                .map_or("-".into(), |i| format!("{:.1}±{:.1}ms", i.mean_ms, i.sd_ms)),
             trust(node),
         );
     }
@@ -344,6 +382,9 @@ mod tests {
                 incarnation: 1,
                 sequence: 9,
                 interval_ms: 1000,
+                measured_interval_ms: MeasuredInterval::from_word(
+                    hb_common::table::intervals::word(1_002_000, 4_000),
+                ),
                 authenticated: true,
                 pinned: true,
                 down_in_ms: Some(2750),
@@ -357,6 +398,7 @@ mod tests {
             "verdicts: passed=9 dropped=10",
             "auth: key ids 2 (current) and 1 (previous); heartbeats without a tag refused",
             "signed,pinned",
+            "1002.0±5.0ms",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }

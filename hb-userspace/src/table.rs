@@ -1,6 +1,6 @@
-//! The node table as the agent sees it: the hot array of seen words and the
-//! cold array of [`NodeRecord`]s (layout in `hb_common::table`), each a
-//! shared memory [`Mapping`].
+//! The node table as the agent sees it: the hot array of seen words, the
+//! cold array of [`NodeRecord`]s and the array of interval estimates (layout
+//! in `hb_common::table`), each a shared memory [`Mapping`].
 //!
 //! In the XDP datapath the mappings are the kernel's `BPF_F_MMAPABLE` maps,
 //! written by the XDP program; in the socket datapath they are anonymous
@@ -151,12 +151,15 @@ fn page_size() -> usize {
     usize::try_from(size).unwrap_or(4096)
 }
 
-/// The hot and the cold array, indexed by node id.
+/// The node table's arrays, indexed by node id.
 pub struct NodeTable {
     /// Seen words (`hb_common::table::seen`): read by every sweep.
     pub seen: Mapping<u64>,
     /// Cold records: read on state changes and for `hb status`.
     pub records: Mapping<NodeRecord>,
+    /// Interval estimates (`hb_common::table::intervals`): read when a
+    /// node's arrival time changes.
+    pub intervals: Mapping<u64>,
 }
 
 impl NodeTable {
@@ -172,7 +175,8 @@ impl NodeTable {
     /// Marks `id` as a configured node, with what a previous run of the agent
     /// knew of it and how it is pinned (`record`; `SLOT_CONFIGURED` is added
     /// to its `slot_flags`); its seen word is reset (arrival times of a
-    /// previous boot or kernel table mean nothing). Only done before
+    /// previous boot or kernel table mean nothing), and so is its interval
+    /// estimate (restore a saved one after this). Only done before
     /// heartbeats are recorded.
     pub fn configure(&self, id: u32, record: NodeRecord) {
         self.records.set(
@@ -183,6 +187,7 @@ impl NodeTable {
             },
         );
         self.seen.set(id, 0);
+        self.intervals.set(id, 0);
     }
 }
 

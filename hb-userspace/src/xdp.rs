@@ -139,7 +139,7 @@ pub struct Attachment {
 pub struct XdpDatapath {
     // Field order matters for Drop: the table mappings go before the maps.
     table: NodeTable,
-    _table_maps: [MapData; 2],
+    _table_maps: [MapData; 3],
     counters: PerCpuArray<MapData, u64>,
     keys: Array<MapData, KeySlot>,
     /// What `keys` holds, so that `set_keys` writes only what changes.
@@ -171,6 +171,7 @@ impl XdpDatapath {
             .override_global(AYA_LOG_LEVEL, &log_level, false)
             .map_max_entries(globals::SEEN_MAP, options.max_nodes)
             .map_max_entries(globals::NODES_MAP, options.max_nodes)
+            .map_max_entries(globals::INTERVALS_MAP, options.max_nodes)
             .load(EBPF_OBJECT)
             .map_err(|e| XdpError::Load(Box::new(e)))?;
         let program = xdp_program(&mut ebpf)?;
@@ -181,9 +182,11 @@ impl XdpDatapath {
 
         let seen = take_array::<u64>(&mut ebpf, globals::SEEN_MAP, options.max_nodes)?;
         let records = take_array::<NodeRecord>(&mut ebpf, globals::NODES_MAP, options.max_nodes)?;
+        let intervals = take_array::<u64>(&mut ebpf, globals::INTERVALS_MAP, options.max_nodes)?;
         let mmap = |map: &'static str, e| XdpError::Mmap { map, source: e };
-        // SAFETY: both maps are BPF_F_MMAPABLE arrays of `max_nodes` entries
-        // whose value types are u64 and NodeRecord (hb-ebpf's definitions).
+        // SAFETY: the three maps are BPF_F_MMAPABLE arrays of `max_nodes`
+        // entries whose value types are u64, NodeRecord and u64 (hb-ebpf's
+        // definitions).
         let table = unsafe {
             NodeTable {
                 seen: Mapping::of_bpf_array(seen.fd().as_fd(), options.max_nodes)
@@ -193,6 +196,8 @@ impl XdpDatapath {
                     options.max_nodes,
                 )
                 .map_err(|e| mmap(globals::NODES_MAP, e))?,
+                intervals: Mapping::of_bpf_array(intervals.fd().as_fd(), options.max_nodes)
+                    .map_err(|e| mmap(globals::INTERVALS_MAP, e))?,
             }
         };
         let counters = ebpf
@@ -212,7 +217,7 @@ impl XdpDatapath {
         })?;
         Ok(XdpDatapath {
             table,
-            _table_maps: [seen, records],
+            _table_maps: [seen, records, intervals],
             counters,
             keys,
             installed_keys: Box::new([KeySlot::default(); hb_common::auth::KEY_SLOTS as usize]),
