@@ -33,12 +33,13 @@ use tokio::{
 use crate::{
     actions::{ActionEvent, ActionRunner},
     clock::monotonic_ns,
-    config::{Config, DatapathKind, Event, XdpMode},
+    config::{Config, DatapathKind, DetectorKind, Event, XdpMode},
     datapath::Datapath,
-    detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
+    detector::{Detector, DetectorSettings, NodeState, Rule, Transition, WatchedNode},
     event_log::EventLog,
     keys::Keyring,
     nodes::{NodeDirectory, NodeInfo},
+    phi::{PhiDetector, PhiSettings},
     state_file::{self, SavedNode},
     status::{self, AuthStatus, MeasuredInterval, NodeStatus, StatusReport},
     table::NodeTable,
@@ -119,7 +120,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = ticker.tick() => {
                 let now = monotonic_ns();
                 transitions.clear();
-                detector.sweep(now, datapath.table(), &mut transitions);
+                if let Some(stalled) = detector.sweep(now, datapath.table(), &mut transitions) {
+                    tracing::warn!(
+                        stalled_ms = stalled / 1_000_000,
+                        "this sweep ran {:.1} s after the previous one: the agent was stalled; no \
+                         node is convicted until every node has had a full timeout to be heard again",
+                        stalled as f64 / 1e9
+                    );
+                }
                 if !transitions.is_empty() {
                     let table = datapath.table();
                     handle_transitions(&transitions, now, &nodes, table, &detector, &actions, &mut events);
@@ -219,9 +227,26 @@ fn watch_nodes(
     keyring: &Keyring,
     table: &NodeTable,
 ) -> anyhow::Result<Detector> {
+    let rule = match config.detector.kind {
+        DetectorKind::Timeout => Rule::Timeout,
+        DetectorKind::Phi => Rule::Phi {
+            detector: PhiDetector::new(PhiSettings {
+                threshold: config.detector.phi_threshold,
+                min_std_dev: config.detector.min_std_dev,
+                acceptable_pause: Duration::ZERO,
+            })?,
+            acceptable_pause_ns: config
+                .detector
+                .acceptable_pause
+                .map(|pause| pause.as_nanos() as u64),
+        },
+    };
     let settings = DetectorSettings {
         default_interval_ns: config.defaults.interval.as_nanos() as u64,
         timeout_multiplier: config.defaults.timeout_multiplier,
+        rule,
+        stall_ns: (config.defaults.sweep_period + config.detector.stall_threshold).as_nanos()
+            as u64,
     };
     let watched: Vec<_> = nodes
         .intervals()
@@ -249,7 +274,12 @@ fn watch_nodes(
             if saved.authenticated && !keyring.is_empty() {
                 record.slot_flags |= SLOT_AUTHENTICATED;
             }
-            detector.restore(id, saved.state, saved.interval_ms);
+            detector.restore(
+                id,
+                saved.state,
+                saved.interval_ms,
+                intervals::word(saved.interval_mean_us, saved.interval_mad_us),
+            );
             restored += 1;
         }
         if let Some(source) = nodes.source_of(id) {
@@ -505,6 +535,11 @@ fn report(
                 measured_interval_ms: MeasuredInterval::from_word(table.intervals.get(node.id)),
                 authenticated: record.is_authenticated(),
                 pinned: record.is_pinned(),
+                phi: (arrival != 0)
+                    .then(|| {
+                        detector.phi(now.saturating_sub(arrival), table.intervals.get(node.id))
+                    })
+                    .flatten(),
                 down_in_ms: detector
                     .deadline_ns(node.id, word)
                     .map(|d| d.saturating_sub(now) / 1_000_000),

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::{
     clock::monotonic_ns,
-    detector::{Detector, DetectorSettings, NodeState, WatchedNode},
+    detector::{Detector, DetectorSettings, NodeState, Rule, WatchedNode},
     xdp::{LoadOptions, XdpDatapath},
 };
 
@@ -291,6 +291,8 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
     let settings = DetectorSettings {
         default_interval_ns: 1_000_000_000,
         timeout_multiplier: 3,
+        rule: Rule::Timeout,
+        stall_ns: u64::MAX,
     };
     let watched: Vec<_> = (0..nodes)
         .map(|node_id| WatchedNode {
@@ -310,7 +312,7 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
             },
         );
         table.seen.set(id, seen::word(start, false));
-        detector.restore(id, NodeState::Up, 1000);
+        detector.restore(id, NodeState::Up, 1000, 0);
     }
 
     let mut transitions = Vec::new();

@@ -163,6 +163,14 @@ pub enum ConfigError {
     )]
     TooManyKeys { count: usize },
     #[error(
+        "`detector.phi_threshold` is {threshold}: set a number above 0 (8 is the usual choice)"
+    )]
+    PhiThreshold { threshold: f64 },
+    #[error("`detector.min_std_dev` is zero: set it above zero, e.g. min_std_dev = \"100ms\"")]
+    MinStdDevZero,
+    #[error("`detector.stall_threshold` is zero: set it above zero, e.g. stall_threshold = \"1s\"")]
+    StallThresholdZero,
+    #[error(
         "`auth.accept_unauthenticated` is false but `auth.keys` is empty, so every heartbeat would be refused: add a key file (`hb keygen --id 1 /etc/hb/hb.key`) to auth.keys or remove the setting"
     )]
     NoKeysToAuthenticate,
@@ -349,6 +357,52 @@ impl NodeRange {
     }
 }
 
+/// Which rule decides that a silent node is down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorKind {
+    /// `defaults.timeout_multiplier` x the node's interval.
+    #[default]
+    Timeout,
+    /// Phi accrual over the interval the datapath measures.
+    Phi,
+}
+
+/// How nodes are judged (`[detector]`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorConfig {
+    pub kind: DetectorKind,
+    /// `phi`: a node is down once phi reaches this.
+    pub phi_threshold: f64,
+    /// `phi`: the standard deviation used is at least this.
+    #[serde(with = "humantime_serde")]
+    pub min_std_dev: Duration,
+    /// `phi`: extra silence tolerated on top of the mean interval; none
+    /// given: one mean interval (a lost heartbeat).
+    #[serde(with = "humantime_serde")]
+    pub acceptable_pause: Option<Duration>,
+    /// A sweep later than this past its period means the agent stalled:
+    /// nobody is convicted until every node has had a full timeout again.
+    #[serde(with = "humantime_serde")]
+    pub stall_threshold: Duration,
+}
+
+/// Default `detector.stall_threshold`.
+pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(1);
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            kind: DetectorKind::Timeout,
+            phi_threshold: crate::phi::DEFAULT_THRESHOLD,
+            min_std_dev: crate::phi::DEFAULT_MIN_STD_DEV,
+            acceptable_pause: None,
+            stall_threshold: DEFAULT_STALL_THRESHOLD,
+        }
+    }
+}
+
 /// Heartbeat authentication (`[auth]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -396,7 +450,7 @@ pub struct ActionConfig {
 
 /// The agent's configuration. Build it with [`Config::load`] (or
 /// [`Config::parse`] then [`Config::validate`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub interfaces: Vec<String>,
     pub port: u16,
@@ -415,6 +469,7 @@ pub struct Config {
     /// Optional: every state change is appended here as one JSON line.
     pub event_log: Option<PathBuf>,
     pub auth: AuthConfig,
+    pub detector: DetectorConfig,
     pub actions: Vec<ActionConfig>,
     /// The file this configuration was loaded from (by [`Config::load`]),
     /// re-read for the keys on SIGHUP.
@@ -440,6 +495,7 @@ impl Default for Config {
             node_ranges: Vec::new(),
             event_log: None,
             auth: AuthConfig::default(),
+            detector: DetectorConfig::default(),
             actions: Vec::new(),
             loaded_from: None,
         }
@@ -483,6 +539,7 @@ struct RawConfig {
     node_ranges: Vec<NodeRange>,
     event_log: Option<PathBuf>,
     auth: AuthConfig,
+    detector: DetectorConfig,
     actions: Vec<RawAction>,
 }
 
@@ -504,6 +561,7 @@ impl Default for RawConfig {
             node_ranges: c.node_ranges,
             event_log: c.event_log,
             auth: c.auth,
+            detector: c.detector,
             actions: Vec::new(),
         }
     }
@@ -585,6 +643,7 @@ impl Config {
             node_ranges: raw.node_ranges,
             event_log: raw.event_log,
             auth: raw.auth,
+            detector: raw.detector,
             actions,
             loaded_from: None,
         })
@@ -645,7 +704,24 @@ impl Config {
         self.validate_defaults()?;
         self.validate_nodes()?;
         self.validate_auth()?;
+        self.validate_detector()?;
         self.validate_actions()
+    }
+
+    fn validate_detector(&self) -> Result<(), ConfigError> {
+        let detector = &self.detector;
+        if !(detector.phi_threshold.is_finite() && detector.phi_threshold > 0.0) {
+            return Err(ConfigError::PhiThreshold {
+                threshold: detector.phi_threshold,
+            });
+        }
+        if detector.min_std_dev.is_zero() {
+            return Err(ConfigError::MinStdDevZero);
+        }
+        if detector.stall_threshold.is_zero() {
+            return Err(ConfigError::StallThresholdZero);
+        }
+        Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
@@ -945,6 +1021,24 @@ interval = "2s"
 timeout_multiplier = 3
 # How often the node table is swept (at most `interval`).
 sweep_period = "100ms"
+
+# How a silent node is judged down.
+[detector]
+# "timeout": silent for defaults.timeout_multiplier x its interval.
+# "phi": phi accrual over the interval the datapath measures (mean and
+# spread of each node's recent intervals); the timeout rule until a node
+# has sent two heartbeats in a row.
+kind = "timeout"
+# phi: down once phi reaches this (8: about 1 in 10^7 under a normal model).
+phi_threshold = 8.0
+# phi: the standard deviation used is at least this.
+min_std_dev = "100ms"
+# phi: extra silence tolerated on top of the mean interval (default: one
+# mean interval, a lost heartbeat's worth).
+# acceptable_pause = "200ms"
+# A sweep later than this past its period means the agent itself stalled:
+# nobody is convicted until every node has had a full timeout again.
+stall_threshold = "1s"
 
 # Heartbeat authentication: SipHash-2-4 tags, verified in the XDP program.
 [auth]
@@ -1688,6 +1782,40 @@ mod tests {
         assert_mentions(&err, &["auth.accept_unauthenticated", "hb keygen"]);
         let err = parse_err(&format!("{BASE}[auth]\nkey = \"/a\"\n"));
         assert_mentions(&err, &["key"]);
+    }
+
+    #[test]
+    fn detector_section_and_its_mistakes() {
+        let config = parse(BASE);
+        assert_eq!(config.detector, DetectorConfig::default());
+        assert_eq!(config.detector.kind, DetectorKind::Timeout);
+        let phi = parse(&format!(
+            "{BASE}[detector]\nkind = \"phi\"\nphi_threshold = 10.0\nmin_std_dev = \"20ms\"\n\
+             acceptable_pause = \"300ms\"\nstall_threshold = \"2s\"\n"
+        ));
+        phi.validate().expect("a valid detector section");
+        assert_eq!(phi.detector.kind, DetectorKind::Phi);
+        assert_eq!(phi.detector.phi_threshold, 10.0);
+        assert_eq!(phi.detector.min_std_dev, Duration::from_millis(20));
+        assert_eq!(
+            phi.detector.acceptable_pause,
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(phi.detector.stall_threshold, Duration::from_secs(2));
+        for (body, needle) in [
+            ("phi_threshold = 0.0", "`detector.phi_threshold` is 0"),
+            ("phi_threshold = -3.0", "`detector.phi_threshold` is -3"),
+            ("min_std_dev = \"0s\"", "`detector.min_std_dev` is zero"),
+            (
+                "stall_threshold = \"0s\"",
+                "`detector.stall_threshold` is zero",
+            ),
+        ] {
+            let err = validate_err(&format!("{BASE}[detector]\n{body}\n"));
+            assert_mentions(&err, &[needle]);
+        }
+        let err = parse_err(&format!("{BASE}[detector]\nkind = \"gossip\"\n"));
+        assert_mentions(&err, &["gossip"]);
     }
 
     #[test]

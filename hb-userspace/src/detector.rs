@@ -8,9 +8,24 @@
 //! ```
 //!
 //! Time is the monitor's own monotonic clock (the kernel's `bpf_ktime_get_ns`
-//! at arrival, compared with `CLOCK_MONOTONIC` now), never the sender's. The
-//! timeout of a node is `timeout_multiplier x interval`, where the interval is
-//! the node's configured one, else the one it advertises, else the default.
+//! at arrival, compared with `CLOCK_MONOTONIC` now), never the sender's. A
+//! node's timeout (how long it may stay silent) comes from one of two rules:
+//!
+//! - [`Rule::Timeout`]: `timeout_multiplier x interval`, where the interval
+//!   is the node's configured one, else the one it advertises, else the
+//!   default.
+//! - [`Rule::Phi`]: phi accrual ([`crate::phi`]) over the interval the
+//!   datapath measures (`hb_common::table::intervals`): the silence after
+//!   which phi reaches the threshold, `mean + pause + y x sd`. It changes
+//!   only when a heartbeat arrives, so it is recomputed then (each new
+//!   heartbeat of an up node takes the slow path once): O(1) per node and
+//!   sweep, no transcendental function. Until a node has an interval
+//!   sample, the timeout rule applies to it.
+//!
+//! A sweep that starts more than `stall_ns` after the previous one means the
+//! agent itself was stalled (a pause, an overloaded host): it then convicts
+//! nobody until every node has had a full timeout to be heard again, as
+//! after a restart.
 //!
 //! Built for millions of nodes: a sweep reads 12 bytes per node, front to
 //! back (the node's 8-byte seen word and a 4-byte [`Watch`] word of the
@@ -24,8 +39,10 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use hb_common::table::seen;
+use hb_common::table::{intervals, seen};
 use serde::{Deserialize, Serialize};
+
+use crate::phi::PhiDetector;
 
 /// Where a node stands, as far as this monitor knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +93,8 @@ pub trait TableView {
     fn seen_words(&self) -> &[AtomicU64];
     /// The interval (ms) the node advertised in its last heartbeat, 0 if none.
     fn advertised_interval_ms(&self, node_id: u32) -> u32;
+    /// The node's interval word (`hb_common::table::intervals`).
+    fn interval_word(&self, node_id: u32) -> u64;
 }
 
 impl TableView for crate::table::NodeTable {
@@ -85,6 +104,10 @@ impl TableView for crate::table::NodeTable {
 
     fn advertised_interval_ms(&self, node_id: u32) -> u32 {
         self.records.get(node_id).interval_ms
+    }
+
+    fn interval_word(&self, node_id: u32) -> u64 {
+        self.intervals.get(node_id)
     }
 }
 
@@ -98,6 +121,21 @@ pub struct Transition {
     pub since_last_heartbeat_ns: Option<u64>,
 }
 
+/// How a node's timeout is decided.
+#[derive(Clone, Copy, Debug)]
+pub enum Rule {
+    /// `timeout_multiplier x interval`.
+    Timeout,
+    /// Phi accrual over the measured interval; the timeout rule until the
+    /// node has an interval sample.
+    Phi {
+        detector: PhiDetector,
+        /// Added to the mean interval; `None`: one mean interval (a lost
+        /// heartbeat's worth of extra silence).
+        acceptable_pause_ns: Option<u64>,
+    },
+}
+
 /// Settings shared by every node.
 #[derive(Clone, Copy, Debug)]
 pub struct DetectorSettings {
@@ -106,6 +144,9 @@ pub struct DetectorSettings {
     pub default_interval_ns: u64,
     /// timeout = multiplier x interval.
     pub timeout_multiplier: u32,
+    pub rule: Rule,
+    /// A sweep this long after the previous one means the agent stalled.
+    pub stall_ns: u64,
 }
 
 /// A node to watch, with its configured interval if it has one.
@@ -179,6 +220,8 @@ pub struct Detector {
     grace_floor_ns: u64,
     /// Ids the last sweep's fast pass set aside (kept to reuse the memory).
     candidates: Vec<u32>,
+    /// When the previous sweep ran (0: none yet).
+    last_sweep_ns: u64,
 }
 
 impl Detector {
@@ -201,20 +244,35 @@ impl Detector {
             new_since_ns: 0,
             grace_floor_ns: now_ns,
             candidates: Vec::new(),
+            last_sweep_ns: 0,
         };
         for node in nodes {
-            detector.watches[node.node_id as usize] =
-                Watch::new(NodeState::Unseen, detector.timeout_ns_for(node.node_id, 0));
+            detector.watches[node.node_id as usize] = Watch::new(
+                NodeState::Unseen,
+                detector.fixed_timeout_ns(node.node_id, 0),
+            );
         }
         detector
     }
 
+    pub fn settings(&self) -> &DetectorSettings {
+        &self.settings
+    }
+
     /// Restores what a previous run of the agent knew about node `id`: its
-    /// state, and the interval of its last heartbeat (0 if unknown), from
-    /// which its timeout is computed.
-    pub fn restore(&mut self, id: u32, state: NodeState, advertised_interval_ms: u32) {
-        self.watches[id as usize] =
-            Watch::new(state, self.timeout_ns_for(id, advertised_interval_ms));
+    /// state, the interval of its last heartbeat (0 if unknown) and its
+    /// interval word, from which its timeout is computed.
+    pub fn restore(
+        &mut self,
+        id: u32,
+        state: NodeState,
+        advertised_interval_ms: u32,
+        interval_word: u64,
+    ) {
+        self.watches[id as usize] = Watch::new(
+            state,
+            self.timeout_ns_for(id, advertised_interval_ms, interval_word),
+        );
     }
 
     pub fn state(&self, id: u32) -> NodeState {
@@ -237,10 +295,53 @@ impl Detector {
         })
     }
 
-    /// The timeout of node `id` when it advertises `advertised_ms`:
-    /// `timeout_multiplier x interval`, the interval being the configured one,
-    /// else the advertised one (clamped), else the default.
-    pub fn timeout_ns_for(&self, id: u32, advertised_ms: u32) -> u64 {
+    /// The timeout of node `id` when it advertises `advertised_ms` and its
+    /// measured interval is `interval_word`, by the detector's rule.
+    pub fn timeout_ns_for(&self, id: u32, advertised_ms: u32, interval_word: u64) -> u64 {
+        match self.settings.rule {
+            Rule::Phi {
+                detector,
+                acceptable_pause_ns,
+            } => {
+                let (mean_us, mad_us) = (
+                    intervals::mean_us(interval_word),
+                    intervals::mad_us(interval_word),
+                );
+                match detector.deadline_ns(mean_us, mad_us) {
+                    Some(deadline) => {
+                        let pause = acceptable_pause_ns.unwrap_or(u64::from(mean_us) * 1_000);
+                        deadline.saturating_add(pause).max(MIN_INTERVAL_NS)
+                    }
+                    None => self.fixed_timeout_ns(id, advertised_ms),
+                }
+            }
+            Rule::Timeout => self.fixed_timeout_ns(id, advertised_ms),
+        }
+    }
+
+    /// The phi of node `id` after `silence_ns` without a heartbeat, if the
+    /// detector uses phi and the node has an interval sample.
+    pub fn phi(&self, silence_ns: u64, interval_word: u64) -> Option<f64> {
+        let Rule::Phi {
+            detector,
+            acceptable_pause_ns,
+        } = self.settings.rule
+        else {
+            return None;
+        };
+        let mean_us = intervals::mean_us(interval_word);
+        let pause = acceptable_pause_ns.unwrap_or(u64::from(mean_us) * 1_000);
+        detector.phi(
+            silence_ns.saturating_sub(pause),
+            mean_us,
+            intervals::mad_us(interval_word),
+        )
+    }
+
+    /// The timeout rule: `timeout_multiplier x interval`, the interval being
+    /// the configured one, else the advertised one (clamped), else the
+    /// default.
+    fn fixed_timeout_ns(&self, id: u32, advertised_ms: u32) -> u64 {
         let interval = match self.configured_interval_ns.get(&id) {
             Some(&configured) => configured,
             None if advertised_ms != 0 => {
@@ -252,19 +353,31 @@ impl Detector {
     }
 
     /// Reads every node's seen word once at monotonic time `now_ns` and
-    /// appends the state changes to `out`.
+    /// appends the state changes to `out`. Returns how long the agent was
+    /// stalled if this sweep found it was (see the module doc).
     pub fn sweep<T: TableView + ?Sized>(
         &mut self,
         now_ns: u64,
         table: &T,
         out: &mut Vec<Transition>,
-    ) {
+    ) -> Option<u64> {
+        let since_last = now_ns.saturating_sub(self.last_sweep_ns);
+        let stalled =
+            (self.last_sweep_ns != 0 && since_last > self.settings.stall_ns).then_some(since_last);
+        if stalled.is_some() {
+            self.grace_floor_ns = self.grace_floor_ns.max(now_ns);
+        }
+        self.last_sweep_ns = now_ns;
         let words = table.seen_words();
         let new_since_ns = self.new_since_ns;
+        let refresh_on_heartbeat = matches!(self.settings.rule, Rule::Phi { .. });
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         for (id, (word, watch)) in words.iter().zip(&self.watches).enumerate() {
-            if !watch.is_quiet(word.load(Ordering::Relaxed), now_ns, new_since_ns) {
+            let word = word.load(Ordering::Relaxed);
+            if !watch.is_quiet(word, now_ns, new_since_ns)
+                || (refresh_on_heartbeat && word > new_since_ns)
+            {
                 candidates.push(id as u32);
             }
         }
@@ -273,6 +386,7 @@ impl Detector {
         }
         self.candidates = candidates;
         self.new_since_ns = now_ns.saturating_sub(STORE_MARGIN_NS);
+        stalled
     }
 
     /// The slow path for one node the fast pass set aside.
@@ -288,7 +402,18 @@ impl Detector {
         let word = table.seen_words()[id as usize].load(Ordering::Relaxed);
         let arrival = seen::arrival_ns(word);
         let from = self.watches[id as usize].state();
-        let timeout = self.timeout_ns_for(id, table.advertised_interval_ms(id));
+        let timeout = match self.settings.rule {
+            Rule::Timeout => self.fixed_timeout_ns(id, table.advertised_interval_ms(id)),
+            Rule::Phi { .. } => {
+                let interval_word = table.interval_word(id);
+                let advertised = if intervals::mean_us(interval_word) == 0 {
+                    table.advertised_interval_ms(id)
+                } else {
+                    0 // not read: the measured interval decides
+                };
+                self.timeout_ns_for(id, advertised, interval_word)
+            }
+        };
         let to = match from {
             _ if seen::is_leave(word) => NodeState::Left,
             NodeState::Up if now_ns > arrival.max(self.grace_floor_ns).saturating_add(timeout) => {
@@ -322,6 +447,7 @@ mod tests {
     struct FakeTable {
         seen: Vec<AtomicU64>,
         intervals: Vec<u32>,
+        measured: Vec<u64>,
     }
 
     impl FakeTable {
@@ -329,6 +455,7 @@ mod tests {
             FakeTable {
                 seen: (0..len).map(|_| AtomicU64::new(0)).collect(),
                 intervals: vec![0; len],
+                measured: vec![0; len],
             }
         }
     }
@@ -339,6 +466,9 @@ mod tests {
         }
         fn advertised_interval_ms(&self, node_id: u32) -> u32 {
             self.intervals[node_id as usize]
+        }
+        fn interval_word(&self, node_id: u32) -> u64 {
+            self.measured[node_id as usize]
         }
     }
 
@@ -351,11 +481,15 @@ mod tests {
 
     impl Fake {
         fn new(nodes: &[WatchedNode]) -> Self {
+            Self::with(settings(), nodes)
+        }
+
+        fn with(settings: DetectorSettings, nodes: &[WatchedNode]) -> Self {
             let now = 1_000 * MS;
             Fake {
                 table: FakeTable::new(8),
                 now,
-                detector: Detector::new(settings(), 8, nodes, now),
+                detector: Detector::new(settings, 8, nodes, now),
             }
         }
 
@@ -368,6 +502,22 @@ mod tests {
             let mut out = Vec::new();
             self.detector.sweep(self.now, &self.table, &mut out);
             out
+        }
+
+        /// Heartbeats of node `id` every `interval_ms` for `ms`, a sweep
+        /// after each; the transitions seen.
+        fn beat_for(
+            &mut self,
+            id: u32,
+            interval_ms: u64,
+            ms: u64,
+        ) -> Vec<(u32, NodeState, NodeState)> {
+            let mut seen = Vec::new();
+            for _ in 0..ms / interval_ms {
+                self.beat(id, interval_ms as u32, false);
+                seen.extend(self.advance_and_sweep(interval_ms));
+            }
+            seen
         }
 
         fn advance_and_sweep(&mut self, ms: u64) -> Vec<(u32, NodeState, NodeState)> {
@@ -383,7 +533,98 @@ mod tests {
         DetectorSettings {
             default_interval_ns: 100 * MS,
             timeout_multiplier: 3,
+            rule: Rule::Timeout,
+            stall_ns: 10_000 * MS,
         }
+    }
+
+    /// Phi with threshold 8, a 10 ms minimum deviation and a fixed 50 ms
+    /// acceptable pause.
+    fn phi_settings() -> DetectorSettings {
+        DetectorSettings {
+            rule: Rule::Phi {
+                detector: PhiDetector::new(crate::phi::PhiSettings {
+                    threshold: 8.0,
+                    min_std_dev: std::time::Duration::from_millis(10),
+                    acceptable_pause: std::time::Duration::ZERO,
+                })
+                .unwrap(),
+                acceptable_pause_ns: Some(50 * MS),
+            },
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn phi_uses_the_measured_interval_once_there_is_one() {
+        let mut fake = Fake::with(phi_settings(), &nodes(&[1]));
+        // No sample yet: the timeout rule (3 x 100 ms advertised).
+        fake.beat(1, 100, false);
+        assert_eq!(fake.advance_and_sweep(1), vec![(1, Unseen, Up)]);
+        assert_eq!(fake.detector.timeout_ns(1), 300 * MS);
+        // Measured 100 ms, deviation 4 ms (sd 5 ms, floored to 10 ms):
+        // 100 + 50 + 5.226 x 10 = 202.26 ms, recomputed on the heartbeat.
+        fake.table.measured[1] = intervals::word(100_000, 4_000);
+        fake.beat(1, 100, false);
+        assert!(fake.advance_and_sweep(1).is_empty());
+        assert_eq!(fake.detector.timeout_ns(1), 203 * MS, "ms, rounded up");
+        assert!(fake.advance_and_sweep(201).is_empty());
+        assert_eq!(fake.advance_and_sweep(2), vec![(1, Up, Down)]);
+        let phi = fake
+            .detector
+            .phi(202_260_000, fake.table.measured[1])
+            .unwrap();
+        assert!((phi - 8.0).abs() < 0.01, "phi at the deadline: {phi}");
+    }
+
+    #[test]
+    fn phi_deadlines_follow_the_spread_when_heartbeats_arrive() {
+        let mut fake = Fake::with(phi_settings(), &nodes(&[1]));
+        fake.table.measured[1] = intervals::word(100_000, 4_000);
+        assert_eq!(fake.beat_for(1, 100, 1_000), vec![(1, Unseen, Up)]);
+        let steady = fake.detector.timeout_ns(1);
+        // The sender gets jittery: a mean absolute deviation of 40 ms.
+        fake.table.measured[1] = intervals::word(100_000, 40_000);
+        assert!(fake.beat_for(1, 100, 200).is_empty());
+        let jittery = fake.detector.timeout_ns(1);
+        assert!(jittery > steady + 200 * MS, "{steady} -> {jittery}");
+        // And calms down again: the deadline shrinks back with the next
+        // heartbeat, not only when the old deadline passes.
+        fake.table.measured[1] = intervals::word(100_000, 4_000);
+        assert!(fake.beat_for(1, 100, 100).is_empty());
+        assert_eq!(fake.detector.timeout_ns(1), steady);
+    }
+
+    #[test]
+    fn a_stalled_agent_convicts_nobody_before_a_full_timeout() {
+        let mut fake = Fake::with(
+            DetectorSettings {
+                stall_ns: 1_000 * MS,
+                ..settings()
+            },
+            &nodes(&[1, 2]),
+        );
+        fake.beat(1, 100, false);
+        fake.beat(2, 100, false);
+        assert_eq!(
+            fake.advance_and_sweep(1),
+            vec![(1, Unseen, Up), (2, Unseen, Up)]
+        );
+        // The agent is stopped for 2 s; node 1 kept sending (its heartbeat
+        // landed just now), node 2 died.
+        fake.now += 2_000 * MS;
+        fake.beat(1, 100, false);
+        let mut out = Vec::new();
+        let stalled = fake.detector.sweep(fake.now, &fake.table, &mut out);
+        assert_eq!(stalled, Some(2_000 * MS));
+        assert!(
+            out.is_empty(),
+            "nobody convicted on silence measured across the stall: {out:?}"
+        );
+        fake.beat(1, 100, false);
+        assert!(fake.advance_and_sweep(299).is_empty());
+        fake.beat(1, 100, false);
+        assert_eq!(fake.advance_and_sweep(2), vec![(2, Up, Down)]);
     }
 
     fn nodes(ids: &[u32]) -> Vec<WatchedNode> {
@@ -552,8 +793,8 @@ mod tests {
             now: start,
             detector: Detector::new(settings(), 4, &nodes(&[1, 2]), start),
         };
-        fake.detector.restore(1, Up, 100);
-        fake.detector.restore(2, Down, 100);
+        fake.detector.restore(1, Up, 100, 0);
+        fake.detector.restore(2, Down, 100, 0);
         assert!(
             fake.advance_and_sweep(299).is_empty(),
             "no event within a timeout of the restart"

@@ -86,6 +86,10 @@ pub struct NodeStatus {
     pub authenticated: bool,
     /// The node's heartbeats must come from its configured source address.
     pub pinned: bool,
+    /// The node's phi now (with `detector.kind = "phi"` and an interval
+    /// sample).
+    #[serde(default)]
+    pub phi: Option<f64>,
     /// How long until the node is declared down if it stays silent.
     pub down_in_ms: Option<u64>,
 }
@@ -286,13 +290,14 @@ pub fn render(report: &StatusReport) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}  {:>16}  TRUST",
+        "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9} {:>6}  {:<24} {:>9}  {:>16}  TRUST",
         "ID",
         "NAME",
         "STATE",
         "LAST HEARD",
         "HEARTBEATS",
         "DOWN IN",
+        "PHI",
         "ADDRESS",
         "SEQUENCE",
         "INTERVAL"
@@ -300,7 +305,7 @@ pub fn render(report: &StatusReport) -> String {
     for node in &report.nodes {
         let _ = writeln!(
             out,
-            "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9}  {:<24} {:>9}  {:>16}  {}",
+            "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9} {:>6}  {:<24} {:>9}  {:>16}  {}",
             node.id,
             node.name,
             node.state.name(),
@@ -312,6 +317,7 @@ pub fn render(report: &StatusReport) -> String {
             node.heartbeats,
             node.down_in_ms
                 .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
+            node.phi.map_or("-".into(), |phi| format!("{phi:.1}")),
             node.address.as_deref().unwrap_or("-"),
             node.sequence,
             node.measured_interval_ms
@@ -387,6 +393,7 @@ mod tests {
                 ),
                 authenticated: true,
                 pinned: true,
+                phi: Some(0.42),
                 down_in_ms: Some(2750),
             }],
         };
@@ -399,6 +406,7 @@ mod tests {
             "auth: key ids 2 (current) and 1 (previous); heartbeats without a tag refused",
             "signed,pinned",
             "1002.0±5.0ms",
+            "   0.4  198.18.0.7",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }

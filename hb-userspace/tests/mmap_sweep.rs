@@ -8,7 +8,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use hb::{
     bench::ipv4_udp_frame,
     clock::monotonic_ns,
-    detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
+    detector::{Detector, DetectorSettings, NodeState, Rule, Transition, WatchedNode},
     xdp::{LoadOptions, XdpDatapath},
 };
 use hb_common::{
@@ -68,6 +68,8 @@ fn the_sweep_sees_exactly_what_the_kernel_wrote() {
     let settings = DetectorSettings {
         default_interval_ns: 1_000_000_000,
         timeout_multiplier: 3,
+        rule: Rule::Timeout,
+        stall_ns: u64::MAX,
     };
     let nodes: Vec<_> = watched
         .iter()

@@ -148,6 +148,8 @@ pub struct ConfigOptions {
     /// Lab nodes left out of `[[nodes]]`: the monitor still listens on
     /// their link, but they are no cluster members (an attacker's host).
     pub unconfigured: Vec<u8>,
+    /// The body of a `[detector]` section (TOML lines), if any.
+    pub detector: Option<String>,
 }
 
 /// A node as the configuration lists it.
@@ -221,6 +223,7 @@ impl TestConfig {
             &lab.monitor_interfaces(),
             &nodes,
             &options.keys,
+            options.detector.as_deref(),
         );
         fs::write(&config.path, text).map_err(|source| Error::Io {
             op: "writing",
@@ -236,6 +239,7 @@ impl TestConfig {
         interfaces: &[String],
         nodes: &[ConfigNode],
         keys: &[PathBuf],
+        detector: Option<&str>,
     ) -> String {
         let interfaces: Vec<String> = interfaces.iter().map(|name| toml_string(name)).collect();
         let path = |p: &Path| toml_string(&p.to_string_lossy());
@@ -260,6 +264,9 @@ impl TestConfig {
             multiplier = self.timing.timeout_multiplier,
             sweep = humantime(self.timing.sweep_period),
         );
+        if let Some(detector) = detector {
+            let _ = write!(text, "\n[detector]\n{detector}\n");
+        }
         if !keys.is_empty() {
             let keys: Vec<String> = keys.iter().map(|key| path(key)).collect();
             let _ = write!(text, "\n[auth]\nkeys = [{}]\n", keys.join(", "));

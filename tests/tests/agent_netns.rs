@@ -99,8 +99,20 @@ impl Fixture {
                 keys: vec![key.path.clone()],
                 pinned: pinned.to_vec(),
                 unconfigured: unconfigured.to_vec(),
+                detector: None,
             };
             (options, Some(key))
+        })
+    }
+
+    /// Like [`Fixture::start`], with a `[detector]` section.
+    fn start_detecting(nodes: u8, datapath: Datapath, detector: &str) -> Self {
+        Self::launch(nodes, datapath, |_, _| {
+            let options = ConfigOptions {
+                detector: Some(detector.to_owned()),
+                ..ConfigOptions::default()
+            };
+            (options, None)
         })
     }
 
@@ -402,6 +414,61 @@ fn crashed_sender_goes_down_and_comes_back_up(datapath: Datapath) {
         assert_eq!(f.counter("passed"), 0, "{}", f.context());
         assert_eq!(f.counter("not_heartbeat"), 0, "{}", f.context());
     }
+}
+
+on_each_datapath!(phi_convicts_a_crashed_node_and_keeps_steady_ones_up =>
+    phi_convicts_a_crashed_node_and_keeps_steady_ones_up_xdp,
+    phi_convicts_a_crashed_node_and_keeps_steady_ones_up_socket);
+
+/// With `kind = "phi"`: once the datapath has measured the senders'
+/// intervals, a crashed node is down after `mean + pause + y x sd` of
+/// silence (here about 200 + 100 + 5.2 x 20 ms), before the fixed timeout
+/// (600 ms) would have it, and the steady ones stay up.
+fn phi_convicts_a_crashed_node_and_keeps_steady_ones_up(datapath: Datapath) {
+    let mut f = Fixture::start_detecting(
+        3,
+        datapath,
+        "kind = \"phi\"\nphi_threshold = 8.0\nmin_std_dev = \"20ms\"\nacceptable_pause = \"100ms\"",
+    );
+    f.bring_up(&[1, 2, 3]);
+    // Enough heartbeats for the interval estimates to settle.
+    sleep(TIMING.interval * 20);
+    for id in 1..=3 {
+        let node = f.node_status(id);
+        let mean = node["measured_interval_ms"]["mean_ms"].as_f64();
+        let interval_ms = TIMING.interval.as_secs_f64() * 1000.0;
+        assert!(
+            mean.is_some_and(|mean| (interval_ms * 0.8..interval_ms * 1.5).contains(&mean)),
+            "node {id}: measured interval {mean:?}, sending every {interval_ms} ms{}",
+            f.context()
+        );
+        assert!(
+            node["phi"].as_f64().is_some(),
+            "node {id} has no phi{}",
+            f.context()
+        );
+    }
+    f.sender(2)
+        .signal(Signal::Kill)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let t0 = Instant::now();
+    let limit = TIMING.timeout() + TIMING.sweep_period + MARGIN;
+    let (down, seen) = f.expect_event("down 2", limit, |e| e.is("down", 2));
+    let silent = down
+        .since_last_heartbeat_ms
+        .unwrap_or_else(|| panic!("down event without a last heartbeat: {down:?}"));
+    let interval_ms = u64::try_from(TIMING.interval.as_millis()).unwrap();
+    assert!(
+        silent >= interval_ms + 100
+            && silent < u64::try_from(TIMING.timeout().as_millis()).unwrap(),
+        "down after {silent} ms of silence, detected {:?} after the crash: phi should need \
+         more than the mean interval and the pause, and less than the fixed timeout{}",
+        seen - t0,
+        f.context()
+    );
+    sleep(TIMING.timeout() * 2);
+    f.assert_no_event("down", 1);
+    f.assert_no_event("down", 3);
 }
 
 on_each_datapath!(graceful_leave_is_left_not_down =>
