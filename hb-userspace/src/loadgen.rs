@@ -23,8 +23,28 @@
 //! stop part-way (a crash: no leave). The [`Report`] gives, for each of them,
 //! the `CLOCK_MONOTONIC` time at which its last heartbeat was handed to the
 //! kernel: the clock the XDP program stamps arrivals with.
+//!
+//! For detection-quality measurements, the running nodes can also suffer
+//! faults, each node independently and all of it seeded:
+//!
+//! - random loss (`--loss`): a heartbeat is not sent, but its node's
+//!   sequence still advances, so the monitor sees a gap;
+//! - bursts of loss (`--burst-loss`): a heartbeat starts a burst in which it
+//!   and the node's next 1 or 2 heartbeats are lost (sequence advancing);
+//! - pauses (`--pause-every`, `--pause-for`): a stalled process (a GC pause,
+//!   SIGSTOP). At random moments, on average one per `pause_every` from one
+//!   pause's start to the next, a node stops for `pause_for`: no heartbeat is
+//!   due meanwhile, so its sequence does not advance, and it beats at once
+//!   when the pause ends, then on its usual schedule again.
+//!
+//! Each node draws its faults from its own SplitMix64 stream (seeded by the
+//! seed and its slot) and keeps 32 bytes of state; the schedule decides
+//! every heartbeat's fate before it is put in a batch, so lost heartbeats
+//! cost no system call.
 
 use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
     fs,
     io::{self, Write},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
@@ -84,6 +104,11 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(100);
 const SEND_BUFFER: libc::c_int = 4 << 20;
 /// The graceful-leave burst at the end gives up after this long.
 const LEAVE_TIME_LIMIT: Duration = Duration::from_secs(10);
+/// The shortest `--pause-every`.
+const MIN_PAUSE_EVERY: Duration = Duration::from_millis(1);
+/// Mixed into the seed for the per-node fault streams, so they do not
+/// repeat the phase jitter.
+const FAULT_SEED: u64 = 0x6661_756c_7473_2121;
 
 /// How fast the fleet beats.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -107,7 +132,7 @@ pub struct LoadgenOptions {
     /// Stop after this long (at most [`MAX_DURATION`]).
     pub duration: Option<Duration>,
     /// Stop after this many heartbeats (at most [`MAX_COUNT`]; each goes to
-    /// every target).
+    /// every target; lost ones count).
     pub count: Option<u64>,
     /// Heartbeats per `sendmmsg(2)`, 1 ..= [`MAX_BATCH`].
     pub batch: usize,
@@ -115,9 +140,22 @@ pub struct LoadgenOptions {
     pub stop_fraction: f64,
     /// When the stopping nodes stop, as time into the run.
     pub stop_after: Option<Duration>,
-    /// Seeds the choice of stopping nodes and the phase jitter.
+    /// Probability, in [0, 1], that a heartbeat is lost: not sent, though
+    /// its node's sequence advances (`--loss`, a percentage on the CLI).
+    pub loss: f64,
+    /// Probability, in [0, 1], that a heartbeat starts a burst of loss: it
+    /// and its node's next 1 or 2 heartbeats are lost (`--burst-loss`).
+    pub burst_loss: f64,
+    /// Each node pauses at random moments, on average once per this long
+    /// (start to start); needs `pause_for`.
+    pub pause_every: Option<Duration>,
+    /// How long a pause lasts (shorter than `pause_every`): no heartbeat is
+    /// due, the sequence does not advance, and the node beats when it ends.
+    pub pause_for: Option<Duration>,
+    /// Seeds the choice of stopping nodes, the phase jitter and the faults.
     pub seed: u64,
-    /// At the end, send a graceful-leave heartbeat for every running node.
+    /// At the end, send a graceful-leave heartbeat for every running node
+    /// (paused ones too; leaves are never lost).
     pub leave_at_end: bool,
     /// Where to write the JSON report.
     pub report: Option<PathBuf>,
@@ -141,6 +179,10 @@ impl LoadgenOptions {
             batch: 64,
             stop_fraction: 0.0,
             stop_after: None,
+            loss: 0.0,
+            burst_loss: 0.0,
+            pause_every: None,
+            pause_for: None,
             seed: 1,
             leave_at_end: false,
             report: None,
@@ -162,13 +204,15 @@ pub struct Report {
     pub interval_ns: u64,
     /// Requested aggregate rate, heartbeats per second (nodes / interval).
     pub rate: f64,
-    /// Achieved aggregate rate: heartbeats sent per second of the run.
+    /// Achieved aggregate rate: heartbeats sent (lost ones excluded) per
+    /// second of the run.
     pub achieved_rate: f64,
     pub incarnation: u64,
-    /// Heartbeats generated (the quantity `--count` bounds); leaves excluded.
+    /// Heartbeats generated (the quantity `--count` bounds), including those
+    /// the injected loss dropped (see `faults`); leaves excluded.
     pub heartbeats: u64,
-    /// Datagrams the kernel accepted (heartbeats x targets when all went
-    /// well); leaves excluded.
+    /// Datagrams the kernel accepted ((heartbeats - lost) x targets when all
+    /// went well); leaves excluded.
     pub sent: u64,
     /// Failed `sendmmsg(2)` calls, retried or not (leaves included).
     pub send_errors: u64,
@@ -197,6 +241,75 @@ pub struct Report {
     pub key_id: u8,
     /// The nodes that stopped, by id.
     pub stopped: Vec<StoppedNode>,
+    /// The faults injected (all zero in reports from before they existed).
+    #[serde(default)]
+    pub faults: FaultReport,
+}
+
+/// The faults a run injected into the running nodes' heartbeats.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultReport {
+    /// `--loss`, in percent.
+    pub loss_percent: f64,
+    /// `--burst-loss`, in percent.
+    pub burst_loss_percent: f64,
+    /// `--pause-every`; null without pauses.
+    pub pause_every_ns: Option<u64>,
+    /// `--pause-for`; null without pauses.
+    pub pause_for_ns: Option<u64>,
+    /// Heartbeats `--loss` dropped (one a burst dropped counts there only).
+    pub lost_random: u64,
+    /// Heartbeats lost in bursts.
+    pub lost_in_bursts: u64,
+    /// Bursts started.
+    pub bursts: u64,
+    /// Pauses started (up to each node's last heartbeat due in the run).
+    pub pauses: u64,
+    /// Their total length, cut at the end of the run (and, for the stopping
+    /// nodes, at `--stop-after`).
+    pub paused_ns: u64,
+}
+
+impl FaultReport {
+    /// Heartbeats lost, at random and in bursts.
+    pub fn lost(&self) -> u64 {
+        self.lost_random + self.lost_in_bursts
+    }
+
+    fn summary(&self, heartbeats: u64) -> String {
+        let mut out = String::new();
+        if self.loss_percent > 0.0 || self.burst_loss_percent > 0.0 {
+            let share = |lost: u64| {
+                if heartbeats > 0 {
+                    lost as f64 * 100.0 / heartbeats as f64
+                } else {
+                    0.0
+                }
+            };
+            out += &format!(
+                "  lost      {} heartbeats ({:.2}%): {} at random (--loss {}%), {} in {} bursts \
+                 (--burst-loss {}%)\n",
+                self.lost(),
+                share(self.lost()),
+                self.lost_random,
+                self.loss_percent,
+                self.lost_in_bursts,
+                self.bursts,
+                self.burst_loss_percent,
+            );
+        }
+        if let (Some(every), Some(length)) = (self.pause_every_ns, self.pause_for_ns) {
+            out += &format!(
+                "  paused    {} pauses of {} (one per {} per node on average), {:.3} s in all\n",
+                self.pauses,
+                humantime::format_duration(Duration::from_nanos(length)),
+                humantime::format_duration(Duration::from_nanos(every)),
+                self.paused_ns as f64 / 1e9,
+            );
+        }
+        out
+    }
 }
 
 /// A node that stopped (crashed) during the run.
@@ -235,8 +348,12 @@ impl Report {
                 ""
             },
         );
+        let lost = match self.faults.lost() {
+            0 => String::new(),
+            lost => format!(" ({lost} of them lost on purpose)"),
+        };
         out += &format!(
-            "  sent      {} heartbeats, {} datagrams ({} given up), {} send errors\n",
+            "  sent      {} heartbeats{lost}, {} datagrams ({} given up), {} send errors\n",
             self.heartbeats, self.sent, self.unsent, self.send_errors
         );
         out += &format!(
@@ -249,6 +366,7 @@ impl Report {
             self.max_lag_ns as f64 / 1e6,
             self.late_batches
         );
+        out += &self.faults.summary(self.heartbeats);
         out += &format!("  stopped   {} nodes\n", self.stopped.len());
         if self.leaves_sent > 0 {
             out += &format!("  leaves    {} datagrams\n", self.leaves_sent);
@@ -328,11 +446,14 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
         gso = sender.gso(),
         stopping = plan.doomed.len(),
         key_id,
+        loss = plan.loss,
+        burst_loss = plan.burst_loss,
+        pause_every = ?options.pause_every,
+        pause_for = ?options.pause_for,
         "load generator starting"
     );
 
     let mut schedule = Schedule::new(&plan);
-    let mut sequences = vec![0u64; plan.nodes as usize];
     let mut last_sent: Vec<Option<u64>> = vec![None; plan.doomed.len()];
     // (index in the batch, index in `plan.doomed`) of stopping nodes' heartbeats.
     let mut batch_doomed: Vec<(usize, usize)> = Vec::with_capacity(plan.batch);
@@ -352,7 +473,7 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
         if heartbeats >= plan.count {
             break;
         }
-        let Some(first_due) = schedule.next_live() else {
+        let Some(first_due) = schedule.next_due() else {
             break;
         };
         let due = start + first_due;
@@ -380,20 +501,23 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
         let limit = first_due.max(now - start) + MAX_BATCH_SPAN_NS;
         batch_doomed.clear();
         while sender.len() < plan.batch && heartbeats < plan.count {
-            match schedule.next_live() {
+            match schedule.next_due() {
                 Some(due) if due <= limit => {}
                 _ => break,
             }
-            let slot = schedule.slot;
-            let sequence = &mut sequences[slot as usize];
-            *sequence += 1;
-            let index = sender.push(plan.first_id + slot, *sequence, 0);
-            if schedule.doomed.get(slot) {
-                let doomed = plan.doomed.binary_search(&slot).expect("a doomed slot");
+            let beat = schedule.take();
+            heartbeats += 1;
+            if beat.fate != Fate::Sent {
+                continue;
+            }
+            let index = sender.push(plan.first_id + beat.slot, beat.sequence, 0);
+            if schedule.doomed.get(beat.slot) {
+                let doomed = plan
+                    .doomed
+                    .binary_search(&beat.slot)
+                    .expect("a doomed slot");
                 batch_doomed.push((index, doomed));
             }
-            heartbeats += 1;
-            schedule.advance();
         }
         sender.flush(end, Some(stop), |accepted, at| {
             for &(index, doomed) in &batch_doomed {
@@ -417,7 +541,7 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
     if plan.leave_at_end {
         let give_up = monotonic_ns() + LEAVE_TIME_LIMIT.as_nanos() as u64;
         for slot in 0..plan.nodes {
-            let sequence = sequences[slot as usize];
+            let sequence = schedule.sequences[slot as usize];
             if sequence == 0 || (stopped_now && schedule.doomed.get(slot)) {
                 continue;
             }
@@ -472,6 +596,7 @@ pub fn generate(options: &LoadgenOptions, stop: &AtomicBool) -> anyhow::Result<R
         gso: sender.gso(),
         key_id,
         stopped,
+        faults: schedule.faults_seen,
     })
 }
 
@@ -492,6 +617,14 @@ struct Plan {
     /// Slots (node id - first id) of the nodes that stop, sorted.
     doomed: Vec<u32>,
     leave_at_end: bool,
+    /// Probability that a heartbeat is lost.
+    loss: f64,
+    /// Probability that a heartbeat starts a burst of loss.
+    burst_loss: f64,
+    /// Mean time from one pause's start to the next (0: no pauses).
+    pause_every_ns: u64,
+    /// Length of a pause (0: no pauses).
+    pause_for_ns: u64,
 }
 
 impl Plan {
@@ -549,6 +682,33 @@ impl Plan {
         {
             bail!("--count must be between 1 and {MAX_COUNT}");
         }
+        if !(0.0..=1.0).contains(&options.loss) {
+            bail!("--loss must be between 0 and 100 (percent of the heartbeats)");
+        }
+        if !(0.0..=1.0).contains(&options.burst_loss) {
+            bail!("--burst-loss must be between 0 and 100 (percent of the heartbeats)");
+        }
+        let (pause_every_ns, pause_for_ns) = match (options.pause_every, options.pause_for) {
+            (None, None) => (0, 0),
+            (Some(_), None) => {
+                bail!("--pause-every needs --pause-for (how long each pause lasts, e.g. 500ms)")
+            }
+            (None, Some(_)) => {
+                bail!("--pause-for needs --pause-every (how often a node pauses, e.g. 10s)")
+            }
+            (Some(every), Some(length)) => {
+                if !(MIN_PAUSE_EVERY..=MAX_DURATION).contains(&every) {
+                    bail!("--pause-every must be between 1ms and 1h");
+                }
+                if length.is_zero() {
+                    bail!("--pause-for must be more than 0");
+                }
+                if length >= every {
+                    bail!("--pause-for must be shorter than --pause-every");
+                }
+                (every.as_nanos() as u64, length.as_nanos() as u64)
+            }
+        };
         if !(0.0..=1.0).contains(&options.stop_fraction) {
             bail!("--stop-fraction must be between 0 and 1");
         }
@@ -587,7 +747,16 @@ impl Plan {
             stop_after_ns,
             doomed,
             leave_at_end: options.leave_at_end,
+            loss: options.loss,
+            burst_loss: options.burst_loss,
+            pause_every_ns,
+            pause_for_ns,
         })
+    }
+
+    /// Whether any fault is injected.
+    fn faulty(&self) -> bool {
+        self.loss > 0.0 || self.burst_loss > 0.0 || self.pause_for_ns > 0
     }
 
     /// Aggregate heartbeats per second.
@@ -614,8 +783,47 @@ impl Plan {
     }
 }
 
+/// What becomes of a heartbeat the schedule produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Sent,
+    /// Lost to `--loss`.
+    Lost,
+    /// Lost in a burst; `start`: the burst's first.
+    Burst {
+        start: bool,
+    },
+}
+
+/// One heartbeat of the schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Beat {
+    /// Offset from the start.
+    due: u64,
+    slot: u32,
+    sequence: u64,
+    fate: Fate,
+    /// The heartbeat that ends a pause, due when it ends.
+    resume: bool,
+}
+
+/// A node's fault state.
+#[derive(Clone, Copy, Debug)]
+struct NodeFaults {
+    /// Its SplitMix64 stream.
+    rng: u64,
+    /// When its current or last pause ends (offset from the start).
+    paused_until: u64,
+    /// When its next pause starts (`u64::MAX`: never).
+    next_pause: u64,
+    /// Heartbeats the current burst still loses.
+    burst_left: u8,
+}
+
 /// Walks the heartbeats in the order they are due: every slot of a round,
-/// then the next round. Knows which nodes stopped.
+/// then the next round, plus the heartbeats that end pauses. Knows which
+/// nodes stopped or are paused, counts each node's sequence and decides
+/// each heartbeat's fate.
 struct Schedule<'p> {
     plan: &'p Plan,
     slot: u32,
@@ -624,6 +832,26 @@ struct Schedule<'p> {
     /// Set once the schedule reaches `stop_after`: doomed nodes send no more.
     stopping: bool,
     doomed: Bitmap,
+    /// Each node's last sequence number, lost heartbeats included (0: none
+    /// yet).
+    sequences: Vec<u64>,
+    /// Each node's fault state; empty without faults.
+    faults: Vec<NodeFaults>,
+    /// A heartbeat is lost when the high 32 bits of its draw are below this
+    /// (`loss` x 2^32).
+    loss_below: u64,
+    /// A heartbeat starts a burst when bits 1..32 of its draw are below this
+    /// (`burst_loss` x 2^31); bit 0 picks the burst's length.
+    burst_below: u64,
+    /// Mean time from the end of a pause to the start of the next.
+    pause_gap_ns: f64,
+    /// The heartbeats that end pauses, (due, slot), earliest first: at most
+    /// one per node (the capacity), so pushing never allocates.
+    resumes: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Whether the heartbeat `next_due` found ends a pause.
+    next_is_resume: bool,
+    /// The faults injected so far.
+    faults_seen: FaultReport,
 }
 
 impl<'p> Schedule<'p> {
@@ -632,12 +860,50 @@ impl<'p> Schedule<'p> {
         for &slot in &plan.doomed {
             doomed.set(slot);
         }
+        let pauses = plan.pause_for_ns > 0;
+        let pause_gap_ns = plan.pause_every_ns.saturating_sub(plan.pause_for_ns) as f64;
+        let faults = if plan.faulty() {
+            let base = splitmix64(plan.seed ^ FAULT_SEED);
+            (0..plan.nodes)
+                .map(|slot| {
+                    let mut rng =
+                        splitmix64(base ^ (slot as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25));
+                    let next_pause = if pauses {
+                        exponential_ns(&mut rng, pause_gap_ns)
+                    } else {
+                        u64::MAX
+                    };
+                    NodeFaults {
+                        rng,
+                        paused_until: 0,
+                        next_pause,
+                        burst_left: 0,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Schedule {
             plan,
             slot: 0,
             round_ns: 0,
             stopping: false,
             doomed,
+            sequences: vec![0; plan.nodes as usize],
+            faults,
+            loss_below: (plan.loss * (1u64 << 32) as f64).round() as u64,
+            burst_below: (plan.burst_loss * (1u64 << 31) as f64).round() as u64,
+            pause_gap_ns,
+            resumes: BinaryHeap::with_capacity(if pauses { plan.nodes as usize } else { 0 }),
+            next_is_resume: false,
+            faults_seen: FaultReport {
+                loss_percent: percent(plan.loss),
+                burst_loss_percent: percent(plan.burst_loss),
+                pause_every_ns: pauses.then_some(plan.pause_every_ns),
+                pause_for_ns: pauses.then_some(plan.pause_for_ns),
+                ..FaultReport::default()
+            },
         }
     }
 
@@ -653,9 +919,48 @@ impl<'p> Schedule<'p> {
         }
     }
 
-    /// Moves to the next heartbeat of a running node and returns when it is
-    /// due, or `None` if no heartbeat is due before the end.
-    fn next_live(&mut self) -> Option<u64> {
+    /// When the next heartbeat (to be sent or lost) is due, or `None` if
+    /// none is before the end. Calling it again before [`Schedule::take`]
+    /// returns the same.
+    fn next_due(&mut self) -> Option<u64> {
+        let grid = self.next_on_grid();
+        let resume = self.resumes.peek().map(|&Reverse((due, _))| due);
+        self.next_is_resume = match (grid, resume) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(grid), Some(resume)) => resume <= grid,
+        };
+        if self.next_is_resume { resume } else { grid }
+    }
+
+    /// Takes the heartbeat [`Schedule::next_due`] found (it must have found
+    /// one): advances its node's sequence and decides its fate.
+    fn take(&mut self) -> Beat {
+        let resume = std::mem::take(&mut self.next_is_resume);
+        let (due, slot) = if resume {
+            let Reverse(next) = self.resumes.pop().expect("a pause ends");
+            next
+        } else {
+            let next = (self.due(), self.slot);
+            self.advance();
+            next
+        };
+        let sequence = &mut self.sequences[slot as usize];
+        *sequence += 1;
+        let sequence = *sequence;
+        Beat {
+            due,
+            slot,
+            sequence,
+            fate: self.fate(slot),
+            resume,
+        }
+    }
+
+    /// Moves to the next regular heartbeat of a running node that is not
+    /// paused and returns when it is due, or `None` if none is due before
+    /// the end.
+    fn next_on_grid(&mut self) -> Option<u64> {
         loop {
             let due = self.due();
             if due >= self.plan.end_ns {
@@ -664,15 +969,75 @@ impl<'p> Schedule<'p> {
             if !self.stopping && !self.plan.doomed.is_empty() && due >= self.plan.stop_after_ns {
                 self.stopping = true;
             }
-            if self.stopping && self.doomed.get(self.slot) {
+            let skip = if self.stopping && self.doomed.get(self.slot) {
                 if self.plan.doomed.len() == self.plan.nodes as usize {
                     return None;
                 }
-                self.advance();
-                continue;
+                true
+            } else {
+                self.plan.pause_for_ns > 0 && self.paused_at(self.slot, due)
+            };
+            if !skip {
+                return Some(due);
             }
-            return Some(due);
+            self.advance();
         }
+    }
+
+    /// Whether `slot`'s regular heartbeat due at `due` falls in a pause.
+    /// Starts the node's pauses that begin by then (each drawing the start
+    /// of the next), and schedules the heartbeat that ends one.
+    fn paused_at(&mut self, slot: u32, due: u64) -> bool {
+        let plan = self.plan;
+        // Pauses end with the run, or for a node that stops, when it stops.
+        let cut = if self.doomed.get(slot) {
+            plan.end_ns.min(plan.stop_after_ns)
+        } else {
+            plan.end_ns
+        };
+        let node = &mut self.faults[slot as usize];
+        if due < node.paused_until {
+            return true;
+        }
+        while node.next_pause <= due {
+            let start = node.next_pause;
+            let end = start + plan.pause_for_ns;
+            self.faults_seen.pauses += 1;
+            self.faults_seen.paused_ns += end.min(cut).saturating_sub(start);
+            node.paused_until = end;
+            node.next_pause = end + exponential_ns(&mut node.rng, self.pause_gap_ns);
+            if end > due {
+                if end < cut {
+                    self.resumes.push(Reverse((end, slot)));
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Decides whether `slot`'s next heartbeat is sent or lost.
+    fn fate(&mut self, slot: u32) -> Fate {
+        let Some(node) = self.faults.get_mut(slot as usize) else {
+            return Fate::Sent;
+        };
+        let draw = next_random(&mut node.rng);
+        if node.burst_left > 0 {
+            node.burst_left -= 1;
+            self.faults_seen.lost_in_bursts += 1;
+            return Fate::Burst { start: false };
+        }
+        if (draw >> 1) & 0x7fff_ffff < self.burst_below {
+            node.burst_left = 1 + (draw & 1) as u8;
+            self.faults_seen.bursts += 1;
+            self.faults_seen.lost_in_bursts += 1;
+            return Fate::Burst { start: true };
+        }
+        if draw >> 32 < self.loss_below {
+            self.faults_seen.lost_random += 1;
+            return Fate::Lost;
+        }
+        Fate::Sent
     }
 }
 
@@ -1098,6 +1463,26 @@ impl Drop for TimerSlack {
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, self.0 as libc::c_ulong, 0, 0, 0) };
         }
     }
+}
+
+/// A probability in percent, rounded to 10^-9 so that the CLI's percentage
+/// comes back as given (7, not 7.000000000000001).
+fn percent(fraction: f64) -> f64 {
+    (fraction * 1e11).round() / 1e9
+}
+
+/// The next number of a SplitMix64 stream.
+fn next_random(state: &mut u64) -> u64 {
+    let out = splitmix64(*state);
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    out
+}
+
+/// A draw from the exponential distribution of mean `mean_ns`.
+fn exponential_ns(state: &mut u64, mean_ns: f64) -> u64 {
+    // Uniform in (0, 1], so never ln(0).
+    let uniform = ((next_random(state) >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    (-uniform.ln() * mean_ns) as u64
 }
 
 fn splitmix64(x: u64) -> u64 {
@@ -1656,6 +2041,17 @@ mod tests {
                 id: 2,
                 last_sent_mono_ns: Some(500),
             }],
+            faults: FaultReport {
+                loss_percent: 5.0,
+                burst_loss_percent: 1.0,
+                pause_every_ns: Some(10_000_000_000),
+                pause_for_ns: Some(500_000_000),
+                lost_random: 1,
+                lost_in_bursts: 2,
+                bursts: 1,
+                pauses: 3,
+                paused_ns: 1_500_000_000,
+            },
         };
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         for key in [
@@ -1683,6 +2079,477 @@ mod tests {
         let back: Report = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, report);
         fs::remove_dir_all(&dir).unwrap();
-        assert!(report.summary().contains("stopped   1 nodes"));
+        let summary = report.summary();
+        assert!(summary.contains("stopped   1 nodes"), "{summary}");
+        assert!(
+            summary.contains("sent      4 heartbeats (3 of them lost on purpose), 4 datagrams"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(
+                "lost      3 heartbeats (75.00%): 1 at random (--loss 5%), 2 in 1 bursts \
+                 (--burst-loss 1%)"
+            ),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(
+                "paused    3 pauses of 500ms (one per 10s per node on average), 1.500 s in all"
+            ),
+            "{summary}"
+        );
+
+        assert_eq!(
+            json["faults"],
+            serde_json::json!({
+                "loss_percent": 5.0, "burst_loss_percent": 1.0,
+                "pause_every_ns": 10_000_000_000u64, "pause_for_ns": 500_000_000,
+                "lost_random": 1, "lost_in_bursts": 2, "bursts": 1,
+                "pauses": 3, "paused_ns": 1_500_000_000,
+            })
+        );
+        // The CLI's percentages come back as given.
+        assert_eq!(
+            (percent(0.07), percent(0.29), percent(1.0)),
+            (7.0, 29.0, 100.0)
+        );
+        // A report without faults (or from before them) reads as none.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("faults");
+        let old: Report = serde_json::from_value(old).unwrap();
+        assert_eq!(old.faults, FaultReport::default());
+        assert!(!old.summary().contains("lost"));
+        assert!(!old.summary().contains("paused"));
+    }
+
+    /// A fleet at `interval` for `duration`, with no faults yet.
+    fn fleet(nodes: u32, interval: Duration, duration: Duration) -> LoadgenOptions {
+        LoadgenOptions {
+            duration: Some(duration),
+            ..LoadgenOptions::new(
+                nodes,
+                vec!["127.0.0.1:9".parse().unwrap()],
+                Pace::Interval(interval),
+            )
+        }
+    }
+
+    /// Every heartbeat the schedule produces (sent or lost), in order, and
+    /// the faults it counted: the run without the clock or the network.
+    fn simulate(options: &LoadgenOptions) -> (Vec<Beat>, FaultReport) {
+        let plan = Plan::new(options).unwrap();
+        let mut schedule = Schedule::new(&plan);
+        let mut beats = Vec::new();
+        while let Some(due) = schedule.next_due() {
+            assert_eq!(schedule.next_due(), Some(due), "next_due is idempotent");
+            let beat = schedule.take();
+            assert_eq!(beat.due, due);
+            beats.push(beat);
+        }
+        assert!(
+            beats.windows(2).all(|w| w[0].due <= w[1].due),
+            "heartbeats come in the order they are due"
+        );
+        (beats, schedule.faults_seen)
+    }
+
+    /// Each node's heartbeats, in order.
+    fn per_node(beats: &[Beat]) -> BTreeMap<u32, Vec<Beat>> {
+        let mut by_node: BTreeMap<u32, Vec<Beat>> = BTreeMap::new();
+        for beat in beats {
+            by_node.entry(beat.slot).or_default().push(*beat);
+        }
+        by_node
+    }
+
+    /// `count` out of `trials` at probability `p`, within 5 standard
+    /// deviations.
+    fn assert_rate(what: &str, count: u64, trials: u64, p: f64) {
+        let expected = trials as f64 * p;
+        let sigma = (trials as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (count as f64 - expected).abs() <= 5.0 * sigma,
+            "{what}: {count} of {trials}, expected {expected:.0} +- {:.0}",
+            5.0 * sigma
+        );
+    }
+
+    #[test]
+    fn random_loss_drops_its_share_and_leaves_sequence_gaps() {
+        // 1000 nodes x 100 rounds: 100,000 heartbeats.
+        let options = LoadgenOptions {
+            loss: 0.05,
+            ..fleet(1000, Duration::from_millis(100), Duration::from_secs(10))
+        };
+        let (beats, faults) = simulate(&options);
+        assert_eq!(beats.len(), 100_000);
+        let lost = beats.iter().filter(|b| b.fate == Fate::Lost).count() as u64;
+        assert_eq!(faults.lost_random, lost);
+        assert_eq!(
+            (faults.lost_in_bursts, faults.bursts, faults.pauses),
+            (0, 0, 0)
+        );
+        assert!(
+            beats
+                .iter()
+                .all(|b| matches!(b.fate, Fate::Sent | Fate::Lost))
+        );
+        assert_rate("lost", lost, 100_000, 0.05);
+        let share = lost as f64 / 1e5;
+        assert!((0.0465..=0.0535).contains(&share), "lost {share}");
+
+        let mut nodes_with_gaps = 0;
+        for (slot, beats) in per_node(&beats) {
+            // A lost heartbeat still takes its sequence number and its turn.
+            assert_eq!(beats.len(), 100);
+            for (n, beat) in beats.iter().enumerate() {
+                assert_eq!(beat.sequence, n as u64 + 1, "node {slot}");
+                assert_eq!(beat.due, n as u64 * 100_000_000 + beats[0].due);
+            }
+            // What the monitor sees: the sent sequences, with a gap for
+            // every lost one.
+            let sent: Vec<u64> = beats
+                .iter()
+                .filter(|b| b.fate == Fate::Sent)
+                .map(|b| b.sequence)
+                .collect();
+            let missing: u64 = sent.windows(2).map(|w| w[1] - w[0] - 1).sum::<u64>()
+                + sent.first().map_or(0, |first| first - 1)
+                + (100 - sent.last().copied().unwrap_or(0));
+            assert_eq!(missing, 100 - sent.len() as u64, "node {slot}");
+            nodes_with_gaps += u32::from(sent.windows(2).any(|w| w[1] > w[0] + 1));
+        }
+        assert!(nodes_with_gaps > 900, "{nodes_with_gaps} nodes saw a gap");
+    }
+
+    #[test]
+    fn bursts_lose_two_or_three_heartbeats_in_a_row() {
+        let options = LoadgenOptions {
+            burst_loss: 0.01,
+            ..fleet(1000, Duration::from_millis(100), Duration::from_secs(10))
+        };
+        let (beats, faults) = simulate(&options);
+        assert_eq!(beats.len(), 100_000);
+        assert_eq!(faults.lost_random, 0);
+        let mut lengths = [0u64; 4];
+        let mut continued = 0;
+        for (slot, beats) in per_node(&beats) {
+            let mut n = 0;
+            while n < beats.len() {
+                match beats[n].fate {
+                    Fate::Burst { start: true } => {
+                        let len = 1 + beats[n + 1..]
+                            .iter()
+                            .take_while(|b| b.fate == Fate::Burst { start: false })
+                            .count();
+                        let cut = n + len == beats.len();
+                        assert!(
+                            (2..=3).contains(&len) || (cut && len == 1),
+                            "node {slot}: a burst of {len}"
+                        );
+                        lengths[len] += 1;
+                        continued += len as u64 - 1;
+                        n += len;
+                    }
+                    Fate::Sent => n += 1,
+                    fate => panic!("node {slot}: {fate:?} outside a burst"),
+                }
+            }
+        }
+        let lost = beats.iter().filter(|b| b.fate != Fate::Sent).count() as u64;
+        assert_eq!(faults.lost_in_bursts, lost);
+        assert_eq!(lengths.iter().sum::<u64>(), faults.bursts);
+        // Only a burst cut by the end of the run is shorter.
+        assert!(lengths[1] <= 20, "{lengths:?}");
+        // Each length half the time.
+        assert_rate("bursts of 3", lengths[3], lengths[2] + lengths[3], 0.5);
+        // A burst starts at 1% of the heartbeats not already in one.
+        assert_rate("bursts", faults.bursts, 100_000 - continued, 0.01);
+        assert!(
+            (800..=1200).contains(&faults.bursts),
+            "{} bursts",
+            faults.bursts
+        );
+
+        // With random loss too, it applies to the heartbeats outside bursts.
+        let (beats, faults) = simulate(&LoadgenOptions {
+            loss: 0.05,
+            ..options
+        });
+        let outside = beats
+            .iter()
+            .filter(|b| !matches!(b.fate, Fate::Burst { .. }))
+            .count() as u64;
+        assert_eq!(outside, 100_000 - faults.lost_in_bursts);
+        assert_rate("lost at random", faults.lost_random, outside, 0.05);
+        assert_rate("bursts", faults.bursts, 100_000, 0.01 * 0.98);
+    }
+
+    #[test]
+    fn pauses_silence_a_node_without_advancing_its_sequence() {
+        let interval = 100_000_000;
+        let pause = 500_000_000;
+        let options = LoadgenOptions {
+            pause_every: Some(Duration::from_secs(2)),
+            pause_for: Some(Duration::from_millis(500)),
+            ..fleet(200, Duration::from_millis(100), Duration::from_secs(20))
+        };
+        let (beats, faults) = simulate(&options);
+        assert_eq!((faults.lost_random, faults.lost_in_bursts), (0, 0));
+        assert!(beats.iter().all(|b| b.fate == Fate::Sent));
+        // About 20 s / 2 s pauses per node, a quarter of the time paused.
+        assert!(
+            (1700..=2300).contains(&faults.pauses),
+            "{} pauses",
+            faults.pauses
+        );
+        let paused = faults.paused_ns as f64 / (200.0 * 20e9);
+        assert!((0.2..=0.3).contains(&paused), "paused {paused} of the time");
+
+        let mut resumes = 0;
+        for (slot, beats) in per_node(&beats) {
+            for (n, beat) in beats.iter().enumerate() {
+                // No pause advances the sequence.
+                assert_eq!(beat.sequence, n as u64 + 1, "node {slot}");
+                let Some(previous) = n.checked_sub(1).map(|p| beats[p]) else {
+                    continue;
+                };
+                let gap = beat.due - previous.due;
+                if beat.resume {
+                    // Silent for the whole pause (which began after the
+                    // previous heartbeat and by the next one due), then a
+                    // heartbeat at once as it ends.
+                    assert!(
+                        (pause..=pause + interval).contains(&gap),
+                        "node {slot}: {gap} ns before a resume"
+                    );
+                    resumes += 1;
+                } else {
+                    assert!(gap <= interval, "node {slot}: {gap} ns without a pause");
+                }
+            }
+        }
+        // Pauses still running at the end have no resume.
+        assert!(
+            (faults.pauses - 200..=faults.pauses).contains(&resumes),
+            "{resumes} resumes, {} pauses",
+            faults.pauses
+        );
+        let without = 200 * 200;
+        let sent = beats.len() as f64;
+        assert!(
+            (0.72..0.83).contains(&(sent / without as f64)),
+            "{sent} heartbeats of {without}"
+        );
+    }
+
+    /// A pause shorter than the interval that covers a heartbeat delays it
+    /// to the pause's end; one between two heartbeats changes nothing.
+    #[test]
+    fn short_pauses_delay_a_heartbeat_or_go_unseen() {
+        let options = LoadgenOptions {
+            pause_every: Some(Duration::from_millis(300)),
+            pause_for: Some(Duration::from_millis(30)),
+            ..fleet(50, Duration::from_millis(100), Duration::from_secs(30))
+        };
+        let (beats, faults) = simulate(&options);
+        let per_node = per_node(&beats);
+        let mut resumes = 0;
+        for (slot, beats) in &per_node {
+            for (n, pair) in beats.windows(2).enumerate() {
+                assert_eq!(pair[1].sequence, n as u64 + 2, "node {slot}");
+                let gap = pair[1].due - pair[0].due;
+                if pair[1].resume {
+                    assert!((30_000_000..=130_000_000).contains(&gap), "{gap}");
+                    resumes += 1;
+                } else {
+                    assert!(gap <= 100_000_000, "{gap}");
+                }
+            }
+        }
+        // About 100 pauses per node, 30% of them over a heartbeat.
+        assert!((4500..=5500).contains(&faults.pauses), "{}", faults.pauses);
+        let seen = resumes as f64 / faults.pauses as f64;
+        assert!((0.25..=0.35).contains(&seen), "{seen} of the pauses seen");
+    }
+
+    #[test]
+    fn faults_are_seeded_per_node_and_spare_stopped_nodes() {
+        let options = LoadgenOptions {
+            loss: 0.05,
+            burst_loss: 0.02,
+            pause_every: Some(Duration::from_secs(1)),
+            pause_for: Some(Duration::from_millis(200)),
+            stop_fraction: 0.1,
+            stop_after: Some(Duration::from_secs(3)),
+            ..fleet(300, Duration::from_millis(100), Duration::from_secs(5))
+        };
+        let (beats, faults) = simulate(&options);
+        assert!(faults.lost_random > 0 && faults.bursts > 0 && faults.pauses > 0);
+        assert_eq!(simulate(&options), (beats.clone(), faults.clone()));
+        let (other, _) = simulate(&LoadgenOptions {
+            seed: 2,
+            ..options.clone()
+        });
+        assert_ne!(other, beats);
+
+        // The stopping nodes suffer faults until they stop, then nothing.
+        let plan = Plan::new(&options).unwrap();
+        assert_eq!(plan.doomed.len(), 30);
+        for (slot, beats) in per_node(&beats) {
+            if plan.doomed.contains(&slot) {
+                assert!(beats.iter().all(|b| b.due < 3_000_000_000), "node {slot}");
+            } else {
+                assert!(beats.last().unwrap().due >= 4_000_000_000, "node {slot}");
+            }
+        }
+
+        // Each node has its own stream: the first 100 nodes lose the same
+        // heartbeats in a fleet of 100 as in one of 300.
+        let losses = |nodes: u32| {
+            let (beats, _) = simulate(&LoadgenOptions {
+                loss: 0.05,
+                burst_loss: 0.02,
+                ..fleet(nodes, Duration::from_millis(100), Duration::from_secs(5))
+            });
+            per_node(&beats)
+                .into_iter()
+                .filter(|&(slot, _)| slot < 100)
+                .map(|(slot, beats)| (slot, beats.iter().map(|b| b.fate).collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(losses(100), losses(300));
+    }
+
+    #[test]
+    fn refuses_out_of_range_faults() {
+        let base = fleet(10, Duration::from_secs(1), Duration::from_secs(10));
+        let refused = |options: LoadgenOptions, needle: &str| {
+            let error = Plan::new(&options).unwrap_err().to_string();
+            assert!(
+                error.contains(needle),
+                "{error:?} does not mention {needle}"
+            );
+        };
+        for loss in [-0.01, 1.01, f64::NAN] {
+            refused(
+                LoadgenOptions {
+                    loss,
+                    ..base.clone()
+                },
+                "--loss must be between 0 and 100",
+            );
+            refused(
+                LoadgenOptions {
+                    burst_loss: loss,
+                    ..base.clone()
+                },
+                "--burst-loss must be between 0 and 100",
+            );
+        }
+        let pauses = |every: Option<u64>, length: Option<u64>| LoadgenOptions {
+            pause_every: every.map(Duration::from_millis),
+            pause_for: length.map(Duration::from_millis),
+            ..base.clone()
+        };
+        refused(
+            pauses(Some(10_000), None),
+            "--pause-every needs --pause-for",
+        );
+        refused(pauses(None, Some(500)), "--pause-for needs --pause-every");
+        refused(
+            pauses(Some(500), Some(500)),
+            "--pause-for must be shorter than --pause-every",
+        );
+        refused(
+            pauses(Some(10_000), Some(0)),
+            "--pause-for must be more than 0",
+        );
+        refused(
+            pauses(Some(0), Some(0)),
+            "--pause-every must be between 1ms and 1h",
+        );
+        refused(
+            pauses(Some(3_600_001), Some(500)),
+            "--pause-every must be between 1ms and 1h",
+        );
+        for ok in [
+            LoadgenOptions {
+                loss: 1.0,
+                burst_loss: 1.0,
+                ..base.clone()
+            },
+            pauses(Some(2), Some(1)),
+            pauses(Some(3_600_000), Some(3_599_999)),
+        ] {
+            assert!(Plan::new(&ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    /// Everything lost: nothing is sent, sequences still advance.
+    #[test]
+    fn total_loss_sends_nothing() {
+        let (beats, faults) = simulate(&LoadgenOptions {
+            loss: 1.0,
+            ..fleet(10, Duration::from_millis(100), Duration::from_secs(1))
+        });
+        assert_eq!((beats.len(), faults.lost_random), (100, 100));
+        assert!(beats.iter().all(|b| b.fate == Fate::Lost));
+        let monitor = Monitor::bind();
+        let report = run_to_end(&LoadgenOptions {
+            loss: 1.0,
+            count: Some(30),
+            duration: None,
+            ..options(&monitor, 10, 10)
+        });
+        assert_eq!((report.heartbeats, report.sent), (30, 0));
+        assert_eq!(report.faults.lost_random, 30);
+        assert!(monitor.drain().is_empty());
+    }
+
+    /// Through the real sender: the monitor receives exactly the heartbeats
+    /// not lost, with sequence gaps where some were.
+    #[test]
+    fn faults_reach_the_wire() {
+        let monitor = Monitor::bind();
+        let options = LoadgenOptions {
+            duration: Some(Duration::from_millis(400)),
+            loss: 0.1,
+            burst_loss: 0.05,
+            pause_every: Some(Duration::from_millis(100)),
+            pause_for: Some(Duration::from_millis(30)),
+            leave_at_end: true,
+            ..options(&monitor, 100, 20)
+        };
+        let report = run_to_end(&options);
+        let received = monitor.drain();
+        let faults = &report.faults;
+        assert!(faults.lost_random > 0 && faults.bursts > 0 && faults.pauses > 0);
+        assert_eq!(report.heartbeats, report.sent + faults.lost());
+        assert_eq!(report.unsent, 0);
+        assert_eq!(received.len() as u64, report.sent + report.leaves_sent);
+        let by_node = sequences(&received);
+        let mut missing = 0;
+        for (id, seqs) in &by_node {
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "node {id}: {seqs:?}");
+            missing += seqs.last().unwrap() - seqs.len() as u64;
+        }
+        // Lost heartbeats after a node's last one received leave no gap.
+        assert!(
+            (faults.lost().saturating_sub(300)..=faults.lost()).contains(&missing),
+            "{missing} missing, {} lost",
+            faults.lost()
+        );
+        // Every node leaves at the end, paused or not, after its last
+        // sequence number (lost or not).
+        assert_eq!(report.leaves_sent, 100);
+        for leave in received.iter().filter(|hb| hb.is_leave()) {
+            assert!(leave.sequence > *by_node[&leave.node_id].last().unwrap());
+        }
+        let summary = report.summary();
+        assert!(
+            summary.contains("lost ") && summary.contains("paused "),
+            "{summary}"
+        );
     }
 }

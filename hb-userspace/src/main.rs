@@ -166,7 +166,8 @@ struct LoadgenArgs {
     /// Stop after this long, at most 1h (required unless --count is given).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Stop after this many heartbeats in all, at most 10^10.
+    /// Stop after this many heartbeats in all (--loss and --burst-loss ones
+    /// included), at most 10^10.
     #[arg(long)]
     count: Option<u64>,
     /// Heartbeats per sendmmsg(2) call (1-1024).
@@ -179,13 +180,35 @@ struct LoadgenArgs {
     /// When the --stop-fraction nodes stop, as time into the run, e.g. 10s.
     #[arg(long, value_parser = humantime::parse_duration)]
     stop_after: Option<Duration>,
-    /// Seed of the choice of stopping nodes and of the phase jitter.
+    /// Lose this percentage (0-100) of the heartbeats at random: each is
+    /// independently not sent, but its node's sequence still advances, so
+    /// the monitor sees a gap.
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    loss: f64,
+    /// Percentage (0-100) of the heartbeats that start a burst of loss: that
+    /// heartbeat and its node's next 1 or 2 (at random) are lost, sequence
+    /// advancing.
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    burst_loss: f64,
+    /// Pause each node at random moments, independently, on average once
+    /// per this long (from one pause's start to the next), e.g. 10s; needs
+    /// --pause-for.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pause_every: Option<Duration>,
+    /// How long each pause lasts, e.g. 500ms: a stalled process, that sends
+    /// nothing and does not advance its sequence, then beats at once when
+    /// the pause ends.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pause_for: Option<Duration>,
+    /// Seed of the choice of stopping nodes, of the phase jitter and of the
+    /// injected loss and pauses.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// At the end, send a graceful-leave heartbeat for every running node.
     #[arg(long)]
     leave_at_end: bool,
-    /// Write a JSON report here, with when each stopped node last sent.
+    /// Write a JSON report here, with when each stopped node last sent and
+    /// the faults injected.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// Hand the kernel one message per datagram instead of letting UDP GSO
@@ -332,6 +355,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 batch: args.batch,
                 stop_fraction: args.stop_fraction,
                 stop_after: args.stop_after,
+                loss: args.loss / 100.0,
+                burst_loss: args.burst_loss / 100.0,
+                pause_every: args.pause_every,
+                pause_for: args.pause_for,
                 seed: args.seed,
                 leave_at_end: args.leave_at_end,
                 report: args.report,
