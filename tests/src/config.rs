@@ -339,6 +339,7 @@ mod tests {
             &["hb1t0m1".to_owned(), "hb1t0m3".to_owned()],
             &[node(1, true), node(3, false)],
             &[PathBuf::from("/tmp/x/it's.key")],
+            Some("kind = \"phi\""),
         );
         let value: toml::Value = toml::from_str(&text).expect(&text);
         let keys = value["auth"]["keys"].as_array().expect(&text);
@@ -351,6 +352,7 @@ mod tests {
         assert_eq!(nodes[1]["id"].as_integer(), Some(3));
         assert!(nodes[1].get("source").is_none(), "{text}");
         assert_eq!(value["actions"][0]["name"].as_str(), Some("record"));
+        assert_eq!(value["detector"]["kind"].as_str(), Some("phi"));
     }
 
     #[test]
@@ -360,9 +362,11 @@ mod tests {
             &["hb1t0m1".to_owned(), "hb1t0m2".to_owned()],
             &[node(1, false), node(2, false)],
             &[],
+            None,
         );
         let value: toml::Value = toml::from_str(&text).expect(&text);
         assert!(value.get("auth").is_none(), "{text}");
+        assert!(value.get("detector").is_none(), "{text}");
         assert!(value["nodes"][0].get("source").is_none(), "{text}");
         assert_eq!(value["interfaces"][1].as_str(), Some("hb1t0m2"));
         assert_eq!(value["port"].as_integer(), Some(7979));
