@@ -35,7 +35,9 @@ use crate::{
     clock::monotonic_ns,
     config::{Config, DatapathKind, DetectorKind, Event, XdpMode},
     datapath::Datapath,
-    detector::{Detector, DetectorSettings, NodeState, Rule, Transition, WatchedNode},
+    detector::{
+        Detector, DetectorSettings, FlapSettings, NodeState, Rule, Transition, WatchedNode,
+    },
     event_log::EventLog,
     keys::Keyring,
     nodes::{NodeDirectory, NodeInfo},
@@ -235,6 +237,11 @@ fn watch_nodes(
                 min_std_dev: config.detector.min_std_dev,
                 acceptable_pause: Duration::ZERO,
             })?,
+            suspect: PhiDetector::new(PhiSettings {
+                threshold: config.detector.suspect_phi,
+                min_std_dev: config.detector.min_std_dev,
+                acceptable_pause: Duration::ZERO,
+            })?,
             acceptable_pause_ns: config
                 .detector
                 .acceptable_pause
@@ -247,6 +254,12 @@ fn watch_nodes(
         rule,
         stall_ns: (config.defaults.sweep_period + config.detector.stall_threshold).as_nanos()
             as u64,
+        rise: config.detector.rise,
+        flap: FlapSettings {
+            max_flaps: config.detector.flap_max,
+            window_ns: config.detector.flap_window.as_nanos() as u64,
+            stable_ns: config.detector.flap_stable.as_nanos() as u64,
+        },
     };
     let watched: Vec<_> = nodes
         .intervals()
@@ -374,6 +387,33 @@ fn announce(node: &NodeInfo<'_>, transition: &Transition, detector: &Detector) {
             let timeout = Duration::from_nanos(detector.timeout_ns(id));
             tracing::warn!(node = name, id, silent_for = silent, timeout = ?timeout, "node is DOWN: no heartbeat within its timeout")
         }
+        (_, NodeState::Suspect) => {
+            let silent = transition
+                .since_last_heartbeat_ns
+                .map_or("never heard".to_owned(), |ns| {
+                    format!("{:.3}s", ns as f64 / 1e9)
+                });
+            tracing::info!(
+                node = name,
+                id,
+                silent_for = silent,
+                "node is suspect: silent past its suspect deadline"
+            )
+        }
+        (_, NodeState::Flapping) => {
+            tracing::warn!(
+                node = name,
+                id,
+                "node is FLAPPING: back, but down too often lately; held down until heard steadily"
+            )
+        }
+        (NodeState::Suspect, NodeState::Up) => {
+            tracing::info!(
+                node = name,
+                id,
+                "node is up: heard again, suspicion cleared"
+            )
+        }
         (NodeState::Unseen, NodeState::Up) => {
             tracing::info!(node = name, id, "node is up: first heartbeat")
         }
@@ -392,6 +432,8 @@ fn event_of(state: NodeState) -> Option<Event> {
         NodeState::Up => Some(Event::Up),
         NodeState::Down => Some(Event::Down),
         NodeState::Left => Some(Event::Left),
+        NodeState::Suspect => Some(Event::Suspect),
+        NodeState::Flapping => Some(Event::Flapping),
         NodeState::Unseen => None,
     }
 }
@@ -541,7 +583,7 @@ fn report(
                     })
                     .flatten(),
                 down_in_ms: detector
-                    .deadline_ns(node.id, word)
+                    .down_at_ns(node.id, table)
                     .map(|d| d.saturating_sub(now) / 1_000_000),
                 name: node.name.into_owned(),
             }

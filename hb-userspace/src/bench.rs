@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::{
     clock::monotonic_ns,
-    detector::{Detector, DetectorSettings, NodeState, Rule, WatchedNode},
+    detector::{Detector, DetectorSettings, FlapSettings, NodeState, Rule, WatchedNode},
     xdp::{LoadOptions, XdpDatapath},
 };
 
@@ -293,6 +293,12 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
         timeout_multiplier: 3,
         rule: Rule::Timeout,
         stall_ns: u64::MAX,
+        rise: 1,
+        flap: FlapSettings {
+            max_flaps: 0,
+            window_ns: 0,
+            stable_ns: 0,
+        },
     };
     let watched: Vec<_> = (0..nodes)
         .map(|node_id| WatchedNode {

@@ -147,7 +147,7 @@ pub enum ConfigError {
     )]
     EmptyCommand { action: String, field: &'static str },
     #[error(
-        "action `{action}`: `on` is empty: list the events that run it, e.g. on = [\"down\"] (events: up, down, left)"
+        "action `{action}`: `on` is empty: list the events that run it, e.g. on = [\"down\"] (events: up, suspect, down, flapping, left)"
     )]
     NoActionEvents { action: String },
     #[error(
@@ -166,6 +166,16 @@ pub enum ConfigError {
         "`detector.phi_threshold` is {threshold}: set a number above 0 (8 is the usual choice)"
     )]
     PhiThreshold { threshold: f64 },
+    #[error(
+        "`detector.suspect_phi` is {suspect_phi}: set it above 0 and below `detector.phi_threshold` ({threshold}), e.g. 3"
+    )]
+    SuspectPhi { suspect_phi: f64, threshold: f64 },
+    #[error("`detector.rise` is 0: set it to at least 1 (heartbeats in a row to be up again)")]
+    RiseZero,
+    #[error(
+        "`detector.flap_window` and `detector.flap_stable` must be above zero when `detector.flap_max` is set: give both, or set flap_max = 0 to turn flap damping off"
+    )]
+    FlapDurations,
     #[error("`detector.min_std_dev` is zero: set it above zero, e.g. min_std_dev = \"100ms\"")]
     MinStdDevZero,
     #[error("`detector.stall_threshold` is zero: set it above zero, e.g. stall_threshold = \"1s\"")]
@@ -247,8 +257,13 @@ impl FromStr for XdpMode {
 pub enum Event {
     /// The node is heard from again (or for the first time).
     Up,
+    /// The node was silent past its suspect deadline (before its timeout).
+    Suspect,
     /// The node missed its heartbeats for longer than its timeout.
     Down,
+    /// The node came back after going down too often lately: held down
+    /// until heard steadily.
+    Flapping,
     /// The node announced a graceful leave.
     Left,
 }
@@ -257,7 +272,9 @@ impl Event {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Up => "up",
+            Self::Suspect => "suspect",
             Self::Down => "down",
+            Self::Flapping => "flapping",
             Self::Left => "left",
         }
     }
@@ -375,6 +392,9 @@ pub struct DetectorConfig {
     pub kind: DetectorKind,
     /// `phi`: a node is down once phi reaches this.
     pub phi_threshold: f64,
+    /// `phi`: a node is suspect once phi reaches this (below
+    /// `phi_threshold`).
+    pub suspect_phi: f64,
     /// `phi`: the standard deviation used is at least this.
     #[serde(with = "humantime_serde")]
     pub min_std_dev: Duration,
@@ -386,19 +406,45 @@ pub struct DetectorConfig {
     /// nobody is convicted until every node has had a full timeout again.
     #[serde(with = "humantime_serde")]
     pub stall_threshold: Duration,
+    /// Heartbeats in a row (none missed past the suspect deadline) that
+    /// bring a down node back up.
+    pub rise: u32,
+    /// A node that went down more than this many times within
+    /// `flap_window` is held as flapping when it comes back; 0: never.
+    pub flap_max: u32,
+    #[serde(with = "humantime_serde")]
+    pub flap_window: Duration,
+    /// A flapping node is up again once heard steadily for this long.
+    #[serde(with = "humantime_serde")]
+    pub flap_stable: Duration,
 }
 
 /// Default `detector.stall_threshold`.
 pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(1);
+/// Default `detector.suspect_phi`: about a 1 in 1000 event.
+pub const DEFAULT_SUSPECT_PHI: f64 = 3.0;
+/// Default `detector.rise`: a down node must be heard twice in a row.
+pub const DEFAULT_RISE: u32 = 2;
+/// Default `detector.flap_max`, `flap_window` and `flap_stable`: down more
+/// than 3 times in 10 minutes is flapping, until heard steadily for a
+/// minute.
+pub const DEFAULT_FLAP_MAX: u32 = 3;
+pub const DEFAULT_FLAP_WINDOW: Duration = Duration::from_secs(600);
+pub const DEFAULT_FLAP_STABLE: Duration = Duration::from_secs(60);
 
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
             kind: DetectorKind::Timeout,
             phi_threshold: crate::phi::DEFAULT_THRESHOLD,
+            suspect_phi: DEFAULT_SUSPECT_PHI,
             min_std_dev: crate::phi::DEFAULT_MIN_STD_DEV,
             acceptable_pause: None,
             stall_threshold: DEFAULT_STALL_THRESHOLD,
+            rise: DEFAULT_RISE,
+            flap_max: DEFAULT_FLAP_MAX,
+            flap_window: DEFAULT_FLAP_WINDOW,
+            flap_stable: DEFAULT_FLAP_STABLE,
         }
     }
 }
@@ -714,6 +760,23 @@ impl Config {
             return Err(ConfigError::PhiThreshold {
                 threshold: detector.phi_threshold,
             });
+        }
+        if !(detector.suspect_phi.is_finite()
+            && detector.suspect_phi > 0.0
+            && detector.suspect_phi < detector.phi_threshold)
+        {
+            return Err(ConfigError::SuspectPhi {
+                suspect_phi: detector.suspect_phi,
+                threshold: detector.phi_threshold,
+            });
+        }
+        if detector.rise == 0 {
+            return Err(ConfigError::RiseZero);
+        }
+        if detector.flap_max > 0
+            && (detector.flap_window.is_zero() || detector.flap_stable.is_zero())
+        {
+            return Err(ConfigError::FlapDurations);
         }
         if detector.min_std_dev.is_zero() {
             return Err(ConfigError::MinStdDevZero);
@@ -1031,6 +1094,10 @@ sweep_period = "100ms"
 kind = "timeout"
 # phi: down once phi reaches this (8: about 1 in 10^7 under a normal model).
 phi_threshold = 8.0
+# phi: suspect once phi reaches this (the timeout rule suspects a node one
+# interval before its timeout). Suspect comes before down, with its own
+# actions (on = ["suspect"]); a heartbeat clears it.
+suspect_phi = 3.0
 # phi: the standard deviation used is at least this.
 min_std_dev = "100ms"
 # phi: extra silence tolerated on top of the mean interval (default: one
@@ -1039,6 +1106,14 @@ min_std_dev = "100ms"
 # A sweep later than this past its period means the agent itself stalled:
 # nobody is convicted until every node has had a full timeout again.
 stall_threshold = "1s"
+# A down node is up again after this many heartbeats in a row.
+rise = 2
+# A node that went down more than flap_max times within flap_window is held
+# as "flapping" when it comes back, until heard steadily for flap_stable
+# (flap_max = 0: off).
+flap_max = 3
+flap_window = "10m"
+flap_stable = "1m"
 
 # Heartbeat authentication: SipHash-2-4 tags, verified in the XDP program.
 [auth]
@@ -1076,9 +1151,10 @@ name_prefix = "node-"
 # Optional: every state change is appended here as one JSON line.
 # event_log = "/var/log/hb/events.jsonl"
 
-# Actions run when a node changes state. Events: up, down, left (graceful
-# leave). Environment: HB_EVENT, HB_NODE_ID, HB_NODE_NAME, HB_NODE_ADDRESS,
-# HB_PREVIOUS_STATE, HB_SINCE_LAST_HEARTBEAT_MS.
+# Actions run when a node changes state. Events: up, suspect, down,
+# flapping, left (graceful leave). Environment: HB_EVENT, HB_NODE_ID,
+# HB_NODE_NAME, HB_NODE_ADDRESS, HB_PREVIOUS_STATE,
+# HB_SINCE_LAST_HEARTBEAT_MS.
 [[actions]]
 name = "failover"
 on = ["down"]

@@ -2,10 +2,26 @@
 //! per-node states and transitions, one sweep at a time.
 //!
 //! ```text
-//!   unseen --heartbeat--> up --silent past timeout--> down --heartbeat--> up
-//!      \                   |                            |
-//!       +------------------+-------leave heartbeat------+--> left --heartbeat--> up
+//!   unseen --heartbeat--> up --silent past suspect deadline--> suspect
+//!                          ^                                     |
+//!                          +------------- heartbeat -------------+
+//!                          |                                     | silent past timeout
+//!                          |                                     v
+//!                          +---- `rise` heartbeats in a row ---- down
+//!                          |                                     | came back, but went down
+//!                          |                                     v more than flap_max times
+//!                          +-- heard steadily for flap_stable -- flapping
+//!   any state --leave heartbeat--> left --heartbeat--> up
 //! ```
+//!
+//! `suspect` comes first: a node is suspected at its suspect deadline (the
+//! timeout rule: one interval before the timeout; phi: when phi reaches
+//! `suspect_phi`) and down at its timeout. A heartbeat clears a suspicion at
+//! once; a down node must be heard `rise` times in a row (no silence past
+//! its suspect deadline in between) to be up again. A node that went down
+//! more than `flap_max` times within `flap_window` is held as `flapping`
+//! when it comes back, until it has been heard steadily for `flap_stable`.
+//! Only nodes in trouble have rise or flap bookkeeping (a map entry each).
 //!
 //! Time is the monitor's own monotonic clock (the kernel's `bpf_ktime_get_ns`
 //! at arrival, compared with `CLOCK_MONOTONIC` now), never the sender's. A
@@ -58,6 +74,10 @@ pub enum NodeState {
     Down = 2,
     /// Said goodbye with a graceful-leave heartbeat: no failover.
     Left = 3,
+    /// Silent past its suspect deadline, not yet its timeout.
+    Suspect = 4,
+    /// Back after going down too often: held down until heard steadily.
+    Flapping = 5,
 }
 
 impl NodeState {
@@ -67,16 +87,25 @@ impl NodeState {
             NodeState::Up => "up",
             NodeState::Down => "down",
             NodeState::Left => "left",
+            NodeState::Suspect => "suspect",
+            NodeState::Flapping => "flapping",
         }
     }
 
     const fn from_bits(bits: u32) -> Self {
-        match bits & 3 {
+        match bits & 7 {
             0 => NodeState::Unseen,
             1 => NodeState::Up,
             2 => NodeState::Down,
-            _ => NodeState::Left,
+            3 => NodeState::Left,
+            4 => NodeState::Suspect,
+            _ => NodeState::Flapping,
         }
+    }
+
+    /// Up or suspect: heard recently enough not to be down.
+    pub const fn is_live(self) -> bool {
+        matches!(self, NodeState::Up | NodeState::Suspect)
     }
 }
 
@@ -95,6 +124,8 @@ pub trait TableView {
     fn advertised_interval_ms(&self, node_id: u32) -> u32;
     /// The node's interval word (`hb_common::table::intervals`).
     fn interval_word(&self, node_id: u32) -> u64;
+    /// How many heartbeats of the node were accepted.
+    fn heartbeats(&self, node_id: u32) -> u64;
 }
 
 impl TableView for crate::table::NodeTable {
@@ -108,6 +139,10 @@ impl TableView for crate::table::NodeTable {
 
     fn interval_word(&self, node_id: u32) -> u64 {
         self.intervals.get(node_id)
+    }
+
+    fn heartbeats(&self, node_id: u32) -> u64 {
+        self.records.get(node_id).heartbeats
     }
 }
 
@@ -129,11 +164,32 @@ pub enum Rule {
     /// Phi accrual over the measured interval; the timeout rule until the
     /// node has an interval sample.
     Phi {
+        /// Down at this detector's threshold.
         detector: PhiDetector,
+        /// Suspect at this one's (a lower threshold).
+        suspect: PhiDetector,
         /// Added to the mean interval; `None`: one mean interval (a lost
         /// heartbeat's worth of extra silence).
         acceptable_pause_ns: Option<u64>,
     },
+}
+
+/// Flap damping: a node that went down more than `max_flaps` times within
+/// `window_ns` is held as flapping when it comes back, until heard steadily
+/// for `stable_ns`. `max_flaps == 0` turns it off.
+#[derive(Clone, Copy, Debug)]
+pub struct FlapSettings {
+    pub max_flaps: u32,
+    pub window_ns: u64,
+    pub stable_ns: u64,
+}
+
+/// When a node will be suspected and when declared down, as silence after
+/// its last heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadlines {
+    pub suspect_ns: u64,
+    pub down_ns: u64,
 }
 
 /// Settings shared by every node.
@@ -147,6 +203,9 @@ pub struct DetectorSettings {
     pub rule: Rule,
     /// A sweep this long after the previous one means the agent stalled.
     pub stall_ns: u64,
+    /// Heartbeats in a row that bring a down node back up (at least 1).
+    pub rise: u32,
+    pub flap: FlapSettings,
 }
 
 /// A node to watch, with its configured interval if it has one.
@@ -166,15 +225,18 @@ pub const MAX_INTERVAL_NS: u64 = 3_600_000_000_000;
 /// timestamp by nanoseconds); the next sweep looks at it again.
 const STORE_MARGIN_NS: u64 = 1_000_000;
 
-/// The detector's 4 bytes per node: the state in the top 2 bits, the
-/// node's timeout in milliseconds below (up to about 12 days).
+/// The detector's 4 bytes per node: the state in the top 3 bits, below
+/// them in milliseconds (up to about 6 days) the silence after which the
+/// node next needs a look: its suspect deadline when up, its timeout when
+/// suspect.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Watch(u32);
 
 impl Watch {
-    const STATE_SHIFT: u32 = 30;
+    const STATE_SHIFT: u32 = 29;
     const TIMEOUT_MASK: u32 = (1 << Self::STATE_SHIFT) - 1;
     const UP: u32 = NodeState::Up as u32;
+    const SUSPECT: u32 = NodeState::Suspect as u32;
 
     fn new(state: NodeState, timeout_ns: u64) -> Self {
         let ms = timeout_ns
@@ -192,14 +254,18 @@ impl Watch {
     }
 
     /// Whether a sweep can leave the node alone: an up node heard within
-    /// its timeout without a leave, or any other node with nothing new.
+    /// its suspect deadline without a leave, a suspect one with nothing new
+    /// and within its timeout, or any other node with nothing new.
     #[inline(always)]
     fn is_quiet(self, word: u64, now_ns: u64, new_since_ns: u64) -> bool {
-        if self.0 >> Self::STATE_SHIFT == Self::UP {
+        let within = || {
             !seen::is_leave(word)
                 && now_ns.saturating_sub(seen::arrival_ns(word)) <= self.timeout_ns()
-        } else {
-            word <= new_since_ns
+        };
+        match self.0 >> Self::STATE_SHIFT {
+            Self::UP => within(),
+            Self::SUSPECT => word <= new_since_ns && within(),
+            _ => word <= new_since_ns,
         }
     }
 }
@@ -222,6 +288,28 @@ pub struct Detector {
     candidates: Vec<u32>,
     /// When the previous sweep ran (0: none yet).
     last_sweep_ns: u64,
+    /// Down nodes heard again, on their way back up.
+    rising: HashMap<u32, Rising>,
+    /// Nodes that went down recently (flap damping).
+    flaps: HashMap<u32, Flaps>,
+}
+
+/// A down node being heard again.
+#[derive(Clone, Copy, Debug)]
+struct Rising {
+    /// The node's heartbeat count before the first of the run.
+    heartbeats_before: u64,
+    /// The last heartbeat of the run.
+    last_arrival_ns: u64,
+}
+
+/// When a node went down lately, and since when a flapping one has been
+/// heard without a silence.
+#[derive(Clone, Debug, Default)]
+struct Flaps {
+    downs_ns: std::collections::VecDeque<u64>,
+    steady_since_ns: u64,
+    last_arrival_ns: u64,
 }
 
 impl Detector {
@@ -245,11 +333,14 @@ impl Detector {
             grace_floor_ns: now_ns,
             candidates: Vec::new(),
             last_sweep_ns: 0,
+            rising: HashMap::new(),
+            flaps: HashMap::new(),
         };
         for node in nodes {
+            let deadlines = detector.deadlines_for(node.node_id, 0, 0);
             detector.watches[node.node_id as usize] = Watch::new(
                 NodeState::Unseen,
-                detector.fixed_timeout_ns(node.node_id, 0),
+                Self::look_after(NodeState::Unseen, deadlines),
             );
         }
         detector
@@ -261,7 +352,8 @@ impl Detector {
 
     /// Restores what a previous run of the agent knew about node `id`: its
     /// state, the interval of its last heartbeat (0 if unknown) and its
-    /// interval word, from which its timeout is computed.
+    /// interval word, from which its deadlines are computed. A suspect node
+    /// is restored as up: a restarted agent gives every node a full timeout.
     pub fn restore(
         &mut self,
         id: u32,
@@ -269,53 +361,83 @@ impl Detector {
         advertised_interval_ms: u32,
         interval_word: u64,
     ) {
-        self.watches[id as usize] = Watch::new(
-            state,
-            self.timeout_ns_for(id, advertised_interval_ms, interval_word),
-        );
+        let state = match state {
+            NodeState::Suspect => NodeState::Up,
+            other => other,
+        };
+        let deadlines = self.deadlines_for(id, advertised_interval_ms, interval_word);
+        self.watches[id as usize] = Watch::new(state, Self::look_after(state, deadlines));
     }
 
     pub fn state(&self, id: u32) -> NodeState {
         self.watches[id as usize].state()
     }
 
-    /// The node's current timeout (ms precision).
+    /// The silence (ms precision) after which node `id` next needs a look:
+    /// its suspect deadline when up, its timeout when suspect.
     pub fn timeout_ns(&self, id: u32) -> u64 {
         self.watches[id as usize].timeout_ns()
     }
 
-    /// When node `id`, whose seen word is `word`, will be declared down if it
-    /// stays silent; `None` if it is not up.
-    pub fn deadline_ns(&self, id: u32, word: u64) -> Option<u64> {
-        let watch = self.watches[id as usize];
-        (watch.state() == NodeState::Up).then(|| {
+    /// When node `id` will be declared down if it stays silent; `None` if it
+    /// is not up or suspect.
+    pub fn down_at_ns<T: TableView + ?Sized>(&self, id: u32, table: &T) -> Option<u64> {
+        self.state(id).is_live().then(|| {
+            let word = table.seen_words()[id as usize].load(Ordering::Relaxed);
+            let deadlines = self.deadlines(id, table);
             seen::arrival_ns(word)
                 .max(self.grace_floor_ns)
-                .saturating_add(watch.timeout_ns())
+                .saturating_add(deadlines.down_ns)
         })
     }
 
-    /// The timeout of node `id` when it advertises `advertised_ms` and its
-    /// measured interval is `interval_word`, by the detector's rule.
-    pub fn timeout_ns_for(&self, id: u32, advertised_ms: u32, interval_word: u64) -> u64 {
+    /// Node `id`'s deadlines from what the table says about it now.
+    pub fn deadlines<T: TableView + ?Sized>(&self, id: u32, table: &T) -> Deadlines {
         match self.settings.rule {
-            Rule::Phi {
-                detector,
-                acceptable_pause_ns,
-            } => {
-                let (mean_us, mad_us) = (
-                    intervals::mean_us(interval_word),
-                    intervals::mad_us(interval_word),
-                );
-                match detector.deadline_ns(mean_us, mad_us) {
-                    Some(deadline) => {
-                        let pause = acceptable_pause_ns.unwrap_or(u64::from(mean_us) * 1_000);
-                        deadline.saturating_add(pause).max(MIN_INTERVAL_NS)
-                    }
-                    None => self.fixed_timeout_ns(id, advertised_ms),
-                }
+            Rule::Timeout => self.deadlines_for(id, table.advertised_interval_ms(id), 0),
+            Rule::Phi { .. } => {
+                let interval_word = table.interval_word(id);
+                let advertised = if intervals::mean_us(interval_word) == 0 {
+                    table.advertised_interval_ms(id)
+                } else {
+                    0 // not read: the measured interval decides
+                };
+                self.deadlines_for(id, advertised, interval_word)
             }
-            Rule::Timeout => self.fixed_timeout_ns(id, advertised_ms),
+        }
+    }
+
+    /// Node `id`'s deadlines when it advertises `advertised_ms` and its
+    /// measured interval is `interval_word`, by the detector's rule. The
+    /// timeout rule suspects a node one interval before its timeout.
+    pub fn deadlines_for(&self, id: u32, advertised_ms: u32, interval_word: u64) -> Deadlines {
+        if let Rule::Phi {
+            detector,
+            suspect,
+            acceptable_pause_ns,
+        } = self.settings.rule
+        {
+            let (mean_us, mad_us) = (
+                intervals::mean_us(interval_word),
+                intervals::mad_us(interval_word),
+            );
+            let pause = acceptable_pause_ns.unwrap_or(u64::from(mean_us) * 1_000);
+            let at = |phi: PhiDetector| {
+                phi.deadline_ns(mean_us, mad_us)
+                    .map(|deadline| deadline.saturating_add(pause).max(MIN_INTERVAL_NS))
+            };
+            if let (Some(suspect_ns), Some(down_ns)) = (at(suspect), at(detector)) {
+                return Deadlines {
+                    suspect_ns: suspect_ns.min(down_ns),
+                    down_ns,
+                };
+            }
+        }
+        let interval = self.interval_ns(id, advertised_ms);
+        let down_ns = interval.saturating_mul(u64::from(self.settings.timeout_multiplier));
+        Deadlines {
+            suspect_ns: down_ns.saturating_sub(interval).max(interval.min(down_ns)),
+            down_ns,
         }
     }
 
@@ -325,6 +447,7 @@ impl Detector {
         let Rule::Phi {
             detector,
             acceptable_pause_ns,
+            ..
         } = self.settings.rule
         else {
             return None;
@@ -338,18 +461,24 @@ impl Detector {
         )
     }
 
-    /// The timeout rule: `timeout_multiplier x interval`, the interval being
-    /// the configured one, else the advertised one (clamped), else the
-    /// default.
-    fn fixed_timeout_ns(&self, id: u32, advertised_ms: u32) -> u64 {
-        let interval = match self.configured_interval_ns.get(&id) {
+    /// The interval of node `id`: the configured one, else the advertised
+    /// one (clamped), else the default.
+    fn interval_ns(&self, id: u32, advertised_ms: u32) -> u64 {
+        match self.configured_interval_ns.get(&id) {
             Some(&configured) => configured,
             None if advertised_ms != 0 => {
                 (u64::from(advertised_ms) * 1_000_000).clamp(MIN_INTERVAL_NS, MAX_INTERVAL_NS)
             }
             None => self.settings.default_interval_ns,
-        };
-        interval.saturating_mul(u64::from(self.settings.timeout_multiplier))
+        }
+    }
+
+    /// The silence the watch word keeps for a node in `state`.
+    fn look_after(state: NodeState, deadlines: Deadlines) -> u64 {
+        match state {
+            NodeState::Up => deadlines.suspect_ns,
+            _ => deadlines.down_ns,
+        }
     }
 
     /// Reads every node's seen word once at monotonic time `now_ns` and
@@ -397,42 +526,128 @@ impl Detector {
         table: &T,
         out: &mut Vec<Transition>,
     ) {
-        // A restored up node may not have been heard yet (word 0): its
-        // silence counts from the grace floor.
         let word = table.seen_words()[id as usize].load(Ordering::Relaxed);
         let arrival = seen::arrival_ns(word);
         let from = self.watches[id as usize].state();
-        let timeout = match self.settings.rule {
-            Rule::Timeout => self.fixed_timeout_ns(id, table.advertised_interval_ms(id)),
-            Rule::Phi { .. } => {
-                let interval_word = table.interval_word(id);
-                let advertised = if intervals::mean_us(interval_word) == 0 {
-                    table.advertised_interval_ms(id)
-                } else {
-                    0 // not read: the measured interval decides
-                };
-                self.timeout_ns_for(id, advertised, interval_word)
-            }
-        };
+        let deadlines = self.deadlines(id, table);
+        // A restored up node may not have been heard yet (word 0): its
+        // silence counts from the grace floor.
+        let silence = now_ns.saturating_sub(arrival.max(self.grace_floor_ns));
+        let heard = word > self.new_since_ns;
         let to = match from {
             _ if seen::is_leave(word) => NodeState::Left,
-            NodeState::Up if now_ns > arrival.max(self.grace_floor_ns).saturating_add(timeout) => {
+            NodeState::Up | NodeState::Suspect if silence > deadlines.down_ns => {
+                if from == NodeState::Up {
+                    // Suspected on the way down, in the same sweep.
+                    self.push(out, id, NodeState::Up, NodeState::Suspect, now_ns, arrival);
+                }
+                self.went_down(id, now_ns);
                 NodeState::Down
             }
-            NodeState::Up => NodeState::Up,
-            // Not up and a heartbeat newer than the last sweep: it is back.
-            _ if word > self.new_since_ns => NodeState::Up,
+            NodeState::Up | NodeState::Suspect if silence > deadlines.suspect_ns => {
+                NodeState::Suspect
+            }
+            NodeState::Up | NodeState::Suspect => NodeState::Up,
+            NodeState::Down if heard => self.rise(id, arrival, deadlines, table),
+            NodeState::Flapping if heard => self.steady(id, now_ns, arrival, deadlines),
+            NodeState::Unseen | NodeState::Left if heard => NodeState::Up,
             other => other,
         };
-        self.watches[id as usize] = Watch::new(to, timeout);
+        self.watches[id as usize] = Watch::new(to, Self::look_after(to, deadlines));
+        let from = if from == NodeState::Up && to == NodeState::Down {
+            NodeState::Suspect
+        } else {
+            from
+        };
         if to != from {
-            out.push(Transition {
-                node_id: id,
-                from,
-                to,
-                since_last_heartbeat_ns: (arrival != 0).then(|| now_ns.saturating_sub(arrival)),
-            });
+            self.push(out, id, from, to, now_ns, arrival);
         }
+    }
+
+    fn push(
+        &self,
+        out: &mut Vec<Transition>,
+        node_id: u32,
+        from: NodeState,
+        to: NodeState,
+        now_ns: u64,
+        arrival: u64,
+    ) {
+        out.push(Transition {
+            node_id,
+            from,
+            to,
+            since_last_heartbeat_ns: (arrival != 0).then(|| now_ns.saturating_sub(arrival)),
+        });
+    }
+
+    /// Flap bookkeeping for a node going down.
+    fn went_down(&mut self, id: u32, now_ns: u64) {
+        self.rising.remove(&id);
+        if self.settings.flap.max_flaps == 0 {
+            return;
+        }
+        let flaps = self.flaps.entry(id).or_default();
+        flaps.downs_ns.push_back(now_ns);
+        let window = self.settings.flap.window_ns;
+        while flaps
+            .downs_ns
+            .front()
+            .is_some_and(|&at| now_ns.saturating_sub(at) > window)
+        {
+            flaps.downs_ns.pop_front();
+        }
+    }
+
+    /// A down node heard again: up after `rise` heartbeats in a row, or
+    /// flapping if it went down too often lately.
+    fn rise<T: TableView + ?Sized>(
+        &mut self,
+        id: u32,
+        arrival: u64,
+        deadlines: Deadlines,
+        table: &T,
+    ) -> NodeState {
+        let heartbeats = table.heartbeats(id);
+        let rising = self.rising.entry(id).or_insert(Rising {
+            heartbeats_before: heartbeats.saturating_sub(1),
+            last_arrival_ns: arrival,
+        });
+        // A silence past the suspect deadline breaks the run.
+        if arrival.saturating_sub(rising.last_arrival_ns) > deadlines.suspect_ns {
+            rising.heartbeats_before = heartbeats.saturating_sub(1);
+        }
+        rising.last_arrival_ns = arrival;
+        if heartbeats.saturating_sub(rising.heartbeats_before)
+            < u64::from(self.settings.rise.max(1))
+        {
+            return NodeState::Down;
+        }
+        self.rising.remove(&id);
+        let flap = self.settings.flap;
+        match self.flaps.get_mut(&id) {
+            Some(flaps) if flap.max_flaps > 0 && flaps.downs_ns.len() > flap.max_flaps as usize => {
+                flaps.steady_since_ns = arrival;
+                flaps.last_arrival_ns = arrival;
+                NodeState::Flapping
+            }
+            _ => NodeState::Up,
+        }
+    }
+
+    /// A flapping node heard again: up once heard without a silence past its
+    /// suspect deadline for `flap.stable_ns`.
+    fn steady(&mut self, id: u32, now_ns: u64, arrival: u64, deadlines: Deadlines) -> NodeState {
+        let flaps = self.flaps.entry(id).or_default();
+        if arrival.saturating_sub(flaps.last_arrival_ns) > deadlines.suspect_ns {
+            flaps.steady_since_ns = arrival;
+        }
+        flaps.last_arrival_ns = arrival;
+        if now_ns.saturating_sub(flaps.steady_since_ns) < self.settings.flap.stable_ns {
+            return NodeState::Flapping;
+        }
+        self.flaps.remove(&id);
+        NodeState::Up
     }
 }
 
@@ -448,6 +663,7 @@ mod tests {
         seen: Vec<AtomicU64>,
         intervals: Vec<u32>,
         measured: Vec<u64>,
+        heartbeats: Vec<u64>,
     }
 
     impl FakeTable {
@@ -456,6 +672,7 @@ mod tests {
                 seen: (0..len).map(|_| AtomicU64::new(0)).collect(),
                 intervals: vec![0; len],
                 measured: vec![0; len],
+                heartbeats: vec![0; len],
             }
         }
     }
@@ -469,6 +686,9 @@ mod tests {
         }
         fn interval_word(&self, node_id: u32) -> u64 {
             self.measured[node_id as usize]
+        }
+        fn heartbeats(&self, node_id: u32) -> u64 {
+            self.heartbeats[node_id as usize]
         }
     }
 
@@ -496,6 +716,7 @@ mod tests {
         fn beat(&mut self, id: u32, interval_ms: u32, leave: bool) {
             self.table.seen[id as usize].store(seen::word(self.now, leave), Ordering::Relaxed);
             self.table.intervals[id as usize] = interval_ms;
+            self.table.heartbeats[id as usize] += 1;
         }
 
         fn sweep(&mut self) -> Vec<Transition> {
@@ -527,6 +748,16 @@ mod tests {
                 .map(|t| (t.node_id, t.from, t.to))
                 .collect()
         }
+
+        /// Like `advance_and_sweep`, without the suspicions: the tests of
+        /// the timeout itself look at downs and ups (suspicions have their
+        /// own tests).
+        fn decisions(&mut self, ms: u64) -> Vec<(u32, NodeState, NodeState)> {
+            self.advance_and_sweep(ms)
+                .into_iter()
+                .filter(|&(_, _, to)| to != Suspect)
+                .collect()
+        }
     }
 
     fn settings() -> DetectorSettings {
@@ -535,6 +766,12 @@ mod tests {
             timeout_multiplier: 3,
             rule: Rule::Timeout,
             stall_ns: 10_000 * MS,
+            rise: 1,
+            flap: FlapSettings {
+                max_flaps: 0,
+                window_ns: 0,
+                stable_ns: 0,
+            },
         }
     }
 
@@ -549,6 +786,12 @@ mod tests {
                     acceptable_pause: std::time::Duration::ZERO,
                 })
                 .unwrap(),
+                suspect: PhiDetector::new(crate::phi::PhiSettings {
+                    threshold: 3.0,
+                    min_std_dev: std::time::Duration::from_millis(10),
+                    acceptable_pause: std::time::Duration::ZERO,
+                })
+                .unwrap(),
                 acceptable_pause_ns: Some(50 * MS),
             },
             ..settings()
@@ -556,20 +799,112 @@ mod tests {
     }
 
     #[test]
+    fn suspect_comes_first_and_a_heartbeat_clears_it() {
+        let mut fake = Fake::new(&nodes(&[1]));
+        fake.beat(1, 100, false);
+        assert_eq!(fake.advance_and_sweep(1), vec![(1, Unseen, Up)]);
+        // Suspect one interval before the 300 ms timeout.
+        assert!(fake.advance_and_sweep(199).is_empty());
+        assert_eq!(fake.advance_and_sweep(2), vec![(1, Up, Suspect)]);
+        fake.beat(1, 100, false);
+        assert_eq!(fake.advance_and_sweep(1), vec![(1, Suspect, Up)]);
+        assert_eq!(fake.advance_and_sweep(250), vec![(1, Up, Suspect)]);
+        assert_eq!(fake.advance_and_sweep(100), vec![(1, Suspect, Down)]);
+        assert!(fake.advance_and_sweep(1_000).is_empty(), "down once");
+    }
+
+    fn damped() -> DetectorSettings {
+        DetectorSettings {
+            rise: 3,
+            flap: FlapSettings {
+                max_flaps: 2,
+                window_ns: 60_000 * MS,
+                stable_ns: 1_000 * MS,
+            },
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn a_down_node_is_up_again_only_after_rise_heartbeats_in_a_row() {
+        let mut fake = Fake::with(damped(), &nodes(&[1]));
+        fake.beat(1, 100, false);
+        assert_eq!(fake.decisions(1), vec![(1, Unseen, Up)], "first contact");
+        assert_eq!(fake.decisions(400), vec![(1, Suspect, Down)]);
+        for _ in 0..2 {
+            fake.beat(1, 100, false);
+            assert!(fake.decisions(100).is_empty(), "not yet: rise is 3");
+        }
+        // A silence past the suspect deadline breaks the run.
+        fake.now += 500 * MS;
+        for _ in 0..2 {
+            fake.beat(1, 100, false);
+            assert!(fake.decisions(100).is_empty(), "the run started over");
+        }
+        fake.beat(1, 100, false);
+        assert_eq!(fake.decisions(100), vec![(1, Down, Up)]);
+    }
+
+    #[test]
+    fn a_node_that_keeps_going_down_is_held_as_flapping_until_steady() {
+        let mut fake = Fake::with(damped(), &nodes(&[1]));
+        let mut cycle = |fake: &mut Fake| {
+            assert_eq!(fake.decisions(400), vec![(1, Suspect, Down)]);
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                fake.beat(1, 100, false);
+                seen.extend(fake.decisions(100));
+            }
+            seen
+        };
+        fake.beat(1, 100, false);
+        fake.decisions(1);
+        assert_eq!(cycle(&mut fake), vec![(1, Down, Up)], "flap 1");
+        assert_eq!(cycle(&mut fake), vec![(1, Down, Up)], "flap 2");
+        assert_eq!(
+            cycle(&mut fake),
+            vec![(1, Down, Flapping)],
+            "down a third time within the window: more than 2 flaps"
+        );
+        // Silent while flapping: no new event, still held.
+        assert!(fake.decisions(2_000).is_empty());
+        assert_eq!(fake.detector.state(1), Flapping);
+        // Heard steadily for the stable time (1 s): up.
+        let mut seen = Vec::new();
+        for _ in 0..12 {
+            fake.beat(1, 100, false);
+            seen.extend(fake.decisions(100));
+        }
+        assert_eq!(seen, vec![(1, Flapping, Up)]);
+        assert_eq!(fake.detector.state(1), Up);
+    }
+
+    #[test]
+    fn a_restored_suspect_node_is_up_with_a_full_timeout() {
+        let mut fake = Fake::new(&nodes(&[1]));
+        fake.detector.restore(1, Suspect, 100, 0);
+        assert_eq!(fake.detector.state(1), Up);
+        assert_eq!(fake.advance_and_sweep(201), vec![(1, Up, Suspect)]);
+    }
+
+    #[test]
     fn phi_uses_the_measured_interval_once_there_is_one() {
         let mut fake = Fake::with(phi_settings(), &nodes(&[1]));
         // No sample yet: the timeout rule (3 x 100 ms advertised).
         fake.beat(1, 100, false);
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Unseen, Up)]);
-        assert_eq!(fake.detector.timeout_ns(1), 300 * MS);
+        assert_eq!(fake.decisions(1), vec![(1, Unseen, Up)]);
+        assert_eq!(fake.detector.deadlines(1, &fake.table).down_ns, 300 * MS);
         // Measured 100 ms, deviation 4 ms (sd 5 ms, floored to 10 ms):
         // 100 + 50 + 5.226 x 10 = 202.26 ms, recomputed on the heartbeat.
         fake.table.measured[1] = intervals::word(100_000, 4_000);
         fake.beat(1, 100, false);
-        assert!(fake.advance_and_sweep(1).is_empty());
-        assert_eq!(fake.detector.timeout_ns(1), 203 * MS, "ms, rounded up");
-        assert!(fake.advance_and_sweep(201).is_empty());
-        assert_eq!(fake.advance_and_sweep(2), vec![(1, Up, Down)]);
+        assert!(fake.decisions(1).is_empty());
+        assert_eq!(
+            fake.detector.deadlines(1, &fake.table).down_ns.div_ceil(MS),
+            203
+        );
+        assert!(fake.decisions(201).is_empty());
+        assert_eq!(fake.decisions(2), vec![(1, Suspect, Down)]);
         let phi = fake
             .detector
             .phi(202_260_000, fake.table.measured[1])
@@ -582,17 +917,17 @@ mod tests {
         let mut fake = Fake::with(phi_settings(), &nodes(&[1]));
         fake.table.measured[1] = intervals::word(100_000, 4_000);
         assert_eq!(fake.beat_for(1, 100, 1_000), vec![(1, Unseen, Up)]);
-        let steady = fake.detector.timeout_ns(1);
+        let steady = fake.detector.deadlines(1, &fake.table).down_ns;
         // The sender gets jittery: a mean absolute deviation of 40 ms.
         fake.table.measured[1] = intervals::word(100_000, 40_000);
         assert!(fake.beat_for(1, 100, 200).is_empty());
-        let jittery = fake.detector.timeout_ns(1);
+        let jittery = fake.detector.deadlines(1, &fake.table).down_ns;
         assert!(jittery > steady + 200 * MS, "{steady} -> {jittery}");
         // And calms down again: the deadline shrinks back with the next
         // heartbeat, not only when the old deadline passes.
         fake.table.measured[1] = intervals::word(100_000, 4_000);
         assert!(fake.beat_for(1, 100, 100).is_empty());
-        assert_eq!(fake.detector.timeout_ns(1), steady);
+        assert_eq!(fake.detector.deadlines(1, &fake.table).down_ns, steady);
     }
 
     #[test]
@@ -606,10 +941,7 @@ mod tests {
         );
         fake.beat(1, 100, false);
         fake.beat(2, 100, false);
-        assert_eq!(
-            fake.advance_and_sweep(1),
-            vec![(1, Unseen, Up), (2, Unseen, Up)]
-        );
+        assert_eq!(fake.decisions(1), vec![(1, Unseen, Up), (2, Unseen, Up)]);
         // The agent is stopped for 2 s; node 1 kept sending (its heartbeat
         // landed just now), node 2 died.
         fake.now += 2_000 * MS;
@@ -622,9 +954,13 @@ mod tests {
             "nobody convicted on silence measured across the stall: {out:?}"
         );
         fake.beat(1, 100, false);
-        assert!(fake.advance_and_sweep(299).is_empty());
+        assert!(fake.decisions(299).is_empty());
         fake.beat(1, 100, false);
-        assert_eq!(fake.advance_and_sweep(2), vec![(2, Up, Down)]);
+        assert_eq!(
+            fake.decisions(2),
+            vec![(1, Suspect, Up), (2, Suspect, Down)],
+            "node 1 was only suspected (its heartbeats are 299 ms apart)"
+        );
     }
 
     fn nodes(ids: &[u32]) -> Vec<WatchedNode> {
@@ -638,7 +974,7 @@ mod tests {
 
     #[test]
     fn watch_word_packs_state_and_timeout() {
-        for state in [Unseen, Up, Down, Left] {
+        for state in [Unseen, Up, Down, Left, Suspect, Flapping] {
             let w = Watch::new(state, 300 * MS);
             assert_eq!((w.state(), w.timeout_ns()), (state, 300 * MS));
         }
@@ -653,7 +989,7 @@ mod tests {
     #[test]
     fn never_seen_node_stays_unseen_without_events() {
         let mut fake = Fake::new(&nodes(&[1]));
-        assert!(fake.advance_and_sweep(10_000).is_empty());
+        assert!(fake.decisions(10_000).is_empty());
         assert_eq!(fake.detector.state(1), Unseen);
     }
 
@@ -661,23 +997,20 @@ mod tests {
     fn up_down_up_with_advertised_interval() {
         let mut fake = Fake::new(&nodes(&[1]));
         fake.beat(1, 100, false);
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Unseen, Up)]);
+        assert_eq!(fake.decisions(1), vec![(1, Unseen, Up)]);
         // Timeout = 3 x 100 ms from the last heartbeat, which was 1 ms ago.
         assert!(
-            fake.advance_and_sweep(298).is_empty(),
+            fake.decisions(298).is_empty(),
             "299 ms of silence is within timeout"
         );
         assert!(
-            fake.advance_and_sweep(1).is_empty(),
+            fake.decisions(1).is_empty(),
             "exactly at the deadline is not past it"
         );
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Up, Down)]);
-        assert!(
-            fake.advance_and_sweep(5_000).is_empty(),
-            "down is reported once"
-        );
+        assert_eq!(fake.decisions(1), vec![(1, Suspect, Down)]);
+        assert!(fake.decisions(5_000).is_empty(), "down is reported once");
         fake.beat(1, 100, false);
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Down, Up)]);
+        assert_eq!(fake.decisions(1), vec![(1, Down, Up)]);
     }
 
     #[test]
@@ -686,7 +1019,7 @@ mod tests {
         for round in 0..100 {
             fake.beat(1, 100, false);
             fake.beat(2, 100, false);
-            let events = fake.advance_and_sweep(250);
+            let events = fake.advance_and_sweep(150);
             if round == 0 {
                 assert_eq!(events, vec![(1, Unseen, Up), (2, Unseen, Up)]);
             } else {
@@ -703,84 +1036,81 @@ mod tests {
             interval_ns: Some(1_000 * MS),
         }]);
         fake.beat(1, 100, false);
-        fake.advance_and_sweep(0);
+        fake.decisions(0);
         assert!(
-            fake.advance_and_sweep(2_900).is_empty(),
+            fake.decisions(2_900).is_empty(),
             "timeout is 3 x 1 s, not 3 x 100 ms"
         );
-        assert_eq!(fake.advance_and_sweep(200), vec![(1, Up, Down)]);
+        assert_eq!(fake.decisions(200), vec![(1, Suspect, Down)]);
     }
 
     #[test]
     fn default_interval_applies_when_nothing_is_advertised() {
         let mut fake = Fake::new(&nodes(&[1]));
         fake.beat(1, 0, false);
-        fake.advance_and_sweep(0);
-        assert!(fake.advance_and_sweep(300).is_empty());
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Up, Down)]);
+        fake.decisions(0);
+        assert!(fake.decisions(300).is_empty());
+        assert_eq!(fake.decisions(1), vec![(1, Suspect, Down)]);
     }
 
     #[test]
     fn absurd_advertised_interval_is_clamped() {
         let mut fake = Fake::new(&nodes(&[1]));
         fake.beat(1, 1, false); // 1 ms: clamped up to 10 ms, timeout 30 ms
-        fake.advance_and_sweep(0);
-        assert!(fake.advance_and_sweep(30).is_empty());
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Up, Down)]);
+        fake.decisions(0);
+        assert!(fake.decisions(30).is_empty());
+        assert_eq!(fake.decisions(1), vec![(1, Suspect, Down)]);
     }
 
     #[test]
     fn a_longer_advertised_interval_is_honoured_before_convicting() {
         let mut fake = Fake::new(&nodes(&[1]));
         fake.beat(1, 100, false);
-        fake.advance_and_sweep(0);
+        fake.decisions(0);
         // The sender now advertises 1 s (its next heartbeat says so).
         fake.beat(1, 1_000, false);
-        assert!(
-            fake.advance_and_sweep(2_000).is_empty(),
-            "timeout is now 3 s"
-        );
-        assert_eq!(fake.advance_and_sweep(1_001), vec![(1, Up, Down)]);
+        assert!(fake.decisions(2_000).is_empty(), "timeout is now 3 s");
+        assert_eq!(fake.decisions(1_001), vec![(1, Suspect, Down)]);
     }
 
     #[test]
     fn graceful_leave_is_left_not_down_and_a_new_heartbeat_brings_it_back() {
         let mut fake = Fake::new(&nodes(&[1]));
         fake.beat(1, 100, false);
-        fake.advance_and_sweep(1);
+        fake.decisions(1);
         fake.beat(1, 100, true);
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Up, Left)]);
+        assert_eq!(fake.decisions(1), vec![(1, Up, Left)]);
         assert!(
-            fake.advance_and_sweep(60_000).is_empty(),
+            fake.decisions(60_000).is_empty(),
             "a node that left is never declared down"
         );
         fake.beat(1, 100, false);
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Left, Up)]);
+        assert_eq!(fake.decisions(1), vec![(1, Left, Up)]);
     }
 
     #[test]
     fn a_down_node_that_leaves_goes_to_left() {
         let mut fake = Fake::new(&nodes(&[1]));
         fake.beat(1, 100, false);
-        fake.advance_and_sweep(1);
-        assert_eq!(fake.advance_and_sweep(400), vec![(1, Up, Down)]);
+        fake.decisions(1);
+        assert_eq!(fake.decisions(400), vec![(1, Suspect, Down)]);
         fake.beat(1, 100, true);
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Down, Left)]);
+        assert_eq!(fake.decisions(1), vec![(1, Down, Left)]);
     }
 
     #[test]
     fn a_heartbeat_landing_just_before_the_sweep_is_not_missed() {
         let mut fake = Fake::new(&nodes(&[1]));
         fake.beat(1, 100, false);
-        fake.advance_and_sweep(1);
-        assert_eq!(fake.advance_and_sweep(400), vec![(1, Up, Down)]);
+        fake.decisions(1);
+        assert_eq!(fake.decisions(400), vec![(1, Suspect, Down)]);
         // Stamped within the store margin before the previous sweep's start,
         // but only visible now.
         fake.table.seen[1].store(
             seen::word(fake.now - STORE_MARGIN_NS / 2, false),
             Ordering::Relaxed,
         );
-        assert_eq!(fake.advance_and_sweep(1), vec![(1, Down, Up)]);
+        assert_eq!(fake.decisions(1), vec![(1, Down, Up)]);
     }
 
     #[test]
@@ -796,12 +1126,12 @@ mod tests {
         fake.detector.restore(1, Up, 100, 0);
         fake.detector.restore(2, Down, 100, 0);
         assert!(
-            fake.advance_and_sweep(299).is_empty(),
+            fake.decisions(299).is_empty(),
             "no event within a timeout of the restart"
         );
         assert_eq!(
-            fake.advance_and_sweep(2),
-            vec![(1, Up, Down)],
+            fake.decisions(2),
+            vec![(1, Suspect, Down)],
             "and a silent node then goes down"
         );
     }
@@ -810,16 +1140,25 @@ mod tests {
     fn transitions_carry_time_since_last_heartbeat() {
         let mut fake = Fake::new(&nodes(&[3]));
         fake.beat(3, 100, false);
-        fake.advance_and_sweep(5);
+        fake.decisions(5);
         fake.now += 400 * MS;
         assert_eq!(
             fake.sweep(),
-            vec![Transition {
-                node_id: 3,
-                from: Up,
-                to: Down,
-                since_last_heartbeat_ns: Some(405 * MS)
-            }]
+            vec![
+                Transition {
+                    node_id: 3,
+                    from: Up,
+                    to: Suspect,
+                    since_last_heartbeat_ns: Some(405 * MS)
+                },
+                Transition {
+                    node_id: 3,
+                    from: Suspect,
+                    to: Down,
+                    since_last_heartbeat_ns: Some(405 * MS)
+                }
+            ],
+            "suspected and down in the same sweep"
         );
     }
 
@@ -827,7 +1166,7 @@ mod tests {
     fn the_last_slot_of_the_table_is_watched_like_any_other() {
         let mut fake = Fake::new(&nodes(&[7]));
         fake.beat(7, 100, false);
-        assert_eq!(fake.advance_and_sweep(1), vec![(7, Unseen, Up)]);
-        assert_eq!(fake.advance_and_sweep(400), vec![(7, Up, Down)]);
+        assert_eq!(fake.decisions(1), vec![(7, Unseen, Up)]);
+        assert_eq!(fake.decisions(400), vec![(7, Suspect, Down)]);
     }
 }

@@ -24,7 +24,7 @@ pub struct EventRecord {
     pub mono_ns: u64,
     /// Wall clock at the same moment, for people.
     pub unix_ms: u64,
-    /// The state entered: up, down or left.
+    /// The state entered: up, suspect, down, flapping or left.
     pub event: String,
     pub node_id: u32,
     pub node: String,

@@ -8,7 +8,9 @@ use aya::programs::{TestRun, TestRunOptions};
 use hb::{
     bench::ipv4_udp_frame,
     clock::monotonic_ns,
-    detector::{Detector, DetectorSettings, NodeState, Rule, Transition, WatchedNode},
+    detector::{
+        Detector, DetectorSettings, FlapSettings, NodeState, Rule, Transition, WatchedNode,
+    },
     xdp::{LoadOptions, XdpDatapath},
 };
 use hb_common::{
@@ -70,6 +72,12 @@ fn the_sweep_sees_exactly_what_the_kernel_wrote() {
         timeout_multiplier: 3,
         rule: Rule::Timeout,
         stall_ns: u64::MAX,
+        rise: 1,
+        flap: FlapSettings {
+            max_flaps: 0,
+            window_ns: 0,
+            stable_ns: 0,
+        },
     };
     let nodes: Vec<_> = watched
         .iter()

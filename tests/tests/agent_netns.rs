@@ -373,7 +373,7 @@ fn crashed_sender_goes_down_and_comes_back_up(datapath: Datapath) {
         detected <= limit,
         "down 2 after {detected:?} (limit {limit:?})"
     );
-    assert_eq!(down.previous, "up", "{down:?}{}", f.context());
+    assert_eq!(down.previous, "suspect", "{down:?}{}", f.context());
     let timeout_ms = u64::try_from(TIMING.timeout().as_millis()).unwrap();
     let silent = down
         .since_last_heartbeat_ms
@@ -650,7 +650,7 @@ fn restarted_agent_keeps_node_states_and_fires_no_event_again(datapath: Datapath
         .signal(Signal::Kill)
         .unwrap_or_else(|err| panic!("{err}"));
     let (down, _) = f.expect_event("down 1 after the restart", limit, |e| e.is("down", 1));
-    assert_eq!(down.previous, "up", "{down:?}{}", f.context());
+    assert_eq!(down.previous, "suspect", "{down:?}{}", f.context());
 }
 
 /// The attacked node of the attack scenarios: signs its heartbeats and is
@@ -876,7 +876,7 @@ fn attacked_stopped_node_goes_down_on_time(datapath: Datapath) {
         detected <= limit,
         "down 1 after {detected:?} (limit {limit:?})"
     );
-    assert_eq!(down.previous, "up", "{down:?}{}", f.context());
+    assert_eq!(down.previous, "suspect", "{down:?}{}", f.context());
     let timeout_ms = u64::try_from(TIMING.timeout().as_millis()).unwrap();
     let silent = down
         .since_last_heartbeat_ms
