@@ -36,7 +36,8 @@
 //!   only when a heartbeat arrives, so it is recomputed then (each new
 //!   heartbeat of an up node takes the slow path once): O(1) per node and
 //!   sweep, no transcendental function. Until a node has an interval
-//!   sample, the timeout rule applies to it.
+//!   sample, its mean is the interval it is expected to keep (configured,
+//!   advertised or default) and its deviation the minimum.
 //!
 //! A sweep that starts more than `stall_ns` after the previous one means the
 //! agent itself was stalled (a pause, an overloaded host): it then convicts
@@ -292,6 +293,8 @@ pub struct Detector {
     rising: HashMap<u32, Rising>,
     /// Nodes that went down recently (flap damping).
     flaps: HashMap<u32, Flaps>,
+    /// How many watched nodes are in each state (by `NodeState as usize`).
+    counts: [usize; 6],
 }
 
 /// A down node being heard again.
@@ -335,7 +338,9 @@ impl Detector {
             last_sweep_ns: 0,
             rising: HashMap::new(),
             flaps: HashMap::new(),
+            counts: [0; 6],
         };
+        detector.counts[NodeState::Unseen as usize] = nodes.len();
         for node in nodes {
             let deadlines = detector.deadlines_for(node.node_id, 0, 0);
             detector.watches[node.node_id as usize] = Watch::new(
@@ -366,7 +371,20 @@ impl Detector {
             other => other,
         };
         let deadlines = self.deadlines_for(id, advertised_interval_ms, interval_word);
-        self.watches[id as usize] = Watch::new(state, Self::look_after(state, deadlines));
+        self.set(id, Watch::new(state, Self::look_after(state, deadlines)));
+    }
+
+    /// How many watched nodes are in `state`.
+    pub fn count(&self, state: NodeState) -> usize {
+        self.counts[state as usize]
+    }
+
+    /// Replaces node `id`'s watch word, keeping the state counts.
+    fn set(&mut self, id: u32, watch: Watch) {
+        let old = self.watches[id as usize].state();
+        self.counts[old as usize] = self.counts[old as usize].saturating_sub(1);
+        self.counts[watch.state() as usize] += 1;
+        self.watches[id as usize] = watch;
     }
 
     pub fn state(&self, id: u32) -> NodeState {
@@ -417,10 +435,15 @@ impl Detector {
             acceptable_pause_ns,
         } = self.settings.rule
         {
-            let (mean_us, mad_us) = (
-                intervals::mean_us(interval_word),
-                intervals::mad_us(interval_word),
-            );
+            // No sample yet: the interval the node is expected to keep,
+            // with no spread (the minimum deviation applies).
+            let (mean_us, mad_us) = match intervals::mean_us(interval_word) {
+                0 => (
+                    u32::try_from(self.interval_ns(id, advertised_ms) / 1_000).unwrap_or(u32::MAX),
+                    0,
+                ),
+                mean_us => (mean_us, intervals::mad_us(interval_word)),
+            };
             let pause = acceptable_pause_ns.unwrap_or(u64::from(mean_us) * 1_000);
             let at = |phi: PhiDetector| {
                 phi.deadline_ns(mean_us, mad_us)
@@ -553,7 +576,7 @@ impl Detector {
             NodeState::Unseen | NodeState::Left if heard => NodeState::Up,
             other => other,
         };
-        self.watches[id as usize] = Watch::new(to, Self::look_after(to, deadlines));
+        self.set(id, Watch::new(to, Self::look_after(to, deadlines)));
         let from = if from == NodeState::Up && to == NodeState::Down {
             NodeState::Suspect
         } else {
@@ -799,6 +822,32 @@ mod tests {
     }
 
     #[test]
+    fn states_are_counted() {
+        let mut fake = Fake::new(&nodes(&[1, 2, 3]));
+        assert_eq!(fake.detector.count(Unseen), 3);
+        fake.beat(1, 100, false);
+        fake.beat(2, 100, false);
+        fake.advance_and_sweep(1);
+        assert_eq!(
+            (fake.detector.count(Up), fake.detector.count(Unseen)),
+            (2, 1)
+        );
+        fake.advance_and_sweep(150);
+        fake.beat(2, 100, false);
+        fake.advance_and_sweep(100);
+        assert_eq!(
+            (fake.detector.count(Up), fake.detector.count(Suspect)),
+            (1, 1)
+        );
+        fake.advance_and_sweep(200);
+        assert_eq!(
+            (fake.detector.count(Down), fake.detector.count(Suspect)),
+            (1, 1)
+        );
+        assert_eq!(fake.detector.count(Up) + fake.detector.count(Unseen), 1);
+    }
+
+    #[test]
     fn suspect_comes_first_and_a_heartbeat_clears_it() {
         let mut fake = Fake::new(&nodes(&[1]));
         fake.beat(1, 100, false);
@@ -848,7 +897,7 @@ mod tests {
     #[test]
     fn a_node_that_keeps_going_down_is_held_as_flapping_until_steady() {
         let mut fake = Fake::with(damped(), &nodes(&[1]));
-        let mut cycle = |fake: &mut Fake| {
+        let cycle = |fake: &mut Fake| {
             assert_eq!(fake.decisions(400), vec![(1, Suspect, Down)]);
             let mut seen = Vec::new();
             for _ in 0..3 {
@@ -890,10 +939,14 @@ mod tests {
     #[test]
     fn phi_uses_the_measured_interval_once_there_is_one() {
         let mut fake = Fake::with(phi_settings(), &nodes(&[1]));
-        // No sample yet: the timeout rule (3 x 100 ms advertised).
-        fake.beat(1, 100, false);
+        // No sample yet: the advertised 200 ms, the minimum deviation:
+        // 200 + 50 + 5.226 x 10 = 302.26 ms.
+        fake.beat(1, 200, false);
         assert_eq!(fake.decisions(1), vec![(1, Unseen, Up)]);
-        assert_eq!(fake.detector.deadlines(1, &fake.table).down_ns, 300 * MS);
+        assert_eq!(
+            fake.detector.deadlines(1, &fake.table).down_ns.div_ceil(MS),
+            303
+        );
         // Measured 100 ms, deviation 4 ms (sd 5 ms, floored to 10 ms):
         // 100 + 50 + 5.226 x 10 = 202.26 ms, recomputed on the heartbeat.
         fake.table.measured[1] = intervals::word(100_000, 4_000);
