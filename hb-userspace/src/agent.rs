@@ -32,6 +32,7 @@ use tokio::{
 
 use crate::{
     actions::{ActionEvent, ActionRunner},
+    brake::{Brake, Change, Decisions},
     clock::monotonic_ns,
     config::{Config, DatapathKind, DetectorKind, Event, XdpMode},
     datapath::Datapath,
@@ -43,7 +44,7 @@ use crate::{
     nodes::{NodeDirectory, NodeInfo},
     phi::{PhiDetector, PhiSettings},
     state_file::{self, SavedNode},
-    status::{self, AuthStatus, MeasuredInterval, NodeStatus, StatusReport},
+    status::{self, AuthStatus, BrakeStatus, MeasuredInterval, NodeStatus, StatusReport},
     table::NodeTable,
 };
 
@@ -116,6 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "agent running"
     );
 
+    let mut brake = Brake::new(config.brake.settings());
     let mut transitions = Vec::new();
     loop {
         tokio::select! {
@@ -130,15 +132,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         stalled as f64 / 1e9
                     );
                 }
-                if !transitions.is_empty() {
+                let decisions = brake.sweep(
+                    now,
+                    detector.count(NodeState::Up),
+                    &brake_changes(&transitions),
+                );
+                announce_brake(&decisions, &brake);
+                if !transitions.is_empty() || !decisions.release.is_empty() {
                     let table = datapath.table();
-                    handle_transitions(&transitions, now, &nodes, table, &detector, &actions, &mut events);
+                    let mut ctx = Handling {
+                        now,
+                        nodes: &nodes,
+                        table,
+                        detector: &detector,
+                        actions: &actions,
+                        brake: &mut brake,
+                    };
+                    ctx.transitions(&transitions, &mut events);
+                    ctx.release(&decisions.release);
                     saver.changed();
                 }
                 saver.save_if_due(|| snapshot(&nodes, &detector, datapath.table()));
             }
             Some(request) = status_rx.recv() => {
-                let report = report(&nodes, &detector, &datapath, &actions, &auth, started, request.limit);
+                let context = ReportContext {
+                    auth: &auth,
+                    brake: BrakeStatus {
+                        engaged: brake.engaged(),
+                        held: brake.held() as u64,
+                        silent: brake.silent() as u64,
+                    },
+                    started,
+                };
+                let report = report(&nodes, &detector, &datapath, &actions, &context, request.limit);
                 let _ = request.reply.send(report);
             }
             _ = hangup.recv() => {
@@ -317,60 +343,158 @@ fn watch_nodes(
     Ok(detector)
 }
 
-/// Logs the changes of one sweep, records them in the event log and starts
-/// their actions.
-fn handle_transitions(
-    transitions: &[Transition],
+/// What the brake needs to know of a sweep's transitions: which nodes went
+/// silent (up to suspect or down) and which were heard again.
+fn brake_changes(transitions: &[Transition]) -> Vec<Change> {
+    transitions
+        .iter()
+        .filter_map(|t| match (t.from, t.to) {
+            (NodeState::Up, NodeState::Suspect | NodeState::Down)
+            | (NodeState::Suspect, NodeState::Down) => Some(Change::Silent(t.node_id)),
+            (
+                NodeState::Suspect | NodeState::Down | NodeState::Flapping,
+                NodeState::Up | NodeState::Left | NodeState::Flapping,
+            ) => Some(Change::Heard(t.node_id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Logs the brake engaging and clearing: the `partition-suspected` and
+/// `partition-cleared` events.
+fn announce_brake(decisions: &Decisions, brake: &Brake) {
+    if decisions.partition_suspected {
+        tracing::error!(
+            silent = decisions.silent,
+            of = decisions.population,
+            "PARTITION SUSPECTED: {} of {} nodes went silent within {:?}; the fault is probably on \
+             this monitor's side (its link, a partition, a pause): down actions are held",
+            decisions.silent,
+            decisions.population,
+            brake.settings().window
+        );
+    }
+    if let Some(cause) = decisions.partition_cleared {
+        tracing::warn!(
+            cause = cause.name(),
+            released = decisions.release.len(),
+            "partition cleared ({}): {} held down actions run now",
+            cause.name(),
+            decisions.release.len()
+        );
+    }
+}
+
+/// One sweep's transitions, handled: logged, recorded in the event log,
+/// and their actions started or held by the brake.
+struct Handling<'a, 'n> {
     now: u64,
-    nodes: &NodeDirectory<'_>,
-    table: &NodeTable,
-    detector: &Detector,
-    actions: &ActionRunner,
-    events: &mut EventLog,
-) {
-    let each = transitions.len() <= LOG_EACH_UP_TO;
-    let mut kinds: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for transition in transitions {
-        let Some(node) = nodes.get(transition.node_id) else {
-            tracing::error!(
-                id = transition.node_id,
-                "a node that is not configured changed state"
+    nodes: &'a NodeDirectory<'n>,
+    table: &'a NodeTable,
+    detector: &'a Detector,
+    actions: &'a ActionRunner,
+    brake: &'a mut Brake,
+}
+
+impl Handling<'_, '_> {
+    fn transitions(&mut self, transitions: &[Transition], events: &mut EventLog) {
+        let each = transitions.len() <= LOG_EACH_UP_TO;
+        let mut kinds: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        let mut held = 0usize;
+        for transition in transitions {
+            let Some(node) = self.nodes.get(transition.node_id) else {
+                tracing::error!(
+                    id = transition.node_id,
+                    "a node that is not configured changed state"
+                );
+                continue;
+            };
+            if each {
+                announce(&node, transition, self.detector);
+            } else {
+                tracing::debug!(node = %node.name, id = node.id, from = %transition.from, to = %transition.to);
+                *kinds
+                    .entry((transition.from.name(), transition.to.name()))
+                    .or_default() += 1;
+            }
+            events.record(self.now, &node.name, transition);
+            let run = match (transition.from, transition.to) {
+                (_, NodeState::Down) => self.brake.admit_down(self.now, node.id),
+                // Came back while its down actions were held: nothing to undo.
+                (NodeState::Down | NodeState::Flapping, NodeState::Up) => {
+                    self.brake.admit_up(node.id)
+                }
+                _ => true,
+            };
+            if !run {
+                held += 1;
+                continue;
+            }
+            self.dispatch(
+                &node,
+                transition.to,
+                transition.from,
+                transition.since_last_heartbeat_ns,
             );
-            continue;
-        };
-        if each {
-            announce(&node, transition, detector);
-        } else {
-            tracing::debug!(node = %node.name, id = node.id, from = %transition.from, to = %transition.to);
-            *kinds
-                .entry((transition.from.name(), transition.to.name()))
-                .or_default() += 1;
         }
-        events.record(now, &node.name, transition);
-        if let Some(event) = event_of(transition.to) {
-            let record = table.records.get(node.id);
-            actions.dispatch(ActionEvent {
-                event,
-                node_id: node.id,
-                node_name: node.name.into_owned(),
-                node_address: node_address(node.address, &record).map(|a| a.to_string()),
-                previous_state: transition.from.name(),
-                since_last_heartbeat: transition.since_last_heartbeat_ns.map(Duration::from_nanos),
-            });
+        for ((from, to), count) in kinds {
+            if to == "down" {
+                tracing::warn!(
+                    count,
+                    from,
+                    "nodes are DOWN: no heartbeat within their timeout"
+                );
+            } else {
+                tracing::info!(count, from, to, "nodes changed state");
+            }
         }
-    }
-    for ((from, to), count) in kinds {
-        if to == "down" {
+        if held > 0 {
             tracing::warn!(
-                count,
-                from,
-                "nodes are DOWN: no heartbeat within their timeout"
+                held,
+                held_in_all = self.brake.held(),
+                "actions held by the brake (partition suspected)"
             );
-        } else {
-            tracing::info!(count, from, to, "nodes changed state");
+        }
+        events.flush();
+    }
+
+    /// Runs the down actions the brake releases, for nodes still down.
+    fn release(&mut self, released: &[u32]) {
+        for &id in released {
+            let Some(node) = self.nodes.get(id) else {
+                continue;
+            };
+            if self.detector.state(id) != NodeState::Down {
+                continue;
+            }
+            let word = self.table.seen.get(id);
+            let arrival = seen::arrival_ns(word);
+            let since = (arrival != 0).then(|| self.now.saturating_sub(arrival));
+            tracing::warn!(node = %node.name, id, "held down actions released");
+            self.dispatch(&node, NodeState::Down, NodeState::Suspect, since);
         }
     }
-    events.flush();
+
+    fn dispatch(
+        &self,
+        node: &NodeInfo<'_>,
+        to: NodeState,
+        from: NodeState,
+        since_last_heartbeat_ns: Option<u64>,
+    ) {
+        let Some(event) = event_of(to) else {
+            return;
+        };
+        let record = self.table.records.get(node.id);
+        self.actions.dispatch(ActionEvent {
+            event,
+            node_id: node.id,
+            node_name: node.name.clone().into_owned(),
+            node_address: node_address(node.address, &record).map(|a| a.to_string()),
+            previous_state: from.name(),
+            since_last_heartbeat: since_last_heartbeat_ns.map(Duration::from_nanos),
+        });
+    }
 }
 
 /// Logs a transition in words an operator reads at a glance.
@@ -519,6 +643,13 @@ impl StateSaver {
     }
 }
 
+/// What the status report shows besides the nodes and the datapath.
+struct ReportContext<'a> {
+    auth: &'a AuthStatus,
+    brake: BrakeStatus,
+    started: Instant,
+}
+
 /// The status report: every node counted by state, at most `limit` listed
 /// (those not up first).
 fn report(
@@ -526,8 +657,7 @@ fn report(
     detector: &Detector,
     datapath: &Datapath,
     actions: &ActionRunner,
-    auth: &AuthStatus,
-    started: Instant,
+    context: &ReportContext<'_>,
     limit: usize,
 ) -> StatusReport {
     let now = monotonic_ns();
@@ -590,11 +720,12 @@ fn report(
         })
         .collect();
     StatusReport {
-        uptime_ms: started.elapsed().as_millis() as u64,
+        uptime_ms: context.started.elapsed().as_millis() as u64,
         interfaces: datapath.interfaces(),
         counters,
         actions: actions.stats(),
-        auth: auth.clone(),
+        auth: context.auth.clone(),
+        brake: context.brake.clone(),
         states,
         nodes_total: nodes.len() as u64,
         nodes: listed,

@@ -170,6 +170,8 @@ pub enum ConfigError {
         "`detector.suspect_phi` is {suspect_phi}: set it above 0 and below `detector.phi_threshold` ({threshold}), e.g. 3"
     )]
     SuspectPhi { suspect_phi: f64, threshold: f64 },
+    #[error("`brake`: {problem}")]
+    Brake { problem: String },
     #[error("`detector.rise` is 0: set it to at least 1 (heartbeats in a row to be up again)")]
     RiseZero,
     #[error(
@@ -449,6 +451,44 @@ impl Default for DetectorConfig {
     }
 }
 
+/// The brake on mass failure (`[brake]`): see [`crate::brake`].
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrakeConfig {
+    pub share: f64,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub min_silent: usize,
+    pub release_per_minute: u32,
+    #[serde(with = "humantime_serde")]
+    pub max_hold: Option<Duration>,
+}
+
+impl Default for BrakeConfig {
+    fn default() -> Self {
+        let d = crate::brake::BrakeSettings::default();
+        Self {
+            share: d.share,
+            window: d.window,
+            min_silent: d.min_silent,
+            release_per_minute: d.release_per_minute,
+            max_hold: d.max_hold,
+        }
+    }
+}
+
+impl BrakeConfig {
+    pub fn settings(&self) -> crate::brake::BrakeSettings {
+        crate::brake::BrakeSettings {
+            share: self.share,
+            window: self.window,
+            min_silent: self.min_silent,
+            release_per_minute: self.release_per_minute,
+            max_hold: self.max_hold,
+        }
+    }
+}
+
 /// Heartbeat authentication (`[auth]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -516,6 +556,7 @@ pub struct Config {
     pub event_log: Option<PathBuf>,
     pub auth: AuthConfig,
     pub detector: DetectorConfig,
+    pub brake: BrakeConfig,
     pub actions: Vec<ActionConfig>,
     /// The file this configuration was loaded from (by [`Config::load`]),
     /// re-read for the keys on SIGHUP.
@@ -542,6 +583,7 @@ impl Default for Config {
             event_log: None,
             auth: AuthConfig::default(),
             detector: DetectorConfig::default(),
+            brake: BrakeConfig::default(),
             actions: Vec::new(),
             loaded_from: None,
         }
@@ -586,6 +628,7 @@ struct RawConfig {
     event_log: Option<PathBuf>,
     auth: AuthConfig,
     detector: DetectorConfig,
+    brake: BrakeConfig,
     actions: Vec<RawAction>,
 }
 
@@ -608,6 +651,7 @@ impl Default for RawConfig {
             event_log: c.event_log,
             auth: c.auth,
             detector: c.detector,
+            brake: c.brake,
             actions: Vec::new(),
         }
     }
@@ -690,6 +734,7 @@ impl Config {
             event_log: raw.event_log,
             auth: raw.auth,
             detector: raw.detector,
+            brake: raw.brake,
             actions,
             loaded_from: None,
         })
@@ -751,6 +796,10 @@ impl Config {
         self.validate_nodes()?;
         self.validate_auth()?;
         self.validate_detector()?;
+        self.brake
+            .settings()
+            .check()
+            .map_err(|problem| ConfigError::Brake { problem })?;
         self.validate_actions()
     }
 
@@ -1089,8 +1138,8 @@ sweep_period = "100ms"
 [detector]
 # "timeout": silent for defaults.timeout_multiplier x its interval.
 # "phi": phi accrual over the interval the datapath measures (mean and
-# spread of each node's recent intervals); the timeout rule until a node
-# has sent two heartbeats in a row.
+# spread of each node's recent intervals; before the first interval, the
+# node's expected interval with the minimum deviation).
 kind = "timeout"
 # phi: down once phi reaches this (8: about 1 in 10^7 under a normal model).
 phi_threshold = 8.0
@@ -1114,6 +1163,20 @@ rise = 2
 flap_max = 3
 flap_window = "10m"
 flap_stable = "1m"
+
+# The brake on mass failure: when at least `share` of the nodes go silent
+# within `window` (at least min_silent of them), hb assumes the fault is on
+# its own side (its link, a partition), logs PARTITION SUSPECTED and holds
+# the down actions (releasing release_per_minute of them, 0: none) until the
+# picture clears: the silent nodes come back (their down actions never run)
+# or the silent share stays below half of `share` for a window (the rest run
+# then); with max_hold, a burst lasting that long is judged real.
+[brake]
+share = 0.55
+window = "10s"
+min_silent = 3
+release_per_minute = 0
+# max_hold = "10m"
 
 # Heartbeat authentication: SipHash-2-4 tags, verified in the XDP program.
 [auth]

@@ -8,6 +8,7 @@
 //! - [`nodes`]: the configured nodes (listed and ranged) by id.
 //! - [`detector`]: the per-node state machine the sweep runs.
 //! - [`phi`]: phi-accrual suspicion and the per-node deadlines it implies.
+//! - [`brake`]: holding back `down` actions when much of the cluster goes silent at once.
 //! - [`event_log`]: the optional JSON-lines log of state changes.
 //! - [`actions`]: running failover actions with a bound and a timeout.
 //! - [`agent`]: the agent's main loop tying these together.
@@ -22,6 +23,7 @@
 pub mod actions;
 pub mod agent;
 pub mod bench;
+pub mod brake;
 pub mod clock;
 pub mod config;
 pub mod datapath;

@@ -39,12 +39,25 @@ pub struct StatusReport {
     pub counters: BTreeMap<String, u64>,
     pub actions: ActionStats,
     pub auth: AuthStatus,
+    #[serde(default)]
+    pub brake: BrakeStatus,
     /// Number of configured nodes in each state.
     pub states: BTreeMap<String, u64>,
     /// Number of configured nodes.
     pub nodes_total: u64,
     /// At most the requested number of nodes, those not up first.
     pub nodes: Vec<NodeStatus>,
+}
+
+/// The brake on mass failure.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BrakeStatus {
+    /// A partition is suspected: down actions are held.
+    pub engaged: bool,
+    /// Nodes whose down actions are held.
+    pub held: u64,
+    /// Nodes that went silent recently (or during the episode).
+    pub silent: u64,
 }
 
 /// How heartbeats are authenticated.
@@ -327,6 +340,13 @@ pub fn render(report: &StatusReport) -> String {
     }
     let _ = writeln!(out);
     render_counters(&mut out, &report.counters);
+    if report.brake.engaged {
+        let _ = writeln!(
+            out,
+            "BRAKE ENGAGED: partition suspected, {} nodes silent, down actions of {} nodes held",
+            report.brake.silent, report.brake.held
+        );
+    }
     let auth = &report.auth;
     let keys = match auth.key_ids[..] {
         [] => "no keys".to_owned(),
@@ -376,6 +396,11 @@ mod tests {
                 key_ids: vec![2, 1],
                 accept_unauthenticated: false,
             },
+            brake: BrakeStatus {
+                engaged: true,
+                held: 58,
+                silent: 60,
+            },
             states: [("up".to_owned(), 1)].into(),
             nodes_total: 1,
             nodes: vec![NodeStatus {
@@ -407,6 +432,7 @@ mod tests {
             "signed,pinned",
             "1002.0±5.0ms",
             "   0.4  198.18.0.7",
+            "BRAKE ENGAGED: partition suspected, 60 nodes silent, down actions of 58 nodes held",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }

@@ -150,6 +150,8 @@ pub struct ConfigOptions {
     pub unconfigured: Vec<u8>,
     /// The body of a `[detector]` section (TOML lines), if any.
     pub detector: Option<String>,
+    /// The body of a `[brake]` section (TOML lines), if any.
+    pub brake: Option<String>,
 }
 
 /// A node as the configuration lists it.
@@ -225,6 +227,10 @@ impl TestConfig {
             &options.keys,
             options.detector.as_deref(),
         );
+        let text = match &options.brake {
+            Some(brake) => insert_before_nodes(&text, &format!("[brake]\n{brake}\n")),
+            None => text,
+        };
         fs::write(&config.path, text).map_err(|source| Error::Io {
             op: "writing",
             path: config.path.clone(),
@@ -295,6 +301,15 @@ impl TestConfig {
             toml_string(&shell)
         );
         text
+    }
+}
+
+/// `section` placed before the first `[[nodes]]` (tables after arrays of
+/// tables would nest in them).
+fn insert_before_nodes(text: &str, section: &str) -> String {
+    match text.find("\n[[nodes]]") {
+        Some(at) => format!("{}\n{section}{}", &text[..at], &text[at..]),
+        None => format!("{text}\n{section}"),
     }
 }
 

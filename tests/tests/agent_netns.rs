@@ -100,8 +100,20 @@ impl Fixture {
                 pinned: pinned.to_vec(),
                 unconfigured: unconfigured.to_vec(),
                 detector: None,
+                brake: None,
             };
             (options, Some(key))
+        })
+    }
+
+    /// Like [`Fixture::start`], with a `[brake]` section.
+    fn start_braked(nodes: u8, datapath: Datapath, brake: &str) -> Self {
+        Self::launch(nodes, datapath, |_, _| {
+            let options = ConfigOptions {
+                brake: Some(brake.to_owned()),
+                ..ConfigOptions::default()
+            };
+            (options, None)
         })
     }
 
@@ -469,6 +481,73 @@ fn phi_convicts_a_crashed_node_and_keeps_steady_ones_up(datapath: Datapath) {
     sleep(TIMING.timeout() * 2);
     f.assert_no_event("down", 1);
     f.assert_no_event("down", 3);
+}
+
+on_each_datapath!(a_partition_of_most_nodes_runs_no_down_action =>
+    a_partition_of_most_nodes_runs_no_down_action_xdp,
+    a_partition_of_most_nodes_runs_no_down_action_socket);
+
+/// 3 of 5 nodes (60%) are cut off at once (their links go down): the brake
+/// engages (`partition suspected`), the 3 nodes are down in `hb status` but
+/// no `down` action runs (release_per_minute = 0); when the links come
+/// back, they are up again without an `up` action (nothing ran to undo),
+/// the brake clears, and nodes 1 and 2 were never touched.
+fn a_partition_of_most_nodes_runs_no_down_action(datapath: Datapath) {
+    let mut f = Fixture::start_braked(
+        5,
+        datapath,
+        "share = 0.55\nwindow = \"5s\"\nmin_silent = 3\nrelease_per_minute = 0",
+    );
+    f.bring_up(&[1, 2, 3, 4, 5]);
+    let cut = [3u8, 4, 5];
+    let link = |f: &Fixture, index: u8, state: &str| {
+        let node = f.lab.node(index);
+        node.ns
+            .ip(["link", "set", node.interface.as_str(), state])
+            .unwrap_or_else(|err| panic!("ip link set {state}: {err}"));
+    };
+    for index in cut {
+        link(&f, index, "down");
+    }
+    // Well past the timeout: the cut nodes are down, their actions held.
+    sleep(TIMING.timeout() * 4 + MARGIN);
+    let status = f.status();
+    assert_eq!(
+        status["brake"]["engaged"],
+        true,
+        "brake not engaged{}",
+        f.context()
+    );
+    assert_eq!(status["brake"]["held"], 3, "{}", f.context());
+    for index in cut {
+        assert_eq!(f.node_state(index), "down", "node {index}{}", f.context());
+        f.assert_no_event("down", index);
+    }
+    for index in cut {
+        link(&f, index, "up");
+    }
+    sleep(TIMING.timeout() * 2 + MARGIN);
+    for index in 1..=5 {
+        assert_eq!(f.node_state(index), "up", "node {index}{}", f.context());
+    }
+    let status = f.status();
+    assert_eq!(
+        status["brake"]["engaged"],
+        false,
+        "brake still engaged{}",
+        f.context()
+    );
+    for index in cut {
+        f.assert_no_event("down", index);
+        let ups = f
+            .events()
+            .iter()
+            .filter(|e| e.is("up", u32::from(index)))
+            .count();
+        assert_eq!(ups, 1, "node {index}: only its first up ran{}", f.context());
+    }
+    f.assert_no_event("down", 1);
+    f.assert_no_event("down", 2);
 }
 
 on_each_datapath!(graceful_leave_is_left_not_down =>
