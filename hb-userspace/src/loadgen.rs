@@ -31,6 +31,7 @@
 //!   sequence still advances, so the monitor sees a gap;
 //! - bursts of loss (`--burst-loss`): a heartbeat starts a burst in which it
 //!   and the node's next 1 or 2 heartbeats are lost (sequence advancing);
+//!   the heartbeat after a burst is always sent, so bursts never chain;
 //! - pauses (`--pause-every`, `--pause-for`): a stalled process (a GC pause,
 //!   SIGSTOP). At random moments, on average one per `pause_every` from one
 //!   pause's start to the next, a node stops for `pause_for`: no heartbeat is
@@ -816,7 +817,8 @@ struct NodeFaults {
     paused_until: u64,
     /// When its next pause starts (`u64::MAX`: never).
     next_pause: u64,
-    /// Heartbeats the current burst still loses.
+    /// Heartbeats the current burst still loses, plus one for the heartbeat
+    /// after it, which is always sent.
     burst_left: u8,
 }
 
@@ -1022,13 +1024,20 @@ impl<'p> Schedule<'p> {
             return Fate::Sent;
         };
         let draw = next_random(&mut node.rng);
-        if node.burst_left > 0 {
+        if node.burst_left > 1 {
             node.burst_left -= 1;
             self.faults_seen.lost_in_bursts += 1;
             return Fate::Burst { start: false };
         }
+        if node.burst_left == 1 {
+            // The heartbeat after a burst goes out: bursts do not chain
+            // into longer outages, and no other loss extends them.
+            node.burst_left = 0;
+            return Fate::Sent;
+        }
         if (draw >> 1) & 0x7fff_ffff < self.burst_below {
-            node.burst_left = 1 + (draw & 1) as u8;
+            // 1 or 2 more lost, then one sent.
+            node.burst_left = 2 + (draw & 1) as u8;
             self.faults_seen.bursts += 1;
             self.faults_seen.lost_in_bursts += 1;
             return Fate::Burst { start: true };
@@ -2250,6 +2259,9 @@ mod tests {
                         lengths[len] += 1;
                         continued += len as u64 - 1;
                         n += len;
+                        if let Some(next) = beats.get(n) {
+                            assert_eq!(next.fate, Fate::Sent, "node {slot}: bursts must not chain");
+                        }
                     }
                     Fate::Sent => n += 1,
                     fate => panic!("node {slot}: {fate:?} outside a burst"),
@@ -2263,8 +2275,14 @@ mod tests {
         assert!(lengths[1] <= 20, "{lengths:?}");
         // Each length half the time.
         assert_rate("bursts of 3", lengths[3], lengths[2] + lengths[3], 0.5);
-        // A burst starts at 1% of the heartbeats not already in one.
-        assert_rate("bursts", faults.bursts, 100_000 - continued, 0.01);
+        // A burst starts at 1% of the heartbeats neither in one nor right
+        // after one (always sent).
+        assert_rate(
+            "bursts",
+            faults.bursts,
+            100_000 - continued - faults.bursts,
+            0.01,
+        );
         assert!(
             (800..=1200).contains(&faults.bursts),
             "{} bursts",
