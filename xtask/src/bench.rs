@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: measures hb against its performance targets, in one
-//! go (root; about 10 minutes, `--quick` about one).
+//! go (root; about 8 minutes, `--quick` about 3).
 //!
 //! Builds hb (release), then runs the phases, each printing a table:
 //!
@@ -10,7 +10,10 @@
 //! 3. [`sweep`]: the agent's sweep vs node count, next to memcpy;
 //! 4. [`e2e`]: loss and monitor CPU per heartbeat over veth, XDP vs socket;
 //! 5. [`held`]: a million nodes beating once a second, held by the agent;
-//! 6. [`detection`]: detection latency of crashed nodes.
+//! 6. [`detection`]: detection latency of crashed nodes;
+//! 7. [`quality`]: detection quality of the `timeout` and `phi` detectors
+//!    under loss, pauses and an agent stall (false suspicions per
+//!    node-hour at the same median detection time).
 //!
 //! Then a summary of every target (met, or missed by how much), and
 //! `bench/results/<date>.json` (every raw figure and the machine) with one
@@ -28,6 +31,7 @@ mod hostile;
 mod machine;
 mod output;
 mod plot;
+mod quality;
 mod rig;
 mod stats;
 mod sweep;
@@ -77,16 +81,19 @@ pub enum Phase {
     Held,
     /// Detection latency of crashed nodes.
     Detection,
+    /// Detection quality, timeout vs phi: false suspicions, detection time.
+    Quality,
 }
 
 impl Phase {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::XdpCost,
         Self::Hostile,
         Self::Sweep,
         Self::E2e,
         Self::Held,
         Self::Detection,
+        Self::Quality,
     ];
 
     fn name(self) -> &'static str {
@@ -97,6 +104,7 @@ impl Phase {
             Self::E2e => "e2e",
             Self::Held => "held",
             Self::Detection => "detection",
+            Self::Quality => "quality",
         }
     }
 
@@ -108,6 +116,7 @@ impl Phase {
             Self::E2e => "end to end over veth, XDP vs socket",
             Self::Held => "a million nodes beating once a second",
             Self::Detection => "detection latency",
+            Self::Quality => "detection quality, timeout vs phi",
         }
     }
 
@@ -119,6 +128,7 @@ impl Phase {
             Self::E2e => e2e::run(ctx),
             Self::Held => held::run(ctx),
             Self::Detection => detection::run(ctx),
+            Self::Quality => quality::run(ctx),
         }
     }
 }

@@ -53,13 +53,15 @@ enum Command {
     /// Builds hb, then runs the agent and three senders in a throw-away lab
     /// of network namespaces; everything is removed at the end.
     Demo,
-    /// Measure hb against its performance targets (root; ~10 min).
+    /// Measure hb against its performance targets (root; ~8 min).
     ///
-    /// Builds hb, then measures the XDP cost per packet, the sweep vs node
+    /// Builds hb, then measures the XDP cost per packet (without and with
+    /// authentication), a million hostile packets, the sweep vs node
     /// count, loss and CPU per heartbeat over veth (XDP vs socket), a
-    /// million nodes held, and detection latency, in throw-away network
-    /// namespaces (hbbench-*). Prints a table per phase and a summary of
-    /// the targets; writes bench/results/<date>.json and SVG plots.
+    /// million nodes held, detection latency, and the detection quality of
+    /// the timeout and phi detectors, in throw-away network namespaces
+    /// (hbbench-*). Prints a table per phase and a summary of the targets;
+    /// writes bench/results/<date>.json and SVG plots.
     Bench(bench::Options),
     /// Fuzz the wire decoder and the config parser (nightly; not in CI).
     ///

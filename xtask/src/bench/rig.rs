@@ -21,7 +21,7 @@ use hb_tests::{
     config::{humantime, toml_string},
     netns,
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use super::machine::CpuSample;
@@ -93,6 +93,12 @@ impl<'a> Rig<'a> {
     /// Writes a configuration for `setup` and starts the agent in the
     /// monitor namespace; returns once it answers `hb status`.
     pub fn start_agent(&self, setup: &AgentSetup) -> Result<Agent<'a>> {
+        self.start_agent_with(setup, "")
+    }
+
+    /// As [`Rig::start_agent`], with `extra` (TOML: whole tables, such as a
+    /// `[detector]` section) appended to the configuration.
+    pub fn start_agent_with(&self, setup: &AgentSetup, extra: &str) -> Result<Agent<'a>> {
         let run = self.next_run();
         let files = AgentFiles {
             config: self.dir.join(format!("agent-{run}.toml")),
@@ -101,7 +107,11 @@ impl<'a> Rig<'a> {
             events: self.dir.join(format!("agent-{run}.events.jsonl")),
             log: self.dir.join(format!("agent-{run}.log")),
         };
-        let config = setup.render(&self.lab.monitor_interfaces(), &files);
+        let mut config = setup.render(&self.lab.monitor_interfaces(), &files);
+        if !extra.is_empty() {
+            config.push('\n');
+            config += extra;
+        }
         fs::write(&files.config, config)
             .with_context(|| format!("writing {}", files.config.display()))?;
         let mut guard = self.hb.spawn_in(
@@ -460,8 +470,48 @@ impl Agent<'_> {
         Ok(())
     }
 
+    /// Stops the agent (SIGSTOP) for `duration`, as a host that stalls it
+    /// would, then lets it continue (SIGCONT, also when the wait is cut
+    /// short by Ctrl-C). Returns `CLOCK_MONOTONIC` just before the stop and
+    /// just after the continue, ns.
+    pub fn stall(&mut self, duration: Duration) -> Result<(u64, u64)> {
+        self.guard.ensure_running()?;
+        let pid = libc::pid_t::try_from(self.guard.pid()).context("agent pid out of range")?;
+        let signal = |number: libc::c_int, name: &str| -> Result<()> {
+            // SAFETY: kill has no memory-safety preconditions; the pid is
+            // our own child, not yet reaped (checked above), so not reused.
+            if unsafe { libc::kill(pid, number) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("sending {name} to the agent (pid {pid})"));
+            }
+            Ok(())
+        };
+        let stopped = monotonic_ns();
+        signal(libc::SIGSTOP, "SIGSTOP")?;
+        let waited = hb_tests::interrupt::sleep(duration);
+        signal(libc::SIGCONT, "SIGCONT")?;
+        let continued = monotonic_ns();
+        waited?;
+        Ok((stopped, continued))
+    }
+
+    /// How many lines of the agent's output contain `needle`.
+    pub fn log_lines_containing(&self, needle: &str) -> usize {
+        self.guard
+            .log_tail(usize::MAX)
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
     /// Every record of the agent's event log so far.
     pub fn events(&self) -> Result<Vec<EventRecord>> {
+        self.records()
+    }
+
+    /// Every record of the agent's event log so far, as `T` (to read more
+    /// fields than [`EventRecord`] has).
+    pub fn records<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
         let text = match fs::read_to_string(&self.events) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -478,6 +528,19 @@ impl Agent<'_> {
             })
             .collect()
     }
+}
+
+/// `CLOCK_MONOTONIC` now, ns: the clock of the event log and of the load
+/// generator's report.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives on our stack.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    assert_eq!(status, 0, "CLOCK_MONOTONIC is always readable");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The fields of the agent's event log the bench reads
@@ -514,6 +577,45 @@ pub struct Load {
     /// the receiving UDP stack segments only at the socket: it makes the
     /// socket datapath look cheaper than it is with real senders.
     pub one_datagram_per_packet: bool,
+    /// Faults injected into the running nodes' heartbeats.
+    pub faults: Faults,
+}
+
+/// Faults `hb loadgen` injects into the heartbeats of the running nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    /// `--loss`: heartbeats lost at random, percent.
+    pub loss_percent: f64,
+    /// `--burst-loss`: heartbeats that start a burst of 2 or 3 lost ones,
+    /// percent.
+    pub burst_loss_percent: f64,
+    /// `--pause-every` and `--pause-for`: each node pauses at random
+    /// moments, on average once per the first, for the second.
+    pub pause: Option<(Duration, Duration)>,
+}
+
+impl Faults {
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.loss_percent > 0.0 {
+            args.extend(["--loss".to_owned(), format!("{}", self.loss_percent)]);
+        }
+        if self.burst_loss_percent > 0.0 {
+            args.extend([
+                "--burst-loss".to_owned(),
+                format!("{}", self.burst_loss_percent),
+            ]);
+        }
+        if let Some((every, length)) = self.pause {
+            args.extend([
+                "--pause-every".to_owned(),
+                humantime(every),
+                "--pause-for".to_owned(),
+                humantime(length),
+            ]);
+        }
+        args
+    }
 }
 
 impl Load {
@@ -524,6 +626,7 @@ impl Load {
             duration,
             stop: None,
             one_datagram_per_packet: false,
+            faults: Faults::default(),
         }
     }
 
@@ -569,6 +672,7 @@ impl Load {
                 humantime(after),
             ]);
         }
+        args.extend(self.faults.args());
         args
     }
 }
@@ -632,6 +736,29 @@ pub struct LoadReport {
     pub interrupted: bool,
     #[serde(skip_serializing)]
     pub stopped: Vec<StoppedNode>,
+    /// The faults injected (absent from older reports: all zero).
+    #[serde(default)]
+    pub faults: FaultReport,
+}
+
+/// The faults a load injected (`hb::loadgen::FaultReport`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct FaultReport {
+    pub loss_percent: f64,
+    pub burst_loss_percent: f64,
+    pub pause_every_ns: Option<u64>,
+    pub pause_for_ns: Option<u64>,
+    /// Heartbeats `--loss` dropped.
+    pub lost_random: u64,
+    /// Heartbeats lost in bursts.
+    pub lost_in_bursts: u64,
+    /// Bursts started.
+    pub bursts: u64,
+    /// Pauses started.
+    pub pauses: u64,
+    /// Their total length, ns.
+    pub paused_ns: u64,
 }
 
 impl LoadReport {
@@ -713,6 +840,39 @@ mod tests {
                 .join(" ")
                 .ends_with("--rate 1600000")
         );
+    }
+
+    #[test]
+    fn loadgen_fault_arguments() {
+        let load = Load {
+            faults: Faults {
+                loss_percent: 5.0,
+                burst_loss_percent: 2.5,
+                pause: Some((Duration::from_secs(10), Duration::from_millis(500))),
+            },
+            ..Load::new(
+                1000,
+                Pace::Interval(Duration::from_millis(100)),
+                Duration::from_secs(2),
+            )
+        };
+        let args = load.args("x:1", Path::new("r")).join(" ");
+        assert!(
+            args.ends_with(
+                "--interval 100ms --loss 5 --burst-loss 2.5 --pause-every 10000ms --pause-for \
+                 500ms"
+            ),
+            "{args}"
+        );
+        let report: LoadReport = serde_json::from_str(
+            r#"{"nodes":2,"interval_ns":1,"rate":2.0,"achieved_rate":1.9,"heartbeats":4,
+            "sent":4,"send_errors":0,"unsent":0,"started_mono_ns":10,"ended_mono_ns":20,
+            "stop_mono_ns":null,"max_lag_ns":3,"late_batches":0,"interrupted":false,"stopped":[],
+            "faults":{"loss_percent":5.0,"lost_random":7,"pause_every_ns":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(report.faults.lost_random, 7);
+        assert_eq!(report.faults.pauses, 0);
     }
 
     #[test]
