@@ -1285,8 +1285,9 @@ mod tests {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     }
 
-    #[test]
-    fn an_accepted_heartbeat_never_moves_its_arrival_back() {
+    /// What a receive thread shares, without sockets, node 1 configured,
+    /// unauthenticated heartbeats accepted; and an empty key table.
+    fn unstarted_with_node_1() -> (Shared, KeySlots) {
         let shared = Shared {
             table: NodeTable {
                 seen: Mapping::anonymous(MAX_NODES).unwrap(),
@@ -1298,8 +1299,13 @@ mod tests {
             record_locks: std::array::from_fn(|_| Mutex::new(())),
             stop: AtomicBool::new(false),
         };
-        let keys = [KeySlot::default(); auth::KEY_SLOTS as usize];
         shared.table.configure(1, NodeRecord::default());
+        (shared, [KeySlot::default(); auth::KEY_SLOTS as usize])
+    }
+
+    #[test]
+    fn an_accepted_heartbeat_never_moves_its_arrival_back() {
+        let (shared, keys) = unstarted_with_node_1();
         let clock = Clock {
             monotonic_now: 10_000,
             realtime_minus_monotonic: 0,
@@ -1341,19 +1347,7 @@ mod tests {
     #[test]
     fn interval_estimates_are_kept_as_the_xdp_program_keeps_them() {
         const MS: u64 = 1_000_000;
-        let shared = Shared {
-            table: NodeTable {
-                seen: Mapping::anonymous(MAX_NODES).unwrap(),
-                records: Mapping::anonymous(MAX_NODES).unwrap(),
-                intervals: Mapping::anonymous(MAX_NODES).unwrap(),
-            },
-            keys: RwLock::new(Arc::new([KeySlot::default(); auth::KEY_SLOTS as usize])),
-            unauthenticated: Unauthenticated::Accept,
-            record_locks: std::array::from_fn(|_| Mutex::new(())),
-            stop: AtomicBool::new(false),
-        };
-        let keys = [KeySlot::default(); auth::KEY_SLOTS as usize];
-        shared.table.configure(1, NodeRecord::default());
+        let (shared, keys) = unstarted_with_node_1();
         let clock = Clock {
             monotonic_now: 10_000 * MS,
             realtime_minus_monotonic: 0,
