@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::{
     clock::monotonic_ns,
-    detector::{Detector, DetectorSettings, FlapSettings, NodeState, Rule, WatchedNode},
+    detector::{Detector, DetectorSettings, NodeState, WatchedNode},
     xdp::{LoadOptions, XdpDatapath},
 };
 
@@ -288,18 +288,7 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
         unauthenticated: Unauthenticated::Accept,
     })?;
     let table = datapath.table();
-    let settings = DetectorSettings {
-        default_interval_ns: 1_000_000_000,
-        timeout_multiplier: 3,
-        rule: Rule::Timeout,
-        stall_ns: u64::MAX,
-        rise: 1,
-        flap: FlapSettings {
-            max_flaps: 0,
-            window_ns: 0,
-            stable_ns: 0,
-        },
-    };
+    let settings = DetectorSettings::plain_timeout(1_000_000_000, 3);
     let watched: Vec<_> = (0..nodes)
         .map(|node_id| WatchedNode {
             node_id,

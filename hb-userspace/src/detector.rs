@@ -209,6 +209,25 @@ pub struct DetectorSettings {
     pub flap: FlapSettings,
 }
 
+impl DetectorSettings {
+    /// The fixed timeout and nothing else: no stall guard, a node is up at
+    /// its first heartbeat again, no flap damping (benchmarks, tests).
+    pub const fn plain_timeout(default_interval_ns: u64, timeout_multiplier: u32) -> Self {
+        DetectorSettings {
+            default_interval_ns,
+            timeout_multiplier,
+            rule: Rule::Timeout,
+            stall_ns: u64::MAX,
+            rise: 1,
+            flap: FlapSettings {
+                max_flaps: 0,
+                window_ns: 0,
+                stable_ns: 0,
+            },
+        }
+    }
+}
+
 /// A node to watch, with its configured interval if it has one.
 #[derive(Clone, Copy, Debug)]
 pub struct WatchedNode {
@@ -785,16 +804,8 @@ mod tests {
 
     fn settings() -> DetectorSettings {
         DetectorSettings {
-            default_interval_ns: 100 * MS,
-            timeout_multiplier: 3,
-            rule: Rule::Timeout,
             stall_ns: 10_000 * MS,
-            rise: 1,
-            flap: FlapSettings {
-                max_flaps: 0,
-                window_ns: 0,
-                stable_ns: 0,
-            },
+            ..DetectorSettings::plain_timeout(100 * MS, 3)
         }
     }
 

@@ -8,9 +8,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use hb::{
     bench::ipv4_udp_frame,
     clock::monotonic_ns,
-    detector::{
-        Detector, DetectorSettings, FlapSettings, NodeState, Rule, Transition, WatchedNode,
-    },
+    detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
     xdp::{LoadOptions, XdpDatapath},
 };
 use hb_common::{
@@ -67,18 +65,7 @@ fn the_sweep_sees_exactly_what_the_kernel_wrote() {
     for id in watched {
         datapath.table().configure(id, NodeRecord::default());
     }
-    let settings = DetectorSettings {
-        default_interval_ns: 1_000_000_000,
-        timeout_multiplier: 3,
-        rule: Rule::Timeout,
-        stall_ns: u64::MAX,
-        rise: 1,
-        flap: FlapSettings {
-            max_flaps: 0,
-            window_ns: 0,
-            stable_ns: 0,
-        },
-    };
+    let settings = DetectorSettings::plain_timeout(1_000_000_000, 3);
     let nodes: Vec<_> = watched
         .iter()
         .map(|&node_id| WatchedNode {
