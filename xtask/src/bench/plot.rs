@@ -6,7 +6,10 @@ use std::{ops::Range, path::Path};
 
 use anyhow::{Result, anyhow};
 use plotters::{
-    coord::ranged1d::{AsRangedCoord, ValueFormatter},
+    coord::{
+        Shift,
+        ranged1d::{AsRangedCoord, ValueFormatter},
+    },
     prelude::*,
 };
 
@@ -260,6 +263,17 @@ where
                 .map_err(|e| failed(&e))?;
         }
     }
+    legend_and_present(&mut chart, &root, path)
+}
+
+/// Draws the legend (upper left, on a light box) and writes the file: how
+/// every plot of the bench ends.
+pub fn legend_and_present<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    root: &DrawingArea<SVGBackend<'a>, Shift>,
+    path: &Path,
+) -> Result<()> {
+    let failed = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)

@@ -1243,16 +1243,7 @@ fn mistakes_plot(path: &Path, comparisons: &[Comparison]) -> Result<()> {
         ))
         .map_err(|e| failed(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 17))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .draw()
-        .map_err(|e| failed(&e))?;
-    root.present().map_err(|e| failed(&e))?;
-    Ok(())
+    plot::legend_and_present(&mut chart, &root, path)
 }
 
 /// Points of the CDF of `sorted` (ns, shown in ms), at most about
