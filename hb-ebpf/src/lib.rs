@@ -1,4 +1,8 @@
-//! Library target of the eBPF crate, so that `hb-userspace` can list it as a
-//! build-dependency (cargo then rebuilds the object when it changes). The
-//! program itself is the `hb-xdp` binary in `main.rs`.
+//! The eBPF crate's library: the packet parsing both objects share. Its
+//! library target also lets `hb-userspace` list the crate as a
+//! build-dependency (cargo then rebuilds the objects when it changes). The
+//! programs are the binaries: `hb-xdp` (`main.rs`, what the agent loads) and
+//! `hb-siphash` (`siphash_test.rs`, loaded only by the tests).
 #![no_std]
+
+pub mod parse;

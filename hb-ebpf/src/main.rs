@@ -1,6 +1,6 @@
-//! hb's XDP programs: `hb_xdp` recognises heartbeat packets and records them
-//! into the node table at line rate; `hb_siphash` is a test-only program that
-//! exposes the kernel-side SipHash to BPF_PROG_TEST_RUN.
+//! hb's XDP program: `hb_xdp` recognises heartbeat packets and records them
+//! into the node table at line rate. (The test-only `hb_siphash` program is
+//! another object, `siphash_test.rs`, that only the tests load.)
 //!
 //! A well-formed heartbeat is recorded only if [`admit`] admits it: a valid
 //! tag under one of the monitor's keys (`HB_KEYS`, by key id) unless
@@ -17,8 +17,6 @@
 #![no_std]
 #![no_main]
 
-mod parse;
-
 use aya_ebpf::{
     Global,
     bindings::{BPF_F_MMAPABLE, xdp_action},
@@ -32,11 +30,10 @@ use hb_common::{
     admission::{Unauthenticated, admit},
     auth::{KEY_SLOTS, KeySlot},
     counters::Counter,
-    siphash::{Key, siphash24},
     table::{NodeRecord, intervals, seen},
     wire::{DEFAULT_PORT, HEARTBEAT_LEN, RawHeartbeat},
 };
-use parse::{ParseError, UDP_HLEN, parse_udp, ptr_at};
+use hb_ebpf::parse::{ParseError, UDP_HLEN, parse_udp, ptr_at};
 
 /// UDP destination port of heartbeats (host byte order); set at load time.
 #[unsafe(no_mangle)]
@@ -76,8 +73,8 @@ static HB_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::CO
 
 #[xdp]
 pub fn hb_xdp(ctx: XdpContext) -> u32 {
-    // SAFETY: the target feature only changes how loads are compiled; every
-    // target hb's XDP program is verified on accepts misaligned loads.
+    // Built with `+allows-misaligned-mem-access` (hb-userspace's build.rs):
+    // every target hb's XDP program is verified on accepts misaligned loads.
     let outcome = classify(&ctx);
     let verdict = if outcome.is_heartbeat() && HB_PASS_HEARTBEATS.load() == 0 {
         xdp_action::XDP_DROP
@@ -181,59 +178,6 @@ fn classify(ctx: &XdpContext) -> Counter {
         *seen_word = seen::word(arrival, heartbeat.is_leave());
     }
     Counter::Accepted
-}
-
-/// Layout of a `hb_siphash` packet: the key, the result slot, the message
-/// length (one byte), then the message.
-const SIPHASH_RESULT_AT: usize = 16;
-const SIPHASH_LENGTH_AT: usize = 24;
-const SIPHASH_MESSAGE_AT: usize = 25;
-
-// Inlined into the entry point the macro generates: as a separate BPF
-// function it would receive the packet bounds as 32-bit arguments, and
-// widening them is pointer arithmetic the verifier refuses.
-#[xdp]
-#[inline(always)]
-pub fn hb_siphash(ctx: XdpContext) -> u32 {
-    match siphash_of_packet(&ctx) {
-        Some(()) => xdp_action::XDP_PASS,
-        None => xdp_action::XDP_ABORTED,
-    }
-}
-
-/// SipHash-2-4 of the packet's message under the packet's key, written into
-/// the packet's result slot. The length byte picks one of 64 instantiations,
-/// each over a fixed-size array as in `hb_xdp`.
-#[inline(always)]
-fn siphash_of_packet(ctx: &XdpContext) -> Option<()> {
-    let key = ptr_at::<Key>(ctx, 0).ok()?;
-    let result = ptr_at::<[u8; 8]>(ctx, SIPHASH_RESULT_AT).ok()? as *mut [u8; 8];
-    let length = ptr_at::<u8>(ctx, SIPHASH_LENGTH_AT).ok()?;
-    // SAFETY: ptr_at checked that the key and the length lie inside the
-    // packet.
-    let (key, length) = unsafe { (&*key, *length) };
-    macro_rules! by_length {
-        ($($n:literal)*) => {
-            match length {
-                $($n => {
-                    let message = ptr_at::<[u8; $n]>(ctx, SIPHASH_MESSAGE_AT).ok()?;
-                    // SAFETY: ptr_at checked that the message lies inside the
-                    // packet.
-                    siphash24(key, unsafe { &*message })
-                })*
-                _ => return None,
-            }
-        };
-    }
-    let hash = by_length!(
-        0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
-        32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60
-        61 62 63
-    );
-    // SAFETY: ptr_at checked that the result slot lies inside the packet,
-    // which test runs may write.
-    unsafe { *result = hash.to_le_bytes() };
-    Some(())
 }
 
 #[cfg(not(test))]

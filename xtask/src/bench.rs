@@ -3,10 +3,10 @@
 //!
 //! Builds hb (release), then runs the phases, each printing a table:
 //!
-//! 1. [`xdp_cost`]: the XDP program's ns per packet (`hb bench xdp-cost`);
+//! 1. [`xdp_cost`]: the XDP program's ns per packet (`hb-tools bench xdp-cost`);
 //! 2. [`hostile`]: a million hostile packets through the XDP program, none
 //!    of which may change the node table without a valid tag
-//!    (`hb bench hostile`);
+//!    (`hb-tools bench hostile`);
 //! 3. [`sweep`]: the agent's sweep vs node count, next to memcpy;
 //! 4. [`e2e`]: loss and monitor CPU per heartbeat over veth, XDP vs socket;
 //! 5. [`held`]: a million nodes beating once a second, held by the agent;
@@ -136,6 +136,8 @@ impl Phase {
 /// What every phase gets.
 pub struct Ctx<'a> {
     pub hb: &'a Hb,
+    /// The `hb-tools` binary: the load generator and the in-process benches.
+    pub tools: &'a Hb,
     /// Scratch directory (configurations, logs, reports), removed at the end.
     pub work: &'a Path,
     pub quick: bool,
@@ -150,9 +152,10 @@ impl Ctx<'_> {
         self.results.join(format!("{}-{name}.svg", self.stem))
     }
 
-    /// Runs `hb ARGS...` in this namespace and parses the JSON it prints.
-    pub fn hb_json<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
-        let mut cmd = self.hb.command(args);
+    /// Runs `hb-tools ARGS...` in this namespace and parses the JSON it
+    /// prints.
+    pub fn tools_json<T: DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
+        let mut cmd = self.tools.command(args);
         let output = netns::run(&mut cmd)?;
         serde_json::from_slice(&output.stdout).with_context(|| {
             format!(
@@ -210,7 +213,8 @@ pub fn run(options: &Options) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let hb = Hb::new(build::run()?);
+    let binaries = build::run()?;
+    let (hb, tools) = (Hb::new(binaries.hb), Hb::new(binaries.tools));
     let machine = machine::describe()?;
     println!("machine: {}", machine.line());
     let results = workspace().join("bench/results");
@@ -218,6 +222,7 @@ pub fn run(options: &Options) -> Result<()> {
     let work = TempDir::at(std::env::temp_dir().join("hbbench"))?;
     let ctx = Ctx {
         hb: &hb,
+        tools: &tools,
         work: work.path(),
         quick: options.quick,
         results: &results,

@@ -58,7 +58,7 @@ pub fn run() -> Result<()> {
          (Ctrl-C stops it and cleans up)."
     );
     step(1, "build hb (the agent, its XDP program, the sender).");
-    let hb = Hb::new(build::run()?);
+    let hb = Hb::new(build::run()?.hb);
 
     let dir = TempDir::at(std::env::temp_dir().join(PREFIX))?;
     let outcome = scenario(&hb, &dir);

@@ -338,17 +338,15 @@ fn config_seeds() -> Result<Vec<(String, Vec<u8>)>> {
     Ok(seeds)
 }
 
-/// The commented example configuration (`hb example-config`), taken from
-/// the `EXAMPLE` raw string in hb-userspace/src/config.rs; None if that
-/// string is no longer there.
+/// The commented example configuration (`hb example-config`), the file
+/// hb-userspace/src/config/example.toml; None if that file is gone.
 fn example_config() -> Result<Option<String>> {
-    let path = workspace().join("hb-userspace/src/config.rs");
-    let source =
-        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(source
-        .split_once("const EXAMPLE: &str = r#\"")
-        .and_then(|(_, rest)| rest.split_once("\"#;"))
-        .map(|(example, _)| example.to_owned()))
+    let path = workspace().join("hb-userspace/src/config/example.toml");
+    match fs::read_to_string(&path) {
+        Ok(example) => Ok(Some(example)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 #[cfg(test)]

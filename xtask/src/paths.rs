@@ -46,6 +46,11 @@ pub fn hb_binary() -> PathBuf {
     target_dir().join("release").join("hb")
 }
 
+/// The release hb-tools binary (load generator, in-process benches).
+pub fn hb_tools_binary() -> PathBuf {
+    target_dir().join("release").join("hb-tools")
+}
+
 /// `PATH` with the tool cache's `bin` first.
 pub fn path_with_tools() -> Result<OsString> {
     let mut dirs = vec![tools_dir().join("bin")];

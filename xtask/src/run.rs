@@ -12,7 +12,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     if args.first().is_some_and(|cmd| cmd == "agent") && !hb_tests::is_root() {
         bail!("`hb agent` loads an XDP program and needs root: run as root");
     }
-    let hb = build::run()?;
+    let hb = build::run()?.hb;
     let status = Command::new(&hb)
         .args(args)
         .status()

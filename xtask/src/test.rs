@@ -118,7 +118,7 @@ fn stages(done: &mut Vec<String>, tally: &mut Tally) -> Result<()> {
     })?;
     let mut hb = None;
     stage("build", &mut || {
-        hb = Some(build::build()?);
+        hb = Some(build::build()?.hb);
         Ok(())
     })?;
     let hb = hb.expect("the build stage sets it");

@@ -3,7 +3,7 @@
 //! (quick: 10k), (b) 10k nodes every 100 ms. Timeout 3 x interval, sweep
 //! every 10 ms, XDP datapath.
 //!
-//! `hb loadgen --stop-fraction 0.01 --stop-after <3 intervals>` crashes 1%
+//! `hb-tools loadgen --stop-fraction 0.01 --stop-after <3 intervals>` crashes 1%
 //! of the nodes and reports when each sent its last heartbeat
 //! (`stopped[].last_sent_mono_ns`); the agent's event log says when the
 //! sweep that declared it down started (`mono_ns`). Both are
@@ -92,7 +92,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         .iter()
         .map(|s| load_duration(s) + Duration::from_secs(2))
         .sum();
-    let rig = Rig::build(ctx.hb, ctx.work.join(PHASE))?;
+    let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(PHASE))?;
     println!("  {}", rig.describe());
     let progress = Progress::start(PHASE, planned);
     let mut outcomes = Vec::new();

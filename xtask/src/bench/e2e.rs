@@ -2,7 +2,7 @@
 //! socket datapath, with the same load generator in the same run.
 //!
 //! For each datapath an agent watches 100k nodes (range interval 60 s, so
-//! no node times out between steps) and `hb loadgen --nodes 100000` offers
+//! no node times out between steps) and `hb-tools loadgen --nodes 100000` offers
 //! a rising rate, one bounded step at a time, one datagram per heartbeat
 //! (`--no-gso`, as real nodes send them; see [`Load::one_datagram_per_packet`]).
 //! Per step:
@@ -159,7 +159,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     let progress = Progress::start(PHASE, planned);
 
     // Loss vs rate, on the veth pair as created.
-    let rig = Rig::build(ctx.hb, ctx.work.join(PHASE))?;
+    let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(PHASE))?;
     progress.say(format!("  {}", rig.describe()));
     progress.say("  loss vs offered rate (veth as created)");
     let mut sweeps: Vec<Vec<Step>> = Vec::new();
@@ -184,7 +184,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     let cpu_rate = common.unwrap_or(plan.rates[0]);
 
     // CPU per heartbeat at one common rate, with the receive path threaded.
-    let rig = Rig::build(ctx.hb, ctx.work.join(format!("{PHASE}-cpu")))?;
+    let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(format!("{PHASE}-cpu")))?;
     rig.thread_receive_path()?;
     progress.say(format!(
         "  CPU per heartbeat at {}/s (monitor's veth end: GRO on, NAPI threaded at real-time \

@@ -2,7 +2,7 @@
 //! agent (quick: 100k nodes).
 //!
 //! The agent watches nodes 1..=N (`max_nodes` 1048576, interval 1 s,
-//! timeout 3 s, sweep every 100 ms) while `hb loadgen --nodes N --interval
+//! timeout 3 s, sweep every 100 ms) while `hb-tools loadgen --nodes N --interval
 //! 1s` runs for 20 s (quick: 10 s). After a warm-up of 2 intervals the
 //! agent's own CPU (utime + stime over wall time) is measured until shortly
 //! before the load ends; then `hb status` must count no node down, and the
@@ -127,7 +127,7 @@ fn hold(
         timeout_multiplier: 3,
         sweep_period: Duration::from_millis(100),
     };
-    let rig = Rig::build(ctx.hb, ctx.work.join(PHASE))?;
+    let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(PHASE))?;
     println!("  {}", rig.describe());
     let progress = Progress::start(PHASE, duration + Duration::from_secs(5));
     progress.step(format!(

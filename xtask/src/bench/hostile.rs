@@ -1,6 +1,6 @@
 //! Phase `hostile`: a million generated hostile packets (100,000 with
 //! `--quick`) through the XDP program with `BPF_PROG_TEST_RUN`, from
-//! `hb bench hostile`: random bytes, mutated, truncated, replayed and forged
+//! `hb-tools bench hostile`: random bytes, mutated, truncated, replayed and forged
 //! heartbeats, odd IPv4/IPv6/VLAN/UDP framings, and a control group of valid
 //! ones. After every packet it checks that only a fresh, validly signed
 //! heartbeat of a known node changed the node table, and that the packet
@@ -25,7 +25,7 @@ const PHASE: &str = "hostile";
 const PACKETS: u64 = 1_000_000;
 const QUICK_PACKETS: u64 = 100_000;
 /// The generator's seed: fixed, so a violation found here can be replayed
-/// with `hb bench hostile --seed`.
+/// with `hb-tools bench hostile --seed`.
 const SEED: u64 = 1;
 /// The counters, in the order `hb status` lists them.
 const COUNTERS: [&str; 11] = [
@@ -42,7 +42,7 @@ const COUNTERS: [&str; 11] = [
     "dropped",
 ];
 
-/// The parts of `hb bench hostile`'s report shown here; the whole report
+/// The parts of `hb-tools bench hostile`'s report shown here; the whole report
 /// is stored.
 #[derive(Debug, Deserialize)]
 struct Report {
@@ -87,7 +87,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     ];
     // Not `hb_json`: hb exits non-zero when it finds a violation, and the
     // report it printed is then the result.
-    let mut cmd = ctx.hb.command(&args);
+    let mut cmd = ctx.tools.command(&args);
     let output = cmd
         .output()
         .with_context(|| format!("running `{}`", netns::describe(&cmd)))?;

@@ -5,7 +5,7 @@
 //!
 //! # Traffic
 //!
-//! `hb loadgen` plays 5000 nodes (quick: 1000) beating every 100 ms for
+//! `hb-tools loadgen` plays 5000 nodes (quick: 1000) beating every 100 ms for
 //! 40 s (quick: 10 s) to an agent on the XDP datapath that sweeps every
 //! 10 ms, in four scenarios:
 //!
@@ -501,7 +501,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     let size = Size::of(ctx.quick);
     let scenarios = scenarios();
     let planned = (size.run + Duration::from_secs(4)) * 2 * scenarios.len() as u32;
-    let rig = Rig::build(ctx.hb, ctx.work.join(PHASE))?;
+    let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(PHASE))?;
     println!("  {}", rig.describe());
     println!(
         "  {} nodes every {} ms for {} s, {:.0}% die at {:.0} s; XDP, sweep {} ms",

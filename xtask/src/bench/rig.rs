@@ -1,7 +1,7 @@
 //! The test bed of the end-to-end phases: a [`Lab`] of one monitor namespace
 //! and one sender namespace joined by a veth pair (`hbbench-mon` at
 //! 198.18.1.1, `hbbench-n1` at 198.18.1.2), the agent running in the
-//! monitor namespace with a generated configuration, and `hb loadgen`
+//! monitor namespace with a generated configuration, and `hb-tools loadgen`
 //! running in the sender namespace, always bounded by `--duration`.
 //! Everything is a guard: the namespaces, the processes and the files go
 //! away on Drop, also on error or Ctrl-C.
@@ -38,9 +38,11 @@ const AGENT_STOP: Duration = Duration::from_secs(60);
 /// the report) before it is killed and the step fails.
 const LOAD_GRACE: Duration = Duration::from_secs(30);
 
-/// The lab, the hb binary and a directory for the files of one phase.
+/// The lab, the hb and hb-tools binaries and a directory for the files of
+/// one phase.
 pub struct Rig<'a> {
     hb: &'a Hb,
+    tools: &'a Hb,
     dir: PathBuf,
     lab: Lab,
     /// Numbers the files of successive agents and loads.
@@ -50,7 +52,7 @@ pub struct Rig<'a> {
 impl<'a> Rig<'a> {
     /// Builds the lab (removing namespaces an interrupted run left behind)
     /// and creates `dir`.
-    pub fn build(hb: &'a Hb, dir: PathBuf) -> Result<Self> {
+    pub fn build(hb: &'a Hb, tools: &'a Hb, dir: PathBuf) -> Result<Self> {
         for name in netns::list_with_prefix(&format!("{PREFIX}-"))? {
             netns::remove(&name)?;
             println!("  removed the namespace {name}, left by an interrupted run");
@@ -59,6 +61,7 @@ impl<'a> Rig<'a> {
         let lab = Lab::build(PREFIX, 1)?;
         Ok(Self {
             hb,
+            tools,
             dir,
             lab,
             runs: Cell::new(0),
@@ -134,14 +137,14 @@ impl<'a> Rig<'a> {
         })
     }
 
-    /// Starts `hb loadgen` in the sender namespace.
+    /// Starts `hb-tools loadgen` in the sender namespace.
     pub fn start_load(&self, load: &Load) -> Result<RunningLoad> {
         let run = self.next_run();
         let report = self.dir.join(format!("load-{run}.json"));
         let log = self.dir.join(format!("load-{run}.log"));
         let args = load.args(&self.target(), &report);
         let guard = self
-            .hb
+            .tools
             .spawn_in(&self.lab.node(1).ns, "the load generator", &args, &log)?;
         Ok(RunningLoad {
             guard,
@@ -151,7 +154,7 @@ impl<'a> Rig<'a> {
         })
     }
 
-    /// Runs `hb loadgen` to its end; returns its report.
+    /// Runs `hb-tools loadgen` to its end; returns its report.
     pub fn run_load(&self, load: &Load) -> Result<LoadReport> {
         self.start_load(load)?.finish()
     }
@@ -562,7 +565,7 @@ pub enum Pace {
     Interval(Duration),
 }
 
-/// One bounded run of `hb loadgen`.
+/// One bounded run of `hb-tools loadgen`.
 #[derive(Debug, Clone)]
 pub struct Load {
     pub nodes: u32,
@@ -581,7 +584,7 @@ pub struct Load {
     pub faults: Faults,
 }
 
-/// Faults `hb loadgen` injects into the heartbeats of the running nodes.
+/// Faults `hb-tools loadgen` injects into the heartbeats of the running nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Faults {
     /// `--loss`: heartbeats lost at random, percent.
@@ -713,8 +716,8 @@ impl RunningLoad {
     }
 }
 
-/// The fields of `hb loadgen --report` the bench reads
-/// (`hb::loadgen::Report`).
+/// The fields of `hb-tools loadgen --report` the bench reads
+/// (`hb_tools::loadgen::Report`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LoadReport {
     pub nodes: u32,
@@ -741,7 +744,7 @@ pub struct LoadReport {
     pub faults: FaultReport,
 }
 
-/// The faults a load injected (`hb::loadgen::FaultReport`).
+/// The faults a load injected (`hb_tools::loadgen::FaultReport`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct FaultReport {
@@ -771,7 +774,7 @@ impl LoadReport {
     }
 }
 
-/// A node the load generator stopped (`hb::loadgen::StoppedNode`).
+/// A node the load generator stopped (`hb_tools::loadgen::StoppedNode`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct StoppedNode {
     pub id: u32,

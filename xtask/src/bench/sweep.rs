@@ -1,6 +1,6 @@
 //! Phase `sweep`: the agent's sweep over the memory-mapped node table vs
 //! the number of nodes, next to a memcpy of the same bytes (the floor), from
-//! `hb bench sweep --nodes N` (three runs per size, the best kept).
+//! `hb-tools bench sweep --nodes N` (three runs per size, the best kept).
 //! Targets: at most 1 ms per million nodes (median sweep), within 2x of
 //! memcpy at every size (best of each), and growing linearly (log-log slope
 //! of the median sweep time vs N at most 1.1).
@@ -23,12 +23,12 @@ const NS_PER_MILLION_LIMIT: f64 = 1e6;
 const MEMCPY_RATIO_LIMIT: f64 = 2.0;
 /// Log-log slope allowed: 1 is linear.
 const SLOPE_LIMIT: f64 = 1.1;
-/// Runs of `hb bench sweep` per size, each a fresh process; the one with
+/// Runs of `hb-tools bench sweep` per size, each a fresh process; the one with
 /// the lowest median is kept (interference from other tasks on the
 /// machine, e.g. on the other hyperthread, only ever slows a run down).
 const RUNS: usize = 3;
 
-/// `hb bench sweep`'s output.
+/// `hb-tools bench sweep`'s output.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 struct SweepCost {
     nodes: u32,
@@ -88,7 +88,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         let mut runs: Vec<SweepCost> = Vec::new();
         for run in 1..=RUNS {
             progress.step(format!("{} nodes, run {run}/{RUNS}", si(f64::from(nodes))));
-            runs.push(ctx.hb_json(&[
+            runs.push(ctx.tools_json(&[
                 "bench",
                 "sweep",
                 "--nodes",

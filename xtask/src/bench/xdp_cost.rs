@@ -1,5 +1,5 @@
 //! Phase `xdp-cost`: the XDP program's cost per packet, measured by
-//! `hb bench xdp-cost` through `BPF_PROG_TEST_RUN` (no network involved),
+//! `hb-tools bench xdp-cost` through `BPF_PROG_TEST_RUN` (no network involved),
 //! three times: the median is shown and checked. Targets: an accepted
 //! heartbeat costs at most 80 ns, an accepted authenticated one (SipHash tag
 //! verified) at most 120 ns. The cost of authentication itself is reported
@@ -20,10 +20,10 @@ const ACCEPTED_LIMIT_NS: f64 = 80.0;
 const ACCEPTED_CASE: &str = "accepted heartbeat";
 const AUTHENTICATED_LIMIT_NS: f64 = 120.0;
 const AUTHENTICATED_CASE: &str = "accepted authenticated heartbeat";
-/// Runs of `hb bench xdp-cost`; the median is checked.
+/// Runs of `hb-tools bench xdp-cost`; the median is checked.
 const RUNS: usize = 3;
 
-/// `hb bench xdp-cost`'s output.
+/// `hb-tools bench xdp-cost`'s output.
 #[derive(Debug, Deserialize, Serialize)]
 struct XdpCost {
     cases: Vec<PacketCost>,
@@ -45,7 +45,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     let mut checked = Vec::new();
     let mut runs: Vec<XdpCost> = Vec::new();
     for _ in 0..RUNS {
-        runs.push(ctx.hb_json(&[
+        runs.push(ctx.tools_json(&[
             "bench",
             "xdp-cost",
             "--distinct",
@@ -88,7 +88,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         checked
             .iter()
             .find(|(case, ..)| case == name)
-            .with_context(|| format!("`hb bench xdp-cost` reports no {name:?} case"))
+            .with_context(|| format!("`hb-tools bench xdp-cost` reports no {name:?} case"))
     };
     let mut targets = Vec::new();
     for (name, what, limit) in [

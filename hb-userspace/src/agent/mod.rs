@@ -31,22 +31,28 @@ use tokio::{
 };
 
 use crate::{
-    actions::{ActionEvent, ActionRunner},
-    brake::{Brake, Change, Decisions},
     clock::monotonic_ns,
     config::{Config, DatapathKind, DetectorKind, Event, XdpMode},
-    datapath::Datapath,
-    detector::{
-        Detector, DetectorSettings, FlapSettings, NodeState, Rule, Transition, WatchedNode,
+    datapath::{Datapath, table::NodeTable},
+    detect::{
+        brake::{Brake, Change, Decisions},
+        detector::{
+            Detector, DetectorSettings, FlapSettings, NodeState, Rule, Transition, WatchedNode,
+        },
+        phi::{PhiDetector, PhiSettings},
     },
-    event_log::EventLog,
     keys::Keyring,
     nodes::{NodeDirectory, NodeInfo},
-    phi::{PhiDetector, PhiSettings},
-    state_file::{self, SavedNode},
-    status::{self, AuthStatus, BrakeStatus, MeasuredInterval, NodeStatus, StatusReport},
-    table::NodeTable,
+    sinks::{
+        actions::{ActionEvent, ActionRunner},
+        event_log::EventLog,
+        state_file::{self, SavedNode},
+    },
 };
+
+pub mod status;
+
+use status::{AuthStatus, BrakeStatus, MeasuredInterval, NodeStatus, StatusReport};
 
 /// State is saved at most this often while nodes change state.
 const SAVE_EVERY: Duration = Duration::from_secs(2);

@@ -11,8 +11,7 @@ use aya::{
     EbpfLoader,
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use hb::frame::eth;
-use hb::xdp::{EBPF_OBJECT, LoadOptions, XdpDatapath};
+use hb::datapath::xdp::{LoadOptions, SIPHASH_TEST_OBJECT, XdpDatapath};
 use hb_common::{
     admission::Unauthenticated as Policy,
     auth::{self, KEY_SLOTS, KeySlot, KeySlots},
@@ -22,6 +21,7 @@ use hb_common::{
     table::{NodeRecord, SLOT_AUTHENTICATED, SLOT_PINNED, seen},
     wire::{HEARTBEAT_LEN, Heartbeat, flags},
 };
+use hb_tools::frame::eth;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -182,10 +182,10 @@ impl Harness {
     }
 }
 
-/// Loads only the test program `hb_siphash` of the embedded object.
+/// Loads the test-only object with its one program, `hb_siphash`.
 fn siphash_program() -> aya::Ebpf {
     let mut ebpf = EbpfLoader::new()
-        .load(EBPF_OBJECT)
+        .load(SIPHASH_TEST_OBJECT)
         .expect("loading the eBPF object (are we root?)");
     let program: &mut Xdp = ebpf
         .program_mut(globals::SIPHASH_PROGRAM)

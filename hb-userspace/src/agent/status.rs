@@ -16,7 +16,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{actions::ActionStats, detector::NodeState};
+use crate::{detect::detector::NodeState, sinks::actions::ActionStats};
 
 /// The request word a client sends, followed by the node limit.
 pub const REQUEST: &str = "status";

@@ -33,19 +33,19 @@ use std::{
 };
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
-use hb::frame::{
-    ETH_HLEN, ETH_P_ARP, ETH_P_IPV6, IPPROTO_ICMP, IPV4_HLEN, IPV6_HLEN, PacketBuilder, UDP_HLEN,
-    VLAN_HLEN, eth,
-};
 use hb::{
     clock::monotonic_ns,
-    xdp::{LoadOptions, XdpDatapath},
+    datapath::xdp::{LoadOptions, XdpDatapath},
 };
 use hb_common::{
     admission::Unauthenticated,
     counters::Counter,
     table::{NodeRecord, seen},
     wire::{self, HEARTBEAT_LEN, Heartbeat},
+};
+use hb_tools::frame::{
+    ETH_HLEN, ETH_P_ARP, ETH_P_IPV6, IPPROTO_ICMP, IPV4_HLEN, IPV6_HLEN, PacketBuilder, UDP_HLEN,
+    VLAN_HLEN, eth,
 };
 
 const XDP_DROP: u32 = 1;

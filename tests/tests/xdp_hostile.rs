@@ -1,13 +1,13 @@
-//! A deterministic sample of `hb bench hostile` (needs root): 30,000
+//! A deterministic sample of `hb-tools bench hostile` (needs root): 30,000
 //! generated packets from a fixed seed through `BPF_PROG_TEST_RUN`, checked
-//! packet by packet by [`hb::hostile`] (only a fresh, validly signed
+//! packet by packet by [`hb_tools::hostile`] (only a fresh, validly signed
 //! heartbeat of a configured node changes the node table; each run moves
 //! one outcome and one matching verdict counter). Here: no violation, the
 //! counters add up, and every category and every outcome was exercised.
 //! The bench runs a million packets from another seed.
 
-use hb::hostile::{self, Category, HostileReport};
 use hb_common::counters::Counter;
+use hb_tools::hostile::{self, Category, HostileReport};
 
 const PACKETS: u64 = 30_000;
 const SEED: u64 = 0x5eed_2024_0bad_cafe;

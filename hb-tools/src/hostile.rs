@@ -1,4 +1,4 @@
-//! `hb bench hostile`: hostile input for the XDP program through
+//! `hb-tools bench hostile`: hostile input for the XDP program through
 //! `BPF_PROG_TEST_RUN`, from a seeded, deterministic generator.
 //!
 //! The program is loaded with unauthenticated heartbeats refused, two keys
@@ -52,12 +52,11 @@ use hb_common::{
 };
 use serde::Serialize;
 
-use crate::{
-    frame::{ETH_HLEN, ETH_P_ARP, IPPROTO_UDP, PacketBuilder, UDP_HLEN, eth},
-    xdp::{LoadOptions, XdpDatapath},
-};
+use hb::datapath::xdp::{LoadOptions, XdpDatapath};
 
-/// Packets per run of `hb bench hostile` unless told otherwise.
+use crate::frame::{ETH_HLEN, ETH_P_ARP, IPPROTO_UDP, PacketBuilder, UDP_HLEN, eth};
+
+/// Packets per run of `hb-tools bench hostile` unless told otherwise.
 pub const DEFAULT_PACKETS: u64 = 1_000_000;
 /// The seed unless told otherwise.
 pub const DEFAULT_SEED: u64 = 1;

@@ -45,8 +45,10 @@ use thiserror::Error;
 
 use crate::{
     clock,
-    datapath::Counters,
-    table::{Mapping, NodeTable},
+    datapath::{
+        Counters,
+        table::{Mapping, NodeTable},
+    },
 };
 
 /// Datagrams taken per `recvmmsg` call.

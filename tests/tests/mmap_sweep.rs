@@ -6,10 +6,9 @@
 
 use aya::programs::{TestRun, TestRunOptions};
 use hb::{
-    bench::ipv4_udp_frame,
     clock::monotonic_ns,
-    detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
-    xdp::{LoadOptions, XdpDatapath},
+    datapath::xdp::{LoadOptions, XdpDatapath},
+    detect::detector::{Detector, DetectorSettings, NodeState, Transition, WatchedNode},
 };
 use hb_common::{
     admission::Unauthenticated,
@@ -17,6 +16,7 @@ use hb_common::{
     table::{NodeRecord, seen},
     wire::{DEFAULT_PORT, Heartbeat, flags},
 };
+use hb_tools::bench::ipv4_udp_frame;
 
 const MAX_NODES: u32 = 4096;
 const XDP_DROP: u32 = 1;

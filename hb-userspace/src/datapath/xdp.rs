@@ -4,7 +4,7 @@
 //! per-CPU counters, and installs the keys heartbeats are verified with.
 //!
 //! The node table is read without any syscall: its two `BPF_F_MMAPABLE`
-//! arrays are mapped into this process ([`crate::table`]), so a sweep of a
+//! arrays are mapped into this process ([`crate::datapath::table`]), so a sweep of a
 //! million nodes is a walk over memory the kernel writes directly.
 
 use std::{io, os::fd::AsFd};
@@ -23,7 +23,7 @@ use hb_common::{
 };
 use thiserror::Error;
 
-use crate::table::{Mapping, NodeTable};
+use crate::datapath::table::{Mapping, NodeTable};
 
 /// aya-log-ebpf's global log level and the values of its `Level` enum.
 const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
@@ -32,6 +32,13 @@ const AYA_LOG_DEBUG: u8 = 4;
 
 /// The XDP object built by `build.rs` from the `hb-ebpf` crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-xdp"));
+
+/// The test-only object with `hb_siphash` (the kernel-side SipHash exposed to
+/// BPF_PROG_TEST_RUN); only with the `test-programs` feature, which the
+/// tests crate enables and the shipped binary does not.
+#[cfg(feature = "test-programs")]
+pub static SIPHASH_TEST_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-siphash"));
 
 /// Errors of the datapath, each naming what failed.
 #[derive(Debug, Error)]

@@ -30,7 +30,7 @@
 //! - [`Rule::Timeout`]: `timeout_multiplier x interval`, where the interval
 //!   is the node's configured one, else the one it advertises, else the
 //!   default.
-//! - [`Rule::Phi`]: phi accrual ([`crate::phi`]) over the interval the
+//! - [`Rule::Phi`]: phi accrual ([`crate::detect::phi`]) over the interval the
 //!   datapath measures (`hb_common::table::intervals`): the silence after
 //!   which phi reaches the threshold, `mean + pause + y x sd`. It changes
 //!   only when a heartbeat arrives, so it is recomputed then (each new
@@ -59,7 +59,7 @@ use std::{
 use hb_common::table::{intervals, seen};
 use serde::{Deserialize, Serialize};
 
-use crate::phi::PhiDetector;
+use crate::detect::phi::PhiDetector;
 
 /// Where a node stands, as far as this monitor knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +129,7 @@ pub trait TableView {
     fn heartbeats(&self, node_id: u32) -> u64;
 }
 
-impl TableView for crate::table::NodeTable {
+impl TableView for crate::datapath::table::NodeTable {
     fn seen_words(&self) -> &[AtomicU64] {
         self.seen.atomics()
     }
@@ -814,13 +814,13 @@ mod tests {
     fn phi_settings() -> DetectorSettings {
         DetectorSettings {
             rule: Rule::Phi {
-                detector: PhiDetector::new(crate::phi::PhiSettings {
+                detector: PhiDetector::new(crate::detect::phi::PhiSettings {
                     threshold: 8.0,
                     min_std_dev: std::time::Duration::from_millis(10),
                     acceptable_pause: std::time::Duration::ZERO,
                 })
                 .unwrap(),
-                suspect: PhiDetector::new(crate::phi::PhiSettings {
+                suspect: PhiDetector::new(crate::detect::phi::PhiSettings {
                     threshold: 3.0,
                     min_std_dev: std::time::Duration::from_millis(10),
                     acceptable_pause: std::time::Duration::ZERO,

@@ -438,9 +438,9 @@ impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
             kind: DetectorKind::Timeout,
-            phi_threshold: crate::phi::DEFAULT_THRESHOLD,
+            phi_threshold: crate::detect::phi::DEFAULT_THRESHOLD,
             suspect_phi: DEFAULT_SUSPECT_PHI,
-            min_std_dev: crate::phi::DEFAULT_MIN_STD_DEV,
+            min_std_dev: crate::detect::phi::DEFAULT_MIN_STD_DEV,
             acceptable_pause: None,
             stall_threshold: DEFAULT_STALL_THRESHOLD,
             rise: DEFAULT_RISE,
@@ -451,7 +451,7 @@ impl Default for DetectorConfig {
     }
 }
 
-/// The brake on mass failure (`[brake]`): see [`crate::brake`].
+/// The brake on mass failure (`[brake]`): see [`crate::detect::brake`].
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrakeConfig {
@@ -466,7 +466,7 @@ pub struct BrakeConfig {
 
 impl Default for BrakeConfig {
     fn default() -> Self {
-        let d = crate::brake::BrakeSettings::default();
+        let d = crate::detect::brake::BrakeSettings::default();
         Self {
             share: d.share,
             window: d.window,
@@ -478,8 +478,8 @@ impl Default for BrakeConfig {
 }
 
 impl BrakeConfig {
-    pub fn settings(&self) -> crate::brake::BrakeSettings {
-        crate::brake::BrakeSettings {
+    pub fn settings(&self) -> crate::detect::brake::BrakeSettings {
+        crate::detect::brake::BrakeSettings {
             share: self.share,
             window: self.window,
             min_silent: self.min_silent,
@@ -1093,146 +1093,8 @@ fn valid_interface_name(name: &str) -> bool {
         && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
-const EXAMPLE: &str = r#"# hb agent configuration. Every duration is a humantime string: "2s", "500ms".
-
-# Network interfaces the XDP program is attached to (required, non-empty;
-# `hb agent --interface IF` replaces this list).
-interfaces = ["eth0"]
-
-# UDP port heartbeats are sent to.
-port = 7979
-
-# Size of the node table; every node id must be below it (at most 16777216).
-max_nodes = 65536
-
-# false: heartbeats are consumed by XDP; true: recorded, then passed on to the
-# network stack.
-pass_heartbeats = false
-
-# What receives heartbeats: "xdp" (the XDP program, no socket) or "socket"
-# (a UDP socket read with recvmmsg, where XDP cannot be attached).
-datapath = "xdp"
-
-# auto (native, falling back to generic) | native | generic
-xdp_mode = "auto"
-
-# Unix socket `hb status` talks to.
-status_socket = "/run/hb/hb.sock"
-
-# Node states are saved here so that a restarted agent neither forgets nodes
-# nor fires their events again (default /var/lib/hb/state.json).
-state_file = "/var/lib/hb/state.json"
-
-# At most this many actions run at once; the others wait their turn.
-max_concurrent_actions = 16
-
-[defaults]
-# Expected heartbeat interval, unless a node advertises or configures its own.
-interval = "2s"
-# A node is down after timeout_multiplier x interval without a heartbeat (>= 2).
-timeout_multiplier = 3
-# How often the node table is swept (at most `interval`).
-sweep_period = "100ms"
-
-# How a silent node is judged down.
-[detector]
-# "timeout": silent for defaults.timeout_multiplier x its interval.
-# "phi": phi accrual over the interval the datapath measures (mean and
-# spread of each node's recent intervals; before the first interval, the
-# node's expected interval with the minimum deviation).
-kind = "timeout"
-# phi: down once phi reaches this (8: about 1 in 10^7 under a normal model).
-phi_threshold = 8.0
-# phi: suspect once phi reaches this (the timeout rule suspects a node one
-# interval before its timeout). Suspect comes before down, with its own
-# actions (on = ["suspect"]); a heartbeat clears it.
-suspect_phi = 3.0
-# phi: the standard deviation used is at least this.
-min_std_dev = "100ms"
-# phi: extra silence tolerated on top of the mean interval (default: one
-# mean interval, a lost heartbeat's worth).
-# acceptable_pause = "200ms"
-# A sweep later than this past its period means the agent itself stalled:
-# nobody is convicted until every node has had a full timeout again.
-stall_threshold = "1s"
-# A down node is up again after this many heartbeats in a row.
-rise = 2
-# A node that went down more than flap_max times within flap_window is held
-# as "flapping" when it comes back, until heard steadily for flap_stable
-# (flap_max = 0: off).
-flap_max = 3
-flap_window = "10m"
-flap_stable = "1m"
-
-# The brake on mass failure: when at least `share` of the nodes go silent
-# within `window` (at least min_silent of them), hb assumes the fault is on
-# its own side (its link, a partition), logs PARTITION SUSPECTED and holds
-# the down actions (releasing release_per_minute of them, 0: none) until the
-# picture clears: the silent nodes come back (their down actions never run)
-# or the silent share stays below half of `share` for a window (the rest run
-# then); with max_hold, a burst lasting that long is judged real.
-[brake]
-share = 0.55
-window = "10s"
-min_silent = 3
-release_per_minute = 0
-# max_hold = "10m"
-
-# Heartbeat authentication: SipHash-2-4 tags, verified in the XDP program.
-[auth]
-# Key files written by `hb keygen --id N FILE` (owned by root, mode 0600, or
-# they are refused): the current key and, during a rotation, the previous
-# one. Reloaded on SIGHUP. Without keys, heartbeats are not authenticated.
-keys = ["/etc/hb/hb.key"]
-# Accept heartbeats without a tag too (default: only when no key is given).
-# A node that has sent an authenticated heartbeat is never again heard
-# without one.
-# accept_unauthenticated = false
-
-[[nodes]]
-id = 1
-name = "web-1"
-# Optional, informative: passed to actions as HB_NODE_ADDRESS.
-address = "198.18.1.2"
-# Optional: overrides the advertised and the default interval.
-interval = "1s"
-# Optional: heartbeats of this node are accepted only from this address.
-source = "198.18.1.2"
-
-[[nodes]]
-id = 2
-name = "web-2"
-
-# Large clusters: a block of consecutive ids, named name_prefix + id
-# (here node-1000 ... node-1999). Optional `interval` as for [[nodes]], and
-# optional `first_source`: node first_id + k is pinned to first_source + k.
-[[node_ranges]]
-first_id = 1000
-count = 1000
-name_prefix = "node-"
-
-# Optional: every state change is appended here as one JSON line.
-# event_log = "/var/log/hb/events.jsonl"
-
-# Actions run when a node changes state. Events: up, suspect, down,
-# flapping, left (graceful leave). Environment: HB_EVENT, HB_NODE_ID,
-# HB_NODE_NAME, HB_NODE_ADDRESS, HB_PREVIOUS_STATE,
-# HB_SINCE_LAST_HEARTBEAT_MS.
-[[actions]]
-name = "failover"
-on = ["down"]
-# Executed directly, no shell: arguments are passed as written.
-command = ["/usr/local/bin/failover", "--node"]
-# Killed, with its whole process group, after this long.
-timeout = "10s"
-
-[[actions]]
-name = "event-log"
-on = ["up", "down", "left"]
-# Run by /bin/sh -c.
-shell = "echo \"$HB_EVENT $HB_NODE_NAME\" >> /var/log/hb-events"
-timeout = "5s"
-"#;
+/// The commented example configuration, `hb example-config`.
+const EXAMPLE: &str = include_str!("example.toml");
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::detector::NodeState;
+use crate::detect::detector::NodeState;
 
 /// The current format version; a file of another version is refused.
 const FORMAT: u32 = 1;

@@ -1,5 +1,5 @@
 //! What records heartbeats into the node table: the XDP program
-//! ([`crate::xdp`], the default) or a UDP socket ([`crate::socket`], where
+//! ([`crate::datapath::xdp`], the default) or a UDP socket ([`crate::datapath::socket`], where
 //! XDP cannot be attached). Both fill the same [`NodeTable`] layout and the
 //! same counters, so the agent above does not know which one runs.
 //!
@@ -13,12 +13,17 @@ use hb_common::{auth::KeySlots, counters::Counter};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
+    agent::status::InterfaceStatus,
     config::{Config, DatapathKind, XdpMode},
-    socket::{SocketDatapath, SocketOptions},
-    status::InterfaceStatus,
-    table::NodeTable,
-    xdp::{AttachPolicy, LoadOptions, XdpDatapath},
 };
+
+pub mod socket;
+pub mod table;
+pub mod xdp;
+
+use socket::{SocketDatapath, SocketOptions};
+use table::NodeTable;
+use xdp::{AttachPolicy, LoadOptions, XdpDatapath};
 
 /// Counter values in [`Counter::ALL`] order.
 pub type Counters = [u64; Counter::COUNT as usize];

@@ -1,4 +1,4 @@
-//! `hb loadgen`: a whole fleet of simulated nodes in one process, for load
+//! `hb-tools loadgen`: a whole fleet of simulated nodes in one process, for load
 //! tests and benchmarks of the monitor.
 //!
 //! N nodes (ids `first_id ..= first_id + N - 1`) each beat at the same fixed
@@ -67,7 +67,7 @@ use hb_common::{
     wire::{HEARTBEAT_LEN, Heartbeat, flags, offset},
 };
 
-use crate::{
+use hb::{
     clock::{monotonic_ns, unix_ns},
     keys::KeyFile,
 };
@@ -120,7 +120,7 @@ pub enum Pace {
     Rate(f64),
 }
 
-/// What `hb loadgen` was asked to do.
+/// What `hb-tools loadgen` was asked to do.
 #[derive(Clone, Debug)]
 pub struct LoadgenOptions {
     /// How many nodes to simulate, 1 ..= [`MAX_NODES`].
@@ -332,7 +332,7 @@ impl Report {
     pub fn summary(&self) -> String {
         let last_id = self.first_id as u64 + self.nodes as u64 - 1;
         let mut out = format!(
-            "hb loadgen: {} nodes (ids {}..={last_id}), interval {}, {:.0} heartbeats/s requested, \
+            "hb-tools loadgen: {} nodes (ids {}..={last_id}), interval {}, {:.0} heartbeats/s requested, \
              {} target(s), {}{}\n",
             self.nodes,
             self.first_id,
@@ -671,7 +671,9 @@ impl Plan {
         }
         let interval_ns = interval_ns as u64;
         if options.duration.is_none() && options.count.is_none() {
-            bail!("hb loadgen needs a bound: pass --duration (at most 1h) or --count (or both)");
+            bail!(
+                "hb-tools loadgen needs a bound: pass --duration (at most 1h) or --count (or both)"
+            );
         }
         if let Some(duration) = options.duration
             && (duration.is_zero() || duration > MAX_DURATION)

@@ -1,4 +1,4 @@
-//! `hb bench`: in-process measurements that `cargo xtask bench` runs and
+//! `hb-tools bench`: in-process measurements that `cargo xtask bench` runs and
 //! collects (each prints one JSON object on stdout).
 //!
 //! - `xdp-cost`: the XDP program's cost per packet through
@@ -8,7 +8,7 @@
 //! - `sweep`: one sweep of N nodes over the real memory-mapped BPF table,
 //!   next to a plain memcpy of the bytes the sweep reads (the floor).
 //!
-//! `hb bench hostile` lives in [`crate::hostile`].
+//! `hb-tools bench hostile` lives in [`crate::hostile`].
 
 use std::time::{Duration, Instant};
 
@@ -24,10 +24,10 @@ use hb_common::{
 };
 use serde::Serialize;
 
-use crate::{
+use hb::{
     clock::monotonic_ns,
-    detector::{Detector, DetectorSettings, NodeState, WatchedNode},
-    xdp::{LoadOptions, XdpDatapath},
+    datapath::xdp::{LoadOptions, XdpDatapath},
+    detect::detector::{Detector, DetectorSettings, NodeState, WatchedNode},
 };
 
 /// Cost of one packet class, in nanoseconds per packet.

@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::detector::Transition;
+use crate::detect::detector::Transition;
 
 /// One line of the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +88,7 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::NodeState;
+    use crate::detect::detector::NodeState;
 
     #[test]
     fn records_are_json_lines_appended_across_opens() {

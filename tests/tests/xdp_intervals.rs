@@ -6,15 +6,13 @@
 use std::{thread, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions};
-use hb::{
-    frame::eth,
-    xdp::{LoadOptions, XdpDatapath},
-};
+use hb::datapath::xdp::{LoadOptions, XdpDatapath};
 use hb_common::{
     admission::Unauthenticated,
     table::{NodeRecord, intervals},
     wire::Heartbeat,
 };
+use hb_tools::frame::eth;
 
 const PORT: u16 = 9797;
 const NODE: u32 = 3;

@@ -1,0 +1,73 @@
+//! `hb_siphash`, a test-only XDP program that exposes the kernel-side
+//! SipHash-2-4 (the code `hb_xdp` verifies tags with) to BPF_PROG_TEST_RUN,
+//! so the tests can check it against the reference vectors. An object of its
+//! own (`hb-siphash`): the agent never loads it.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use hb_common::siphash::{Key, siphash24};
+use hb_ebpf::parse::ptr_at;
+
+/// Layout of a `hb_siphash` packet: the key, the result slot, the message
+/// length (one byte), then the message.
+const SIPHASH_RESULT_AT: usize = 16;
+const SIPHASH_LENGTH_AT: usize = 24;
+const SIPHASH_MESSAGE_AT: usize = 25;
+
+// Inlined into the entry point the macro generates: as a separate BPF
+// function it would receive the packet bounds as 32-bit arguments, and
+// widening them is pointer arithmetic the verifier refuses.
+#[xdp]
+#[inline(always)]
+pub fn hb_siphash(ctx: XdpContext) -> u32 {
+    match siphash_of_packet(&ctx) {
+        Some(()) => xdp_action::XDP_PASS,
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// SipHash-2-4 of the packet's message under the packet's key, written into
+/// the packet's result slot. The length byte picks one of 64 instantiations,
+/// each over a fixed-size array as in `hb_xdp`.
+#[inline(always)]
+fn siphash_of_packet(ctx: &XdpContext) -> Option<()> {
+    let key = ptr_at::<Key>(ctx, 0).ok()?;
+    let result = ptr_at::<[u8; 8]>(ctx, SIPHASH_RESULT_AT).ok()? as *mut [u8; 8];
+    let length = ptr_at::<u8>(ctx, SIPHASH_LENGTH_AT).ok()?;
+    // SAFETY: ptr_at checked that the key and the length lie inside the
+    // packet.
+    let (key, length) = unsafe { (&*key, *length) };
+    macro_rules! by_length {
+        ($($n:literal)*) => {
+            match length {
+                $($n => {
+                    let message = ptr_at::<[u8; $n]>(ctx, SIPHASH_MESSAGE_AT).ok()?;
+                    // SAFETY: ptr_at checked that the message lies inside the
+                    // packet.
+                    siphash24(key, unsafe { &*message })
+                })*
+                _ => return None,
+            }
+        };
+    }
+    let hash = by_length!(
+        0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+        32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60
+        61 62 63
+    );
+    // SAFETY: ptr_at checked that the result slot lies inside the packet,
+    // which test runs may write.
+    unsafe { *result = hash.to_le_bytes() };
+    Some(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
