@@ -40,7 +40,7 @@ pub struct KeySlot {
     pub _reserved: [u8; 7],
 }
 
-const _: () = assert!(core::mem::size_of::<KeySlot>() == 24);
+const _: () = assert!(size_of::<KeySlot>() == 24);
 
 impl core::fmt::Debug for KeySlot {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

@@ -182,8 +182,8 @@ pub struct NodeRecord {
     pub slot_flags: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<NodeRecord>() == 56);
-const _: () = assert!(core::mem::size_of::<NodeRecord>() + core::mem::size_of::<u64>() <= 64);
+const _: () = assert!(size_of::<NodeRecord>() == 56);
+const _: () = assert!(size_of::<NodeRecord>() + size_of::<u64>() <= 64);
 
 impl NodeRecord {
     /// Whether the agent marked this slot as a configured node.

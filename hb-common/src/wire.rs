@@ -77,8 +77,8 @@ pub struct RawHeartbeat {
     pub auth_tag: [u8; 16],
 }
 
-const _: () = assert!(core::mem::size_of::<RawHeartbeat>() == HEARTBEAT_LEN);
-const _: () = assert!(core::mem::align_of::<RawHeartbeat>() == 1);
+const _: () = assert!(size_of::<RawHeartbeat>() == HEARTBEAT_LEN);
+const _: () = assert!(align_of::<RawHeartbeat>() == 1);
 
 impl RawHeartbeat {
     /// The payload bytes viewed as fields, without copying (no validation).

@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
+use hb::{
+    clock::monotonic_ns,
+    datapath::xdp::{LoadOptions, XdpDatapath},
+    detect::detector::{Detector, DetectorSettings, NodeState, WatchedNode},
+};
 use hb_common::{
     admission::Unauthenticated,
     auth::{self, KEY_SLOTS, KeySlot},
@@ -23,12 +28,6 @@ use hb_common::{
     wire::{DEFAULT_PORT, Heartbeat},
 };
 use serde::Serialize;
-
-use hb::{
-    clock::monotonic_ns,
-    datapath::xdp::{LoadOptions, XdpDatapath},
-    detect::detector::{Detector, DetectorSettings, NodeState, WatchedNode},
-};
 
 /// Cost of one packet class, in nanoseconds per packet.
 #[derive(Debug, Serialize)]

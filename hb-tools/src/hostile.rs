@@ -42,6 +42,7 @@ use std::{
 };
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
+use hb::datapath::xdp::{LoadOptions, XdpDatapath};
 use hb_common::{
     admission::{self, Unauthenticated},
     auth::{self, KEY_SLOTS, KeySlot, KeySlots},
@@ -51,8 +52,6 @@ use hb_common::{
     wire::{HEARTBEAT_LEN, Heartbeat, RawHeartbeat, flags},
 };
 use serde::Serialize;
-
-use hb::datapath::xdp::{LoadOptions, XdpDatapath};
 
 use crate::frame::{ETH_HLEN, ETH_P_ARP, IPPROTO_UDP, PacketBuilder, UDP_HLEN, eth};
 

@@ -61,15 +61,14 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use hb::{
+    clock::{monotonic_ns, unix_ns},
+    keys::KeyFile,
+};
 use hb_common::{
     auth,
     siphash::Key,
     wire::{HEARTBEAT_LEN, Heartbeat, flags, offset},
-};
-
-use hb::{
-    clock::{monotonic_ns, unix_ns},
-    keys::KeyFile,
 };
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};

@@ -20,14 +20,14 @@ use hb_common::{
     auth,
     wire::{HEARTBEAT_LEN, Heartbeat, flags},
 };
-
-use crate::{clock::unix_ns, keys::KeyFile};
 use rand::Rng;
 use tokio::{
     net::UdpSocket,
     signal::unix::{SignalKind, signal},
     time::Instant,
 };
+
+use crate::{clock::unix_ns, keys::KeyFile};
 
 /// What `hb send` was asked to do.
 #[derive(Clone, Debug)]

@@ -184,7 +184,7 @@ pub fn list_with_prefix(prefix: &str) -> Result<Vec<String>> {
     let dir = Path::new(NETNS_DIR);
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
             return Err(Error::Io {
                 op: "listing",

@@ -1,8 +1,9 @@
 //! `cargo xtask setup`: everything the build and the tests need that is not
 //! a crate, installed only when missing (one line per step):
 //!
-//! 1. rust-src for the nightly toolchain (`-Z build-std=core` of the eBPF
-//!    crate), installing the nightly itself if needed;
+//! 1. rust-src and rustfmt for the nightly toolchain (`-Z build-std=core` of
+//!    the eBPF crate; the import grouping of rustfmt.toml is a nightly
+//!    option), installing the nightly itself if needed;
 //! 2. bpf-linker, built from crates.io against the nightly's own libLLVM
 //!    into `<target-dir>/hb-tools` (see /work/shared/TOOLCHAIN.md, step 2);
 //! 3. iproute2 (`ip`), from apt, for the network-namespace tests and demo.
@@ -24,7 +25,7 @@ const STEPS: usize = 3;
 /// Run every step (skipping those already done), one line per step.
 pub fn run() -> Result<()> {
     let start = Instant::now();
-    step(1, "rust-src for nightly", rust_src)?;
+    step(1, "rust-src and rustfmt for nightly", nightly_components)?;
     step(2, "bpf-linker", bpf_linker)?;
     step(3, "iproute2", iproute2)?;
     println!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
@@ -62,7 +63,7 @@ fn nightly_sysroot() -> Result<PathBuf> {
         )
 }
 
-fn rust_src() -> Result<String> {
+fn nightly_components() -> Result<String> {
     require_rustup()?;
     if !nightly_installed()? {
         run_inherited(
@@ -74,18 +75,30 @@ fn rust_src() -> Result<String> {
                 "minimal",
                 "--component",
                 "rust-src",
+                "--component",
+                "rustfmt",
             ]),
             "installing the nightly toolchain (check network access to static.rust-lang.org)",
         )?;
-        return Ok("installed the nightly toolchain with rust-src".to_owned());
+        return Ok("installed the nightly toolchain with rust-src and rustfmt".to_owned());
     }
     let library = nightly_sysroot()?.join("lib/rustlib/src/rust/library");
-    if library.is_dir() {
+    let rustfmt = || stdout_of("rustup", &["run", "nightly", "rustfmt", "--version"]).is_some();
+    let mut missing = Vec::new();
+    if !library.is_dir() {
+        missing.push("rust-src");
+    }
+    if !rustfmt() {
+        missing.push("rustfmt");
+    }
+    if missing.is_empty() {
         return Ok("already installed".to_owned());
     }
     run_inherited(
-        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-        "installing rust-src (check network access to static.rust-lang.org)",
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", "nightly"])
+            .args(&missing),
+        "installing nightly components (check network access to static.rust-lang.org)",
     )?;
     if !library.is_dir() {
         bail!(
@@ -93,7 +106,10 @@ fn rust_src() -> Result<String> {
             library.display()
         );
     }
-    Ok("installed".to_owned())
+    if !rustfmt() {
+        bail!("rustup reported success but the nightly rustfmt does not run");
+    }
+    Ok(format!("installed {}", missing.join(" and ")))
 }
 
 /// `bpf-linker --version`, if the binary runs.

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     build,
-    paths::{cargo, path_with_tools, run_inherited},
+    paths::{cargo, path_with_tools, run_inherited, workspace},
     setup,
 };
 
@@ -111,9 +111,13 @@ fn stages(done: &mut Vec<String>, tally: &mut Tally) -> Result<()> {
     };
     stage("setup", &mut || setup::run())?;
     stage("fmt", &mut || {
+        // The nightly rustfmt: rustfmt.toml's import grouping is a nightly
+        // option (the stable one would ignore it, with a warning).
         run_inherited(
-            cargo().args(["fmt", "--all", "--check"]),
-            "formatting differs (run `cargo fmt --all`)",
+            Command::new("rustup")
+                .args(["run", "nightly", "cargo", "fmt", "--all", "--check"])
+                .current_dir(workspace()),
+            "formatting differs (run `cargo +nightly fmt --all`)",
         )
     })?;
     let mut hb = None;
