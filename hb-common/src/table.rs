@@ -16,6 +16,8 @@
 //! attached; from then on only the XDP program writes. Times are `bpf_ktime_get_ns()`, i.e. `CLOCK_MONOTONIC`
 //! nanoseconds of the monitoring host.
 
+use core::net::{IpAddr, Ipv6Addr};
+
 use crate::wire::RawHeartbeat;
 
 /// [`NodeRecord::slot_flags`]: the node id is configured; heartbeats for a
@@ -182,6 +184,25 @@ pub struct NodeRecord {
     pub slot_flags: u8,
 }
 
+/// The 16 bytes [`NodeRecord::src_addr`] holds for `addr`: IPv6 as is,
+/// IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+pub fn src_octets(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address [`NodeRecord::src_addr`] holds: IPv4-mapped addresses back
+/// as IPv4.
+pub fn src_ip(octets: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(octets);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
 const _: () = assert!(size_of::<NodeRecord>() == 56);
 const _: () = assert!(size_of::<NodeRecord>() + size_of::<u64>() <= 64);
 
@@ -241,6 +262,19 @@ unsafe impl aya::Pod for NodeRecord {}
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn source_addresses_round_trip_with_ipv4_mapped() {
+        use core::net::Ipv4Addr;
+        let v4 = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7));
+        assert_eq!(
+            src_octets(v4),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 7]
+        );
+        assert_eq!(src_ip(src_octets(v4)), v4);
+        let v6 = IpAddr::V6("fd00::7".parse().unwrap());
+        assert_eq!(src_ip(src_octets(v6)), v6);
+    }
+
     use super::*;
 
     #[test]

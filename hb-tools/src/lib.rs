@@ -7,8 +7,10 @@
 //!   through the XDP program, checked packet by packet.
 //! - [`bench`]: `hb-tools bench xdp-cost|sweep`, in-process measurements.
 //! - [`frame`]: Ethernet frames for `BPF_PROG_TEST_RUN` (tests, benches).
+//! - [`rng`]: the one seeded random number generator.
 
 pub mod bench;
 pub mod frame;
 pub mod hostile;
 pub mod loadgen;
+pub mod rng;

@@ -284,7 +284,7 @@ fn parse_key(hex: &str) -> Result<Key, KeyProblem> {
 }
 
 /// Lowercase hex.
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 

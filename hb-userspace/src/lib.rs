@@ -25,3 +25,4 @@ pub mod keys;
 pub mod nodes;
 pub mod sender;
 pub mod sinks;
+pub mod sys;
