@@ -92,6 +92,10 @@ impl Counter {
     }
 }
 
+/// Every counter's value, in [`Counter::ALL`] order (summed over CPUs or
+/// receive threads).
+pub type CounterValues = [u64; Counter::COUNT as usize];
+
 #[cfg(test)]
 mod tests {
     use super::*;

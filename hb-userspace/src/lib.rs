@@ -17,6 +17,7 @@
 //! the keyring), [`sender`] (`hb send`), [`sys`] (the raw syscalls).
 
 pub mod agent;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod datapath;

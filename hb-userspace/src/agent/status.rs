@@ -6,9 +6,10 @@
 //! counts every node by state and lists at most `limit` nodes, the ones not
 //! up first, so that a million-node agent answers with a page, not 100 MB.
 
-use std::{collections::BTreeMap, fmt::Write as _, io, path::Path, time::Duration};
+use std::{collections::BTreeMap, io, path::Path, time::Duration};
 
 use anyhow::{Context, bail};
+use hb_common::{counters::Counter, table::seen};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -16,7 +17,13 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{detect::detector::NodeState, sinks::actions::ActionStats};
+use crate::{
+    clock::monotonic_ns,
+    datapath::{Datapath, Receiving},
+    detect::{brake::Brake, detector::NodeState},
+    nodes::NodeInfo,
+    sinks::{ClusterView, actions::ActionStats},
+};
 
 /// The request word a client sends, followed by the node limit.
 pub const REQUEST: &str = "status";
@@ -31,7 +38,7 @@ pub struct Request {
 }
 
 /// Everything `hb status` shows.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StatusReport {
     pub uptime_ms: u64,
     pub interfaces: Vec<InterfaceStatus>,
@@ -234,207 +241,111 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
     }
 }
 
-/// Formats the report as the table `hb status` prints.
-/// The TRUST column: whether a node signs its heartbeats and is pinned.
-fn trust(node: &NodeStatus) -> &'static str {
-    match (node.authenticated, node.pinned) {
-        (true, true) => "signed,pinned",
-        (true, false) => "signed",
-        (false, true) => "pinned",
-        (false, false) => "-",
-    }
+/// Binds the status socket and serves it from a task; the agent's loop
+/// answers the requests that arrive on the returned channel.
+pub fn listen(path: &Path) -> anyhow::Result<mpsc::Receiver<Request>> {
+    let (requests, received) = mpsc::channel(16);
+    tokio::spawn(serve(bind(path)?, requests));
+    Ok(received)
 }
 
-/// The counters in three lines: what the packets were, why heartbeats were
-/// refused, what was done with them; in the datapath's order.
-fn render_counters(out: &mut String, counters: &BTreeMap<String, u64>) {
-    use hb_common::counters::Counter;
-    let line = |out: &mut String, title: &str, keep: &dyn Fn(Counter) -> bool| {
-        let values: Vec<_> = Counter::ALL
-            .into_iter()
-            .filter(|&c| keep(c))
-            .filter_map(|c| counters.get(c.name()).map(|v| format!("{}={v}", c.name())))
-            .collect();
-        let _ = writeln!(out, "{title:<9} {}", values.join(" "));
-    };
-    line(out, "packets:", &|c| {
-        matches!(
-            c,
-            Counter::Accepted | Counter::NotHeartbeat | Counter::Malformed
-        )
-    });
-    line(out, "refused:", &|c| {
-        c.is_heartbeat() && c != Counter::Accepted
-    });
-    line(out, "verdicts:", &|c| !c.is_outcome());
-}
-
-pub fn render(report: &StatusReport) -> String {
-    let mut out = String::new();
-    let interfaces: Vec<_> = report
-        .interfaces
-        .iter()
-        .map(|i| format!("{} ({})", i.name, i.mode))
-        .collect();
-    let _ = writeln!(
-        out,
-        "agent up {}, receiving on {}",
-        humantime::format_duration(Duration::from_secs(report.uptime_ms / 1000)),
-        interfaces.join(", ")
-    );
-    let summary: Vec<_> = report
-        .states
-        .iter()
-        .map(|(s, n)| format!("{n} {s}"))
-        .collect();
-    let _ = writeln!(
-        out,
-        "nodes: {} ({})",
-        report.nodes_total,
-        summary.join(", ")
-    );
-    if (report.nodes.len() as u64) < report.nodes_total {
-        let _ = writeln!(
-            out,
-            "showing {} of them, those not up first (--limit N for more)",
-            report.nodes.len()
-        );
-    }
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9} {:>6}  {:<24} {:>9}  {:>16}  TRUST",
-        "ID",
-        "NAME",
-        "STATE",
-        "LAST HEARD",
-        "HEARTBEATS",
-        "DOWN IN",
-        "PHI",
-        "ADDRESS",
-        "SEQUENCE",
-        "INTERVAL"
-    );
-    for node in &report.nodes {
-        let _ = writeln!(
-            out,
-            "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9} {:>6}  {:<24} {:>9}  {:>16}  {}",
-            node.id,
-            node.name,
-            node.state.name(),
-            node.since_last_heartbeat_ms
-                .map_or("never".into(), |ms| format!(
-                    "{:.2}s ago",
-                    ms as f64 / 1000.0
-                )),
-            node.heartbeats,
-            node.down_in_ms
-                .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
-            node.phi.map_or("-".into(), |phi| format!("{phi:.1}")),
-            node.address.as_deref().unwrap_or("-"),
-            node.sequence,
-            node.measured_interval_ms
-                .map_or("-".into(), |i| format!("{:.1}±{:.1}ms", i.mean_ms, i.sd_ms)),
-            trust(node),
-        );
-    }
-    let _ = writeln!(out);
-    render_counters(&mut out, &report.counters);
-    if report.brake.engaged {
-        let _ = writeln!(
-            out,
-            "BRAKE ENGAGED: partition suspected, {} nodes silent, down actions of {} nodes held",
-            report.brake.silent, report.brake.held
-        );
-    }
-    let auth = &report.auth;
-    let keys = match auth.key_ids[..] {
-        [] => "no keys".to_owned(),
-        [current] => format!("key id {current}"),
-        [current, previous, ..] => {
-            format!("key ids {current} (current) and {previous} (previous)")
+/// The report's view of the cluster: every node counted by state, at most
+/// `limit` listed (those not up first), and the datapath's interfaces and
+/// counters. The agent adds what only it knows (uptime, actions, keys,
+/// brake).
+pub fn report(cluster: &ClusterView<'_, '_>, datapath: &Datapath, limit: usize) -> StatusReport {
+    let counters = match datapath.counters() {
+        Ok(values) => Counter::ALL
+            .iter()
+            .zip(values)
+            .map(|(c, v)| (c.name().to_owned(), v))
+            .collect(),
+        Err(e) => {
+            tracing::error!("{:#}", anyhow::Error::from(e));
+            BTreeMap::new()
         }
     };
-    let _ = writeln!(
-        out,
-        "auth: {keys}; heartbeats without a tag {}",
-        if auth.accept_unauthenticated {
-            "accepted"
-        } else {
-            "refused"
-        }
-    );
-    let a = &report.actions;
-    let _ = writeln!(
-        out,
-        "actions: {} started, {} succeeded, {} failed, {} timed out, {} running, {} queued",
-        a.started, a.succeeded, a.failed, a.timed_out, a.running, a.queued
-    );
-    out
+    let detector = cluster.detector;
+    let mut states: BTreeMap<String, u64> = BTreeMap::new();
+    for id in cluster.nodes.ids() {
+        *states
+            .entry(detector.state(id).name().to_owned())
+            .or_default() += 1;
+    }
+    StatusReport {
+        interfaces: datapath.receiving().into_iter().map(Into::into).collect(),
+        counters,
+        states,
+        nodes_total: cluster.nodes.len() as u64,
+        nodes: listed_nodes(cluster, limit),
+        ..StatusReport::default()
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// At most `limit` nodes, those not up first, in id order.
+fn listed_nodes(cluster: &ClusterView<'_, '_>, limit: usize) -> Vec<NodeStatus> {
+    let detector = cluster.detector;
+    let not_up = cluster
+        .nodes
+        .ids()
+        .filter(|&id| detector.state(id) != NodeState::Up);
+    let up = cluster
+        .nodes
+        .ids()
+        .filter(|&id| detector.state(id) == NodeState::Up);
+    let mut listed: Vec<u32> = not_up.chain(up).take(limit).collect();
+    listed.sort_unstable();
+    let now = monotonic_ns();
+    listed
+        .into_iter()
+        .filter_map(|id| cluster.nodes.get(id))
+        .map(|node| node_status(cluster, &node, now))
+        .collect()
+}
 
-    #[test]
-    fn the_table_shows_refusals_trust_and_keys() {
-        use hb_common::counters::Counter;
-        let report = StatusReport {
-            uptime_ms: 61_000,
-            interfaces: vec![InterfaceStatus {
-                name: "eth0".into(),
-                mode: "native".into(),
-            }],
-            counters: Counter::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name().to_owned(), i as u64))
-                .collect(),
-            actions: ActionStats::default(),
-            auth: AuthStatus {
-                key_ids: vec![2, 1],
-                accept_unauthenticated: false,
-            },
-            brake: BrakeStatus {
-                engaged: true,
-                held: 58,
-                silent: 60,
-            },
-            states: [("up".to_owned(), 1)].into(),
-            nodes_total: 1,
-            nodes: vec![NodeStatus {
-                id: 7,
-                name: "db".into(),
-                state: NodeState::Up,
-                address: Some("198.18.0.7".into()),
-                since_last_heartbeat_ms: Some(250),
-                heartbeats: 9,
-                incarnation: 1,
-                sequence: 9,
-                interval_ms: 1000,
-                measured_interval_ms: MeasuredInterval::from_word(
-                    hb_common::table::intervals::word(1_002_000, 4_000),
-                ),
-                authenticated: true,
-                pinned: true,
-                phi: Some(0.42),
-                down_in_ms: Some(2750),
-            }],
-        };
-        let text = render(&report);
-        for needle in [
-            "packets:  accepted=0 not_heartbeat=1 malformed=2",
-            "refused:  unauthenticated=3 unknown_key=4 bad_tag=5 unknown_node=6 wrong_source=7 \
-             replay=8",
-            "verdicts: passed=9 dropped=10",
-            "auth: key ids 2 (current) and 1 (previous); heartbeats without a tag refused",
-            "signed,pinned",
-            "1002.0±5.0ms",
-            "   0.4  198.18.0.7",
-            "BRAKE ENGAGED: partition suspected, 60 nodes silent, down actions of 58 nodes held",
-        ] {
-            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+/// One node's line of the report.
+fn node_status(cluster: &ClusterView<'_, '_>, node: &NodeInfo<'_>, now: u64) -> NodeStatus {
+    let (table, detector) = (cluster.table, cluster.detector);
+    let record = table.records.get(node.id);
+    let arrival = seen::arrival_ns(table.seen.get(node.id));
+    let interval_word = table.intervals.get(node.id);
+    NodeStatus {
+        id: node.id,
+        state: detector.state(node.id),
+        address: cluster.address(node).map(|a| a.to_string()),
+        since_last_heartbeat_ms: (arrival != 0).then(|| now.saturating_sub(arrival) / 1_000_000),
+        heartbeats: record.heartbeats,
+        incarnation: record.incarnation,
+        sequence: record.sequence,
+        interval_ms: record.interval_ms,
+        measured_interval_ms: MeasuredInterval::from_word(interval_word),
+        authenticated: record.is_authenticated(),
+        pinned: record.is_pinned(),
+        phi: (arrival != 0)
+            .then(|| detector.phi(now.saturating_sub(arrival), interval_word))
+            .flatten(),
+        down_in_ms: detector
+            .down_at_ns(node.id, table)
+            .map(|d| d.saturating_sub(now) / 1_000_000),
+        name: node.name.clone().into_owned(),
+    }
+}
+
+impl From<&Brake> for BrakeStatus {
+    fn from(brake: &Brake) -> Self {
+        BrakeStatus {
+            engaged: brake.engaged(),
+            held: brake.held() as u64,
+            silent: brake.silent() as u64,
+        }
+    }
+}
+
+impl From<Receiving> for InterfaceStatus {
+    fn from(receiving: Receiving) -> Self {
+        InterfaceStatus {
+            name: receiving.interface,
+            mode: receiving.mode.to_owned(),
         }
     }
 }

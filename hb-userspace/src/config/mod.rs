@@ -7,11 +7,14 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::datapath::{DatapathKind, xdp::XdpMode};
+
+mod settings;
 
 /// Largest `max_nodes` accepted: the node table is 72 bytes of kernel
 /// memory per id, so this caps it at 1.125 GiB.
@@ -186,71 +189,6 @@ pub enum ConfigError {
         "`auth.accept_unauthenticated` is false but `auth.keys` is empty, so every heartbeat would be refused: add a key file (`hb keygen --id 1 /etc/hb/hb.key`) to auth.keys or remove the setting"
     )]
     NoKeysToAuthenticate,
-}
-
-/// What receives heartbeats and records them into the node table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DatapathKind {
-    /// The XDP program, in the driver: no socket, no per-packet syscall.
-    #[default]
-    Xdp,
-    /// A UDP socket read with `recvmmsg`: the fallback where XDP cannot be
-    /// attached, and the baseline XDP is measured against.
-    Socket,
-}
-
-impl DatapathKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DatapathKind::Xdp => "xdp",
-            DatapathKind::Socket => "socket",
-        }
-    }
-}
-
-/// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic (skb) mode.
-    #[default]
-    Auto,
-    /// Native (driver) mode only.
-    Native,
-    /// Generic (skb) mode only.
-    Generic,
-}
-
-impl XdpMode {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Native => "native",
-            Self::Generic => "generic",
-        }
-    }
-}
-
-impl fmt::Display for XdpMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for XdpMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "native" => Ok(Self::Native),
-            "generic" => Ok(Self::Generic),
-            other => Err(format!(
-                "unknown XDP mode {other:?}: use auto, native or generic"
-            )),
-        }
-    }
 }
 
 /// A node state change that can run actions.

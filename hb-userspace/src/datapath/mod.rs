@@ -1,71 +1,131 @@
 //! What records heartbeats into the node table: the XDP program
-//! ([`crate::datapath::xdp`], the default) or a UDP socket ([`crate::datapath::socket`], where
-//! XDP cannot be attached). Both fill the same [`NodeTable`] layout and the
-//! same counters, so the agent above does not know which one runs.
+//! ([`xdp`], the default) or a UDP socket ([`socket`], where XDP cannot be
+//! attached). Both fill the same [`NodeTable`] layout and the same counters,
+//! so the agent above does not know which one runs.
 //!
 //! Lifecycle: [`Datapath::prepare`] creates the table (nothing is received
 //! yet, so the agent can configure and restore nodes in it), then
 //! [`Datapath::start`] attaches or starts receiving, and [`Datapath::stop`]
 //! detaches or stops.
 
-use anyhow::Context;
-use hb_common::{auth::KeySlots, counters::Counter};
-use tokio::io::{Interest, unix::AsyncFd};
-
-use crate::{
-    agent::status::InterfaceStatus,
-    config::{Config, DatapathKind, XdpMode},
-};
-
 pub mod socket;
 pub mod table;
 pub mod xdp;
 
-use socket::{SocketDatapath, SocketOptions};
-use table::NodeTable;
-use xdp::{AttachPolicy, LoadOptions, XdpDatapath};
+use hb_common::{admission::Unauthenticated, auth::KeySlots, counters::CounterValues};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-/// Counter values in [`Counter::ALL`] order.
-pub type Counters = [u64; Counter::COUNT as usize];
+use self::{
+    socket::{SocketDatapath, SocketError, SocketOptions},
+    table::NodeTable,
+    xdp::{LoadOptions, XdpDatapath, XdpError, XdpMode},
+};
+
+/// What receives heartbeats: the config's `datapath` and the CLI's
+/// `--datapath`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathKind {
+    /// The XDP program, in the driver: no socket, no per-packet syscall
+    /// (default).
+    #[default]
+    Xdp,
+    /// A UDP socket read with `recvmmsg`: the fallback where XDP cannot be
+    /// attached, and the baseline XDP is measured against.
+    Socket,
+}
+
+impl DatapathKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DatapathKind::Xdp => "xdp",
+            DatapathKind::Socket => "socket",
+        }
+    }
+}
+
+/// Everything a datapath is built from (the config converts into it).
+#[derive(Clone, Debug)]
+pub struct DatapathSettings {
+    pub kind: DatapathKind,
+    /// Interfaces heartbeats are received on.
+    pub interfaces: Vec<String>,
+    /// UDP destination port of heartbeats.
+    pub port: u16,
+    /// Size of the node table; node ids must be below it.
+    pub max_nodes: u32,
+    /// XDP only: the attach mode.
+    pub xdp_mode: XdpMode,
+    /// XDP only: pass valid heartbeats on to the stack after recording them.
+    pub pass_heartbeats: bool,
+    /// Whether heartbeats with key id 0 are accepted.
+    pub unauthenticated: Unauthenticated,
+}
+
+/// The error of either datapath, each naming what failed.
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+}
+
+/// An interface heartbeats are received on, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receiving {
+    pub interface: String,
+    /// "native" or "generic" (XDP), or "socket".
+    pub mode: &'static str,
+}
 
 pub enum Datapath {
     /// Boxed: far larger than the socket variant.
-    Xdp(Box<XdpDatapath>),
+    Xdp {
+        datapath: Box<XdpDatapath>,
+        interfaces: Vec<String>,
+        mode: XdpMode,
+    },
     Socket(SocketDatapath),
 }
 
 impl Datapath {
     /// Creates the node table and whatever receives into it, not yet
     /// receiving.
-    pub fn prepare(config: &Config) -> anyhow::Result<Self> {
-        Ok(match config.datapath {
-            DatapathKind::Xdp => Datapath::Xdp(Box::new(XdpDatapath::load(LoadOptions {
-                port: config.port,
-                max_nodes: config.max_nodes,
-                pass_heartbeats: config.pass_heartbeats,
-                unauthenticated: config.auth.unauthenticated(),
-            })?)),
+    pub fn prepare(settings: &DatapathSettings) -> Result<Self, DatapathError> {
+        Ok(match settings.kind {
+            DatapathKind::Xdp => Datapath::Xdp {
+                datapath: Box::new(XdpDatapath::load(LoadOptions {
+                    port: settings.port,
+                    max_nodes: settings.max_nodes,
+                    pass_heartbeats: settings.pass_heartbeats,
+                    unauthenticated: settings.unauthenticated,
+                })?),
+                interfaces: settings.interfaces.clone(),
+                mode: settings.xdp_mode,
+            },
             DatapathKind::Socket => Datapath::Socket(SocketDatapath::new(SocketOptions {
-                port: config.port,
-                max_nodes: config.max_nodes,
-                interfaces: config.interfaces.clone(),
-                unauthenticated: config.auth.unauthenticated(),
+                port: settings.port,
+                max_nodes: settings.max_nodes,
+                interfaces: settings.interfaces.clone(),
+                unauthenticated: settings.unauthenticated,
             })?),
         })
     }
 
     pub fn table(&self) -> &NodeTable {
         match self {
-            Datapath::Xdp(xdp) => xdp.table(),
+            Datapath::Xdp { datapath, .. } => datapath.table(),
             Datapath::Socket(socket) => socket.table(),
         }
     }
 
     /// Installs the keys heartbeats are verified with (at start, before
     /// `start`, and on every reload).
-    pub fn set_keys(&mut self, keys: &KeySlots) -> anyhow::Result<()> {
+    pub fn set_keys(&mut self, keys: &KeySlots) -> Result<(), DatapathError> {
         match self {
-            Datapath::Xdp(xdp) => Ok(xdp.set_keys(keys)?),
+            Datapath::Xdp { datapath, .. } => Ok(datapath.set_keys(keys)?),
             Datapath::Socket(socket) => {
                 socket.set_keys(keys);
                 Ok(())
@@ -75,95 +135,58 @@ impl Datapath {
 
     /// Starts recording heartbeats on every configured interface. On error,
     /// whatever was started is stopped again.
-    pub fn start(&mut self, config: &Config) -> anyhow::Result<()> {
+    pub fn start(&mut self) -> Result<(), DatapathError> {
         match self {
-            Datapath::Xdp(xdp) => {
-                forward_program_log(xdp)?;
-                let policy = match config.xdp_mode {
-                    XdpMode::Auto => AttachPolicy::Auto,
-                    XdpMode::Native => AttachPolicy::Native,
-                    XdpMode::Generic => AttachPolicy::Generic,
-                };
-                for interface in &config.interfaces {
-                    match xdp.attach(interface, policy) {
-                        Ok(mode) => {
-                            tracing::info!(interface, mode = mode.name(), "XDP program attached")
-                        }
-                        Err(e) => {
-                            xdp.detach_all().ok();
-                            return Err(e.into());
-                        }
-                    }
-                }
-                Ok(())
+            Datapath::Xdp {
+                datapath,
+                interfaces,
+                mode,
+            } => {
+                datapath.forward_log()?;
+                Ok(datapath.attach_all(interfaces, *mode)?)
             }
-            Datapath::Socket(socket) => socket.start(),
+            Datapath::Socket(socket) => Ok(socket.start()?),
         }
     }
 
     /// Counters summed over CPUs (XDP) or receive threads (socket).
-    pub fn counters(&self) -> anyhow::Result<Counters> {
+    pub fn counters(&self) -> Result<CounterValues, DatapathError> {
         match self {
-            Datapath::Xdp(xdp) => Ok(xdp.counters()?),
+            Datapath::Xdp { datapath, .. } => Ok(datapath.counters()?),
             Datapath::Socket(socket) => Ok(socket.counters()),
         }
     }
 
-    /// Where heartbeats are received, for `hb status`.
-    pub fn interfaces(&self) -> Vec<InterfaceStatus> {
+    /// Where heartbeats are received, and how.
+    pub fn receiving(&self) -> Vec<Receiving> {
         match self {
-            Datapath::Xdp(xdp) => xdp
+            Datapath::Xdp { datapath, .. } => datapath
                 .attachments()
                 .iter()
-                .map(|a| InterfaceStatus {
-                    name: a.interface.clone(),
-                    mode: a.mode.name().to_owned(),
+                .map(|a| Receiving {
+                    interface: a.interface.clone(),
+                    mode: a.mode.name(),
                 })
                 .collect(),
             Datapath::Socket(socket) => socket
                 .interfaces()
                 .iter()
-                .map(|name| InterfaceStatus {
-                    name: name.clone(),
-                    mode: "socket".to_owned(),
+                .map(|interface| Receiving {
+                    interface: interface.clone(),
+                    mode: "socket",
                 })
                 .collect(),
         }
     }
 
     /// Detaches the XDP program or stops the receive threads.
-    pub fn stop(&mut self) -> anyhow::Result<()> {
+    pub fn stop(&mut self) -> Result<(), DatapathError> {
         match self {
-            Datapath::Xdp(xdp) => Ok(xdp.detach_all()?),
+            Datapath::Xdp { datapath, .. } => Ok(datapath.detach_all()?),
             Datapath::Socket(socket) => {
                 socket.stop();
                 Ok(())
             }
         }
     }
-}
-
-/// Forwards the XDP program's aya-log records to this process's log.
-fn forward_program_log(xdp: &mut XdpDatapath) -> anyhow::Result<()> {
-    let logger =
-        aya_log::EbpfLogger::init(xdp.ebpf_mut()).context("opening the XDP program's log")?;
-    // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged,
-    // for as long as the AsyncFd owns the logger.
-    let mut logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-        .context("polling the XDP log")?;
-    tokio::spawn(async move {
-        loop {
-            match logger.readable_mut().await {
-                Ok(mut guard) => {
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-                Err(e) => {
-                    tracing::warn!("XDP log forwarding stopped: {e}");
-                    return;
-                }
-            }
-        }
-    });
-    Ok(())
 }

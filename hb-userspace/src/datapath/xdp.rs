@@ -7,23 +7,28 @@
 //! arrays are mapped into this process ([`crate::datapath::table`]), so a sweep of a
 //! million nodes is a walk over memory the kernel writes directly.
 
-use std::{io, os::fd::AsFd};
+use std::{fmt, io, os::fd::AsFd, str::FromStr};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{Xdp, XdpMode as KernelMode, xdp::XdpLinkId},
 };
 use hb_common::{
     admission::Unauthenticated,
     auth::{KeySlot, KeySlots},
-    counters::Counter,
+    counters::{Counter, CounterValues},
     globals,
     table::NodeRecord,
 };
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::datapath::table::{Mapping, NodeTable};
+use crate::{
+    datapath::table::{Mapping, NodeTable},
+    sys,
+};
 
 /// aya-log-ebpf's global log level and the values of its `Level` enum.
 const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
@@ -91,6 +96,12 @@ pub enum XdpError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("{op} failed")]
+    Log {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Load-time settings of the XDP program.
@@ -106,15 +117,50 @@ pub struct LoadOptions {
     pub unauthenticated: Unauthenticated,
 }
 
-/// Which XDP mode to attach in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachPolicy {
-    /// Native (driver) mode, falling back to generic mode if unavailable.
+/// Which XDP mode to attach in: the config's `xdp_mode` and the CLI's
+/// `--xdp-mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode if
+    /// unavailable.
+    #[default]
     Auto,
-    /// Native mode only: fail if the driver cannot run XDP.
+    /// Native (driver) mode only: fail if the driver cannot run XDP.
     Native,
     /// Generic (skb) mode only.
     Generic,
+}
+
+impl XdpMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for XdpMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(XdpMode::Auto),
+            "native" => Ok(XdpMode::Native),
+            "generic" => Ok(XdpMode::Generic),
+            other => Err(format!(
+                "unknown XDP mode {other:?}: use auto, native or generic"
+            )),
+        }
+    }
 }
 
 /// The mode an interface ended up attached in.
@@ -156,8 +202,12 @@ pub struct XdpDatapath {
 }
 
 impl XdpDatapath {
-    /// Loads the embedded XDP program into the kernel (not attached yet).
+    /// Loads the embedded XDP program into the kernel (not attached yet),
+    /// first lifting the memlock limit that older kernels charge maps to.
     pub fn load(options: LoadOptions) -> Result<Self, XdpError> {
+        if let Err(e) = sys::raise_memlock_limit() {
+            tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
+        }
         let pass = u8::from(options.pass_heartbeats);
         let accept_unauthenticated = u8::from(options.unauthenticated == Unauthenticated::Accept);
         // The program's log records are filtered in the kernel, before they
@@ -243,25 +293,62 @@ impl XdpDatapath {
         xdp_program(&mut self.ebpf)
     }
 
-    /// The underlying object, e.g. to start forwarding the program's log.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// Forwards the program's aya-log records to this process's log, from a
+    /// task of the current tokio runtime.
+    pub fn forward_log(&mut self) -> Result<(), XdpError> {
+        let logger = aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| XdpError::Log {
+            op: "opening the XDP program's log",
+            source: Box::new(e),
+        })?;
+        // SAFETY: the logger owns its ring buffer fd and keeps it open,
+        // unchanged, for as long as the AsyncFd owns the logger.
+        let mut logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+            .map_err(|e| XdpError::Log {
+                op: "polling the XDP log",
+                source: Box::new(e),
+            })?;
+        tokio::spawn(async move {
+            loop {
+                match logger.readable_mut().await {
+                    Ok(mut guard) => {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                    Err(e) => {
+                        tracing::warn!("XDP log forwarding stopped: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Attaches the program to every interface in `mode`, logging each; on
+    /// error, detaches from those done so far.
+    pub fn attach_all(&mut self, interfaces: &[String], mode: XdpMode) -> Result<(), XdpError> {
+        for interface in interfaces {
+            match self.attach(interface, mode) {
+                Ok(mode) => tracing::info!(interface, mode = mode.name(), "XDP program attached"),
+                Err(e) => {
+                    self.detach_all().ok();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Attaches the program to `interface`. In `auto` mode it tries native
     /// (driver) XDP first and falls back to generic (skb) mode, logging why.
-    pub fn attach(
-        &mut self,
-        interface: &str,
-        policy: AttachPolicy,
-    ) -> Result<AttachedMode, XdpError> {
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachedMode, XdpError> {
         let attempt = |program: &mut Xdp, mode: AttachedMode| {
-            let xdp_mode = match mode {
-                AttachedMode::Native => XdpMode::Driver,
-                AttachedMode::Generic => XdpMode::Skb,
+            let kernel_mode = match mode {
+                AttachedMode::Native => KernelMode::Driver,
+                AttachedMode::Generic => KernelMode::Skb,
             };
             program
-                .attach(interface, xdp_mode)
+                .attach(interface, kernel_mode)
                 .map_err(|e| XdpError::Attach {
                     interface: interface.to_owned(),
                     mode: mode.name(),
@@ -269,16 +356,16 @@ impl XdpDatapath {
                 })
         };
         let program = xdp_program(&mut self.ebpf)?;
-        let (link, mode) = match policy {
-            AttachPolicy::Native => (
+        let (link, mode) = match mode {
+            XdpMode::Native => (
                 attempt(program, AttachedMode::Native)?,
                 AttachedMode::Native,
             ),
-            AttachPolicy::Generic => (
+            XdpMode::Generic => (
                 attempt(program, AttachedMode::Generic)?,
                 AttachedMode::Generic,
             ),
-            AttachPolicy::Auto => match attempt(program, AttachedMode::Native) {
+            XdpMode::Auto => match attempt(program, AttachedMode::Native) {
                 Ok(link) => (link, AttachedMode::Native),
                 Err(native) => {
                     tracing::warn!(
@@ -348,8 +435,8 @@ impl XdpDatapath {
 
     /// Current value of every counter, summed over CPUs, in [`Counter::ALL`]
     /// order.
-    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], XdpError> {
-        let mut out = [0u64; Counter::COUNT as usize];
+    pub fn counters(&self) -> Result<CounterValues, XdpError> {
+        let mut out = CounterValues::default();
         for (slot, counter) in out.iter_mut().zip(Counter::ALL) {
             let per_cpu = self
                 .counters

@@ -1,7 +1,122 @@
-//! What consumes a sweep's outcome: the [`event_log`] (JSON lines of state
-//! changes), the [`actions`] (failover commands, bounded and timed out) and
-//! the [`state_file`] (node states kept across restarts).
+//! What consumes a sweep's outcome: the [`log`], the [`event_log`] (JSON
+//! lines of state changes), the [`actions`] (failover commands, bounded and
+//! timed out) and the [`state_file`] (node states kept across restarts).
+//! [`Sinks::consume`] hands one [`SweepOutcome`] to each of them.
 
 pub mod actions;
 pub mod event_log;
+pub mod log;
 pub mod state_file;
+
+use std::{net::IpAddr, time::Duration};
+
+use hb_common::table::src_ip;
+
+use self::{
+    actions::{ActionEvent, ActionRunner},
+    event_log::EventLog,
+    state_file::StateSaver,
+};
+use crate::{
+    config::Event,
+    datapath::table::NodeTable,
+    detect::{
+        brake::Brake,
+        detector::{Detector, NodeState},
+        sweep::{DueAction, SweepOutcome},
+    },
+    nodes::{NodeDirectory, NodeInfo},
+};
+
+/// What the sinks read besides the outcome: who the nodes are, what the
+/// datapath recorded about them, and what the detector decided.
+pub struct ClusterView<'a, 'n> {
+    pub nodes: &'a NodeDirectory<'n>,
+    pub table: &'a NodeTable,
+    pub detector: &'a Detector,
+}
+
+impl ClusterView<'_, '_> {
+    /// The configured address of a node, else where its last heartbeat came
+    /// from.
+    pub fn address(&self, node: &NodeInfo<'_>) -> Option<IpAddr> {
+        node.address.or_else(|| {
+            let record = self.table.records.get(node.id);
+            (record.heartbeats != 0).then(|| src_ip(record.src_addr))
+        })
+    }
+}
+
+/// Every consumer of sweep outcomes.
+pub struct Sinks {
+    pub events: EventLog,
+    pub actions: ActionRunner,
+    pub saver: StateSaver,
+}
+
+impl Sinks {
+    /// Hands one sweep's outcome to the log, the event log and the action
+    /// runner, and saves the node states when due.
+    pub fn consume(
+        &mut self,
+        outcome: &SweepOutcome,
+        cluster: &ClusterView<'_, '_>,
+        brake: &Brake,
+    ) {
+        log::sweep(outcome, cluster, brake);
+        if outcome.changed() {
+            for transition in &outcome.transitions {
+                if let Some(node) = cluster.nodes.get(transition.node_id) {
+                    self.events.record(outcome.now_ns, &node.name, transition);
+                }
+            }
+            self.events.flush();
+            for action in &outcome.actions {
+                self.dispatch(action, cluster);
+            }
+            self.saver.changed();
+        }
+        self.saver
+            .save_if_due(|| state_file::snapshot(cluster.nodes, cluster.detector, cluster.table));
+    }
+
+    /// Starts the actions of one due transition.
+    fn dispatch(&self, action: &DueAction, cluster: &ClusterView<'_, '_>) {
+        let (Some(node), Some(event)) = (cluster.nodes.get(action.node_id), event_of(action.to))
+        else {
+            return;
+        };
+        self.actions.dispatch(ActionEvent {
+            event,
+            node_id: node.id,
+            node_address: cluster.address(&node).map(|a| a.to_string()),
+            node_name: node.name.into_owned(),
+            previous_state: action.from.name(),
+            since_last_heartbeat: action.since_last_heartbeat_ns.map(Duration::from_nanos),
+        });
+    }
+
+    /// At shutdown: flushes the event log and saves the node states now.
+    pub async fn save(&mut self, cluster: &ClusterView<'_, '_>) {
+        self.events.flush();
+        self.saver
+            .save_now(state_file::snapshot(
+                cluster.nodes,
+                cluster.detector,
+                cluster.table,
+            ))
+            .await;
+    }
+}
+
+/// The action event a state is entered with.
+fn event_of(state: NodeState) -> Option<Event> {
+    match state {
+        NodeState::Up => Some(Event::Up),
+        NodeState::Down => Some(Event::Down),
+        NodeState::Left => Some(Event::Left),
+        NodeState::Suspect => Some(Event::Suspect),
+        NodeState::Flapping => Some(Event::Flapping),
+        NodeState::Unseen => None,
+    }
+}

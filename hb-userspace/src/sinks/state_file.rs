@@ -1,5 +1,5 @@
 //! The agent's state file: what it knew about each node, saved on every
-//! change (at most once a second) and at shutdown, so that a restarted agent
+//! change (at most every [`SAVE_EVERY`], in a blocking task) and at shutdown, so that a restarted agent
 //! neither forgets nodes nor fires events for what it already reported.
 //!
 //! Written atomically (temporary file, fsync, rename). A missing file is a
@@ -9,15 +9,24 @@ use std::{
     fs,
     io::{self, Write},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
+use hb_common::table::intervals;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::task::JoinHandle;
 
-use crate::detect::detector::NodeState;
+use crate::{
+    datapath::table::NodeTable,
+    detect::detector::{Detector, NodeState},
+    nodes::NodeDirectory,
+};
 
 /// The current format version; a file of another version is refused.
 const FORMAT: u32 = 1;
+/// State is saved at most this often while nodes change state.
+pub const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 /// Each message includes its cause (so the cause is not also a `source`,
 /// which would print it twice in an error chain).
@@ -114,6 +123,84 @@ pub fn save(path: &Path, nodes: Vec<SavedNode>) -> Result<(), StateFileError> {
     file.write_all(&body).map_err(error)?;
     file.sync_all().map_err(error)?;
     fs::rename(&tmp, path).map_err(error)
+}
+
+/// What is saved about every node.
+pub fn snapshot(
+    nodes: &NodeDirectory<'_>,
+    detector: &Detector,
+    table: &NodeTable,
+) -> Vec<SavedNode> {
+    nodes
+        .ids()
+        .map(|id| {
+            let record = table.records.get(id);
+            let interval = table.intervals.get(id);
+            SavedNode {
+                id,
+                state: detector.state(id),
+                heartbeats: record.heartbeats,
+                incarnation: record.incarnation,
+                sequence: record.sequence,
+                interval_ms: record.interval_ms,
+                authenticated: record.is_authenticated(),
+                interval_mean_us: intervals::mean_us(interval),
+                interval_mad_us: intervals::mad_us(interval),
+            }
+        })
+        .collect()
+}
+
+/// Saves node states in a blocking task, at most every [`SAVE_EVERY`] while
+/// they change, so that a large table never stalls a sweep.
+pub struct StateSaver {
+    path: PathBuf,
+    unsaved: bool,
+    last_save: Instant,
+    saving: Option<JoinHandle<()>>,
+}
+
+impl StateSaver {
+    pub fn new(path: PathBuf) -> Self {
+        StateSaver {
+            path,
+            unsaved: false,
+            last_save: Instant::now(),
+            saving: None,
+        }
+    }
+
+    /// Node states changed since the last save.
+    pub fn changed(&mut self) {
+        self.unsaved = true;
+    }
+
+    /// Starts a save of `snapshot()` in a blocking task if states changed,
+    /// none is in progress and the last one is [`SAVE_EVERY`] old.
+    pub fn save_if_due(&mut self, snapshot: impl FnOnce() -> Vec<SavedNode>) {
+        let busy = self.saving.as_ref().is_some_and(|task| !task.is_finished());
+        if !self.unsaved || busy || self.last_save.elapsed() < SAVE_EVERY {
+            return;
+        }
+        let (path, nodes) = (self.path.clone(), snapshot());
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = save(&path, nodes) {
+                tracing::error!("{e}");
+            }
+        }));
+        self.unsaved = false;
+        self.last_save = Instant::now();
+    }
+
+    /// Waits for a save in progress, then saves `nodes`.
+    pub async fn save_now(&mut self, nodes: Vec<SavedNode>) {
+        if let Some(task) = self.saving.take() {
+            let _ = task.await;
+        }
+        if let Err(e) = save(&self.path, nodes) {
+            tracing::error!("{e}");
+        }
+    }
 }
 
 #[cfg(test)]

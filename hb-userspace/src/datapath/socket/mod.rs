@@ -21,11 +21,11 @@
 //! bumps one outcome and the `dropped` verdict (the socket consumes it), so
 //! `passed` and `not_heartbeat` (the socket only sees UDP to the port) stay 0.
 
+mod batch;
+
 use std::{
-    ffi::c_void,
     io, mem,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    ptr::{self, NonNull},
     sync::{
         Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -37,22 +37,19 @@ use std::{
 use hb_common::{
     admission::{Unauthenticated, admit},
     auth::{KeySlot, KeySlots},
-    counters::Counter,
+    counters::{Counter, CounterValues},
     table::{intervals, seen},
     wire::{HEARTBEAT_LEN, RawHeartbeat},
 };
 use thiserror::Error;
 
+use self::batch::{BATCH, Batch, Datagram};
 use crate::{
     clock,
-    datapath::{
-        Counters,
-        table::{Mapping, NodeTable},
-    },
+    datapath::table::{Mapping, NodeTable},
+    sys,
 };
 
-/// Datagrams taken per `recvmmsg` call.
-pub const BATCH: usize = 64;
 /// Receive buffer asked for per socket: 8 MiB holds about 10^4 queued
 /// heartbeats (the kernel charges each one's skb, not just its 56 bytes).
 pub const RECEIVE_BUFFER_BYTES: usize = 8 << 20;
@@ -60,11 +57,6 @@ pub const RECEIVE_BUFFER_BYTES: usize = 8 << 20;
 /// it should stop; bounds [`SocketDatapath::stop`].
 pub const RECEIVE_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// Bytes of each datagram buffer: more than a heartbeat, so a longer
-/// datagram shows as such (its length, or `MSG_TRUNC`).
-const DATAGRAM_BUFFER: usize = 64;
-/// Bytes of each control buffer: `SCM_TIMESTAMPNS` needs 32 on 64-bit.
-const CONTROL_BUFFER: usize = 64;
 /// Stripes of the locks that serialise updates of one node's record when
 /// several receive threads (interfaces) hear it.
 const RECORD_LOCKS: usize = 64;
@@ -240,9 +232,9 @@ impl SocketDatapath {
 
     /// Starts one receive thread per socket. On error, the threads started
     /// so far are stopped again.
-    pub fn start(&mut self) -> anyhow::Result<()> {
+    pub fn start(&mut self) -> Result<(), SocketError> {
         if self.started {
-            return Err(SocketError::AlreadyStarted.into());
+            return Err(SocketError::AlreadyStarted);
         }
         self.started = true;
         for receiver in mem::take(&mut self.opened) {
@@ -262,7 +254,7 @@ impl SocketDatapath {
                 }
                 Err(source) => {
                     self.stop();
-                    return Err(SocketError::Spawn { interface, source }.into());
+                    return Err(SocketError::Spawn { interface, source });
                 }
             }
         }
@@ -271,8 +263,8 @@ impl SocketDatapath {
 
     /// Every counter summed over the receive threads, in [`Counter::ALL`]
     /// order.
-    pub fn counters(&self) -> Counters {
-        let mut out = Counters::default();
+    pub fn counters(&self) -> CounterValues {
+        let mut out = CounterValues::default();
         for thread in &self.counters {
             for (total, value) in out.iter_mut().zip(&thread.0) {
                 *total += value.load(Ordering::Relaxed);
@@ -308,7 +300,7 @@ impl Drop for SocketDatapath {
 
 impl ThreadCounters {
     /// Publishes the thread's running totals (plain stores: one writer).
-    fn publish(&self, totals: &Counters) {
+    fn publish(&self, totals: &CounterValues) {
         for (counter, &total) in self.0.iter().zip(totals) {
             counter.store(total, Ordering::Relaxed);
         }
@@ -335,12 +327,12 @@ fn open_socket(interface: &str, port: u16) -> Result<(OwnedFd, usize), SocketErr
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
 
-    set_int(&socket, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)
+    sys::set_int_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)
         .map_err(io_error("setsockopt(IPV6_V6ONLY, 0)"))?;
     // No SO_REUSEADDR: UDP has no TIME_WAIT to skip on restart, and with it
     // a second agent could bind the same interface and port and silently
     // take every heartbeat from the first; without it, its bind fails.
-    set_option(
+    sys::set_socket_option(
         &socket,
         libc::SOL_SOCKET,
         libc::SO_BINDTODEVICE,
@@ -349,16 +341,16 @@ fn open_socket(interface: &str, port: u16) -> Result<(OwnedFd, usize), SocketErr
     .map_err(io_error("setsockopt(SO_BINDTODEVICE)"))?;
     let wanted = libc::c_int::try_from(RECEIVE_BUFFER_BYTES).unwrap_or(libc::c_int::MAX);
     // SO_RCVBUFFORCE needs CAP_NET_ADMIN; SO_RCVBUF is capped by rmem_max.
-    set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, wanted)
-        .or_else(|_| set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, wanted))
+    sys::set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, wanted)
+        .or_else(|_| sys::set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, wanted))
         .map_err(io_error("setsockopt(SO_RCVBUF)"))?;
-    set_int(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+    sys::set_int_option(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
         .map_err(io_error("setsockopt(SO_TIMESTAMPNS)"))?;
     let timeout = libc::timeval {
         tv_sec: RECEIVE_TIMEOUT.as_secs() as libc::time_t,
         tv_usec: RECEIVE_TIMEOUT.subsec_micros() as libc::suseconds_t,
     };
-    set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)
+    sys::set_socket_option(&socket, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)
         .map_err(io_error("setsockopt(SO_RCVTIMEO)"))?;
 
     // SAFETY: all-zero is a valid sockaddr_in6 (the unspecified address).
@@ -381,61 +373,16 @@ fn open_socket(interface: &str, port: u16) -> Result<(OwnedFd, usize), SocketErr
         });
     }
 
-    let mut granted: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `granted`.
-    let got = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&raw mut granted).cast(),
-            &mut len,
-        )
-    };
-    if got != 0 {
-        return Err(io_error("getsockopt(SO_RCVBUF)")(io::Error::last_os_error()));
-    }
+    let granted = sys::int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF)
+        .map_err(io_error("getsockopt(SO_RCVBUF)"))?;
     // The kernel reports twice what it queues (the rest is its bookkeeping).
     Ok((socket, usize::try_from(granted).unwrap_or(0) / 2))
-}
-
-fn set_int(
-    socket: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    set_option(socket, level, name, &value)
-}
-
-fn set_option<T: ?Sized>(
-    socket: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: `value` is valid for reads of its whole size for the call.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            ptr::from_ref(value).cast::<c_void>(),
-            size_of_val(value) as libc::socklen_t,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// A receive thread: batches of datagrams until the stop flag is set.
 fn receive_loop(receiver: &Receiver, shared: &Shared, counters: &ThreadCounters) {
     let mut batch = Batch::new();
-    let mut totals = Counters::default();
+    let mut totals = CounterValues::default();
     let mut errors = ErrorLog::default();
     while !shared.stop.load(Ordering::Relaxed) {
         let received = match batch.receive(&receiver.socket) {
@@ -491,20 +438,6 @@ impl ErrorLog {
         self.last = Some(Instant::now());
         self.suppressed = 0;
     }
-}
-
-/// One received datagram, as far as recording it is concerned.
-struct Datagram<'a> {
-    /// The payload (at most [`DATAGRAM_BUFFER`] bytes of it).
-    payload: &'a [u8],
-    /// The payload was longer than the buffer.
-    truncated: bool,
-    /// Source address (IPv6, or v4-mapped), network byte order.
-    src_addr: [u8; 16],
-    /// Source port, host byte order.
-    src_port: u16,
-    /// The kernel's receive timestamp, `CLOCK_REALTIME` ns.
-    realtime_ns: Option<u64>,
 }
 
 /// Applies the XDP program's rules to one datagram and, for an accepted
@@ -607,163 +540,6 @@ impl Clock {
     }
 }
 
-/// The `recvmmsg` vectors and every buffer they point to, in one heap block
-/// allocated once per receive thread. Only reached through `slots`: the
-/// kernel writes into it behind any reference's back.
-struct Batch {
-    slots: NonNull<Slots>,
-    /// Headers the last call filled, whose in-out lengths need resetting.
-    dirty: usize,
-}
-
-#[repr(C)]
-struct Slots {
-    headers: [libc::mmsghdr; BATCH],
-    iovecs: [libc::iovec; BATCH],
-    names: [libc::sockaddr_in6; BATCH],
-    controls: [Control; BATCH],
-    payloads: [[u8; DATAGRAM_BUFFER]; BATCH],
-}
-
-/// A control message buffer, aligned for `cmsghdr`.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct Control([u8; CONTROL_BUFFER]);
-
-impl Batch {
-    fn new() -> Self {
-        // SAFETY: every field of `Slots` is plain data (integers, arrays and
-        // raw pointers) for which all-zero is a valid value.
-        let slots = unsafe { Box::<Slots>::new_zeroed().assume_init() };
-        let slots = NonNull::from(Box::leak(slots));
-        let base = slots.as_ptr();
-        for i in 0..BATCH {
-            // SAFETY: `base` points to a live, exclusively owned `Slots`;
-            // the pointers stored stay valid until `Drop` frees it.
-            unsafe {
-                let iovec = &raw mut (*base).iovecs[i];
-                (*iovec).iov_base = (&raw mut (*base).payloads[i]).cast();
-                (*iovec).iov_len = DATAGRAM_BUFFER;
-                let header = &raw mut (*base).headers[i].msg_hdr;
-                (*header).msg_iov = iovec;
-                (*header).msg_iovlen = 1;
-                (*header).msg_name = (&raw mut (*base).names[i]).cast();
-                (*header).msg_control = (&raw mut (*base).controls[i]).cast();
-            }
-        }
-        let mut batch = Batch {
-            slots,
-            dirty: BATCH,
-        };
-        batch.reset();
-        batch
-    }
-
-    /// Restores the in-out lengths the kernel overwrote in the last call.
-    fn reset(&mut self) {
-        let base = self.slots.as_ptr();
-        for i in 0..self.dirty {
-            // SAFETY: in bounds of the live `Slots`; no reference to it is
-            // held.
-            unsafe {
-                let header = &raw mut (*base).headers[i];
-                (*header).msg_len = 0;
-                (*header).msg_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-                (*header).msg_hdr.msg_controllen = CONTROL_BUFFER;
-                (*header).msg_hdr.msg_flags = 0;
-            }
-        }
-        self.dirty = 0;
-    }
-
-    /// Waits (at most the socket's receive timeout) for a datagram, then
-    /// takes it and whatever else is queued, up to [`BATCH`]. Returns how
-    /// many were taken.
-    fn receive(&mut self, socket: &OwnedFd) -> io::Result<usize> {
-        self.reset();
-        // SAFETY: the headers and every buffer they point to are live and
-        // sized as the headers say; the kernel writes nothing else.
-        let received = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                (&raw mut (*self.slots.as_ptr()).headers).cast(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                ptr::null_mut(),
-            )
-        };
-        let received = usize::try_from(received).map_err(|_| io::Error::last_os_error())?;
-        self.dirty = received;
-        Ok(received)
-    }
-
-    /// Datagram `index` of the last [`Batch::receive`].
-    fn datagram(&self, index: usize) -> Datagram<'_> {
-        assert!(index < self.dirty, "datagram {index} was not received");
-        let base = self.slots.as_ptr();
-        // SAFETY: in bounds of the live `Slots`, which the kernel does not
-        // write until the next `receive` (which needs `&mut self`, so the
-        // returned payload borrow has ended by then).
-        unsafe {
-            let header = &(*base).headers[index];
-            let len = (header.msg_len as usize).min(DATAGRAM_BUFFER);
-            let name = &(*base).names[index];
-            let (src_addr, src_port) = if header.msg_hdr.msg_namelen as usize
-                >= size_of::<libc::sockaddr_in6>()
-                && libc::c_int::from(name.sin6_family) == libc::AF_INET6
-            {
-                (name.sin6_addr.s6_addr, u16::from_be(name.sin6_port))
-            } else {
-                ([0; 16], 0)
-            };
-            Datagram {
-                payload: &(&(*base).payloads[index])[..len],
-                truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-                src_addr,
-                src_port,
-                realtime_ns: receive_timestamp(&header.msg_hdr),
-            }
-        }
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        // SAFETY: `slots` came from `Box::leak` in `new` and is freed once.
-        drop(unsafe { Box::from_raw(self.slots.as_ptr()) });
-    }
-}
-
-/// The `SCM_TIMESTAMPNS` control message of a received datagram, in ns.
-///
-/// # Safety
-/// `header` must describe a message `recvmmsg` just filled, its control
-/// buffer still live.
-unsafe fn receive_timestamp(header: &libc::msghdr) -> Option<u64> {
-    // SAFETY: the caller guarantees the control buffer and its length;
-    // CMSG_FIRSTHDR/CMSG_NXTHDR stay within it.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(header) };
-    while !cmsg.is_null() {
-        // SAFETY: a non-null result of CMSG_FIRSTHDR/CMSG_NXTHDR points to a
-        // header inside the control buffer.
-        let (level, kind, len) =
-            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
-        // SAFETY: CMSG_LEN is pure arithmetic.
-        let wanted = unsafe { libc::CMSG_LEN(size_of::<libc::timespec>() as libc::c_uint) };
-        if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPNS && len >= wanted as usize {
-            // SAFETY: the message holds a timespec (length checked above);
-            // control data need not be aligned for it.
-            let ts = unsafe { ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>()) };
-            let secs = u64::try_from(ts.tv_sec).ok()?;
-            let nanos = u64::try_from(ts.tv_nsec).ok()?;
-            return secs.checked_mul(1_000_000_000)?.checked_add(nanos);
-        }
-        // SAFETY: as for CMSG_FIRSTHDR.
-        cmsg = unsafe { libc::CMSG_NXTHDR(header, cmsg) };
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     //! These open real sockets on `lo` (and, in one test, in a private
@@ -828,7 +604,7 @@ mod tests {
         u64::try_from(i128::from(clock::monotonic_ns())).unwrap()
     }
 
-    fn outcomes(counters: &Counters) -> u64 {
+    fn outcomes(counters: &CounterValues) -> u64 {
         Counter::ALL
             .iter()
             .filter(|c| c.is_outcome())
@@ -837,7 +613,7 @@ mod tests {
     }
 
     /// Waits until `total` datagrams have been counted; returns the counters.
-    fn wait_for(datapath: &SocketDatapath, total: u64) -> Counters {
+    fn wait_for(datapath: &SocketDatapath, total: u64) -> CounterValues {
         let deadline = Instant::now() + WAIT;
         loop {
             let counters = datapath.counters();
@@ -927,7 +703,7 @@ mod tests {
         assert_eq!(record.heartbeats, 3);
         assert!(!seen::is_leave(datapath.table().seen.get(3)));
 
-        let mut expected_counters = Counters::default();
+        let mut expected_counters = CounterValues::default();
         expected_counters[Counter::Accepted as usize] = 3;
         expected_counters[Counter::Dropped as usize] = 3;
         assert_eq!(counters, expected_counters);
@@ -1073,7 +849,7 @@ mod tests {
         // Loopback delivers (and timestamps) the datagram within send_to.
         let sent = monotonic();
         thread::sleep(RECEIVE_TIMEOUT * 2);
-        assert_eq!(datapath.counters(), Counters::default());
+        assert_eq!(datapath.counters(), CounterValues::default());
         assert_eq!(snapshot(datapath.table()), empty);
 
         // It waited in the socket's buffer, and is recorded as arriving when
@@ -1163,13 +939,7 @@ mod tests {
         assert_eq!(datapath.table().records.get(7).heartbeats, 1);
         datapath.stop();
         let err = datapath.start().unwrap_err();
-        assert!(
-            matches!(
-                err.downcast_ref::<SocketError>(),
-                Some(SocketError::AlreadyStarted)
-            ),
-            "{err:#}"
-        );
+        assert!(matches!(err, SocketError::AlreadyStarted), "{err}");
 
         // Dropping a datapath that never started closes its sockets too.
         let port = free_port();
@@ -1268,7 +1038,7 @@ mod tests {
             sender.send(&payload).unwrap();
             let refused = sender.recv(&mut [0; 8]).unwrap_err();
             assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
-            assert_eq!(datapath.counters(), Counters::default());
+            assert_eq!(datapath.counters(), CounterValues::default());
             datapath.stop();
 
             // Sockets on two interfaces share the port; `lo`'s hears it, once.

@@ -1,0 +1,101 @@
+//! `hb agent`: loads the configuration (the file, then the flags over it)
+//! and runs the agent. This is where the signals are: SIGHUP reloads the
+//! keys, SIGINT and SIGTERM stop the agent cleanly (state saved, XDP
+//! detached).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    agent::{self, Control},
+    config::{Config, DatapathKind, Overrides, XdpMode},
+};
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The TOML configuration file (see `hb example-config`).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Attach to this interface (repeatable); replaces the config's `interfaces`.
+    #[arg(long = "interface", short = 'i', value_name = "IFACE")]
+    interfaces: Vec<String>,
+    /// UDP port heartbeats arrive on.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Expected heartbeat interval of nodes that advertise none, e.g. 2s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+    /// A node is down after this many intervals of silence.
+    #[arg(long)]
+    timeout_multiplier: Option<u32>,
+    /// How often the node table is swept, e.g. 100ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    sweep_period: Option<Duration>,
+    /// Size of the node table; node ids must be below it.
+    #[arg(long)]
+    max_nodes: Option<u32>,
+    /// What receives heartbeats: the XDP program, or a UDP socket.
+    #[arg(long, value_enum)]
+    datapath: Option<DatapathKind>,
+    /// XDP attach mode.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpMode>,
+    /// Pass heartbeats on to the network stack after recording them.
+    #[arg(long)]
+    pass_heartbeats: bool,
+    /// Where `hb status` reaches the agent.
+    #[arg(long)]
+    status_socket: Option<PathBuf>,
+    /// Where node states are saved across restarts.
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+}
+
+pub async fn execute(args: AgentArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        interfaces: args.interfaces,
+        port: args.port,
+        interval: args.interval,
+        timeout_multiplier: args.timeout_multiplier,
+        sweep_period: args.sweep_period,
+        max_nodes: args.max_nodes,
+        datapath: args.datapath,
+        xdp_mode: args.xdp_mode,
+        pass_heartbeats: args.pass_heartbeats,
+        status_socket: args.status_socket,
+        state_file: args.state_file,
+    };
+    let config = Config::load(&args.config, &overrides)?;
+    agent::run(config, forward_signals()?).await
+}
+
+/// SIGHUP, SIGINT and SIGTERM as the agent's [`Control`] messages, from a
+/// task of their own.
+fn forward_signals() -> anyhow::Result<mpsc::Receiver<Control>> {
+    let install = |kind: SignalKind, name: &str| -> anyhow::Result<Signal> {
+        signal(kind).with_context(|| format!("installing a {name} handler"))
+    };
+    let mut hangup = install(SignalKind::hangup(), "SIGHUP")?;
+    let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
+    let (control, received) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let command = tokio::select! {
+                _ = hangup.recv() => Control::ReloadKeys,
+                _ = interrupt.recv() => Control::Shutdown,
+                _ = terminate.recv() => Control::Shutdown,
+            };
+            if control.send(command).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(received)
+}
