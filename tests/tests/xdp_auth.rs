@@ -241,12 +241,24 @@ fn kernel_siphash_matches_the_reference_vectors() {
     }
 }
 
+/// One datapath that refuses unsigned heartbeats and holds two keys, run
+/// through the phases below in order: each starts where the last left the
+/// node table.
 #[test]
 fn signed_forged_replayed_and_misplaced_heartbeats() {
-    use Counter::*;
     let mut h = Harness::load(Policy::Refuse, &[CURRENT, PREVIOUS]);
+    signed_and_forged(&mut h);
+    replayed(&mut h);
+    source_pinning(&mut h);
+    rotation(&mut h);
+    h.outcomes_add_up();
+}
+
+/// Node [`FREE`], incarnation 10: signed with either key, then unsigned,
+/// with unknown keys, wrong tags and edits after signing.
+fn signed_and_forged(h: &mut Harness) {
+    use Counter::*;
     let src = IpAddr::V4(SRC4);
-    let other = IpAddr::V4(SRC4_OTHER);
     let b = |seq, flags| beat(FREE, 10, seq, flags);
 
     let first = from(src, &signed(b(1, 0), Some(CURRENT)));
@@ -295,6 +307,14 @@ fn signed_forged_replayed_and_misplaced_heartbeats() {
     forged_leave[5] |= flags::LEAVE;
     let table = h.expect("a forged leave", &from(src, &forged_leave), BadTag);
     assert!(!seen::is_leave(table[FREE as usize].1));
+}
+
+/// Node [`FREE`] at (10, 2): a replayed leave, an older incarnation, a
+/// restart.
+fn replayed(h: &mut Harness) {
+    use Counter::*;
+    let src = IpAddr::V4(SRC4);
+    let b = |seq, flags| beat(FREE, 10, seq, flags);
 
     // A replayed leave: a genuine one, captured, then replayed after the
     // node came back with newer sequences.
@@ -318,8 +338,14 @@ fn signed_forged_replayed_and_misplaced_heartbeats() {
         &from(src, &signed(beat(FREE, 11, 0, 0), Some(CURRENT))),
         Accepted,
     );
+}
 
-    // Source pinning.
+/// Node [`PINNED`] only from [`SRC4`]; a signature does not configure a
+/// node.
+fn source_pinning(h: &mut Harness) {
+    use Counter::*;
+    let src = IpAddr::V4(SRC4);
+    let other = IpAddr::V4(SRC4_OTHER);
     let p = |seq| signed(beat(PINNED, 1, seq, 0), Some(CURRENT));
     h.expect(
         "pinned node, other IPv4 source",
@@ -338,8 +364,13 @@ fn signed_forged_replayed_and_misplaced_heartbeats() {
         &from(src, &signed(beat(UNCONFIGURED, 1, 1, 0), Some(CURRENT))),
         UnknownNode,
     );
+}
 
-    // Rotation: the previous key is dropped; its heartbeats are unknown.
+/// Rotation: the previous key is dropped; its heartbeats are unknown.
+fn rotation(h: &mut Harness) {
+    use Counter::*;
+    let src = IpAddr::V4(SRC4);
+    let b = |seq, flags| beat(FREE, 10, seq, flags);
     h.dp.set_keys(&keys(&[CURRENT])).expect("rotating keys");
     h.expect(
         "the dropped key",
@@ -351,7 +382,6 @@ fn signed_forged_replayed_and_misplaced_heartbeats() {
         &from(src, &signed(beat(FREE, 11, 1, 0), Some(CURRENT))),
         Accepted,
     );
-    h.outcomes_add_up();
 }
 
 #[test]
