@@ -1,13 +1,14 @@
 //! `BPF_PROG_TEST_RUN` fixtures for hb's XDP program (needs root).
 //!
-//! Each table loads its own datapath (port [`PORT`], [`MAX_NODES`] slots,
-//! [`CONFIGURED`] marked configured) and runs its rows ([`fixtures::rows`])
-//! in order. A row gives
-//! the frame, the XDP action, the outcome counter (the verdict counter
-//! follows from the action) and the node-table effect: nothing, or one node
-//! recorded with the heartbeat's fields and `heartbeats + 1` in its cold
-//! record, and a seen word whose arrival time lies between `CLOCK_MONOTONIC`
-//! readings taken around the run and whose leave bit is the heartbeat's.
+//! Each table loads its own datapath (port [`PORT`](common::PORT),
+//! [`MAX_NODES`](fixtures::MAX_NODES) slots,
+//! [`CONFIGURED`](fixtures::CONFIGURED) marked configured) and runs its rows
+//! ([`fixtures::rows`]) in order. A row gives the frame, the XDP action, the
+//! outcome counter (the verdict counter follows from the action) and the
+//! node-table effect: nothing, or one node recorded with the heartbeat's
+//! fields and `heartbeats + 1` in its cold record, and a seen word whose
+//! arrival time lies between `CLOCK_MONOTONIC` readings taken around the run
+//! and whose leave bit is the heartbeat's.
 //! Every other counter and every other slot must stay as it was. All rows run
 //! and the failures are reported together; after each table, the sum of the
 //! outcome counters, the number of packets run and `passed + dropped` must
@@ -40,11 +41,6 @@ use hb_tools::{
 };
 use rand::Rng as _;
 
-#[cfg(doc)]
-use crate::{
-    common::PORT,
-    fixtures::{CONFIGURED, MAX_NODES},
-};
 use crate::{
     common::test_run,
     fixtures::{
