@@ -3,9 +3,10 @@
 //! are divided by the sequence gap, and replays, restarts and outages give
 //! none. Arrival times are the kernel's clock, so bounds are generous.
 
+pub mod common;
+
 use std::{thread, time::Duration};
 
-use aya::programs::{TestRun, TestRunOptions};
 use hb::datapath::xdp::{LoadOptions, XdpDatapath};
 use hb_common::{
     admission::Unauthenticated,
@@ -14,7 +15,8 @@ use hb_common::{
 };
 use hb_tools::frame::eth;
 
-const PORT: u16 = 9797;
+use crate::common::{PORT, run};
+
 const NODE: u32 = 3;
 const PAUSE: Duration = Duration::from_millis(20);
 
@@ -37,17 +39,6 @@ fn beat(incarnation: u64, sequence: u64) -> Vec<u8> {
         .build()
 }
 
-fn run(dp: &mut XdpDatapath, frame: &[u8]) {
-    dp.program()
-        .expect("the program")
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-}
-
 fn estimate(dp: &XdpDatapath) -> (u32, u32) {
     let word = dp.table().intervals.get(NODE);
     (intervals::mean_us(word), intervals::mad_us(word))
@@ -55,13 +46,12 @@ fn estimate(dp: &XdpDatapath) -> (u32, u32) {
 
 #[test]
 fn interval_estimates_follow_the_sender_and_ignore_gaps_replays_and_restarts() {
-    let mut dp = XdpDatapath::load(LoadOptions {
+    let mut dp = common::load(LoadOptions {
         port: PORT,
         max_nodes: 8,
         pass_heartbeats: false,
         unauthenticated: Unauthenticated::Accept,
-    })
-    .expect("loading the XDP program (are we root?)");
+    });
     dp.table().configure(NODE, NodeRecord::default());
     // A pause of 20 ms (sleep overshoots, never undershoots).
     let plausible = 19_000..60_000;
