@@ -25,6 +25,7 @@
 //! occupies the [`KeySlot`] of its id.
 
 use std::{
+    ffi::{OsStr, OsString},
     fmt,
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
@@ -168,99 +169,134 @@ impl KeyFile {
     /// root, with no permission bits for group or others, holding a key id
     /// from 1 to 255 and 32 hex digits of key.
     pub fn read(path: &Path) -> Result<KeyFile, KeyError> {
-        let io_error = |op: &'static str| {
-            move |cause: io::Error| KeyError::Io {
-                op,
-                path: path.to_owned(),
-                cause,
-            }
-        };
-        let file = File::open(path).map_err(|cause| match cause.kind() {
-            io::ErrorKind::NotFound => KeyError::Missing {
-                path: path.to_owned(),
-            },
-            io::ErrorKind::PermissionDenied => KeyError::Unreadable {
-                path: path.to_owned(),
-            },
-            _ => io_error("opening")(cause),
-        })?;
-        // fstat the file we opened, not the path, which may have changed.
-        let metadata = file.metadata().map_err(io_error("inspecting"))?;
-        if !metadata.is_file() {
-            return Err(KeyError::NotRegularFile {
-                path: path.to_owned(),
-            });
-        }
-        if metadata.uid() != 0 {
-            return Err(KeyError::NotOwnedByRoot {
-                path: path.to_owned(),
-                uid: metadata.uid(),
-            });
-        }
-        let mode = metadata.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::OpenMode {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        if metadata.len() > MAX_FILE_LEN {
-            return Err(KeyError::TooLarge {
-                path: path.to_owned(),
-                len: metadata.len(),
-            });
-        }
-        let mut bytes = Vec::new();
-        file.take(MAX_FILE_LEN + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io_error("reading"))?;
-        if bytes.len() as u64 > MAX_FILE_LEN {
-            return Err(KeyError::TooLarge {
-                path: path.to_owned(),
-                len: bytes.len() as u64,
-            });
-        }
-        let parse_error = |line: Option<usize>, message: String| KeyError::Parse {
-            path: path.to_owned(),
-            line,
-            message,
-        };
-        let text =
-            String::from_utf8(bytes).map_err(|_| parse_error(None, "not UTF-8 text".to_owned()))?;
-        let raw: RawKeyFile = toml::from_str(&text).map_err(|error| {
-            // toml's Display quotes the offending line, which may be the
-            // key's: keep only the message and the line number.
-            let line = error
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-            parse_error(line, error.message().trim_end().to_owned())
-        })?;
-        let id = match raw.id {
-            0 => {
-                return Err(KeyError::IdZero {
-                    path: path.to_owned(),
-                });
-            }
-            id => u8::try_from(id).map_err(|_| KeyError::IdOutOfRange {
-                path: path.to_owned(),
-                id,
-            })?,
-        };
-        let key = parse_key(&raw.key).map_err(|problem| match problem {
-            KeyProblem::Length(digits) => KeyError::KeyLength {
-                path: path.to_owned(),
-                digits,
-            },
-            KeyProblem::NotHex => KeyError::KeyNotHex {
-                path: path.to_owned(),
-            },
-        })?;
+        let file = open_key_file(path)?;
+        check_key_file_metadata(path, &file)?;
+        let bytes = read_key_file(path, file)?;
+        let raw = parse_key_file(path, bytes)?;
+        let id = key_id(path, raw.id)?;
+        let key = key_of(path, &raw.key)?;
         Ok(KeyFile {
             path: path.to_owned(),
             id,
             key,
         })
     }
+}
+
+/// Maps an I/O error while `op` (e.g. "reading") the key file `path`.
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> KeyError {
+    move |cause| KeyError::Io {
+        op,
+        path: path.to_owned(),
+        cause,
+    }
+}
+
+/// Opens a key file (following symlinks); a missing or unreadable file gets
+/// a message of its own.
+fn open_key_file(path: &Path) -> Result<File, KeyError> {
+    File::open(path).map_err(|cause| match cause.kind() {
+        io::ErrorKind::NotFound => KeyError::Missing {
+            path: path.to_owned(),
+        },
+        io::ErrorKind::PermissionDenied => KeyError::Unreadable {
+            path: path.to_owned(),
+        },
+        _ => io_error("opening", path)(cause),
+    })
+}
+
+/// Checks that the opened file is a regular file owned by root, with no
+/// permission bits for group or others, and no longer than a key file.
+fn check_key_file_metadata(path: &Path, file: &File) -> Result<(), KeyError> {
+    // fstat the file we opened, not the path, which may have changed.
+    let metadata = file.metadata().map_err(io_error("inspecting", path))?;
+    if !metadata.is_file() {
+        return Err(KeyError::NotRegularFile {
+            path: path.to_owned(),
+        });
+    }
+    if metadata.uid() != 0 {
+        return Err(KeyError::NotOwnedByRoot {
+            path: path.to_owned(),
+            uid: metadata.uid(),
+        });
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::OpenMode {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    if metadata.len() > MAX_FILE_LEN {
+        return Err(KeyError::TooLarge {
+            path: path.to_owned(),
+            len: metadata.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the file, at most one byte more than a key file can hold: a file
+/// that grew after it was checked is refused too.
+fn read_key_file(path: &Path, file: File) -> Result<Vec<u8>, KeyError> {
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error("reading", path))?;
+    if bytes.len() as u64 > MAX_FILE_LEN {
+        return Err(KeyError::TooLarge {
+            path: path.to_owned(),
+            len: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Parses the file's TOML; errors never quote the file's text.
+fn parse_key_file(path: &Path, bytes: Vec<u8>) -> Result<RawKeyFile, KeyError> {
+    let parse_error = |line: Option<usize>, message: String| KeyError::Parse {
+        path: path.to_owned(),
+        line,
+        message,
+    };
+    let text =
+        String::from_utf8(bytes).map_err(|_| parse_error(None, "not UTF-8 text".to_owned()))?;
+    toml::from_str(&text).map_err(|error| {
+        // toml's Display quotes the offending line, which may be the
+        // key's: keep only the message and the line number.
+        let line = error
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        parse_error(line, error.message().trim_end().to_owned())
+    })
+}
+
+/// The key id as written, checked to be 1..=255.
+fn key_id(path: &Path, id: i64) -> Result<u8, KeyError> {
+    match id {
+        0 => Err(KeyError::IdZero {
+            path: path.to_owned(),
+        }),
+        id => u8::try_from(id).map_err(|_| KeyError::IdOutOfRange {
+            path: path.to_owned(),
+            id,
+        }),
+    }
+}
+
+/// The key as written, checked to be 32 hex digits.
+fn key_of(path: &Path, hex: &str) -> Result<Key, KeyError> {
+    parse_key(hex).map_err(|problem| match problem {
+        KeyProblem::Length(digits) => KeyError::KeyLength {
+            path: path.to_owned(),
+            digits,
+        },
+        KeyProblem::NotHex => KeyError::KeyNotHex {
+            path: path.to_owned(),
+        },
+    })
 }
 
 enum KeyProblem {
@@ -335,15 +371,8 @@ pub fn generate(path: &Path, id: u8, overwrite: bool) -> Result<KeyFile, KeyErro
     let mut key = Key::default();
     random_bytes(&mut key)?;
 
-    let io_error = |op: &'static str| {
-        move |cause: io::Error| KeyError::Io {
-            op,
-            path: path.to_owned(),
-            cause,
-        }
-    };
     let Some(name) = path.file_name() else {
-        return Err(io_error("writing")(io::Error::new(
+        return Err(io_error("writing", path)(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a file name",
         )));
@@ -352,66 +381,96 @@ pub fn generate(path: &Path, id: u8, overwrite: bool) -> Result<KeyFile, KeyErro
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    // A random temporary name: no clash with another keygen or a leftover.
-    let mut suffix = [0u8; 8];
-    random_bytes(&mut suffix)?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", hex(&suffix)));
-    let tmp = dir.join(tmp_name);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|cause| match cause.kind() {
-            io::ErrorKind::NotFound => KeyError::NoDirectory {
-                path: path.to_owned(),
-                dir: dir.to_owned(),
-            },
-            _ => io_error("creating a temporary file next to")(cause),
-        })?;
-    let mut guard = TempFile(Some(&tmp));
-    // The umask may have cleared bits of 0600: make it exactly 0600.
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(io_error("setting the mode of"))?;
-    let generated = humantime::format_rfc3339_seconds(SystemTime::now());
-    let text = format!(
-        "# hb heartbeat key (SipHash-2-4, 128 bits). Secret: keep it owned by root, mode 0600.\n\
-         # Generated {generated}.\n\
-         id = {id}\n\
-         key = \"{}\"\n",
-        hex(&key)
-    );
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("writing"))?;
-    drop(file);
-
+    let tmp = dir.join(temp_name(name)?);
+    let mut guard = write_temp_key_file(path, dir, &tmp, &key_file_text(id, &key))?;
+    move_into_place(&tmp, path, overwrite)?;
     if overwrite {
-        fs::rename(&tmp, path).map_err(io_error("replacing"))?;
         guard.0 = None;
-    } else {
-        // link(2) fails with EEXIST if anything (even a dangling symlink) is
-        // at `path`: no window between the check and the creation. The
-        // guard then unlinks the temporary name.
-        fs::hard_link(&tmp, path).map_err(|cause| match cause.kind() {
-            io::ErrorKind::AlreadyExists => KeyError::Exists {
-                path: path.to_owned(),
-            },
-            _ => io_error("creating")(cause),
-        })?;
     }
     drop(guard);
     // Make the new name durable too.
     File::open(dir)
         .and_then(|dir| dir.sync_all())
-        .map_err(io_error("syncing the directory of"))?;
+        .map_err(io_error("syncing the directory of", path))?;
     Ok(KeyFile {
         path: path.to_owned(),
         id,
         key,
     })
+}
+
+/// A hidden name for the temporary file next to `name`, with a random part:
+/// no clash with another keygen or a leftover.
+fn temp_name(name: &OsStr) -> Result<OsString, KeyError> {
+    let mut suffix = [0u8; 8];
+    random_bytes(&mut suffix)?;
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", hex(&suffix)));
+    Ok(tmp_name)
+}
+
+/// What `hb keygen` writes: a comment that says what the file is, the id
+/// and the key.
+fn key_file_text(id: u8, key: &Key) -> String {
+    let generated = humantime::format_rfc3339_seconds(SystemTime::now());
+    format!(
+        "# hb heartbeat key (SipHash-2-4, 128 bits). Secret: keep it owned by root, mode 0600.\n\
+         # Generated {generated}.\n\
+         id = {id}\n\
+         key = \"{}\"\n",
+        hex(key)
+    )
+}
+
+/// Creates `tmp` (which must not exist) in `dir`, mode 0600, and writes and
+/// syncs `text` to it. Returns the guard that removes it again unless
+/// disarmed; on error it is already removed.
+fn write_temp_key_file<'a>(
+    path: &Path,
+    dir: &Path,
+    tmp: &'a Path,
+    text: &str,
+) -> Result<TempFile<'a>, KeyError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|cause| match cause.kind() {
+            io::ErrorKind::NotFound => KeyError::NoDirectory {
+                path: path.to_owned(),
+                dir: dir.to_owned(),
+            },
+            _ => io_error("creating a temporary file next to", path)(cause),
+        })?;
+    let guard = TempFile(Some(tmp));
+    // The umask may have cleared bits of 0600: make it exactly 0600.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io_error("setting the mode of", path))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error("writing", path))?;
+    Ok(guard)
+}
+
+/// Gives the written temporary file its name: renamed over `path` with
+/// `overwrite` (replacing a symlink itself, not its target), else linked,
+/// which fails if `path` exists.
+fn move_into_place(tmp: &Path, path: &Path, overwrite: bool) -> Result<(), KeyError> {
+    if overwrite {
+        fs::rename(tmp, path).map_err(io_error("replacing", path))
+    } else {
+        // link(2) fails with EEXIST if anything (even a dangling symlink) is
+        // at `path`: no window between the check and the creation. The
+        // guard then unlinks the temporary name.
+        fs::hard_link(tmp, path).map_err(|cause| match cause.kind() {
+            io::ErrorKind::AlreadyExists => KeyError::Exists {
+                path: path.to_owned(),
+            },
+            _ => io_error("creating", path)(cause),
+        })
+    }
 }
 
 /// The monitor's keys: the current key first, then (while rotating) the

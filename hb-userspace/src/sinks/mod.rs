@@ -13,12 +13,11 @@ use std::{net::IpAddr, time::Duration};
 use hb_common::table::src_ip;
 
 use self::{
-    actions::{ActionEvent, ActionRunner},
+    actions::{ActionEvent, ActionRunner, Event},
     event_log::EventLog,
     state_file::StateSaver,
 };
 use crate::{
-    config::Event,
     datapath::table::NodeTable,
     detect::{
         brake::Brake,
