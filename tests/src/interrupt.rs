@@ -1,6 +1,6 @@
 //! Cooperative Ctrl-C handling: once [`install`] has run, SIGINT and SIGTERM
 //! only set a flag, and every wait of the harness returns
-//! [`Error::Interrupted`](crate::Error::Interrupted) so the caller unwinds
+//! [`crate::Error::Interrupted`] so the caller unwinds
 //! normally and the guards clean up. Tests do not install it.
 
 use std::{

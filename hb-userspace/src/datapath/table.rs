@@ -17,6 +17,8 @@ use std::{
 
 use hb_common::table::{NodeRecord, SLOT_CONFIGURED};
 
+use crate::sys;
+
 /// `len` values of `T` in shared memory, written concurrently by someone
 /// else (the kernel, or a receive thread). Access is by copy (volatile), or
 /// for the seen words through atomics.
@@ -41,37 +43,23 @@ impl<T: Copy> Mapping<T> {
     /// of 8, so the kernel lays them out back to back) and `len` entries.
     pub unsafe fn of_bpf_array(fd: BorrowedFd<'_>, len: u32) -> io::Result<Self> {
         debug_assert_eq!(size_of::<T>() % 8, 0);
-        Self::map(len, libc::MAP_SHARED, fd.as_raw_fd())
+        Self::map(len, Some(fd.as_raw_fd()))
     }
 
     /// Zeroed anonymous memory for `len` values.
     pub fn anonymous(len: u32) -> io::Result<Self> {
-        Self::map(len, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)
+        Self::map(len, None)
     }
 
-    fn map(len: u32, flags: libc::c_int, fd: libc::c_int) -> io::Result<Self> {
-        let page = page_size();
+    fn map(len: u32, fd: Option<libc::c_int>) -> io::Result<Self> {
+        let page = sys::page_size();
         let bytes = (len as usize).max(1) * size_of::<T>();
         let mapped_bytes = bytes.div_ceil(page) * page;
-        // SAFETY: a fresh mapping of whole pages at an address the kernel
-        // picks; the result is checked before use.
-        let addr = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                mapped_bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base =
-            NonNull::new(addr.cast::<T>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        // SAFETY: `of_bpf_array`'s caller vouches for the map and its length;
+        // an anonymous mapping has no precondition.
+        let base = unsafe { sys::map_shared(mapped_bytes, fd) }?;
         Ok(Mapping {
-            base,
+            base: base.cast(),
             len,
             mapped_bytes,
             _values: PhantomData,
@@ -141,14 +129,8 @@ impl<T> Drop for Mapping<T> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map` mapped; no borrow of it
         // outlives `self`.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_bytes) };
+        unsafe { sys::unmap(self.base.cast(), self.mapped_bytes) };
     }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
 }
 
 /// The node table's arrays, indexed by node id.
@@ -201,7 +183,7 @@ mod tests {
     fn anonymous_mapping_is_zeroed_and_shared_between_views() {
         let seen = Mapping::<u64>::anonymous(1000).unwrap();
         assert_eq!(seen.len(), 1000);
-        assert_eq!(seen.mapped_bytes() % page_size(), 0);
+        assert_eq!(seen.mapped_bytes() % sys::page_size(), 0);
         assert!((0..1000).all(|i| seen.get(i) == 0));
         seen.set(999, 42);
         assert_eq!(seen.atomics()[999].load(Ordering::Relaxed), 42);

@@ -45,7 +45,7 @@
 //! after a restart.
 //!
 //! Built for millions of nodes: a sweep reads 12 bytes per node, front to
-//! back (the node's 8-byte seen word and a 4-byte [`Watch`] word of the
+//! back (the node's 8-byte seen word and a 4-byte `Watch` word of the
 //! detector's own), with no syscall, allocation or division. Only nodes
 //! that may change state (an up node past its timeout or with a leave, any
 //! other node with a heartbeat newer than the previous sweep) take the slow

@@ -43,7 +43,8 @@ use hb_common::{
 };
 use thiserror::Error;
 
-use self::batch::{BATCH, Batch, Datagram};
+pub use self::batch::BATCH;
+use self::batch::{Batch, Datagram};
 use crate::{
     clock,
     datapath::table::{Mapping, NodeTable},
