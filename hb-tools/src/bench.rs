@@ -10,10 +10,14 @@
 //!
 //! `hb-tools bench hostile` lives in [`crate::hostile`].
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::AtomicU64,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
+use bytes::BufMut;
 use hb::{
     clock::monotonic_ns,
     datapath::xdp::{LoadOptions, XdpDatapath},
@@ -148,15 +152,7 @@ pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
     plain.check_accepted(distinct)?;
     signed.check_accepted(distinct)?;
 
-    let program = plain.program()?;
-    let arp = arp_frame();
-    let mut arp_single_runs = Vec::with_capacity(distinct as usize);
-    for _ in 0..distinct {
-        arp_single_runs.push(run(program, &arp, 1, Some(2))?.as_nanos() as u64);
-    }
-    let arp_single = min_median(&mut arp_single_runs).1 as f64;
-    let arp_repeated = run(program, &arp, repeat, Some(2))?.as_nanos() as f64;
-    let single_run_overhead = (arp_single - arp_repeated).max(0.0);
+    let (arp_repeated, single_run_overhead) = timing_overhead(plain.program()?, distinct, repeat)?;
 
     // Node 0 has just accepted `sequence`; the same packet again is a replay.
     let repeated_cost = |rig: &mut CostRig, frame: Vec<u8>, action| -> anyhow::Result<f64> {
@@ -207,6 +203,20 @@ pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
     })
 }
 
+/// ARP's time per run over `repeat` runs of one packet, and the kernel's
+/// per-call timing overhead: ARP's median single run (of `distinct`) minus
+/// that.
+fn timing_overhead(program: &Xdp, distinct: u32, repeat: u32) -> anyhow::Result<(f64, f64)> {
+    let arp = arp_frame();
+    let mut arp_single_runs = Vec::with_capacity(distinct as usize);
+    for _ in 0..distinct {
+        arp_single_runs.push(run(program, &arp, 1, Some(2))?.as_nanos() as u64);
+    }
+    let arp_single = min_median(&mut arp_single_runs).1 as f64;
+    let arp_repeated = run(program, &arp, repeat, Some(2))?.as_nanos() as f64;
+    Ok((arp_repeated, (arp_single - arp_repeated).max(0.0)))
+}
+
 /// Runs `frame` `repeat` times; returns the kernel's time per run, checking
 /// the XDP action if `expect` is given.
 fn run(program: &Xdp, frame: &[u8], repeat: u32, expect: Option<u32>) -> anyhow::Result<Duration> {
@@ -230,29 +240,20 @@ fn run(program: &Xdp, frame: &[u8], repeat: u32, expect: Option<u32>) -> anyhow:
 
 /// Ethernet + IPv4 (198.18.0.2 -> 198.18.0.1) + UDP to `port` + `payload`.
 pub fn ipv4_udp_frame(port: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let total = (20 + 8 + payload.len()) as u16;
-    frame.extend_from_slice(&[
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        0,
-        0x40,
-        0,
-        64,
-        17,
-        0,
-        0,
-    ]);
-    frame.extend_from_slice(&[198, 18, 0, 2, 198, 18, 0, 1]);
-    let udp_len = (8 + payload.len()) as u16;
-    frame.extend_from_slice(&40000u16.to_be_bytes());
-    frame.extend_from_slice(&port.to_be_bytes());
-    frame.extend_from_slice(&udp_len.to_be_bytes());
-    frame.extend_from_slice(&[0, 0]);
-    frame.extend_from_slice(payload);
+    let mut frame = Vec::with_capacity(14 + 20 + 8 + payload.len());
+    frame.put_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
+    frame.put_u16(0x0800);
+    // IPv4: IHL 5, DF, TTL 64, UDP, no checksum.
+    frame.put_slice(&[0x45, 0]);
+    frame.put_u16((20 + 8 + payload.len()) as u16);
+    frame.put_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    frame.put_slice(&[198, 18, 0, 2, 198, 18, 0, 1]);
+    // UDP, no checksum.
+    frame.put_u16(40000);
+    frame.put_u16(port);
+    frame.put_u16((8 + payload.len()) as u16);
+    frame.put_u16(0);
+    frame.put_slice(payload);
     frame
 }
 
@@ -325,18 +326,36 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
     }
 
     // The floor: copy the same bytes (8 B seen word + 4 B watch word per node).
-    let seen_bytes = nodes as usize * 8;
-    let watch_bytes = nodes as usize * 4;
-    let watch_words = vec![0x4000_0bb8u32; nodes as usize];
+    let (hot_bytes, mut copies) = copy_floor(&table.seen.atomics()[..nodes as usize], rounds);
+    let (sweep_ns_min, sweep_ns_median) = min_median(&mut sweeps);
+    let (memcpy_ns_min, memcpy_ns_median) = min_median(&mut copies);
+    Ok(SweepCost {
+        nodes,
+        hot_bytes,
+        sweep_ns_min,
+        sweep_ns_median,
+        memcpy_ns_min,
+        memcpy_ns_median,
+        rounds,
+    })
+}
+
+/// Times `rounds` plain copies of the bytes a sweep reads: every seen word,
+/// then a watch word per node. Returns the bytes copied and the times.
+fn copy_floor(seen: &[AtomicU64], rounds: u32) -> (u64, Vec<u64>) {
+    let nodes = seen.len();
+    let seen_bytes = nodes * 8;
+    let watch_bytes = nodes * 4;
+    let watch_words = vec![0x4000_0bb8u32; nodes];
     let mut destination = vec![0u8; seen_bytes + watch_bytes];
     let mut copies = Vec::with_capacity(rounds as usize);
     for _ in 0..rounds {
         let t = Instant::now();
-        // SAFETY: the seen mapping holds `nodes` u64 values, the destination
-        // has room for them followed by the watch words; no overlap.
+        // SAFETY: `seen` holds `nodes` u64 values, the destination has room
+        // for them followed by the watch words; no overlap.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                table.seen.atomics().as_ptr().cast::<u8>(),
+                seen.as_ptr().cast::<u8>(),
                 destination.as_mut_ptr(),
                 seen_bytes,
             );
@@ -349,17 +368,7 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
         std::hint::black_box(&destination);
         copies.push(t.elapsed().as_nanos() as u64);
     }
-    let (sweep_ns_min, sweep_ns_median) = min_median(&mut sweeps);
-    let (memcpy_ns_min, memcpy_ns_median) = min_median(&mut copies);
-    Ok(SweepCost {
-        nodes,
-        hot_bytes: (seen_bytes + watch_bytes) as u64,
-        sweep_ns_min,
-        sweep_ns_median,
-        memcpy_ns_min,
-        memcpy_ns_median,
-        rounds,
-    })
+    ((seen_bytes + watch_bytes) as u64, copies)
 }
 
 fn min_median(samples: &mut [u64]) -> (u64, u64) {
