@@ -1,11 +1,11 @@
-//! Tools that are not the product: `cargo xtask bench`, `cargo xtask fuzz`
-//! and the tests use them; the shipped `hb` binary carries none of them.
+//! Tools that are not the product: `cargo xtask bench` and the tests use
+//! them; the shipped `hb` binary carries none of them.
 //!
 //! - [`loadgen`]: `hb-tools loadgen`, a simulated fleet of senders for load
 //!   tests and the detection benches.
 //! - [`hostile`]: `hb-tools bench hostile`, generated hostile packets
 //!   through the XDP program, checked packet by packet.
-//! - [`bench`]: `hb-tools bench xdp-cost|sweep`, in-process measurements.
+//! - [`bench`](mod@bench): `hb-tools bench xdp-cost|sweep`, in-process measurements.
 //! - [`frame`]: Ethernet frames for `BPF_PROG_TEST_RUN` (tests, benches).
 //! - [`rng`]: the one seeded random number generator.
 

@@ -33,7 +33,7 @@ pub struct Violation {
 }
 
 /// The result of a run: what was sent, what the program counted, and every
-/// violation of the property (the first [`EXAMPLES`] with their frames).
+/// violation of the property (the first few, with their frames).
 #[derive(Clone, Debug, Serialize)]
 pub struct HostileReport {
     pub seed: u64,

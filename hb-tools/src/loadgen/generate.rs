@@ -1,5 +1,5 @@
 //! The sending thread: walks the schedule, fills a batch with the
-//! heartbeats due within [`MAX_BATCH_SPAN_NS`] of its first, waits until
+//! heartbeats due within `MAX_BATCH_SPAN_NS` of its first, waits until
 //! that one is due and sends the batch; at the end, the graceful leaves and
 //! the report.
 

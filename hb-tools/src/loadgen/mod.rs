@@ -46,7 +46,7 @@
 //! The modules follow a run: [`options`] (what was asked), `plan` (the
 //! options validated), `schedule` (every heartbeat in order, and its
 //! fate), `batch` (the reusable batch and its `sendmmsg(2)`), `pacing`
-//! (sleeping until due), [`generate`] (the sending thread) and [`report`].
+//! (sleeping until due), [`generate`](mod@generate) (the sending thread) and [`report`].
 
 mod batch;
 pub mod generate;

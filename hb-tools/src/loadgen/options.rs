@@ -1,5 +1,5 @@
 //! What `hb-tools loadgen` is asked to do, and the bounds of each option
-//! (checked by [`super::plan::Plan::new`]).
+//! (checked by `Plan::new`).
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
