@@ -15,6 +15,8 @@
 mod reload;
 mod startup;
 pub mod status;
+#[cfg(test)]
+mod tests;
 
 use std::time::{Duration, Instant};
 
