@@ -233,6 +233,38 @@ impl Fixture {
         .unwrap_or_else(|err| panic!("{err}{}", self.context()))
     }
 
+    /// Kills node `i`'s sender (a crash: no goodbye); returns when.
+    fn crash(&mut self, i: u8) -> Instant {
+        self.sender(i)
+            .signal(Signal::Kill)
+            .unwrap_or_else(|err| panic!("{err}"));
+        Instant::now()
+    }
+
+    /// Waits for node `i`'s `down` after a crash at `crashed`, and checks
+    /// that it came on time, from suspect, after at least a full timeout of
+    /// silence.
+    fn expect_down_on_time(&self, i: u8, what: &str, crashed: Instant) -> Event {
+        let limit = TIMING.timeout() + TIMING.sweep_period + MARGIN;
+        let (down, seen) = self.expect_event(what, limit, |e| e.is("down", i.into()));
+        let detected = seen - crashed;
+        assert!(
+            detected <= limit,
+            "{what} after {detected:?} (limit {limit:?})"
+        );
+        assert_eq!(down.previous, "suspect", "{down:?}{}", self.context());
+        let timeout_ms = u64::try_from(TIMING.timeout().as_millis()).unwrap();
+        let silent = down
+            .since_last_heartbeat_ms
+            .unwrap_or_else(|| panic!("down event without a last heartbeat: {down:?}"));
+        assert!(
+            silent >= timeout_ms,
+            "declared down after only {silent} ms of silence (timeout {timeout_ms} ms){}",
+            self.context()
+        );
+        down
+    }
+
     /// Start the senders of `nodes` and wait for each one's first `up`.
     fn bring_up(&mut self, nodes: &[u8]) {
         for &i in nodes {
@@ -374,27 +406,8 @@ fn crashed_sender_goes_down_and_comes_back_up(datapath: Datapath) {
     );
 
     // Crash node 2: SIGKILL, so it cannot say goodbye.
-    f.sender(2)
-        .signal(Signal::Kill)
-        .unwrap_or_else(|err| panic!("{err}"));
-    let t0 = Instant::now();
-    let limit = TIMING.timeout() + TIMING.sweep_period + MARGIN;
-    let (down, seen) = f.expect_event("down 2", limit, |e| e.is("down", 2));
-    let detected = seen - t0;
-    assert!(
-        detected <= limit,
-        "down 2 after {detected:?} (limit {limit:?})"
-    );
-    assert_eq!(down.previous, "suspect", "{down:?}{}", f.context());
-    let timeout_ms = u64::try_from(TIMING.timeout().as_millis()).unwrap();
-    let silent = down
-        .since_last_heartbeat_ms
-        .unwrap_or_else(|| panic!("down event without a last heartbeat: {down:?}"));
-    assert!(
-        silent >= timeout_ms,
-        "declared down after only {silent} ms of silence (timeout {timeout_ms} ms){}",
-        f.context()
-    );
+    let t0 = f.crash(2);
+    f.expect_down_on_time(2, "down 2", t0);
     let status = f.sender(2).wait_timeout(EXIT_WITHIN).unwrap();
     assert!(status.is_some(), "sender 2 survived SIGKILL");
     assert_eq!(f.node_state(2), "down");
@@ -460,10 +473,7 @@ fn phi_convicts_a_crashed_node_and_keeps_steady_ones_up(datapath: Datapath) {
             f.context()
         );
     }
-    f.sender(2)
-        .signal(Signal::Kill)
-        .unwrap_or_else(|err| panic!("{err}"));
-    let t0 = Instant::now();
+    let t0 = f.crash(2);
     let limit = TIMING.timeout() + TIMING.sweep_period + MARGIN;
     let (down, seen) = f.expect_event("down 2", limit, |e| e.is("down", 2));
     let silent = down
@@ -699,9 +709,7 @@ on_each_datapath!(restarted_agent_keeps_node_states_and_fires_no_event_again =>
 fn restarted_agent_keeps_node_states_and_fires_no_event_again(datapath: Datapath) {
     let mut f = Fixture::start(3, datapath);
     f.bring_up(&[1, 2, 3]);
-    f.sender(2)
-        .signal(Signal::Kill)
-        .unwrap_or_else(|err| panic!("{err}"));
+    f.crash(2);
     let limit = TIMING.timeout() + TIMING.sweep_period + MARGIN;
     f.expect_event("down 2", limit, |e| e.is("down", 2));
     f.sender(3)
@@ -725,9 +733,7 @@ fn restarted_agent_keeps_node_states_and_fires_no_event_again(datapath: Datapath
     assert_eq!(f.node_state(3), "left", "{}", f.context());
 
     // And it still detects: node 1 crashes now.
-    f.sender(1)
-        .signal(Signal::Kill)
-        .unwrap_or_else(|err| panic!("{err}"));
+    f.crash(1);
     let (down, _) = f.expect_event("down 1 after the restart", limit, |e| e.is("down", 1));
     assert_eq!(down.previous, "suspect", "{down:?}{}", f.context());
 }
@@ -941,30 +947,10 @@ fn attacked_stopped_node_goes_down_on_time(datapath: Datapath) {
     // A few heartbeats to replay.
     sleep(TIMING.interval * 3);
     let before = f.refusals();
-    f.sender(VICTIM)
-        .signal(Signal::Kill)
-        .unwrap_or_else(|err| panic!("{err}"));
-    let t0 = Instant::now();
+    let t0 = f.crash(VICTIM);
     let heard = f.heard(VICTIM);
     let attacker = f.attack(heard, 0);
-
-    let limit = TIMING.timeout() + TIMING.sweep_period + MARGIN;
-    let (down, seen) = f.expect_event("down 1 under attack", limit, |e| e.is("down", 1));
-    let detected = seen - t0;
-    assert!(
-        detected <= limit,
-        "down 1 after {detected:?} (limit {limit:?})"
-    );
-    assert_eq!(down.previous, "suspect", "{down:?}{}", f.context());
-    let timeout_ms = u64::try_from(TIMING.timeout().as_millis()).unwrap();
-    let silent = down
-        .since_last_heartbeat_ms
-        .unwrap_or_else(|| panic!("down event without a last heartbeat: {down:?}"));
-    assert!(
-        silent >= timeout_ms,
-        "declared down after only {silent} ms of silence (timeout {timeout_ms} ms){}",
-        f.context()
-    );
+    f.expect_down_on_time(VICTIM, "down 1 under attack", t0);
     let accepted = f.accepted();
 
     // The attack goes on for two more timeouts: nothing of it may bring the

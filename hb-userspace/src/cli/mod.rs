@@ -1,17 +1,18 @@
 //! The `hb` command line: what an operator runs. One file per subcommand;
 //! clap parses (the doc comments are the help text), the library does the
-//! work, and `main` prints errors once, with their causes. The load
+//! work, and [`run_to_exit`] prints errors once, with their causes. The load
 //! generator and the benches are not here: they are `hb-tools`.
 
 mod agent;
 mod example_config;
 mod keygen;
+mod process;
 mod send;
 mod status;
 
 use clap::{Parser, Subcommand};
 
-pub use self::status::render as render_status;
+pub use self::{process::run_to_exit, status::render as render_status};
 
 /// hb: an eBPF/XDP heartbeat monitor. An XDP program records every heartbeat
 /// into a per-node table at line rate; the agent sweeps the table, decides
