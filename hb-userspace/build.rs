@@ -16,14 +16,16 @@
 
 use std::{
     env,
+    ffi::OsString,
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use anyhow::{Context, bail};
 
-/// The eBPF package and its one binary.
+/// The eBPF package; each of its binaries is an object (`hb-xdp`, and the
+/// test-only `hb-siphash`).
 const PACKAGE: &str = "hb-ebpf";
 const TARGET: &str = "bpfel-unknown-none";
 
@@ -38,18 +40,30 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| workspace.join("target"));
     let tool_bin = target_dir.join("hb-tools").join("bin");
     let ebpf_dir = workspace.join(PACKAGE);
-    println!("cargo:rerun-if-changed={}", ebpf_dir.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("hb-common").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        tool_bin.join("bpf-linker").display()
-    );
+    for watched in [
+        &ebpf_dir,
+        &workspace.join("hb-common"),
+        &tool_bin.join("bpf-linker"),
+    ] {
+        println!("cargo:rerun-if-changed={}", watched.display());
+    }
     println!("cargo:rerun-if-env-changed=PATH");
 
-    let mut path = vec![tool_bin.clone()];
+    let path = path_with_linker(&tool_bin)?;
+    let objects = build_objects(&ebpf_dir, &out_dir, path)?;
+    for (name, object) in objects {
+        let destination = out_dir.join(&name);
+        std::fs::copy(&object, &destination).with_context(|| {
+            format!("copying {} to {}", object.display(), destination.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// `PATH` with the project's tool cache first; fails, saying how to fix it,
+/// if bpf-linker is in neither.
+fn path_with_linker(tool_bin: &Path) -> anyhow::Result<OsString> {
+    let mut path = vec![tool_bin.to_owned()];
     path.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
     if !path.iter().any(|dir| dir.join("bpf-linker").is_file()) {
         bail!(
@@ -58,7 +72,11 @@ fn main() -> anyhow::Result<()> {
             tool_bin.display()
         );
     }
+    Ok(env::join_paths(path)?)
+}
 
+/// The nightly cargo command that builds every binary of the eBPF package.
+fn ebpf_cargo(ebpf_dir: &Path, out_dir: &Path, path: OsString) -> anyhow::Result<Command> {
     let arch = env::var("CARGO_CFG_TARGET_ARCH")?;
     let rustflags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),
@@ -83,8 +101,8 @@ fn main() -> anyhow::Result<()> {
         // A target dir of its own: the outer cargo holds a lock on ours.
         .arg("--target-dir")
         .arg(out_dir.join("ebpf-target"))
-        .current_dir(&ebpf_dir)
-        .env("PATH", env::join_paths(path)?)
+        .current_dir(ebpf_dir)
+        .env("PATH", path)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         // The outer build's compiler settings are for the host.
         .env_remove("RUSTC")
@@ -92,10 +110,18 @@ fn main() -> anyhow::Result<()> {
         .env_remove("RUSTFLAGS")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cargo
+    Ok(cargo)
+}
+
+/// Builds the eBPF objects; returns each binary's name and path.
+fn build_objects(
+    ebpf_dir: &Path,
+    out_dir: &Path,
+    path: OsString,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut child = ebpf_cargo(ebpf_dir, out_dir, path)?
         .spawn()
         .context("running `rustup run nightly cargo build` for hb-ebpf")?;
-
     // Compiler output comes on stderr (rendered); shown only on failure, so
     // that a good build is quiet.
     let stderr = child.stderr.take().context("no stderr")?;
@@ -105,20 +131,8 @@ fn main() -> anyhow::Result<()> {
             .map_while(Result::ok)
             .collect::<Vec<_>>()
     });
-    let mut objects: Vec<(String, PathBuf)> = Vec::new();
     let stdout = child.stdout.take().context("no stdout")?;
-    for line in BufReader::new(stdout).lines() {
-        let message: serde_json::Value =
-            serde_json::from_str(&line?).context("cargo's JSON output")?;
-        if message["reason"] == "compiler-artifact"
-            && let (Some(name), Some(executable)) = (
-                message["target"]["name"].as_str(),
-                message["executable"].as_str(),
-            )
-        {
-            objects.push((name.to_owned(), PathBuf::from(executable)));
-        }
-    }
+    let objects = artifacts(BufReader::new(stdout))?;
     let status = child.wait()?;
     let diagnostics = diagnostics.join().unwrap_or_default();
     if !status.success() {
@@ -130,11 +144,23 @@ fn main() -> anyhow::Result<()> {
     if objects.is_empty() {
         bail!("building the XDP program produced no object");
     }
-    for (name, object) in objects {
-        let destination = out_dir.join(&name);
-        std::fs::copy(&object, &destination).with_context(|| {
-            format!("copying {} to {}", object.display(), destination.display())
-        })?;
+    Ok(objects)
+}
+
+/// The executables cargo's JSON messages announce, by target name.
+fn artifacts(messages: impl BufRead) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut objects = Vec::new();
+    for line in messages.lines() {
+        let message: serde_json::Value =
+            serde_json::from_str(&line?).context("cargo's JSON output")?;
+        if message["reason"] == "compiler-artifact"
+            && let (Some(name), Some(executable)) = (
+                message["target"]["name"].as_str(),
+                message["executable"].as_str(),
+            )
+        {
+            objects.push((name.to_owned(), PathBuf::from(executable)));
+        }
     }
-    Ok(())
+    Ok(objects)
 }
