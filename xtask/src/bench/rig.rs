@@ -8,7 +8,7 @@
 
 use std::{
     cell::Cell,
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     ffi::OsStr,
     fs,
     path::{Path, PathBuf},
@@ -771,6 +771,15 @@ impl LoadReport {
             bail!("the load generator was interrupted");
         }
         Ok(())
+    }
+
+    /// Each stopped node's last heartbeat, `CLOCK_MONOTONIC` ns (none: it
+    /// never sent one).
+    pub fn last_sent_by_node(&self) -> HashMap<u32, Option<u64>> {
+        self.stopped
+            .iter()
+            .map(|s| (s.id, s.last_sent_mono_ns))
+            .collect()
     }
 }
 
