@@ -4,11 +4,7 @@ use super::{
     INTERVAL, Size, WARM_UP,
     comparison::{Comparison, Pooled},
 };
-use crate::bench::output::{Table, number, si};
-
-pub(super) fn ms(ns: Option<u64>) -> String {
-    ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.1}", ns as f64 / 1e6))
-}
+use crate::bench::output::{Table, ms, number, si};
 
 pub(super) fn ms_f(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0}"))

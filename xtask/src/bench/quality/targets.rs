@@ -3,9 +3,8 @@
 use super::{
     P99_LIMIT_MS, PHASE, RATIO_LIMIT, WARM_UP,
     comparison::{Comparison, Pooled, Ratio},
-    report::ms,
 };
-use crate::bench::output::{Bound, Target, number};
+use crate::bench::output::{Bound, Target, ms, number};
 
 pub(super) fn targets(comparisons: &[Comparison], pooled: &Pooled) -> (Vec<Target>, Vec<String>) {
     let mut targets = Vec::new();
