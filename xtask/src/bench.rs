@@ -194,16 +194,7 @@ pub fn run(options: &Options) -> Result<()> {
         .filter(|p| options.only.is_empty() || options.only.contains(p))
         .collect();
     let date = machine::utc_date();
-    let mut stem = date.clone();
-    if options.quick {
-        stem += "-quick";
-    }
-    if !options.only.is_empty() {
-        for phase in &phases {
-            stem += "-";
-            stem += phase.name();
-        }
-    }
+    let stem = results_stem(&date, options, &phases);
     println!(
         "hb bench{}: {} (Ctrl-C stops it and cleans up)",
         if options.quick { " --quick" } else { "" },
@@ -228,69 +219,10 @@ pub fn run(options: &Options) -> Result<()> {
         results: &results,
         stem: &stem,
     };
-
-    let mut phase_json = Map::new();
-    let mut targets: Vec<Target> = Vec::new();
-    let mut plots: Vec<PathBuf> = Vec::new();
-    let mut facts: Vec<String> = Vec::new();
-    let mut failed: Vec<String> = Vec::new();
-    for (n, phase) in phases.iter().enumerate() {
-        println!(
-            "\n== Phase {}/{}: {} ({})",
-            n + 1,
-            phases.len(),
-            phase.title(),
-            phase.name()
-        );
-        let phase_start = Instant::now();
-        match phase.run(&ctx) {
-            Ok(out) => {
-                let mut json = out.json;
-                json["elapsed_s"] = json!(phase_start.elapsed().as_secs_f64());
-                phase_json.insert(phase.name().to_owned(), json);
-                targets.extend(out.targets);
-                plots.extend(out.plots);
-                facts.extend(out.facts);
-            }
-            Err(err) if is_interrupted(&err) => {
-                println!(
-                    "\ninterrupted: cleaned up the namespaces and processes; no results written"
-                );
-                return Err(err);
-            }
-            Err(err) => {
-                eprintln!("phase {} failed: {err:#}", phase.name());
-                phase_json.insert(
-                    phase.name().to_owned(),
-                    json!({ "error": format!("{err:#}") }),
-                );
-                failed.push(phase.name().to_owned());
-            }
-        }
-        println!(
-            "   ({} done in {:.1} s)",
-            phase.name(),
-            phase_start.elapsed().as_secs_f64()
-        );
-    }
+    let collected = run_phases(&ctx, &phases)?;
     drop(work);
     let elapsed = start.elapsed().as_secs_f64();
-
-    println!("\n== Summary ({})", machine.line());
-    for target in &targets {
-        println!("  {}", target.line());
-    }
-    for fact in &facts {
-        println!("  note    {fact}");
-    }
-    for phase in &failed {
-        println!("  FAILED  phase {phase} (see its error above)");
-    }
-    let met = targets.iter().filter(|t| t.met).count();
-    println!(
-        "  {met} of {} targets met; {elapsed:.0} s in all",
-        targets.len()
-    );
+    collected.print_summary(&machine, elapsed);
 
     let record = json!({
         "date": date,
@@ -302,25 +234,135 @@ pub fn run(options: &Options) -> Result<()> {
         "phases_run": phases.iter().map(|p| p.name()).collect::<Vec<_>>(),
         "machine": machine,
         "hb": source_version(),
-        "targets": targets,
-        "facts": facts,
-        "failed_phases": failed,
-        "plots": plots
+        "targets": collected.targets,
+        "facts": collected.facts,
+        "failed_phases": collected.failed,
+        "plots": collected
+            .plots
             .iter()
             .map(|p| p.strip_prefix(workspace()).unwrap_or(p).display().to_string())
             .collect::<Vec<_>>(),
-        "phases": phase_json,
+        "phases": collected.phase_json,
     });
-    let path = results.join(format!("{stem}.json"));
-    let mut text = serde_json::to_string_pretty(&record).context("encoding the results")?;
-    text.push('\n');
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    println!("\nresults: {}", path.display());
-    for plot in &plots {
-        println!("plot:    {}", plot.display());
+    write_results(
+        &results.join(format!("{stem}.json")),
+        &record,
+        &collected.plots,
+    )?;
+    if !collected.failed.is_empty() {
+        bail!(
+            "{} phase(s) failed: {}",
+            collected.failed.len(),
+            collected.failed.join(", ")
+        );
     }
-    if !failed.is_empty() {
-        bail!("{} phase(s) failed: {}", failed.len(), failed.join(", "));
+    Ok(())
+}
+
+/// File name stem of the results: `<date>`, `-quick` for a quick run, and
+/// `-<phase>` for each phase of an `--only` run.
+fn results_stem(date: &str, options: &Options, phases: &[Phase]) -> String {
+    let mut stem = date.to_owned();
+    if options.quick {
+        stem += "-quick";
+    }
+    if !options.only.is_empty() {
+        for phase in phases {
+            stem += "-";
+            stem += phase.name();
+        }
+    }
+    stem
+}
+
+/// What the phases handed back, together.
+#[derive(Default)]
+struct Collected {
+    /// Each phase's raw figures (or its error), by name.
+    phase_json: Map<String, Value>,
+    targets: Vec<Target>,
+    plots: Vec<PathBuf>,
+    facts: Vec<String>,
+    /// The phases that failed.
+    failed: Vec<String>,
+}
+
+/// Runs each phase under its heading. A phase that fails is recorded and
+/// the next one runs; an interruption stops them all.
+fn run_phases(ctx: &Ctx<'_>, phases: &[Phase]) -> Result<Collected> {
+    let mut collected = Collected::default();
+    for (n, phase) in phases.iter().enumerate() {
+        println!(
+            "\n== Phase {}/{}: {} ({})",
+            n + 1,
+            phases.len(),
+            phase.title(),
+            phase.name()
+        );
+        let phase_start = Instant::now();
+        match phase.run(ctx) {
+            Ok(out) => {
+                let mut json = out.json;
+                json["elapsed_s"] = json!(phase_start.elapsed().as_secs_f64());
+                collected.phase_json.insert(phase.name().to_owned(), json);
+                collected.targets.extend(out.targets);
+                collected.plots.extend(out.plots);
+                collected.facts.extend(out.facts);
+            }
+            Err(err) if is_interrupted(&err) => {
+                println!(
+                    "\ninterrupted: cleaned up the namespaces and processes; no results written"
+                );
+                return Err(err);
+            }
+            Err(err) => {
+                eprintln!("phase {} failed: {err:#}", phase.name());
+                collected.phase_json.insert(
+                    phase.name().to_owned(),
+                    json!({ "error": format!("{err:#}") }),
+                );
+                collected.failed.push(phase.name().to_owned());
+            }
+        }
+        println!(
+            "   ({} done in {:.1} s)",
+            phase.name(),
+            phase_start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(collected)
+}
+
+impl Collected {
+    /// Every target (met, or missed by how much), the findings and the
+    /// failed phases.
+    fn print_summary(&self, machine: &machine::Machine, elapsed: f64) {
+        println!("\n== Summary ({})", machine.line());
+        for target in &self.targets {
+            println!("  {}", target.line());
+        }
+        for fact in &self.facts {
+            println!("  note    {fact}");
+        }
+        for phase in &self.failed {
+            println!("  FAILED  phase {phase} (see its error above)");
+        }
+        let met = self.targets.iter().filter(|t| t.met).count();
+        println!(
+            "  {met} of {} targets met; {elapsed:.0} s in all",
+            self.targets.len()
+        );
+    }
+}
+
+/// Writes the results file and says where it and the plots are.
+fn write_results(path: &Path, record: &Value, plots: &[PathBuf]) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(record).context("encoding the results")?;
+    text.push('\n');
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("\nresults: {}", path.display());
+    for plot in plots {
+        println!("plot:    {}", plot.display());
     }
     Ok(())
 }

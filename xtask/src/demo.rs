@@ -137,8 +137,61 @@ impl ActionLog {
     }
 }
 
+/// The files of a run, in the demo's scratch directory.
+struct Files {
+    /// The agent's status socket.
+    socket: PathBuf,
+    /// What the configured action prints.
+    actions: PathBuf,
+    config: PathBuf,
+    /// The key that signs the heartbeats.
+    key: PathBuf,
+}
+
+impl Files {
+    fn in_dir(dir: &TempDir) -> Self {
+        Self {
+            socket: dir.join("hb.sock"),
+            actions: dir.join("actions.log"),
+            config: dir.join("hb.toml"),
+            key: dir.join("hb.key"),
+        }
+    }
+}
+
+/// The timeout the agent is configured with.
+fn timeout() -> Duration {
+    INTERVAL * MULTIPLIER
+}
+
+/// The demo's acts, steps 2 to 10. On error, what was started is dropped in
+/// reverse: the senders, the agent, then the lab.
 fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
-    let timeout = INTERVAL * MULTIPLIER;
+    let lab = build_lab()?;
+    let files = Files::in_dir(dir);
+    let agent = start_agent(hb, dir, &lab, &files)?;
+    let mut log = ActionLog {
+        path: files.actions.clone(),
+        shown: 0,
+    };
+    let mut senders = start_senders(hb, &lab, dir, &files.key, &mut log)?;
+
+    step(5, "what `hb status` shows now:");
+    println!("{}", indent(&hb.status_text(&files.socket)?));
+
+    crash(hb, &lab, dir, &files, &mut senders, &mut log)?;
+    recover(hb, &lab, dir, &files.key, &mut senders, &mut log)?;
+    leave(&mut senders[2], &mut log)?;
+
+    step(9, "the final `hb status`: web-1 and web-2 up, web-3 left.");
+    println!("{}", indent(&hb.status_text(&files.socket)?));
+
+    clean_up(agent, senders, lab, &mut log)
+}
+
+/// Step 2: the namespaces and veth pairs (after removing any an
+/// interrupted demo left).
+fn build_lab() -> Result<Lab> {
     step(
         2,
         &format!(
@@ -169,7 +222,12 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
             node.monitor_address
         );
     }
+    Ok(lab)
+}
 
+/// Step 3: a key, the configuration, and the agent in the monitor's
+/// namespace, ready.
+fn start_agent(hb: &Hb, dir: &TempDir, lab: &Lab, files: &Files) -> Result<ChildGuard> {
     step(
         3,
         &format!(
@@ -180,27 +238,23 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
             lab.monitor_interfaces().join(", ")
         ),
     );
-    let socket = dir.join("hb.sock");
-    let actions = dir.join("actions.log");
-    let config_path = dir.join("hb.toml");
-    let key = dir.join("hb.key");
     let keygen = hb.output([
         "keygen".as_ref(),
         "--id".as_ref(),
         "1".as_ref(),
-        key.as_os_str(),
+        files.key.as_os_str(),
     ])?;
     println!(
         "    hb keygen --id 1 {}: {}",
-        key.display(),
+        files.key.display(),
         String::from_utf8_lossy(&keygen.stdout)
             .lines()
             .next()
             .unwrap_or_default()
     );
-    let config = render_config(&lab, dir, &actions, &key)?;
-    std::fs::write(&config_path, &config)
-        .with_context(|| format!("writing {}", config_path.display()))?;
+    let config = render_config(lab, dir, &files.actions, &files.key)?;
+    std::fs::write(&files.config, &config)
+        .with_context(|| format!("writing {}", files.config.display()))?;
     println!("{}", indent(&config));
     let mut agent = hb.spawn_in(
         &lab.monitor,
@@ -208,19 +262,29 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
         [
             "agent".as_ref(),
             "--config".as_ref(),
-            config_path.as_os_str(),
+            files.config.as_os_str(),
             "--status-socket".as_ref(),
-            socket.as_os_str(),
+            files.socket.as_os_str(),
         ],
         &dir.join("agent.log"),
     )?;
-    let status = hb.wait_until_ready(&socket, &mut agent, Duration::from_secs(15))?;
+    let status = hb.wait_until_ready(&files.socket, &mut agent, Duration::from_secs(15))?;
     println!(
         "    agent running (pid {}); {}",
         agent.pid(),
         describe_interfaces(&status)
     );
+    Ok(agent)
+}
 
+/// Step 4: a sender per node, until the action has reported each one UP.
+fn start_senders(
+    hb: &Hb,
+    lab: &Lab,
+    dir: &TempDir,
+    key: &Path,
+    log: &mut ActionLog,
+) -> Result<Vec<ChildGuard>> {
     step(
         4,
         &format!(
@@ -229,13 +293,9 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
             humantime(INTERVAL)
         ),
     );
-    let mut log = ActionLog {
-        path: actions,
-        shown: 0,
-    };
     let mut senders: Vec<ChildGuard> = Vec::new();
     for index in 1..=NODES {
-        senders.push(start_sender(hb, &lab, dir, index, &key)?);
+        senders.push(start_sender(hb, lab, dir, index, key)?);
     }
     let mut up = Vec::new();
     while up.len() < usize::from(NODES) {
@@ -247,10 +307,20 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
             .context("UP line without a known node id")?;
         up.push(id);
     }
+    Ok(senders)
+}
 
-    step(5, "what `hb status` shows now:");
-    println!("{}", indent(&hb.status_text(&socket)?));
-
+/// Step 6: web-2 crashes while an impostor sends with its id; the agent
+/// declares it DOWN in time, and its program refused the impostor.
+fn crash(
+    hb: &Hb,
+    lab: &Lab,
+    dir: &TempDir,
+    files: &Files,
+    senders: &mut [ChildGuard],
+    log: &mut ActionLog,
+) -> Result<()> {
+    let timeout = timeout();
     step(
         6,
         &format!(
@@ -271,14 +341,14 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
          signed\n    (it holds the key, but web-2 is pinned to 198.18.2.2) and unsigned:"
     );
     let impostors = [
-        start_impostor(hb, &lab, dir, Some(&key))?,
-        start_impostor(hb, &lab, dir, None)?,
+        start_impostor(hb, lab, dir, Some(&files.key))?,
+        start_impostor(hb, lab, dir, None)?,
     ];
     let (_, seen) = log.wait_for("web-2 DOWN", timeout + SWEEP + MARGIN, |line| {
         line.contains("(id 2) is DOWN")
     })?;
     drop(impostors);
-    let counters = hb.status_json(&socket)?["counters"].clone();
+    let counters = hb.status_json(&files.socket)?["counters"].clone();
     println!(
         "    -> web-2 went DOWN anyway; the XDP program refused the impostor's heartbeats: \
          wrong_source={}, unauthenticated={}",
@@ -293,16 +363,33 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
         (timeout - INTERVAL).as_secs_f64(),
         (timeout + SWEEP).as_secs_f64()
     );
+    Ok(())
+}
 
+/// Step 7: web-2 comes back with a new sender.
+fn recover(
+    hb: &Hb,
+    lab: &Lab,
+    dir: &TempDir,
+    key: &Path,
+    senders: &mut [ChildGuard],
+    log: &mut ActionLog,
+) -> Result<()> {
     step(
         7,
         "web-2 comes back (a new sender process, as after a reboot): it is UP again.",
     );
-    senders[1] = start_sender(hb, &lab, dir, 2, &key)?;
+    senders[1] = start_sender(hb, lab, dir, 2, key)?;
     log.wait_for("web-2 UP again", Duration::from_secs(5), |line| {
         line.contains("(id 2) is UP (was down")
     })?;
+    Ok(())
+}
 
+/// Step 8: web-3 leaves gracefully: LEFT, and no DOWN after twice the
+/// timeout.
+fn leave(node3: &mut ChildGuard, log: &mut ActionLog) -> Result<()> {
+    let timeout = timeout();
     let quiet = timeout * 2;
     step(
         8,
@@ -313,7 +400,6 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
             quiet.as_secs_f64()
         ),
     );
-    let node3 = &mut senders[2];
     let exit = node3.stop(Signal::Term, Duration::from_secs(5))?;
     println!("    web-3's sender exited ({exit})");
     log.wait_for("web-3 LEFT", timeout + SWEEP + MARGIN, |line| {
@@ -328,10 +414,17 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
         "    -> no DOWN for web-3 in {:.1} s: a graceful leave triggers no failover.",
         quiet.as_secs_f64()
     );
+    Ok(())
+}
 
-    step(9, "the final `hb status`: web-1 and web-2 up, web-3 left.");
-    println!("{}", indent(&hb.status_text(&socket)?));
-
+/// Step 10: the agent stopped (its XDP program must be detached), then the
+/// senders and the lab removed.
+fn clean_up(
+    mut agent: ChildGuard,
+    senders: Vec<ChildGuard>,
+    lab: Lab,
+    log: &mut ActionLog,
+) -> Result<()> {
     step(
         10,
         "stop everything: the agent (SIGTERM: it detaches its XDP program), then the \

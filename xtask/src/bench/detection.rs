@@ -15,6 +15,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    path::Path,
     time::Duration,
 };
 
@@ -25,7 +26,7 @@ use serde_json::json;
 
 use super::{
     Ctx, PhaseOutput,
-    output::{Bound, Progress, Table, Target, si},
+    output::{Bound, Progress, Table, Target, ms, si},
     plot::{self, Series},
     rig::{AgentSetup, EventRecord, Load, LoadReport, Pace, Rig},
     stats::percentile,
@@ -102,8 +103,25 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     drop(progress);
     drop(rig);
 
-    let ms =
-        |ns: Option<u64>| ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.1}", ns as f64 / 1e6));
+    print_table(&outcomes);
+    let targets = outcomes.iter().flat_map(targets).collect();
+    let path = ctx.svg("detection-cdf");
+    latency_plot(&path, &outcomes)?;
+
+    Ok(PhaseOutput {
+        json: json!({
+            "timeout_multiplier": MULTIPLIER,
+            "sweep_period_ms": SWEEP.as_secs_f64() * 1e3,
+            "stop_fraction": STOP_FRACTION,
+            "scenarios": outcomes,
+        }),
+        targets,
+        plots: vec![path],
+        facts: Vec::new(),
+    })
+}
+
+fn print_table(outcomes: &[Outcome]) {
     let mut table = Table::new(&[
         "scenario",
         "timeout ms",
@@ -116,7 +134,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         "max ms",
         "limit ms",
     ]);
-    for o in &outcomes {
+    for o in outcomes {
         table.row(vec![
             label(o),
             format!("{:.0}", o.timeout_ms),
@@ -136,45 +154,45 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         SWEEP.as_millis(),
         100.0 * STOP_FRACTION
     ));
+}
 
-    let mut targets = Vec::new();
-    for o in &outcomes {
-        let p99 = o.p99_ns.map_or(f64::INFINITY, |ns| ns as f64 / 1e6);
-        targets.push(
-            Target::new(
-                PHASE,
-                format!("detection p99, {}", label(o)),
-                p99,
-                "ms",
-                Bound::AtMost,
-                o.limit_ns as f64 / 1e6,
-            )
-            .with_note(format!(
-                "timeout {:.0} ms + sweep {:.0} ms + 5 ms; {} latencies, p50 {} ms, max {} ms",
-                o.timeout_ms,
-                o.sweep_period_ms,
-                o.latencies_ns.len(),
-                ms(o.p50_ns),
-                ms(o.max_ns)
-            )),
-        );
-        targets.push(
-            Target::new(
-                PHASE,
-                format!("false downs + missed, {}", label(o)),
-                (o.false_downs + o.missed) as f64,
-                "nodes",
-                Bound::AtMost,
-                0.0,
-            )
-            .with_note(format!(
-                "{} false downs, {} of {} stopped nodes never declared down",
-                o.false_downs, o.missed, o.stopped
-            )),
-        );
-    }
+/// A scenario's p99 within its limit, and no false down or missed node.
+fn targets(o: &Outcome) -> [Target; 2] {
+    let p99 = o.p99_ns.map_or(f64::INFINITY, |ns| ns as f64 / 1e6);
+    [
+        Target::new(
+            PHASE,
+            format!("detection p99, {}", label(o)),
+            p99,
+            "ms",
+            Bound::AtMost,
+            o.limit_ns as f64 / 1e6,
+        )
+        .with_note(format!(
+            "timeout {:.0} ms + sweep {:.0} ms + 5 ms; {} latencies, p50 {} ms, max {} ms",
+            o.timeout_ms,
+            o.sweep_period_ms,
+            o.latencies_ns.len(),
+            ms(o.p50_ns),
+            ms(o.max_ns)
+        )),
+        Target::new(
+            PHASE,
+            format!("false downs + missed, {}", label(o)),
+            (o.false_downs + o.missed) as f64,
+            "nodes",
+            Bound::AtMost,
+            0.0,
+        )
+        .with_note(format!(
+            "{} false downs, {} of {} stopped nodes never declared down",
+            o.false_downs, o.missed, o.stopped
+        )),
+    ]
+}
 
-    let path = ctx.svg("detection-cdf");
+/// The CDF of the latencies beyond the timeout, a curve per scenario.
+fn latency_plot(path: &Path, outcomes: &[Outcome]) -> Result<()> {
     let mut series: Vec<Series> = outcomes
         .iter()
         .enumerate()
@@ -199,24 +217,12 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         4,
     ));
     plot::linear(
-        &path,
+        path,
         "Detection latency beyond the timeout (CDF)",
         ("latency - timeout (ms)", plot::plain_format),
         ("fraction of crashed nodes detected", plot::plain_format),
         &series,
-    )?;
-
-    Ok(PhaseOutput {
-        json: json!({
-            "timeout_multiplier": MULTIPLIER,
-            "sweep_period_ms": SWEEP.as_secs_f64() * 1e3,
-            "stop_fraction": STOP_FRACTION,
-            "scenarios": outcomes,
-        }),
-        targets,
-        plots: vec![path],
-        facts: Vec::new(),
-    })
+    )
 }
 
 fn label(o: &Outcome) -> String {
@@ -283,11 +289,7 @@ fn analyse(
     load: LoadReport,
     events: &[EventRecord],
 ) -> Outcome {
-    let last_sent: HashMap<u32, Option<u64>> = load
-        .stopped
-        .iter()
-        .map(|s| (s.id, s.last_sent_mono_ns))
-        .collect();
+    let last_sent = load.last_sent_by_node();
     let mut first_down: HashMap<u32, u64> = HashMap::new();
     let mut false_downs = 0;
     for event in events.iter().filter(|e| e.event == "down") {

@@ -12,19 +12,22 @@
 //! every heartbeat of an up node takes the sweep's slow path once to
 //! recompute its deadline), each in a fresh lab.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use hb_tests::interrupt;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{
     Ctx, PhaseOutput,
-    machine::CpuSample,
+    machine::{CpuSample, CpuSpent},
     output::{Bound, Progress, Table, Target, si},
     plot::{self, Series},
-    rig::{AgentSetup, Load, Pace, Rig},
+    rig::{Agent, AgentSetup, Load, LoadReport, Pace, Rig},
 };
 
 const PHASE: &str = "held";
@@ -50,7 +53,7 @@ const DETECTORS: [(&str, &str); 2] = [("timeout", ""), ("phi", "[detector]\nkind
 /// One detector's run.
 struct Held {
     detector: &'static str,
-    json: serde_json::Value,
+    json: Value,
     targets: Vec<Target>,
     facts: Vec<String>,
     seconds: Vec<Second>,
@@ -105,7 +108,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         facts.extend(run.facts);
     }
     Ok(PhaseOutput {
-        json: serde_json::Value::Object(json),
+        json: Value::Object(json),
         targets,
         plots: vec![path],
         facts,
@@ -142,11 +145,69 @@ fn hold(
         duration.as_secs_f64()
     ));
     let load = rig.start_load(&Load::new(nodes, Pace::Interval(INTERVAL), duration))?;
-    let started = load.started();
+    let cpu = sample_cpu(&mut agent, load.started(), duration)?;
+    let states = agent.states()?;
+    progress.step("waiting for the load generator to finish");
+    let report = load.finish()?;
+    report.ensure_complete()?;
+    progress.step("stopping the agent");
+    agent.stop()?;
+    let events = agent.events()?;
+    drop(progress);
+    drop(rig);
+
+    let count_downs = |while_loaded: bool| {
+        events
+            .iter()
+            .filter(|e| e.event == "down" && (e.mono_ns <= report.ended_mono_ns) == while_loaded)
+            .count()
+    };
+    let observed = Observed {
+        detector,
+        nodes,
+        duration,
+        false_downs: count_downs(true),
+        later_downs: count_downs(false),
+        cpu,
+        states,
+        report,
+    };
+    observed.print();
+    let mut facts = Vec::new();
+    if observed.later_downs > 0 {
+        facts.push(format!(
+            "held ({detector}): {} down events after the load ended (expected: the nodes went \
+             silent), not counted",
+            observed.later_downs
+        ));
+    }
+    Ok(Held {
+        detector,
+        json: observed.json(&setup),
+        targets: observed.targets(),
+        facts,
+        seconds: observed.cpu.seconds,
+    })
+}
+
+/// The agent's CPU while the load ran.
+struct CpuRecord {
+    /// One sample a second, for the record.
+    seconds: Vec<Second>,
+    /// Over the window from the warm-up to shortly before the end: what the
+    /// target uses.
+    spent: CpuSpent,
+    /// `spent` as a share of one core, %.
+    percent: f64,
+    /// The median of the seconds after the warm-up, %.
+    median_second: Option<f64>,
+}
+
+/// Samples the agent's CPU once a second from `started` until
+/// [`BEFORE_END`] before the load's end.
+fn sample_cpu(agent: &mut Agent<'_>, started: Instant, duration: Duration) -> Result<CpuRecord> {
     let warm_up = INTERVAL * WARM_UP_INTERVALS;
     let end = started + duration - BEFORE_END;
-
-    // One sample a second for the record; the target uses warm-up .. end.
     let mut seconds = Vec::new();
     let mut previous = agent.sample()?;
     let mut window_start = None;
@@ -172,7 +233,7 @@ fn hold(
     let window_end = previous;
     let window_start: CpuSample = window_start.unwrap_or(window_end);
     let spent = window_start.until(&window_end);
-    let cpu_percent = 100.0 * spent.process_s / spent.wall_s.max(1e-9);
+    let percent = 100.0 * spent.process_s / spent.wall_s.max(1e-9);
     let mut steady: Vec<f64> = seconds
         .iter()
         .filter(|s| s.t_s > warm_up.as_secs_f64() + 0.5)
@@ -180,137 +241,151 @@ fn hold(
         .collect();
     steady.sort_by(f64::total_cmp);
     let median_second = steady.get(steady.len() / 2).copied();
-    let states = agent.states()?;
-    progress.step("waiting for the load generator to finish");
-    let report = load.finish()?;
-    report.ensure_complete()?;
-    progress.step("stopping the agent");
-    agent.stop()?;
-    let events = agent.events()?;
-    drop(progress);
-    drop(rig);
+    Ok(CpuRecord {
+        seconds,
+        spent,
+        percent,
+        median_second,
+    })
+}
 
-    let false_downs = events
-        .iter()
-        .filter(|e| e.event == "down" && e.mono_ns <= report.ended_mono_ns)
-        .count();
-    let later_downs = events
-        .iter()
-        .filter(|e| e.event == "down" && e.mono_ns > report.ended_mono_ns)
-        .count();
-    let count = |state: &str| states.get(state).copied().unwrap_or(0);
+/// What one detector's run showed.
+struct Observed {
+    detector: &'static str,
+    nodes: u32,
+    duration: Duration,
+    cpu: CpuRecord,
+    /// Nodes per state at the check, after the CPU window.
+    states: BTreeMap<String, u64>,
+    /// `down` events while the load ran: false downs.
+    false_downs: usize,
+    /// `down` events after the load ended (the nodes fell silent).
+    later_downs: usize,
+    report: LoadReport,
+}
 
-    let mut table = Table::new(&["measure", "value"]).text_column(1);
-    let rows: Vec<(&str, String)> = vec![
-        ("nodes", nodes.to_string()),
-        (
-            "load: requested / achieved heartbeats/s",
-            format!("{} / {}", si(report.rate), si(report.achieved_rate)),
-        ),
-        (
-            "load: max lag behind schedule",
-            format!("{:.1} ms", report.max_lag_ns as f64 / 1e6),
-        ),
-        ("load: batches > 1 ms late", report.late_batches.to_string()),
-        (
-            "agent CPU window",
-            format!(
-                "{:.1} s after a {} s warm-up",
-                spent.wall_s,
-                warm_up.as_secs_f64()
-            ),
-        ),
-        (
-            "agent CPU (utime + stime)",
-            format!("{:.2} s = {cpu_percent:.2}% of one core", spent.process_s),
-        ),
-        (
-            "agent CPU, median second of the window",
-            median_second.map_or_else(|| "-".to_owned(), |p| format!("{p:.1}% of one core")),
-        ),
-        ("nodes up at the check", count("up").to_string()),
-        ("nodes down at the check", count("down").to_string()),
-        (
-            "nodes never heard at the check",
-            count("unseen").to_string(),
-        ),
-        ("down events while the load ran", false_downs.to_string()),
-    ];
-    for (name, value) in rows {
-        table.row(vec![name.to_owned(), value]);
+impl Observed {
+    fn count(&self, state: &str) -> u64 {
+        self.states.get(state).copied().unwrap_or(0)
     }
-    table.print(&format!(
-        "{} nodes beating every {} s, held by the XDP agent, {detector} detector ({} s)",
-        si(f64::from(nodes)),
-        INTERVAL.as_secs_f64(),
-        duration.as_secs_f64()
-    ));
 
-    let mut facts = Vec::new();
-    if later_downs > 0 {
-        facts.push(format!(
-            "held ({detector}): {later_downs} down events after the load ended (expected: the \
-             nodes went silent), not counted"
+    fn print(&self) {
+        let (report, spent) = (&self.report, &self.cpu.spent);
+        let warm_up = INTERVAL * WARM_UP_INTERVALS;
+        let mut table = Table::new(&["measure", "value"]).text_column(1);
+        let rows: Vec<(&str, String)> = vec![
+            ("nodes", self.nodes.to_string()),
+            (
+                "load: requested / achieved heartbeats/s",
+                format!("{} / {}", si(report.rate), si(report.achieved_rate)),
+            ),
+            (
+                "load: max lag behind schedule",
+                format!("{:.1} ms", report.max_lag_ns as f64 / 1e6),
+            ),
+            ("load: batches > 1 ms late", report.late_batches.to_string()),
+            (
+                "agent CPU window",
+                format!(
+                    "{:.1} s after a {} s warm-up",
+                    spent.wall_s,
+                    warm_up.as_secs_f64()
+                ),
+            ),
+            (
+                "agent CPU (utime + stime)",
+                format!(
+                    "{:.2} s = {:.2}% of one core",
+                    spent.process_s, self.cpu.percent
+                ),
+            ),
+            (
+                "agent CPU, median second of the window",
+                self.cpu
+                    .median_second
+                    .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}% of one core")),
+            ),
+            ("nodes up at the check", self.count("up").to_string()),
+            ("nodes down at the check", self.count("down").to_string()),
+            (
+                "nodes never heard at the check",
+                self.count("unseen").to_string(),
+            ),
+            (
+                "down events while the load ran",
+                self.false_downs.to_string(),
+            ),
+        ];
+        for (name, value) in rows {
+            table.row(vec![name.to_owned(), value]);
+        }
+        table.print(&format!(
+            "{} nodes beating every {} s, held by the XDP agent, {} detector ({} s)",
+            si(f64::from(self.nodes)),
+            INTERVAL.as_secs_f64(),
+            self.detector,
+            self.duration.as_secs_f64()
         ));
     }
-    let targets =
-        vec![
-        Target::new(
-            PHASE,
-            format!(
-                "agent CPU holding {} nodes at 1/s, {detector}",
-                si(f64::from(nodes))
-            ),
-            cpu_percent,
-            "% of a core",
-            Bound::Below,
-            CPU_LIMIT_PERCENT,
-        )
-        .with_note(format!(
-            "utime + stime over {:.1} s after a {} s warm-up (median second: {}); load achieved \
-             {}/s of {}/s",
-            spent.wall_s,
-            warm_up.as_secs_f64(),
-            median_second.map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%")),
-            si(report.achieved_rate),
-            si(report.rate)
-        )),
-        Target::new(
-            PHASE,
-            format!("false downs holding {} nodes, {detector}", si(f64::from(nodes))),
-            (false_downs as u64).max(count("down")) as f64,
-            "nodes",
-            Bound::AtMost,
-            0.0,
-        )
-        .with_note(format!(
-            "{false_downs} down events while the load ran; {} nodes down at the check",
-            count("down")
-        )),
-    ];
 
-    Ok(Held {
-        detector,
-        json: json!({
-            "detector": detector,
-            "nodes": nodes,
+    /// The agent's CPU below [`CPU_LIMIT_PERCENT`], and no false down.
+    fn targets(&self) -> Vec<Target> {
+        let (detector, report, spent) = (self.detector, &self.report, &self.cpu.spent);
+        let nodes = si(f64::from(self.nodes));
+        vec![
+            Target::new(
+                PHASE,
+                format!("agent CPU holding {nodes} nodes at 1/s, {detector}"),
+                self.cpu.percent,
+                "% of a core",
+                Bound::Below,
+                CPU_LIMIT_PERCENT,
+            )
+            .with_note(format!(
+                "utime + stime over {:.1} s after a {} s warm-up (median second: {}); load \
+                 achieved {}/s of {}/s",
+                spent.wall_s,
+                (INTERVAL * WARM_UP_INTERVALS).as_secs_f64(),
+                self.cpu
+                    .median_second
+                    .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%")),
+                si(report.achieved_rate),
+                si(report.rate)
+            )),
+            Target::new(
+                PHASE,
+                format!("false downs holding {nodes} nodes, {detector}"),
+                (self.false_downs as u64).max(self.count("down")) as f64,
+                "nodes",
+                Bound::AtMost,
+                0.0,
+            )
+            .with_note(format!(
+                "{} down events while the load ran; {} nodes down at the check",
+                self.false_downs,
+                self.count("down")
+            )),
+        ]
+    }
+
+    fn json(&self, setup: &AgentSetup) -> Value {
+        json!({
+            "detector": self.detector,
+            "nodes": self.nodes,
             "max_nodes": setup.max_nodes(),
             "interval_s": INTERVAL.as_secs_f64(),
             "timeout_s": setup.timeout().as_secs_f64(),
             "sweep_period_ms": setup.sweep_period.as_secs_f64() * 1e3,
-            "duration_s": duration.as_secs_f64(),
-            "warm_up_s": warm_up.as_secs_f64(),
-            "window": spent,
-            "agent_cpu_percent": cpu_percent,
-            "agent_cpu_percent_median_second": median_second,
-            "per_second": seconds,
-            "states_at_check": states,
-            "false_downs": false_downs,
-            "downs_after_load": later_downs,
-            "load": report,
-        }),
-        targets,
-        facts,
-        seconds,
-    })
+            "duration_s": self.duration.as_secs_f64(),
+            "warm_up_s": (INTERVAL * WARM_UP_INTERVALS).as_secs_f64(),
+            "window": self.cpu.spent,
+            "agent_cpu_percent": self.cpu.percent,
+            "agent_cpu_percent_median_second": self.cpu.median_second,
+            "per_second": self.cpu.seconds,
+            "states_at_check": self.states,
+            "false_downs": self.false_downs,
+            "downs_after_load": self.later_downs,
+            "load": self.report,
+        })
+    }
 }

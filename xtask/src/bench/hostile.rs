@@ -77,6 +77,22 @@ struct Violation {
 
 pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     let packets = if ctx.quick { QUICK_PACKETS } else { PACKETS };
+    let (report, raw) = run_generator(ctx, packets)?;
+    print_report(&report);
+    Ok(PhaseOutput {
+        json: json!({
+            "packets": packets,
+            "seed": SEED,
+            "report": raw,
+        }),
+        targets: vec![target(&report)],
+        plots: Vec::new(),
+        facts: Vec::new(),
+    })
+}
+
+/// Runs `hb-tools bench hostile`: its report, parsed and as printed.
+fn run_generator(ctx: &Ctx<'_>, packets: u64) -> Result<(Report, Value)> {
     let args = [
         "bench".to_owned(),
         "hostile".to_owned(),
@@ -111,6 +127,11 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         );
     }
 
+    Ok((report, raw))
+}
+
+/// The figures, the program's counters, the categories and any violation.
+fn print_report(report: &Report) {
     let mut table = Table::new(&["figure", "value"]);
     let mut row = |name: &str, value: String| table.row(vec![name.to_owned(), value]);
     row("packets generated", report.packets.to_string());
@@ -168,10 +189,13 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             v.packet, v.category, v.what, v.problem, v.frame
         );
     }
+}
 
+/// No violation (and the note says whether the counters add up).
+fn target(report: &Report) -> Target {
     let consistent = report.outcomes_total == report.runs
         && report.runs + report.refused_by_kernel == report.packets;
-    let target = Target::new(
+    Target::new(
         PHASE,
         "hostile packets violating the property",
         report.violations as f64,
@@ -185,15 +209,5 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         report.seconds,
         si(report.packets_per_second),
         if consistent { "yes" } else { "NO" }
-    ));
-    Ok(PhaseOutput {
-        json: json!({
-            "packets": packets,
-            "seed": SEED,
-            "report": raw,
-        }),
-        targets: vec![target],
-        plots: Vec::new(),
-        facts: Vec::new(),
-    })
+    ))
 }

@@ -284,6 +284,11 @@ pub fn si(value: f64) -> String {
     format!("{text}{suffix}")
 }
 
+/// Nanoseconds in milliseconds with one decimal, `-` for none.
+pub fn ms(ns: Option<u64>) -> String {
+    ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.1}", ns as f64 / 1e6))
+}
+
 /// Nanoseconds in the unit that reads best: `830 ns`, `12.4 µs`, `3.21 ms`.
 pub fn duration_ns(ns: f64) -> String {
     if ns >= 1e9 {

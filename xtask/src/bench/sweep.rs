@@ -75,6 +75,53 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     } else {
         &[10_000, 100_000, 1_000_000, 4_000_000, 16_000_000]
     };
+    let (results, all_runs) = measure(ctx, sizes)?;
+    print_table(&results);
+    let points = |f: fn(&SweepCost) -> u64| -> Vec<(f64, f64)> {
+        results
+            .iter()
+            .map(|r| (f64::from(r.nodes), f(r) as f64))
+            .collect()
+    };
+    let sweep_slope = loglog_slope(&points(|r| r.sweep_ns_median));
+    let memcpy_slope = loglog_slope(&points(|r| r.memcpy_ns_median));
+    let targets = targets(&results, sweep_slope, memcpy_slope);
+
+    let path = ctx.svg("sweep");
+    plot::loglog(
+        &path,
+        "Sweep of N up nodes vs memcpy of the same bytes",
+        ("nodes", plot::si_format),
+        ("time", plot::ns_format),
+        &[
+            Series::new("sweep (median)", points(|r| r.sweep_ns_median), 0),
+            Series::new("memcpy (median)", points(|r| r.memcpy_ns_median), 1),
+            Series::dashed(
+                "target: 1 ms per million nodes",
+                results
+                    .iter()
+                    .map(|r| (f64::from(r.nodes), f64::from(r.nodes)))
+                    .collect(),
+                2,
+            ),
+        ],
+    )?;
+    Ok(PhaseOutput {
+        json: json!({
+            "sizes": results,
+            "runs": all_runs,
+            "sweep_loglog_slope": sweep_slope,
+            "memcpy_loglog_slope": memcpy_slope,
+        }),
+        targets,
+        plots: vec![path],
+        facts: Vec::new(),
+    })
+}
+
+/// [`RUNS`] runs of `hb-tools bench sweep` per size: the best run of each
+/// size, and every run.
+fn measure(ctx: &Ctx<'_>, sizes: &[u32]) -> Result<(Vec<SweepCost>, Vec<Vec<SweepCost>>)> {
     let planned: f64 = RUNS as f64
         * sizes
             .iter()
@@ -105,8 +152,10 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         results.push(best);
         all_runs.push(runs);
     }
-    drop(progress);
+    Ok((results, all_runs))
+}
 
+fn print_table(results: &[SweepCost]) {
     let mut table = Table::new(&[
         "nodes",
         "rounds",
@@ -119,7 +168,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         "ratio (min)",
         "ratio (median)",
     ]);
-    for r in &results {
+    for r in results {
         table.row(vec![
             si(f64::from(r.nodes)),
             r.rounds.to_string(),
@@ -137,16 +186,11 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         "Sweep of N up nodes vs memcpy of the same bytes (min and median over the rounds; per \
          size the best of {RUNS} runs)"
     ));
+}
 
-    let points = |f: fn(&SweepCost) -> u64| -> Vec<(f64, f64)> {
-        results
-            .iter()
-            .map(|r| (f64::from(r.nodes), f(r) as f64))
-            .collect()
-    };
-    let sweep_slope = loglog_slope(&points(|r| r.sweep_ns_median));
-    let memcpy_slope = loglog_slope(&points(|r| r.memcpy_ns_median));
-
+/// Time per million nodes and sweep / memcpy at the worst size, and the
+/// growth with N.
+fn targets(results: &[SweepCost], sweep_slope: f64, memcpy_slope: f64) -> Vec<Target> {
     let worst_per_million = results
         .iter()
         .max_by(|a, b| a.ns_per_million().total_cmp(&b.ns_per_million()))
@@ -155,7 +199,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         .iter()
         .max_by(|a, b| a.ratio_min().total_cmp(&b.ratio_min()))
         .expect("at least one size");
-    let targets = vec![
+    vec![
         Target::new(
             PHASE,
             "sweep time per million nodes (worst size)",
@@ -193,36 +237,5 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             "1 = linear; least squares over {} sizes; memcpy's slope: {memcpy_slope:.2}",
             results.len()
         )),
-    ];
-
-    let path = ctx.svg("sweep");
-    plot::loglog(
-        &path,
-        "Sweep of N up nodes vs memcpy of the same bytes",
-        ("nodes", plot::si_format),
-        ("time", plot::ns_format),
-        &[
-            Series::new("sweep (median)", points(|r| r.sweep_ns_median), 0),
-            Series::new("memcpy (median)", points(|r| r.memcpy_ns_median), 1),
-            Series::dashed(
-                "target: 1 ms per million nodes",
-                results
-                    .iter()
-                    .map(|r| (f64::from(r.nodes), f64::from(r.nodes)))
-                    .collect(),
-                2,
-            ),
-        ],
-    )?;
-    Ok(PhaseOutput {
-        json: json!({
-            "sizes": results,
-            "runs": all_runs,
-            "sweep_loglog_slope": sweep_slope,
-            "memcpy_loglog_slope": memcpy_slope,
-        }),
-        targets,
-        plots: vec![path],
-        facts: Vec::new(),
-    })
+    ]
 }

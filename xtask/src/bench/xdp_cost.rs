@@ -42,7 +42,6 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     } else {
         (100_000, 1_000_000)
     };
-    let mut checked = Vec::new();
     let mut runs: Vec<XdpCost> = Vec::new();
     for _ in 0..RUNS {
         runs.push(ctx.tools_json(&[
@@ -54,40 +53,12 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             &repeat.to_string(),
         ])?);
     }
-    let mut table = Table::new(&["case", "ns/packet", "runs", "how (median run)"]).text_column(3);
-    let mut medians = Vec::new();
-    for case in &runs[0].cases {
-        let mut values: Vec<(f64, &PacketCost)> = runs
-            .iter()
-            .filter_map(|run| run.cases.iter().find(|c| c.case == case.case))
-            .map(|c| (c.ns_per_packet, c))
-            .collect();
-        let listed: Vec<String> = values.iter().map(|(ns, _)| format!("{ns:.1}")).collect();
-        values.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (median, median_run) = values[values.len() / 2];
-        table.row(vec![
-            case.case.clone(),
-            format!("{median:.1}"),
-            listed.join(" / "),
-            median_run.method.clone(),
-        ]);
-        medians.push(json!({ "case": case.case, "ns_per_packet_median": median }));
-        if case.case == ACCEPTED_CASE || case.case == AUTHENTICATED_CASE {
-            checked.push((
-                case.case.clone(),
-                median,
-                listed.join(" / "),
-                median_run.method.clone(),
-            ));
-        }
-    }
-    table.print(&format!(
-        "XDP program cost per packet (BPF_PROG_TEST_RUN, median of {RUNS} runs)"
-    ));
+    let medians = medians(&runs);
+    print_table(&medians);
     let find = |name: &str| {
-        checked
+        medians
             .iter()
-            .find(|(case, ..)| case == name)
+            .find(|m| m.case == name)
             .with_context(|| format!("`hb-tools bench xdp-cost` reports no {name:?} case"))
     };
     let mut targets = Vec::new();
@@ -103,14 +74,15 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             AUTHENTICATED_LIMIT_NS,
         ),
     ] {
-        let (_, median, listed, method) = find(name)?;
+        let m = find(name)?;
         targets.push(
-            Target::new(PHASE, what, *median, "ns", Bound::AtMost, limit).with_note(format!(
-                "median of {RUNS} runs ({listed} ns); median run: {method}"
+            Target::new(PHASE, what, m.median, "ns", Bound::AtMost, limit).with_note(format!(
+                "median of {RUNS} runs ({} ns); median run: {}",
+                m.listed, m.method
             )),
         );
     }
-    let authentication_ns = find(AUTHENTICATED_CASE)?.1 - find(ACCEPTED_CASE)?.1;
+    let authentication_ns = find(AUTHENTICATED_CASE)?.median - find(ACCEPTED_CASE)?.median;
     println!(
         "authentication (SipHash-2-4 tag check) adds {authentication_ns:.1} ns to an accepted \
          heartbeat (difference of the medians)"
@@ -119,7 +91,10 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         json: json!({
             "distinct": distinct,
             "repeat": repeat,
-            "medians": medians,
+            "medians": medians
+                .iter()
+                .map(|m| json!({ "case": m.case, "ns_per_packet_median": m.median }))
+                .collect::<Vec<_>>(),
             "authentication_ns": authentication_ns,
             "runs": runs,
         }),
@@ -127,4 +102,54 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         plots: Vec::new(),
         facts: Vec::new(),
     })
+}
+
+/// One case over the runs.
+struct CaseMedian {
+    case: String,
+    /// The median run's ns per packet.
+    median: f64,
+    /// Every run's, in the order they ran.
+    listed: String,
+    /// How the median run measured it.
+    method: String,
+}
+
+/// Each case of the first run, with its median over the runs.
+fn medians(runs: &[XdpCost]) -> Vec<CaseMedian> {
+    runs[0]
+        .cases
+        .iter()
+        .map(|case| {
+            let mut values: Vec<(f64, &PacketCost)> = runs
+                .iter()
+                .filter_map(|run| run.cases.iter().find(|c| c.case == case.case))
+                .map(|c| (c.ns_per_packet, c))
+                .collect();
+            let listed: Vec<String> = values.iter().map(|(ns, _)| format!("{ns:.1}")).collect();
+            values.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (median, median_run) = values[values.len() / 2];
+            CaseMedian {
+                case: case.case.clone(),
+                median,
+                listed: listed.join(" / "),
+                method: median_run.method.clone(),
+            }
+        })
+        .collect()
+}
+
+fn print_table(medians: &[CaseMedian]) {
+    let mut table = Table::new(&["case", "ns/packet", "runs", "how (median run)"]).text_column(3);
+    for m in medians {
+        table.row(vec![
+            m.case.clone(),
+            format!("{:.1}", m.median),
+            m.listed.clone(),
+            m.method.clone(),
+        ]);
+    }
+    table.print(&format!(
+        "XDP program cost per packet (BPF_PROG_TEST_RUN, median of {RUNS} runs)"
+    ));
 }
