@@ -43,7 +43,7 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then check formatting, run clippy and every test (root).
+    /// Build, then check formatting, run clippy, rustdoc and every test (root).
     ///
     /// Root is needed because the XDP and network-namespace tests load BPF
     /// programs and create namespaces. Stops at the first failure.

@@ -1,8 +1,8 @@
 //! `cargo xtask test`, stopping at the first failure: the setup checks,
 //! `cargo fmt --check` (fastest, so first), the release build of hb, clippy
-//! with `-D warnings`, and every test of the workspace (unit tests, the XDP
-//! `BPF_PROG_TEST_RUN` tests and the network-namespace tests, which get the
-//! binary through `$HB_BIN`).
+//! and rustdoc with `-D warnings`, and every test of the workspace (unit
+//! tests, the XDP `BPF_PROG_TEST_RUN` tests and the network-namespace tests,
+//! which get the binary through `$HB_BIN`).
 
 use std::{
     io::{BufRead, BufReader},
@@ -134,6 +134,18 @@ fn stages(done: &mut Vec<String>, tally: &mut Tally) -> Result<()> {
                 .args(["--all-targets", "--", "-D", "warnings"])
                 .env("PATH", &path),
             "clippy found problems",
+        )
+    })?;
+    stage("doc", &mut || {
+        // The libraries' doc links must resolve (xtask's doc comments are
+        // its --help text, not documentation).
+        run_inherited(
+            cargo()
+                .args(["doc", "--release", "--no-deps", "--workspace"])
+                .args(["--exclude", "hb-ebpf", "--exclude", "xtask"])
+                .env("PATH", &path)
+                .env("RUSTDOCFLAGS", "-D warnings"),
+            "the documentation has broken links",
         )
     })?;
     stage("tests", &mut || {
