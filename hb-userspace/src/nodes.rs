@@ -1,10 +1,76 @@
-//! Every configured node by id, whether listed in `[[nodes]]` or part of a
-//! `[[node_ranges]]` block: the agent's way to name a node in logs, events
-//! and `hb status` without keeping a string per node of a million-node range.
+//! The monitored nodes: what the operator writes about one ([`NodeConfig`],
+//! `[[nodes]]`) or a block of them ([`NodeRange`], `[[node_ranges]]`), and
+//! the [`NodeDirectory`] that finds any configured node by id: the agent's
+//! way to name a node in logs, events and `hb status` without keeping a
+//! string per node of a million-node range. The configuration reads these
+//! types from the file and re-exports them.
 
 use std::{borrow::Cow, collections::HashMap, net::IpAddr, time::Duration};
 
-use crate::config::{Config, NodeConfig, NodeRange};
+use serde::Deserialize;
+
+/// One monitored node (`[[nodes]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The id the node puts in its heartbeats; below `max_nodes`.
+    pub id: u32,
+    pub name: String,
+    /// Informative; passed to actions as `HB_NODE_ADDRESS`.
+    #[serde(default)]
+    pub address: Option<IpAddr>,
+    /// Overrides the interval the node advertises and `defaults.interval`.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Pins the node: its heartbeats are accepted only from this source
+    /// address (checked in the XDP program); others count as `wrong_source`.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
+}
+
+/// A block of nodes with consecutive ids (`[[node_ranges]]`), for clusters
+/// too large to list node by node: node `first_id + k` is named
+/// `{name_prefix}{first_id + k}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRange {
+    pub first_id: u32,
+    pub count: u32,
+    pub name_prefix: String,
+    /// Overrides the interval the nodes advertise and `defaults.interval`.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Pins the nodes: node `first_id + k` is heard only from address
+    /// `first_source + k`.
+    #[serde(default)]
+    pub first_source: Option<IpAddr>,
+}
+
+impl NodeRange {
+    /// The ids of the range.
+    pub fn ids(&self) -> std::ops::Range<u32> {
+        self.first_id..self.first_id.saturating_add(self.count)
+    }
+
+    /// The name of node `id` of this range.
+    pub fn name_of(&self, id: u32) -> String {
+        format!("{}{id}", self.name_prefix)
+    }
+
+    /// The pinned source address of node `id` of this range, if the range is
+    /// pinned (and the address exists: validation checks the whole range).
+    pub fn source_of(&self, id: u32) -> Option<IpAddr> {
+        let step = id.checked_sub(self.first_id)?;
+        match self.first_source? {
+            IpAddr::V4(first) => u32::from(first)
+                .checked_add(step)
+                .map(|a| IpAddr::V4(a.into())),
+            IpAddr::V6(first) => u128::from(first)
+                .checked_add(u128::from(step))
+                .map(|a| IpAddr::V6(a.into())),
+        }
+    }
+}
 
 /// What the agent knows of one configured node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,17 +89,13 @@ pub struct NodeDirectory<'a> {
 }
 
 impl<'a> NodeDirectory<'a> {
-    /// The nodes of a validated configuration (ids unique, ranges disjoint).
-    pub fn new(config: &'a Config) -> Self {
+    /// The listed and ranged nodes of a validated configuration (ids
+    /// unique, ranges disjoint).
+    pub fn new(nodes: &'a [NodeConfig], ranges: &'a [NodeRange]) -> Self {
         NodeDirectory {
-            nodes: &config.nodes,
-            ranges: &config.node_ranges,
-            by_id: config
-                .nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.id, i))
-                .collect(),
+            nodes,
+            ranges,
+            by_id: nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect(),
         }
     }
 
@@ -100,6 +162,7 @@ impl<'a> NodeDirectory<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn listed_and_ranged_nodes_are_found_by_id() {
@@ -110,7 +173,7 @@ mod tests {
             "test",
         )
         .unwrap();
-        let nodes = NodeDirectory::new(&config);
+        let nodes = NodeDirectory::new(&config.nodes, &config.node_ranges);
         assert_eq!(nodes.len(), 4);
         assert_eq!(nodes.ids().collect::<Vec<_>>(), vec![7, 100, 101, 102]);
         let db = nodes.get(7).unwrap();

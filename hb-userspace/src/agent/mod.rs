@@ -75,7 +75,7 @@ impl<'c> Agent<'c> {
     /// stays attached.
     pub fn start(config: &'c Config) -> anyhow::Result<Self> {
         config.check_interfaces_exist()?;
-        let nodes = NodeDirectory::new(config);
+        let nodes = NodeDirectory::new(&config.nodes, &config.node_ranges);
         startup::warn_about(config, &nodes);
         let started = Instant::now();
 

@@ -33,12 +33,13 @@ pub use self::{
         DEFAULT_FLAP_STABLE, DEFAULT_FLAP_WINDOW, DEFAULT_INTERVAL, DEFAULT_MAX_CONCURRENT_ACTIONS,
         DEFAULT_MAX_NODES, DEFAULT_RISE, DEFAULT_STALL_THRESHOLD, DEFAULT_STATE_FILE,
         DEFAULT_STATUS_SOCKET, DEFAULT_SUSPECT_PHI, DEFAULT_SWEEP_PERIOD,
-        DEFAULT_TIMEOUT_MULTIPLIER, Defaults, DetectorConfig, DetectorKind, NodeConfig, NodeRange,
+        DEFAULT_TIMEOUT_MULTIPLIER, Defaults, DetectorConfig, DetectorKind,
     },
     validate::{MAX_INTERVAL, MAX_NODES_LIMIT, MIN_INTERVAL},
 };
 pub use crate::{
     datapath::{DatapathKind, xdp::XdpMode},
+    nodes::{NodeConfig, NodeRange},
     sinks::actions::{ActionConfig, ActionRun, Event},
 };
 

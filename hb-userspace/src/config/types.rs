@@ -3,12 +3,13 @@
 //! `[brake]`, `[auth]`), with their defaults. The actions' types live with
 //! the actions ([`crate::sinks::actions`]).
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{DatapathKind, xdp::XdpMode},
+    nodes::{NodeConfig, NodeRange},
     sinks::actions::ActionConfig,
 };
 
@@ -106,69 +107,6 @@ impl Default for Defaults {
             interval: DEFAULT_INTERVAL,
             timeout_multiplier: DEFAULT_TIMEOUT_MULTIPLIER,
             sweep_period: DEFAULT_SWEEP_PERIOD,
-        }
-    }
-}
-
-/// One monitored node (`[[nodes]]`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeConfig {
-    /// The id the node puts in its heartbeats; below `max_nodes`.
-    pub id: u32,
-    pub name: String,
-    /// Informative; passed to actions as `HB_NODE_ADDRESS`.
-    #[serde(default)]
-    pub address: Option<IpAddr>,
-    /// Overrides the interval the node advertises and `defaults.interval`.
-    #[serde(default, with = "humantime_serde")]
-    pub interval: Option<Duration>,
-    /// Pins the node: its heartbeats are accepted only from this source
-    /// address (checked in the XDP program); others count as `wrong_source`.
-    #[serde(default)]
-    pub source: Option<IpAddr>,
-}
-
-/// A block of nodes with consecutive ids (`[[node_ranges]]`), for clusters
-/// too large to list node by node: node `first_id + k` is named
-/// `{name_prefix}{first_id + k}`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeRange {
-    pub first_id: u32,
-    pub count: u32,
-    pub name_prefix: String,
-    /// Overrides the interval the nodes advertise and `defaults.interval`.
-    #[serde(default, with = "humantime_serde")]
-    pub interval: Option<Duration>,
-    /// Pins the nodes: node `first_id + k` is heard only from address
-    /// `first_source + k`.
-    #[serde(default)]
-    pub first_source: Option<IpAddr>,
-}
-
-impl NodeRange {
-    /// The ids of the range.
-    pub fn ids(&self) -> std::ops::Range<u32> {
-        self.first_id..self.first_id.saturating_add(self.count)
-    }
-
-    /// The name of node `id` of this range.
-    pub fn name_of(&self, id: u32) -> String {
-        format!("{}{id}", self.name_prefix)
-    }
-
-    /// The pinned source address of node `id` of this range, if the range is
-    /// pinned (and the address exists: validation checks the whole range).
-    pub fn source_of(&self, id: u32) -> Option<IpAddr> {
-        let step = id.checked_sub(self.first_id)?;
-        match self.first_source? {
-            IpAddr::V4(first) => u32::from(first)
-                .checked_add(step)
-                .map(|a| IpAddr::V4(a.into())),
-            IpAddr::V6(first) => u128::from(first)
-                .checked_add(u128::from(step))
-                .map(|a| IpAddr::V6(a.into())),
         }
     }
 }
