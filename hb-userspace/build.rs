@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
-    let tool_bin = target_dir.join("hb-tools").join("bin");
+    let tool_bin = target_dir.join("toolchain").join("bin");
     let ebpf_dir = workspace.join(PACKAGE);
     for watched in [
         &ebpf_dir,

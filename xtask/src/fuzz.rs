@@ -2,7 +2,7 @@
 //! decoder and the config parser) for a bounded time each; not part of CI.
 //!
 //! 1. the setup checks, then cargo-fuzz, installed from crates.io into
-//!    `<target-dir>/hb-tools` if missing;
+//!    `<target-dir>/toolchain` if missing;
 //! 2. seed corpora in `fuzz/corpus/<target>/` (gitignored), written only
 //!    into an empty corpus: an encoded heartbeat (plain and LEAVE) for
 //!    `wire_decode`, the demo and example configurations and a minimal one
@@ -216,7 +216,7 @@ fn fuzz_command(cargo_fuzz: &Path, fuzz_dir: &Path, subcommand: &str) -> Result<
         // The fuzz crate is a workspace of its own with its own target
         // dir (fuzz/target): a CARGO_TARGET_DIR meant for the project
         // would mix sanitizer builds into it. hb-userspace's build.rs then
-        // looks for bpf-linker in <workspace>/target/hb-tools and on PATH,
+        // looks for bpf-linker in <workspace>/target/toolchain and on PATH,
         // which leads to our tool cache whatever the target dir.
         .env_remove("CARGO_TARGET_DIR")
         .env("PATH", path_with_tools()?)

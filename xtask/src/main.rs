@@ -30,7 +30,7 @@ enum Command {
     /// Install the build and test prerequisites (skips what is done).
     ///
     /// rust-src for the nightly toolchain, bpf-linker (built against the
-    /// nightly's LLVM into <target-dir>/hb-tools) and iproute2.
+    /// nightly's LLVM into <target-dir>/toolchain) and iproute2.
     Setup,
     /// Build the hb binary (release, eBPF object included).
     Build,
@@ -65,7 +65,7 @@ enum Command {
     Bench(bench::Options),
     /// Fuzz the wire decoder and the config parser (nightly; not in CI).
     ///
-    /// Installs cargo-fuzz into <target-dir>/hb-tools if missing, seeds
+    /// Installs cargo-fuzz into <target-dir>/toolchain if missing, seeds
     /// empty corpora in fuzz/corpus, then runs each cargo-fuzz target of
     /// fuzz/ for --time seconds (default 60). A crash fails the command and
     /// names the input saved in fuzz/artifacts/<target>/.

@@ -35,10 +35,10 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// The project's tool cache, `<target-dir>/hb-tools` (hb-userspace's
+/// The project's tool cache, `<target-dir>/toolchain` (hb-userspace's
 /// build.rs looks for bpf-linker in its `bin`).
 pub fn tools_dir() -> PathBuf {
-    target_dir().join("hb-tools")
+    target_dir().join("toolchain")
 }
 
 /// The release hb binary.

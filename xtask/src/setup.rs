@@ -5,7 +5,7 @@
 //!    the eBPF crate; the import grouping of rustfmt.toml is a nightly
 //!    option), installing the nightly itself if needed;
 //! 2. bpf-linker, built from crates.io against the nightly's own libLLVM
-//!    into `<target-dir>/hb-tools` (see /work/shared/TOOLCHAIN.md, step 2);
+//!    into `<target-dir>/toolchain` (see /work/shared/TOOLCHAIN.md, step 2);
 //! 3. iproute2 (`ip`), from apt, for the network-namespace tests and demo.
 
 use std::{
