@@ -136,21 +136,13 @@ impl<'c> Agent<'c> {
     /// Sweeps the table and hands the outcome to the sinks.
     fn tick(&mut self) {
         let outcome = self.sweep.run(monotonic_ns(), self.datapath.table());
-        let cluster = ClusterView {
-            nodes: &self.nodes,
-            table: self.datapath.table(),
-            detector: self.sweep.detector(),
-        };
+        let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
         self.sinks.consume(&outcome, &cluster, self.sweep.brake());
     }
 
     /// Answers one `hb status` request.
     fn answer(&self, request: Request) {
-        let cluster = ClusterView {
-            nodes: &self.nodes,
-            table: self.datapath.table(),
-            detector: self.sweep.detector(),
-        };
+        let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
         let report = StatusReport {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             actions: self.sinks.actions.stats(),
@@ -171,16 +163,26 @@ impl<'c> Agent<'c> {
     /// little for running actions.
     async fn shut_down(mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
-        let cluster = ClusterView {
-            nodes: &self.nodes,
-            table: self.datapath.table(),
-            detector: self.sweep.detector(),
-        };
+        let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
         self.sinks.save(&cluster).await;
         self.datapath.stop()?;
         let _ = std::fs::remove_file(&self.config.status_socket);
         self.sinks.actions.wait_idle(SHUTDOWN_ACTION_WAIT).await;
         Ok(())
+    }
+}
+
+/// What the sinks and the status report read: built from the fields, not
+/// from `&self`, so that the sinks can be borrowed mutably beside it.
+fn cluster_view<'a, 'n>(
+    nodes: &'a NodeDirectory<'n>,
+    datapath: &'a Datapath,
+    sweep: &'a Sweep,
+) -> ClusterView<'a, 'n> {
+    ClusterView {
+        nodes,
+        table: datapath.table(),
+        detector: sweep.detector(),
     }
 }
 
