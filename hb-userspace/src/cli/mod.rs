@@ -12,7 +12,7 @@ mod status;
 
 use clap::{Parser, Subcommand};
 
-pub use self::{process::run_to_exit, status::render as render_status};
+pub use self::process::run_to_exit;
 
 /// hb: an eBPF/XDP heartbeat monitor. An XDP program records every heartbeat
 /// into a per-node table at line rate; the agent sweeps the table, decides
