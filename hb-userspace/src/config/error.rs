@@ -1,9 +1,9 @@
 //! [`ConfigError`]: what can be wrong with a configuration, each message
 //! naming the field and the fix.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use super::{MAX_INTERVAL, MAX_NODES_LIMIT, MIN_INTERVAL};
+use super::{MAX_INTERVAL, MAX_NODES_LIMIT, MAX_PER_NODE_METRICS, MIN_INTERVAL};
 
 /// Everything that can be wrong with a configuration. Every message names
 /// the offending field and says how to fix it.
@@ -148,4 +148,24 @@ pub enum ConfigError {
         "`auth.accept_unauthenticated` is false but `auth.keys` is empty, so every heartbeat would be refused: add a key file (`hb keygen --id 1 /etc/hb/hb.key`) to auth.keys or remove the setting"
     )]
     NoKeysToAuthenticate,
+    #[error(
+        "`http.listen` is {value:?}: give an IP address and a port, e.g. \"127.0.0.1:7980\" or \"[::1]:7980\" (host names are not resolved), or \"\" to turn the HTTP API off"
+    )]
+    HttpListen { value: String },
+    #[error(
+        "`http.listen` is \"{listen}\": port 0 would be a random port no client knows: give a port, e.g. \"127.0.0.1:7980\", or \"\" to turn the HTTP API off"
+    )]
+    HttpListenPortZero { listen: SocketAddr },
+    #[error(
+        "`http.listen` is \"{listen}\", not a loopback address, and `http.token_file` is not set: the HTTP API would be reachable from the network without authentication: set http.token_file to a file holding a random token (e.g. `head -c 32 /dev/urandom | base64 > /etc/hb/http.token; chmod 600 /etc/hb/http.token`) or listen on 127.0.0.1"
+    )]
+    HttpTokenRequired { listen: SocketAddr },
+    #[error(
+        "`http.token_file` is empty: give the path of the file holding the token, e.g. token_file = \"/etc/hb/http.token\", or remove the setting"
+    )]
+    HttpTokenFileEmpty,
+    #[error(
+        "`http.per_node_metrics` is {value}: set it to at most {MAX_PER_NODE_METRICS}, or 0: every node adds series to each scrape, so a large cluster would flood Prometheus (watch hb_nodes{{state}} instead)"
+    )]
+    PerNodeMetricsTooLarge { value: u32 },
 }

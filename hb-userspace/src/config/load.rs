@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{
     AuthConfig, BrakeConfig, Config, ConfigError, DEFAULT_ACTION_TIMEOUT, DatapathKind, Defaults,
-    DetectorConfig, NodeConfig, NodeRange, XdpMode,
+    DetectorConfig, NodeConfig, NodeRange, XdpMode, http::RawHttp,
 };
 use crate::sinks::actions::{ActionConfig, ActionRun, Event};
 
@@ -55,6 +55,7 @@ struct RawConfig {
     detector: DetectorConfig,
     brake: BrakeConfig,
     actions: Vec<RawAction>,
+    http: RawHttp,
 }
 
 impl Default for RawConfig {
@@ -78,6 +79,7 @@ impl Default for RawConfig {
             detector: c.detector,
             brake: c.brake,
             actions: Vec::new(),
+            http: RawHttp::default(),
         }
     }
 }
@@ -161,6 +163,7 @@ impl Config {
             detector: raw.detector,
             brake: raw.brake,
             actions,
+            http: raw.http.into_config()?,
             loaded_from: None,
         })
     }
@@ -342,6 +345,7 @@ mod tests {
         assert_eq!(config.state_file, Path::new("/var/lib/hb/state.json"));
         assert!(matches!(config.actions[0].run, ActionRun::Command(_)));
         assert!(matches!(config.actions[1].run, ActionRun::Shell(_)));
+        assert_eq!(config.http, crate::config::HttpConfig::default());
     }
 
     #[test]

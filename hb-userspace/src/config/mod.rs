@@ -7,6 +7,8 @@
 //! - `load`: reading and parsing the file, and the command line's
 //!   [`Overrides`].
 //! - `validate`: the checks, and the limits they enforce.
+//! - `http`: the `[http]` section's parsing and checks (where the API
+//!   listens, and that it is never open to the network without a token).
 //! - `error`: [`ConfigError`], whose messages say how to fix the file.
 //! - `example.toml`: the commented example, `hb example-config`.
 //! - `settings`: the configuration converted into each layer's settings
@@ -18,6 +20,7 @@
 //! them from the file and re-exports them here.
 
 mod error;
+mod http;
 mod load;
 mod settings;
 #[cfg(test)]
@@ -27,13 +30,14 @@ mod validate;
 
 pub use self::{
     error::ConfigError,
+    http::MAX_PER_NODE_METRICS,
     load::Overrides,
     types::{
         AuthConfig, BrakeConfig, Config, DEFAULT_ACTION_TIMEOUT, DEFAULT_FLAP_MAX,
-        DEFAULT_FLAP_STABLE, DEFAULT_FLAP_WINDOW, DEFAULT_INTERVAL, DEFAULT_MAX_CONCURRENT_ACTIONS,
-        DEFAULT_MAX_NODES, DEFAULT_RISE, DEFAULT_STALL_THRESHOLD, DEFAULT_STATE_FILE,
-        DEFAULT_STATUS_SOCKET, DEFAULT_SUSPECT_PHI, DEFAULT_SWEEP_PERIOD,
-        DEFAULT_TIMEOUT_MULTIPLIER, Defaults, DetectorConfig, DetectorKind,
+        DEFAULT_FLAP_STABLE, DEFAULT_FLAP_WINDOW, DEFAULT_HTTP_LISTEN, DEFAULT_INTERVAL,
+        DEFAULT_MAX_CONCURRENT_ACTIONS, DEFAULT_MAX_NODES, DEFAULT_RISE, DEFAULT_STALL_THRESHOLD,
+        DEFAULT_STATE_FILE, DEFAULT_STATUS_SOCKET, DEFAULT_SUSPECT_PHI, DEFAULT_SWEEP_PERIOD,
+        DEFAULT_TIMEOUT_MULTIPLIER, Defaults, DetectorConfig, DetectorKind, HttpConfig,
     },
     validate::{MAX_INTERVAL, MAX_NODES_LIMIT, MIN_INTERVAL},
 };

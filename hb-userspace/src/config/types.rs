@@ -1,9 +1,13 @@
 //! The configuration as the operator writes it: [`Config`] and one type per
 //! section (`[defaults]`, `[[nodes]]`, `[[node_ranges]]`, `[detector]`,
-//! `[brake]`, `[auth]`), with their defaults. The actions' types live with
+//! `[brake]`, `[auth]`, `[http]`), with their defaults. The actions' types live with
 //! the actions ([`crate::sinks::actions`]).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +58,7 @@ pub struct Config {
     pub detector: DetectorConfig,
     pub brake: BrakeConfig,
     pub actions: Vec<ActionConfig>,
+    pub http: HttpConfig,
     /// The file this configuration was loaded from (by [`Config::load`]),
     /// re-read for the keys on SIGHUP.
     pub loaded_from: Option<PathBuf>,
@@ -81,6 +86,7 @@ impl Default for Config {
             detector: DetectorConfig::default(),
             brake: BrakeConfig::default(),
             actions: Vec::new(),
+            http: HttpConfig::default(),
             loaded_from: None,
         }
     }
@@ -245,6 +251,36 @@ impl AuthConfig {
             Some(false) => Unauthenticated::Refuse,
             None if self.keys.is_empty() => Unauthenticated::Accept,
             None => Unauthenticated::Refuse,
+        }
+    }
+}
+
+/// Default `http.listen`: loopback only, so that the API is on without
+/// being reachable from the network (and needs no token).
+pub const DEFAULT_HTTP_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7980));
+
+/// The HTTP API and `/metrics` (`[http]`). Parsed from the file by
+/// `config::http`, which also checks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where the server listens; `None` (`listen = ""`): no server.
+    pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token requests must send
+    /// ([`crate::keys::read_token`] reads it). Required off loopback.
+    pub token_file: Option<PathBuf>,
+    /// `hb_node_up{node}` and `hb_node_last_heard_seconds{node}` are
+    /// exposed while the cluster has at most this many nodes; 0: never.
+    /// Off by default: a series per node does not scale to large clusters.
+    pub per_node_metrics: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(DEFAULT_HTTP_LISTEN),
+            token_file: None,
+            per_node_metrics: 0,
         }
     }
 }

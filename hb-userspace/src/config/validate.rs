@@ -43,6 +43,7 @@ impl Config {
         self.validate_defaults()?;
         self.validate_nodes()?;
         self.validate_auth()?;
+        self.validate_http()?;
         self.validate_detector()?;
         self.brake
             .settings()
