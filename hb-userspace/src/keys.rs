@@ -23,6 +23,10 @@
 //! so keys can be rotated without a gap: give the monitor the new key first
 //! (both accepted), then the senders, then drop the old one. Each key
 //! occupies the [`KeySlot`] of its id.
+//!
+//! The HTTP API's bearer token file (`http.token_file`) is a secret too: it
+//! gets the same file checks ([`read_token`], in `token`), with messages
+//! that say "HTTP token file" and how to make one.
 
 use std::{
     ffi::{OsStr, OsString},
@@ -40,52 +44,110 @@ use hb_common::{
 };
 use serde::Deserialize;
 
+pub use self::token::{HttpToken, MIN_TOKEN_LEN, TokenProblem, read_token};
+
+mod token;
+
 /// The most key files a keyring holds: the current key and the previous one.
 pub const MAX_KEYS: usize = 2;
 /// Hex digits of a key (128 bits).
 const KEY_HEX_DIGITS: usize = 2 * size_of::<Key>();
-/// A key file is a few lines; anything longer is not one.
+/// A key file is a few lines, a token one; anything longer is not one.
 const MAX_FILE_LEN: u64 = 4096;
 
-/// Everything that can be wrong with a key file or a keyring. Every message
-/// names the file, the problem and the fix; none shows a key.
+/// Which kind of secret file an error is about: both get the same checks,
+/// but the message names the file for what it is and says how to make one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// A heartbeat key file (`hb keygen`, `auth.keys`).
+    Key,
+    /// The HTTP API's bearer token file (`http.token_file`).
+    HttpToken,
+}
+
+impl SecretKind {
+    /// The command that makes a good file at `path`.
+    fn how_to_create(self, path: &Path) -> String {
+        match self {
+            SecretKind::Key => format!(
+                "`hb keygen --id N {}` (N: a key id from 1 to 255)",
+                path.display()
+            ),
+            SecretKind::HttpToken => token::how_to_create(path),
+        }
+    }
+
+    /// What the path should point at.
+    fn proper_file(self) -> &'static str {
+        match self {
+            SecretKind::Key => "a file written by `hb keygen`",
+            SecretKind::HttpToken => "a file holding only the token",
+        }
+    }
+}
+
+impl fmt::Display for SecretKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecretKind::Key => "key file",
+            SecretKind::HttpToken => "HTTP token file",
+        })
+    }
+}
+
+/// Everything that can be wrong with a key file, a keyring or the HTTP token
+/// file. Every message names the file, the problem and the fix; none shows
+/// a key or the token.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(
-        "key file {} does not exist: create it with `hb keygen --id N {}` (N: a key id from 1 to 255)",
-        path.display(), path.display()
+        "{kind} {} does not exist: create it with {}",
+        path.display(), kind.how_to_create(path)
     )]
-    Missing { path: PathBuf },
+    Missing { kind: SecretKind, path: PathBuf },
     #[error(
-        "key file {} cannot be read: permission denied (key files are readable by root only: run as root)",
+        "{kind} {} cannot be read: permission denied ({kind}s are readable by root only: run as root)",
         path.display()
     )]
-    Unreadable { path: PathBuf },
+    Unreadable { kind: SecretKind, path: PathBuf },
     // The cause is part of the message (and so not also a `source`, which
     // would print it twice in an error chain).
-    #[error("{op} key file {}: {cause}", path.display())]
+    #[error("{op} {kind} {}: {cause}", path.display())]
     Io {
+        kind: SecretKind,
         op: &'static str,
         path: PathBuf,
         cause: io::Error,
     },
-    #[error("key file {} is not a regular file: point it at a file written by `hb keygen`", path.display())]
-    NotRegularFile { path: PathBuf },
+    #[error("{kind} {} is not a regular file: point it at {}", path.display(), kind.proper_file())]
+    NotRegularFile { kind: SecretKind, path: PathBuf },
     #[error(
-        "key file {} is owned by uid {uid}; key files must be owned by root: `chown root:root {}`",
+        "{kind} {} is owned by uid {uid}; {kind}s must be owned by root: `chown root:root {}`",
         path.display(), path.display()
     )]
-    NotOwnedByRoot { path: PathBuf, uid: u32 },
+    NotOwnedByRoot {
+        kind: SecretKind,
+        path: PathBuf,
+        uid: u32,
+    },
     #[error(
-        "key file {} has mode {mode:04o}: it must not be readable or writable by group or others: `chmod 600 {}`",
+        "{kind} {} has mode {mode:04o}: it must not be readable or writable by group or others: `chmod 600 {}`",
         path.display(), path.display()
     )]
-    OpenMode { path: PathBuf, mode: u32 },
+    OpenMode {
+        kind: SecretKind,
+        path: PathBuf,
+        mode: u32,
+    },
     #[error(
-        "key file {} is {len} bytes, more than a key file's {MAX_FILE_LEN}: point it at a file written by `hb keygen`",
-        path.display()
+        "{kind} {} is {len} bytes, more than a {kind}'s {MAX_FILE_LEN}: point it at {}",
+        path.display(), kind.proper_file()
     )]
-    TooLarge { path: PathBuf, len: u64 },
+    TooLarge {
+        kind: SecretKind,
+        path: PathBuf,
+        len: u64,
+    },
     /// Not UTF-8, bad TOML, an unknown or missing field, a value of the
     /// wrong type. Only toml's message and the line: never the file's text.
     #[error("key file {}{}: {message}: it must hold only `id = N` and `key = \"<32 hex digits>\"`", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
@@ -133,6 +195,11 @@ pub enum KeyError {
     NoDirectory { path: PathBuf, dir: PathBuf },
     #[error("getting random bytes from the OS (getrandom): {cause}")]
     Random { cause: io::Error },
+    #[error("HTTP token file {}: {problem}: write a random one: {}", path.display(), token::how_to_create(path))]
+    Token {
+        path: PathBuf,
+        problem: TokenProblem,
+    },
 }
 
 /// One key, read from a key file (or just written to one). Its `Debug`
@@ -169,9 +236,7 @@ impl KeyFile {
     /// root, with no permission bits for group or others, holding a key id
     /// from 1 to 255 and 32 hex digits of key.
     pub fn read(path: &Path) -> Result<KeyFile, KeyError> {
-        let file = open_key_file(path)?;
-        check_key_file_metadata(path, &file)?;
-        let bytes = read_key_file(path, file)?;
+        let bytes = read_secret_file(SecretKind::Key, path)?;
         let raw = parse_key_file(path, bytes)?;
         let id = key_id(path, raw.id)?;
         let key = key_of(path, &raw.key)?;
@@ -183,70 +248,77 @@ impl KeyFile {
     }
 }
 
-/// Maps an I/O error while `op` (e.g. "reading") the key file `path`.
-fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> KeyError {
+/// Maps an I/O error while `op` (e.g. "reading") the `kind` file `path`.
+fn io_error(kind: SecretKind, op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> KeyError {
     move |cause| KeyError::Io {
+        kind,
         op,
         path: path.to_owned(),
         cause,
     }
 }
 
-/// Opens a key file (following symlinks); a missing or unreadable file gets
-/// a message of its own.
-fn open_key_file(path: &Path) -> Result<File, KeyError> {
+/// Opens, checks and reads a secret file (a key file or the token file):
+/// a regular file after symlinks, owned by root, with no permission bits
+/// for group or others, at most [`MAX_FILE_LEN`] bytes.
+fn read_secret_file(kind: SecretKind, path: &Path) -> Result<Vec<u8>, KeyError> {
+    let file = open_secret_file(kind, path)?;
+    check_secret_file_metadata(kind, path, &file)?;
+    read_checked_file(kind, path, file)
+}
+
+/// Opens a secret file (following symlinks); a missing or unreadable file
+/// gets a message of its own.
+fn open_secret_file(kind: SecretKind, path: &Path) -> Result<File, KeyError> {
     File::open(path).map_err(|cause| match cause.kind() {
         io::ErrorKind::NotFound => KeyError::Missing {
+            kind,
             path: path.to_owned(),
         },
         io::ErrorKind::PermissionDenied => KeyError::Unreadable {
+            kind,
             path: path.to_owned(),
         },
-        _ => io_error("opening", path)(cause),
+        _ => io_error(kind, "opening", path)(cause),
     })
 }
 
 /// Checks that the opened file is a regular file owned by root, with no
-/// permission bits for group or others, and no longer than a key file.
-fn check_key_file_metadata(path: &Path, file: &File) -> Result<(), KeyError> {
+/// permission bits for group or others, and no longer than a secret file.
+fn check_secret_file_metadata(kind: SecretKind, path: &Path, file: &File) -> Result<(), KeyError> {
     // fstat the file we opened, not the path, which may have changed.
-    let metadata = file.metadata().map_err(io_error("inspecting", path))?;
+    let metadata = file
+        .metadata()
+        .map_err(io_error(kind, "inspecting", path))?;
+    let path = path.to_owned();
     if !metadata.is_file() {
-        return Err(KeyError::NotRegularFile {
-            path: path.to_owned(),
-        });
+        return Err(KeyError::NotRegularFile { kind, path });
     }
     if metadata.uid() != 0 {
-        return Err(KeyError::NotOwnedByRoot {
-            path: path.to_owned(),
-            uid: metadata.uid(),
-        });
+        let uid = metadata.uid();
+        return Err(KeyError::NotOwnedByRoot { kind, path, uid });
     }
     let mode = metadata.mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::OpenMode {
-            path: path.to_owned(),
-            mode,
-        });
+        return Err(KeyError::OpenMode { kind, path, mode });
     }
     if metadata.len() > MAX_FILE_LEN {
-        return Err(KeyError::TooLarge {
-            path: path.to_owned(),
-            len: metadata.len(),
-        });
+        let len = metadata.len();
+        return Err(KeyError::TooLarge { kind, path, len });
     }
     Ok(())
 }
 
-/// Reads the file, at most one byte more than a key file can hold: a file
-/// that grew after it was checked is refused too.
-fn read_key_file(path: &Path, file: File) -> Result<Vec<u8>, KeyError> {
+/// Reads the file, at most one byte more than a secret file can hold: a
+/// file that grew after it was checked is refused too.
+fn read_checked_file(kind: SecretKind, path: &Path, file: File) -> Result<Vec<u8>, KeyError> {
     let mut bytes = Vec::new();
     file.take(MAX_FILE_LEN + 1)
         .read_to_end(&mut bytes)
-        .map_err(io_error("reading", path))?;
+        .map_err(io_error(kind, "reading", path))?;
     if bytes.len() as u64 > MAX_FILE_LEN {
         return Err(KeyError::TooLarge {
+            kind,
             path: path.to_owned(),
             len: bytes.len() as u64,
         });
@@ -372,7 +444,7 @@ pub fn generate(path: &Path, id: u8, overwrite: bool) -> Result<KeyFile, KeyErro
     random_bytes(&mut key)?;
 
     let Some(name) = path.file_name() else {
-        return Err(io_error("writing", path)(io::Error::new(
+        return Err(io_error(SecretKind::Key, "writing", path)(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a file name",
         )));
@@ -391,7 +463,7 @@ pub fn generate(path: &Path, id: u8, overwrite: bool) -> Result<KeyFile, KeyErro
     // Make the new name durable too.
     File::open(dir)
         .and_then(|dir| dir.sync_all())
-        .map_err(io_error("syncing the directory of", path))?;
+        .map_err(io_error(SecretKind::Key, "syncing the directory of", path))?;
     Ok(KeyFile {
         path: path.to_owned(),
         id,
@@ -442,15 +514,15 @@ fn write_temp_key_file<'a>(
                 path: path.to_owned(),
                 dir: dir.to_owned(),
             },
-            _ => io_error("creating a temporary file next to", path)(cause),
+            _ => io_error(SecretKind::Key, "creating a temporary file next to", path)(cause),
         })?;
     let guard = TempFile(Some(tmp));
     // The umask may have cleared bits of 0600: make it exactly 0600.
     file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(io_error("setting the mode of", path))?;
+        .map_err(io_error(SecretKind::Key, "setting the mode of", path))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(io_error("writing", path))?;
+        .map_err(io_error(SecretKind::Key, "writing", path))?;
     Ok(guard)
 }
 
@@ -459,7 +531,7 @@ fn write_temp_key_file<'a>(
 /// which fails if `path` exists.
 fn move_into_place(tmp: &Path, path: &Path, overwrite: bool) -> Result<(), KeyError> {
     if overwrite {
-        fs::rename(tmp, path).map_err(io_error("replacing", path))
+        fs::rename(tmp, path).map_err(io_error(SecretKind::Key, "replacing", path))
     } else {
         // link(2) fails with EEXIST if anything (even a dangling symlink) is
         // at `path`: no window between the check and the creation. The
@@ -468,7 +540,7 @@ fn move_into_place(tmp: &Path, path: &Path, overwrite: bool) -> Result<(), KeyEr
             io::ErrorKind::AlreadyExists => KeyError::Exists {
                 path: path.to_owned(),
             },
-            _ => io_error("creating", path)(cause),
+            _ => io_error(SecretKind::Key, "creating", path)(cause),
         })
     }
 }
@@ -542,11 +614,11 @@ mod tests {
     use super::*;
 
     /// A fresh directory under the system's temporary directory, removed on
-    /// drop.
-    struct TempDir(PathBuf);
+    /// drop. Also used by the token's tests.
+    pub(super) struct TempDir(pub(super) PathBuf);
 
     impl TempDir {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             static NEXT: AtomicU32 = AtomicU32::new(0);
             let path = std::env::temp_dir().join(format!(
                 "hb-keys-test-{}-{}",
@@ -557,12 +629,12 @@ mod tests {
             TempDir(path)
         }
 
-        fn join(&self, name: &str) -> PathBuf {
+        pub(super) fn join(&self, name: &str) -> PathBuf {
             self.0.join(name)
         }
 
         /// Writes `text` to a root-owned mode-0600 file.
-        fn key_file(&self, name: &str, text: &str) -> PathBuf {
+        pub(super) fn key_file(&self, name: &str, text: &str) -> PathBuf {
             let path = self.join(name);
             fs::write(&path, text).unwrap();
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -588,7 +660,7 @@ mod tests {
         message
     }
 
-    fn assert_mentions(message: &str, needles: &[&str]) {
+    pub(super) fn assert_mentions(message: &str, needles: &[&str]) {
         for needle in needles {
             assert!(
                 message.contains(needle),
@@ -676,6 +748,45 @@ mod tests {
                 &format!("`chown root:root {}`", path.display()),
             ],
         );
+    }
+
+    #[test]
+    fn key_file_messages_keep_their_wording() {
+        let path = PathBuf::from("/etc/hb/k");
+        let (kind, p) = (SecretKind::Key, || path.clone());
+        let cases = [
+            (
+                KeyError::Missing { kind, path: p() },
+                "key file /etc/hb/k does not exist: create it with `hb keygen --id N /etc/hb/k` (N: a key id from 1 to 255)",
+            ),
+            (
+                KeyError::Unreadable { kind, path: p() },
+                "key file /etc/hb/k cannot be read: permission denied (key files are readable by root only: run as root)",
+            ),
+            (
+                KeyError::NotRegularFile { kind, path: p() },
+                "key file /etc/hb/k is not a regular file: point it at a file written by `hb keygen`",
+            ),
+            (
+                KeyError::NotOwnedByRoot {
+                    kind,
+                    path: p(),
+                    uid: 5,
+                },
+                "key file /etc/hb/k is owned by uid 5; key files must be owned by root: `chown root:root /etc/hb/k`",
+            ),
+            (
+                KeyError::TooLarge {
+                    kind,
+                    path: p(),
+                    len: 5000,
+                },
+                "key file /etc/hb/k is 5000 bytes, more than a key file's 4096: point it at a file written by `hb keygen`",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.to_string(), expected);
+        }
     }
 
     #[test]
