@@ -138,6 +138,25 @@ impl<'a> NodeDirectory<'a> {
             .and_then(|r| r.source_of(id))
     }
 
+    /// Every configured node id in ascending order (the HTTP API's pages).
+    pub fn sorted_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.ids().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The id of the node called `name`: a listed node's name, or a range's
+    /// prefix followed by one of its ids.
+    pub fn find(&self, name: &str) -> Option<u32> {
+        if let Some(node) = self.nodes.iter().find(|n| n.name == name) {
+            return Some(node.id);
+        }
+        self.ranges.iter().find_map(|r| {
+            let id = name.strip_prefix(r.name_prefix.as_str())?.parse().ok()?;
+            (r.ids().contains(&id) && r.name_of(id) == name).then_some(id)
+        })
+    }
+
     /// The node with this id, if it is configured.
     pub fn get(&self, id: u32) -> Option<NodeInfo<'a>> {
         if let Some(&index) = self.by_id.get(&id) {
@@ -193,5 +212,11 @@ mod tests {
         assert_eq!(nodes.source_of(100), Some("198.18.1.254".parse().unwrap()));
         assert_eq!(nodes.source_of(102), Some("198.18.2.0".parse().unwrap()));
         assert_eq!(nodes.source_of(103), None);
+        assert_eq!(nodes.find("db"), Some(7));
+        assert_eq!(nodes.find("n-101"), Some(101));
+        assert_eq!(nodes.find("n-103"), None, "outside the range");
+        assert_eq!(nodes.find("n-0101"), None, "not the node's name");
+        assert_eq!(nodes.find("web"), None);
+        assert_eq!(nodes.sorted_ids(), vec![7, 100, 101, 102]);
     }
 }

@@ -12,6 +12,8 @@
 //! the state file (saved in a blocking task), and never makes a syscall per
 //! node (the table is memory-mapped).
 
+pub mod http;
+pub mod query;
 mod reload;
 mod startup;
 pub mod status;
@@ -21,27 +23,38 @@ mod tests;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hb_common::admission::Unauthenticated;
+use hb_common::{admission::Unauthenticated, counters::Counter};
 use tokio::{
     sync::mpsc,
     time::{Interval, MissedTickBehavior},
 };
 
-use self::status::{AuthStatus, BrakeStatus, Request, StatusReport};
+use self::{
+    query::Query,
+    status::{AuthStatus, BrakeStatus, StatusReport},
+};
 use crate::{
-    clock::monotonic_ns,
+    clock::{self, monotonic_ns},
     config::Config,
     datapath::Datapath,
-    detect::{brake::Brake, sweep::Sweep},
-    keys::Keyring,
+    detect::{brake::Brake, detector::NodeState, sweep::Sweep},
+    keys::{self, Keyring},
     nodes::NodeDirectory,
     sinks::{
-        ClusterView, Sinks, actions::ActionRunner, event_log::EventLog, state_file::StateSaver,
+        ClusterView, Sinks,
+        actions::ActionRunner,
+        event_log::EventLog,
+        state_file::StateSaver,
+        stream::{EventStream, Summary},
     },
 };
 
 /// On shutdown, running actions get at most this long to finish.
 const SHUTDOWN_ACTION_WAIT: Duration = Duration::from_secs(10);
+/// Questions from the status socket and the HTTP API waiting for the loop.
+const QUERY_QUEUE: usize = 64;
+/// Event stream subscribers get a summary at most this often.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 
 /// What the agent's owner tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,9 +78,15 @@ pub struct Agent<'c> {
     datapath: Datapath,
     sweep: Sweep,
     sinks: Sinks,
-    status_requests: mpsc::Receiver<Request>,
+    queries: mpsc::Receiver<Query>,
     auth: AuthStatus,
     started: Instant,
+    /// Every configured id, ascending: the HTTP API's node pages.
+    sorted_ids: Vec<u32>,
+    /// Sweeps so far, and when the last one ran (monotonic ns): readiness.
+    sweeps: u64,
+    last_sweep_ns: u64,
+    last_summary: Instant,
 }
 
 impl<'c> Agent<'c> {
@@ -91,8 +110,18 @@ impl<'c> Agent<'c> {
             datapath.table(),
         );
         let sinks = open_sinks(config)?;
+        let token = config
+            .http
+            .token_file
+            .as_deref()
+            .map(keys::read_token)
+            .transpose()?;
         datapath.start()?;
-        let status_requests = status::listen(&config.status_socket)?;
+        let (ask, queries) = mpsc::channel(QUERY_QUEUE);
+        status::listen(&config.status_socket, ask.clone())?;
+        if let Some(address) = config.http.listen {
+            http::listen(address, token, ask)?;
+        }
         tracing::info!(
             nodes = nodes.len(),
             datapath = config.datapath.as_str(),
@@ -103,11 +132,15 @@ impl<'c> Agent<'c> {
         );
         Ok(Agent {
             config,
-            nodes,
             datapath,
             sweep: Sweep::new(detector, Brake::new(config.brake.settings())),
             sinks,
-            status_requests,
+            queries,
+            sorted_ids: nodes.sorted_ids(),
+            nodes,
+            sweeps: 0,
+            last_sweep_ns: 0,
+            last_summary: Instant::now(),
             auth: AuthStatus {
                 key_ids: keyring.ids(),
                 accept_unauthenticated: config.auth.unauthenticated() == Unauthenticated::Accept,
@@ -123,7 +156,7 @@ impl<'c> Agent<'c> {
         loop {
             tokio::select! {
                 _ = ticker.tick() => self.tick(),
-                Some(request) = self.status_requests.recv() => self.answer(request),
+                Some(query) = self.queries.recv() => self.answer(query),
                 command = control.recv() => match command {
                     Some(Control::ReloadKeys) => self.reload_keys(),
                     Some(Control::Shutdown) | None => break,
@@ -135,22 +168,75 @@ impl<'c> Agent<'c> {
 
     /// Sweeps the table and hands the outcome to the sinks.
     fn tick(&mut self) {
-        let outcome = self.sweep.run(monotonic_ns(), self.datapath.table());
+        let now = monotonic_ns();
+        let outcome = self.sweep.run(now, self.datapath.table());
         let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
         self.sinks.consume(&outcome, &cluster, self.sweep.brake());
+        (self.sweeps, self.last_sweep_ns) = (self.sweeps + 1, now);
+        if self.sinks.stream.has_subscribers() && self.last_summary.elapsed() >= SUMMARY_EVERY {
+            self.last_summary = Instant::now();
+            self.sinks.stream.summarize(self.summary());
+        }
     }
 
-    /// Answers one `hb status` request.
-    fn answer(&self, request: Request) {
+    /// Answers one question from the status socket or the HTTP API. A
+    /// client that gave up meanwhile is no error.
+    fn answer(&self, query: Query) {
         let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
-        let report = StatusReport {
+        let now = monotonic_ns();
+        match query {
+            Query::Status { limit, reply } => {
+                let _ = reply.send(self.status_report(&cluster, limit));
+            }
+            Query::Nodes { page, reply } => {
+                let _ = reply.send(query::node_page(&cluster, &self.sorted_ids, page, now));
+            }
+            Query::Node { key, reply } => {
+                let detail = query::node_detail(&cluster, &self.sinks.stream, &key, now);
+                let _ = reply.send(detail);
+            }
+            Query::Ready { reply } => {
+                let stall_ns = self.sweep.detector().settings().stall_ns;
+                let _ = reply.send(query::readiness(
+                    self.sweeps,
+                    self.last_sweep_ns,
+                    now,
+                    stall_ns,
+                ));
+            }
+            Query::Subscribe { since, reply } => {
+                let _ = reply.send(self.sinks.stream.subscribe(since));
+            }
+        }
+    }
+
+    /// The status report: the cluster's part, and what only the agent knows.
+    fn status_report(&self, cluster: &ClusterView<'_, '_>, limit: usize) -> StatusReport {
+        StatusReport {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             actions: self.sinks.actions.stats(),
             auth: self.auth.clone(),
             brake: BrakeStatus::from(self.sweep.brake()),
-            ..status::report(&cluster, &self.datapath, request.limit)
-        };
-        let _ = request.reply.send(report);
+            ..status::report(cluster, &self.datapath, limit)
+        }
+    }
+
+    /// Counts by state and the datapath counters, for the event stream.
+    fn summary(&self) -> Summary {
+        let counters = self.datapath.counters().unwrap_or_default();
+        Summary {
+            unix_ms: clock::unix_ns() / 1_000_000,
+            cursor: self.sinks.stream.last_cursor(),
+            states: NodeState::ALL
+                .iter()
+                .map(|&s| (s.name().to_owned(), self.sweep.detector().count(s) as u64))
+                .collect(),
+            counters: Counter::ALL
+                .iter()
+                .zip(counters)
+                .map(|(c, v)| (c.name().to_owned(), v))
+                .collect(),
+        }
     }
 
     fn reload_keys(&mut self) {
@@ -194,6 +280,7 @@ fn open_sinks(config: &Config) -> anyhow::Result<Sinks> {
     })?;
     Ok(Sinks {
         events,
+        stream: EventStream::default(),
         actions: ActionRunner::new(config.actions.clone(), config.max_concurrent_actions),
         saver: StateSaver::new(config.state_file.clone()),
     })

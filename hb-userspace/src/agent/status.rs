@@ -18,6 +18,7 @@ use tokio::{
 };
 
 use crate::{
+    agent::query::Query,
     clock::monotonic_ns,
     datapath::{Datapath, Receiving},
     detect::{brake::Brake, detector::NodeState},
@@ -29,13 +30,6 @@ use crate::{
 pub const REQUEST: &str = "status";
 /// Nodes listed when the client does not say.
 pub const DEFAULT_LIMIT: usize = 1000;
-
-/// A request waiting for the agent's main loop to answer it.
-pub struct Request {
-    /// At most this many nodes in the report.
-    pub limit: usize,
-    pub reply: oneshot::Sender<StatusReport>,
-}
 
 /// Everything `hb status` shows.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -211,8 +205,8 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Accepts status clients and passes each request to the agent's main loop
-/// through `requests`; writes the answer back.
-pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
+/// through `queries`; writes the answer back.
+async fn serve(listener: UnixListener, queries: mpsc::Sender<Query>) {
     loop {
         let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -222,13 +216,13 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
                 continue;
             }
         };
-        let requests = requests.clone();
+        let queries = queries.clone();
         tokio::spawn(async move {
             let asked =
                 tokio::time::timeout(Duration::from_secs(5), read_request(&mut stream)).await;
             let Ok(Ok(Some(limit))) = asked else { return };
             let (reply, answer) = oneshot::channel();
-            if requests.send(Request { limit, reply }).await.is_err() {
+            if queries.send(Query::Status { limit, reply }).await.is_err() {
                 return;
             }
             if let Ok(report) = answer.await
@@ -242,11 +236,10 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Request>) {
 }
 
 /// Binds the status socket and serves it from a task; the agent's loop
-/// answers the requests that arrive on the returned channel.
-pub fn listen(path: &Path) -> anyhow::Result<mpsc::Receiver<Request>> {
-    let (requests, received) = mpsc::channel(16);
-    tokio::spawn(serve(bind(path)?, requests));
-    Ok(received)
+/// answers the questions it sends on `queries`.
+pub fn listen(path: &Path, queries: mpsc::Sender<Query>) -> anyhow::Result<()> {
+    tokio::spawn(serve(bind(path)?, queries));
+    Ok(())
 }
 
 /// The report's view of the cluster: every node counted by state, at most
@@ -304,7 +297,7 @@ fn listed_nodes(cluster: &ClusterView<'_, '_>, limit: usize) -> Vec<NodeStatus> 
 }
 
 /// One node's line of the report.
-fn node_status(cluster: &ClusterView<'_, '_>, node: &NodeInfo<'_>, now: u64) -> NodeStatus {
+pub fn node_status(cluster: &ClusterView<'_, '_>, node: &NodeInfo<'_>, now: u64) -> NodeStatus {
     let (table, detector) = (cluster.table, cluster.detector);
     let record = table.records.get(node.id);
     let arrival = seen::arrival_ns(table.seen.get(node.id));

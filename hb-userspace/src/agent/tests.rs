@@ -1,16 +1,19 @@
 //! The agent driven in-process, as its owner drives it: the socket datapath
 //! on the loopback interface (root: `SO_BINDTODEVICE`), heartbeats sent over
-//! loopback, `hb status`'s protocol, an action run, then [`Control`]
-//! messages instead of signals.
+//! loopback, `hb status`'s protocol and the HTTP API, an action run, then
+//! [`Control`] messages instead of signals.
 
 use std::{
-    net::{Ipv4Addr, UdpSocket},
-    path::{Path, PathBuf},
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use hb_common::wire::Heartbeat;
-use tokio::sync::mpsc;
+use serde_json::Value;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{Control, run, status};
 use crate::{
@@ -37,40 +40,136 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> u16 {
+fn free_udp_port() -> u16 {
     UdpSocket::bind("[::]:0")
         .and_then(|s| s.local_addr())
         .expect("binding an ephemeral port")
         .port()
 }
 
-fn write_config(dir: &Path, port: u16) -> PathBuf {
-    let path = dir.join("hb.toml");
-    let dir = dir.display();
-    let text = format!(
-        r#"interfaces = ["lo"]
+fn free_tcp_address() -> SocketAddr {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral port")
+}
+
+/// An agent running in a task, with what the tests reach it by.
+struct RunningAgent {
+    dir: TempDir,
+    port: u16,
+    http: SocketAddr,
+    socket: PathBuf,
+    control: mpsc::Sender<Control>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningAgent {
+    /// Starts an agent watching nodes 1 ("n1") and 2 ("n2"), with an `up`
+    /// action writing to `events`, the HTTP API on a free port, and `extra`
+    /// appended to its `[http]` section.
+    async fn start(name: &str, http_extra: &str) -> Self {
+        let dir = TempDir::new(name);
+        let (port, http) = (free_udp_port(), free_tcp_address());
+        let path = dir.0.join("hb.toml");
+        let d = dir.0.display();
+        let text = format!(
+            r#"interfaces = ["lo"]
 port = {port}
 datapath = "socket"
-status_socket = "{dir}/hb.sock"
-state_file = "{dir}/state.json"
+status_socket = "{d}/hb.sock"
+state_file = "{d}/state.json"
 
 [defaults]
 interval = "100ms"
 sweep_period = "10ms"
 
+[http]
+listen = "{http}"
+{http_extra}
+
 [[nodes]]
 id = 1
 name = "n1"
 
+[[nodes]]
+id = 2
+name = "n2"
+
 [[actions]]
 name = "mark"
 on = ["up"]
-shell = "echo \"$HB_EVENT $HB_NODE_NAME\" >> {dir}/events"
+shell = "echo \"$HB_EVENT $HB_NODE_NAME\" >> {d}/events"
 timeout = "5s"
 "#
-    );
-    std::fs::write(&path, text).expect("writing the config");
-    path
+        );
+        std::fs::write(&path, text).expect("writing the config");
+        let config = Config::load(&path, &Overrides::default()).expect("a valid config");
+        let socket = config.status_socket.clone();
+        let (control, received) = mpsc::channel(4);
+        let task = tokio::spawn(run(config, received));
+        let agent = RunningAgent {
+            dir,
+            port,
+            http,
+            socket,
+            control,
+            task,
+        };
+        let answering = eventually(Duration::from_secs(10), async || {
+            agent.state_of_node_1().await == Some(NodeState::Unseen)
+        });
+        assert!(answering.await, "the agent never answered");
+        agent
+    }
+
+    /// The state of node 1 as `hb status` reports it, if the agent answers.
+    async fn state_of_node_1(&self) -> Option<NodeState> {
+        let report = status::fetch(&self.socket, 10).await.ok()?;
+        report.nodes.iter().find(|n| n.id == 1).map(|n| n.state)
+    }
+
+    /// Three heartbeats of node 1 over loopback. They advertise a 5 s
+    /// interval: the node stays up for the whole test (15 s), however slow
+    /// the machine.
+    fn beat_node_1(&self) {
+        let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("a sender socket");
+        for sequence in 1..=3 {
+            let heartbeat = Heartbeat {
+                flags: 0,
+                key_id: 0,
+                node_id: 1,
+                interval_ms: 5_000,
+                incarnation: 7,
+                sequence,
+                sent_unix_ns: 0,
+                auth_tag: [0; 16],
+            };
+            sender
+                .send_to(&heartbeat.encode(), (Ipv4Addr::LOCALHOST, self.port))
+                .expect("sending a heartbeat over loopback");
+        }
+    }
+
+    async fn wait_until_node_1_is_up(&self) {
+        let up = eventually(Duration::from_secs(10), async || {
+            self.state_of_node_1().await == Some(NodeState::Up)
+        });
+        assert!(up.await, "node 1 never came up");
+    }
+
+    /// Tells the agent to stop and waits for it.
+    async fn shut_down(self) -> TempDir {
+        self.control
+            .send(Control::Shutdown)
+            .await
+            .expect("the agent listens");
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the agent stops within 20 s of being told")
+            .expect("the agent task did not panic")
+            .expect("the agent stops without error");
+        self.dir
+    }
 }
 
 /// Polls `check` every 20 ms until it is true or `limit` passes.
@@ -85,77 +184,184 @@ async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bo
     false
 }
 
-/// The state of node 1 as `hb status` reports it, if the agent answers.
-async fn state_of_node_1(socket: &Path) -> Option<NodeState> {
-    let report = status::fetch(socket, 10).await.ok()?;
-    report.nodes.iter().find(|n| n.id == 1).map(|n| n.state)
+/// A plain HTTP/1.1 GET (the API's bodies carry a length): status and body.
+fn http_get(address: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connecting to the HTTP API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: hb\r\n{authorization}Connection: close\r\n\r\n"
+    )
+    .expect("writing the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading the response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_owned())
+}
+
+fn json_get(address: SocketAddr, path: &str) -> Value {
+    let (status, body) = http_get(address, path, None);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// Reads an event stream until a line containing `needle` (or 10 s).
+fn read_until(reader: &mut impl BufRead, needle: &str) -> String {
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {
+                seen += &line;
+                if line.contains(needle) {
+                    return seen;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("reading the event stream: {e}; so far:\n{seen}"),
+        }
+    }
+    panic!("no `{needle}` in the event stream within 10 s; got:\n{seen}");
+}
+
+/// Opens `GET path` as an event stream; returns the reader past the headers.
+fn open_stream(address: SocketAddr, path: &str) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(address).expect("connecting to the HTTP API");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: hb\r\n\r\n").expect("writing the request");
+    let mut reader = BufReader::new(stream);
+    let headers = read_until(&mut reader, "text/event-stream");
+    assert!(headers.starts_with("HTTP/1.1 200"), "{headers}");
+    reader
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_runs_in_process_and_stops_when_told() {
-    let dir = TempDir::new("agent-in-process");
-    let port = free_port();
-    let config =
-        Config::load(&write_config(&dir.0, port), &Overrides::default()).expect("a valid config");
-    let socket = config.status_socket.clone();
-    let (control, received) = mpsc::channel(4);
-    let agent = tokio::spawn(run(config, received));
-
-    let answering = eventually(Duration::from_secs(10), async || {
-        state_of_node_1(&socket).await == Some(NodeState::Unseen)
-    });
-    assert!(
-        answering.await,
-        "the agent never answered on {}",
-        socket.display()
-    );
-
-    let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("a sender socket");
-    for sequence in 1..=3 {
-        let heartbeat = Heartbeat {
-            flags: 0,
-            key_id: 0,
-            node_id: 1,
-            interval_ms: 100,
-            incarnation: 7,
-            sequence,
-            sent_unix_ns: 0,
-            auth_tag: [0; 16],
-        };
-        sender
-            .send_to(&heartbeat.encode(), (Ipv4Addr::LOCALHOST, port))
-            .expect("sending a heartbeat over loopback");
-    }
-    let up = eventually(Duration::from_secs(10), async || {
-        state_of_node_1(&socket).await == Some(NodeState::Up)
-    });
-    assert!(up.await, "node 1 never came up");
-    let events = dir.0.join("events");
+    let agent = RunningAgent::start("agent-in-process", "").await;
+    agent.beat_node_1();
+    agent.wait_until_node_1_is_up().await;
+    let events = agent.dir.0.join("events");
     let acted = eventually(Duration::from_secs(10), async || {
         std::fs::read_to_string(&events).is_ok_and(|text| text == "up n1\n")
     });
     assert!(acted.await, "the up action did not run exactly once");
 
     // A key reload keeps the agent answering; a shutdown stops it cleanly.
-    control
+    agent
+        .control
         .send(Control::ReloadKeys)
         .await
         .expect("the agent listens");
-    assert_eq!(state_of_node_1(&socket).await, Some(NodeState::Up));
-    control
-        .send(Control::Shutdown)
-        .await
-        .expect("the agent listens");
-    tokio::time::timeout(Duration::from_secs(20), agent)
-        .await
-        .expect("the agent stops within 20 s of being told")
-        .expect("the agent task did not panic")
-        .expect("the agent stops without error");
+    assert_eq!(agent.state_of_node_1().await, Some(NodeState::Up));
+    let socket = agent.socket.clone();
+    let dir = agent.shut_down().await;
     assert!(!socket.exists(), "the status socket is removed at shutdown");
     let saved = state_file::load(&dir.0.join("state.json"))
         .expect("a readable state file")
         .expect("a state file written at shutdown");
-    assert_eq!(saved.len(), 1);
-    assert_eq!((saved[0].id, saved[0].state), (1, NodeState::Up));
-    assert_eq!((saved[0].incarnation, saved[0].sequence), (7, 3));
+    let node_1 = saved.iter().find(|n| n.id == 1).expect("node 1 saved");
+    assert_eq!(node_1.state, NodeState::Up);
+    assert_eq!((node_1.incarnation, node_1.sequence), (7, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_shows_what_status_shows_and_streams_events() {
+    let agent = RunningAgent::start("agent-http", "").await;
+    let http = agent.http;
+    assert_eq!(http_get(http, "/healthz", None), (200, "ok\n".to_owned()));
+    let ready = eventually(Duration::from_secs(10), async || {
+        http_get(http, "/readyz", None).0 == 200
+    });
+    assert!(
+        ready.await,
+        "never ready: {:?}",
+        http_get(http, "/readyz", None)
+    );
+
+    // Subscribed before anything happens: the up event arrives live.
+    let mut live = tokio::task::spawn_blocking(move || open_stream(http, "/api/v1/events"))
+        .await
+        .expect("opening the stream");
+    agent.beat_node_1();
+    let seen = tokio::task::spawn_blocking(move || read_until(&mut live, "\"event\":\"up\""))
+        .await
+        .expect("reading the stream");
+    assert!(seen.contains("event: transition"), "{seen}");
+    assert!(seen.contains("id: 1"), "{seen}");
+    agent.wait_until_node_1_is_up().await;
+
+    let report = json_get(http, "/api/v1/status");
+    assert_eq!(report["nodes_total"], 2);
+    assert_eq!(report["states"]["up"], 1);
+    assert_eq!(report["states"]["unseen"], 1);
+    let up = json_get(http, "/api/v1/nodes?state=up");
+    assert_eq!(up["nodes"].as_array().map(Vec::len), Some(1), "{up}");
+    assert_eq!(up["nodes"][0]["name"], "n1");
+    assert_eq!(up["next_after"], Value::Null);
+    let first = json_get(http, "/api/v1/nodes?limit=1");
+    assert_eq!(
+        (first["nodes"][0]["id"].clone(), first["next_after"].clone()),
+        (1.into(), 1.into())
+    );
+    let second = json_get(http, "/api/v1/nodes?limit=1&after=1");
+    assert_eq!(second["nodes"][0]["id"], 2);
+    assert_eq!(second["next_after"], Value::Null);
+    let detail = json_get(http, "/api/v1/nodes/n1");
+    assert_eq!(
+        (detail["id"].clone(), detail["state"].clone()),
+        (1.into(), "up".into())
+    );
+    assert_eq!(detail["incarnation"], 7);
+    assert_eq!(detail["recent_transitions"][0]["event"], "up");
+    assert_eq!(json_get(http, "/api/v1/nodes/2")["state"], "unseen");
+    assert_eq!(http_get(http, "/api/v1/nodes/nobody", None).0, 404);
+    assert_eq!(http_get(http, "/api/v1/nodes?state=sleepy", None).0, 400);
+
+    // A late subscriber resumes from cursor 0 and gets the up event replayed.
+    let mut late = tokio::task::spawn_blocking(move || open_stream(http, "/api/v1/events?since=0"))
+        .await
+        .expect("opening the stream");
+    let replayed = tokio::task::spawn_blocking(move || read_until(&mut late, "\"event\":\"up\""))
+        .await
+        .expect("reading the stream");
+    assert!(replayed.contains("\"cursor\":1"), "{replayed}");
+    agent.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_every_request_must_carry_it() {
+    let token = "hb-test-token-0123456789abcdef";
+    let dir = TempDir::new("agent-token-file");
+    let token_file = dir.0.join("http.token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("writing the token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+        .expect("restricting the token file");
+    let extra = format!("token_file = \"{}\"", token_file.display());
+    let agent = RunningAgent::start("agent-token", &extra).await;
+    let http = agent.http;
+    assert_eq!(http_get(http, "/healthz", None).0, 401);
+    assert_eq!(
+        http_get(http, "/api/v1/status", Some("not-the-token")).0,
+        401
+    );
+    assert_eq!(http_get(http, "/api/v1/status", Some(token)).0, 200);
+    assert_eq!(
+        http_get(http, "/healthz", Some(token)),
+        (200, "ok\n".to_owned())
+    );
+    agent.shut_down().await;
 }

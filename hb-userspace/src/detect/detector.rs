@@ -82,6 +82,16 @@ pub enum NodeState {
 }
 
 impl NodeState {
+    /// Every state, in the order `hb status` and the metrics list them.
+    pub const ALL: [NodeState; 6] = [
+        NodeState::Unseen,
+        NodeState::Up,
+        NodeState::Suspect,
+        NodeState::Down,
+        NodeState::Flapping,
+        NodeState::Left,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
             NodeState::Unseen => "unseen",

@@ -32,6 +32,22 @@ pub struct EventRecord {
     pub since_last_heartbeat_ms: Option<u64>,
 }
 
+impl EventRecord {
+    /// The record of one state change found by the sweep that started at
+    /// `mono_ns`.
+    pub fn new(mono_ns: u64, node: &str, transition: &Transition) -> Self {
+        EventRecord {
+            mono_ns,
+            unix_ms: crate::clock::unix_ns() / 1_000_000,
+            event: transition.to.name().to_owned(),
+            node_id: transition.node_id,
+            node: node.to_owned(),
+            previous: transition.from.name().to_owned(),
+            since_last_heartbeat_ms: transition.since_last_heartbeat_ns.map(|ns| ns / 1_000_000),
+        }
+    }
+}
+
 /// Appends event records to a file; a no-op when no file is configured.
 pub struct EventLog {
     file: Option<(PathBuf, BufWriter<File>)>,
@@ -53,21 +69,12 @@ impl EventLog {
         })
     }
 
-    /// Appends one state change found by the sweep that started at `mono_ns`.
-    pub fn record(&mut self, mono_ns: u64, node: &str, transition: &Transition) {
+    /// Appends one state change.
+    pub fn record(&mut self, record: &EventRecord) {
         let Some((path, writer)) = &mut self.file else {
             return;
         };
-        let record = EventRecord {
-            mono_ns,
-            unix_ms: crate::clock::unix_ns() / 1_000_000,
-            event: transition.to.name().to_owned(),
-            node_id: transition.node_id,
-            node: node.to_owned(),
-            previous: transition.from.name().to_owned(),
-            since_last_heartbeat_ms: transition.since_last_heartbeat_ns.map(|ns| ns / 1_000_000),
-        };
-        let written = serde_json::to_writer(&mut *writer, &record)
+        let written = serde_json::to_writer(&mut *writer, record)
             .map_err(io::Error::from)
             .and_then(|()| writer.write_all(b"\n"));
         if let Err(e) = written {
@@ -102,7 +109,7 @@ mod tests {
         };
         for _ in 0..2 {
             let mut log = EventLog::open(Some(&path)).unwrap();
-            log.record(42, "web-2", &transition);
+            log.record(&EventRecord::new(42, "web-2", &transition));
             log.flush();
         }
         let text = std::fs::read_to_string(&path).unwrap();
@@ -128,6 +135,8 @@ mod tests {
             ("up", Some(1620))
         );
         std::fs::remove_dir_all(dir).unwrap();
-        EventLog::open(None).unwrap().record(1, "x", &transition);
+        EventLog::open(None)
+            .unwrap()
+            .record(&EventRecord::new(1, "x", &transition));
     }
 }

@@ -1,12 +1,14 @@
 //! What consumes a sweep's outcome: the [`log`], the [`event_log`] (JSON
-//! lines of state changes), the [`actions`] (failover commands, bounded and
-//! timed out) and the [`state_file`] (node states kept across restarts).
+//! lines of state changes), the [`stream`] (recent events and the HTTP API's
+//! live stream), the [`actions`] (failover commands, bounded and timed out)
+//! and the [`state_file`] (node states kept across restarts).
 //! [`Sinks::consume`] hands one [`SweepOutcome`] to each of them.
 
 pub mod actions;
 pub mod event_log;
 pub mod log;
 pub mod state_file;
+pub mod stream;
 
 use std::{net::IpAddr, time::Duration};
 
@@ -14,8 +16,9 @@ use hb_common::table::src_ip;
 
 use self::{
     actions::{ActionEvent, ActionRunner, Event},
-    event_log::EventLog,
+    event_log::{EventLog, EventRecord},
     state_file::StateSaver,
+    stream::EventStream,
 };
 use crate::{
     datapath::table::NodeTable,
@@ -49,6 +52,8 @@ impl ClusterView<'_, '_> {
 /// Every consumer of sweep outcomes.
 pub struct Sinks {
     pub events: EventLog,
+    /// The recent events and the HTTP API's live stream.
+    pub stream: EventStream,
     pub actions: ActionRunner,
     pub saver: StateSaver,
 }
@@ -66,7 +71,9 @@ impl Sinks {
         if outcome.changed() {
             for transition in &outcome.transitions {
                 if let Some(node) = cluster.nodes.get(transition.node_id) {
-                    self.events.record(outcome.now_ns, &node.name, transition);
+                    let record = EventRecord::new(outcome.now_ns, &node.name, transition);
+                    self.events.record(&record);
+                    self.stream.publish(record);
                 }
             }
             self.events.flush();
