@@ -6,13 +6,17 @@
 //!    option), installing the nightly itself if needed;
 //! 2. bpf-linker, built from crates.io against the nightly's own libLLVM
 //!    into `<target-dir>/toolchain` (see /work/shared/TOOLCHAIN.md, step 2);
-//! 3. iproute2 (`ip`), from apt, for the network-namespace tests and demo.
+//! 3. iproute2 (`ip`), from apt, for the network-namespace tests and demo;
+//! 4. Debian's `prometheus` package, for `promtool check metrics` in the
+//!    `/metrics` tests (about 19 MB to download; apt never starts its
+//!    service here).
 
 use std::{
     fs,
     os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     time::Instant,
 };
 
@@ -20,19 +24,22 @@ use anyhow::{Context, Result, bail};
 
 use crate::paths::{on_path, run_inherited, stdout_of, tools_dir};
 
-const STEPS: usize = 3;
+const STEPS: usize = 4;
 
 /// Run every step (skipping those already done), one line per step.
 pub fn run() -> Result<()> {
     let start = Instant::now();
     step(1, "rust-src and rustfmt for nightly", nightly_components)?;
     step(2, "bpf-linker", bpf_linker)?;
-    step(3, "iproute2", iproute2)?;
+    step(3, "iproute2", || apt_package("ip", "iproute2"))?;
+    step(4, "prometheus (promtool)", || {
+        apt_package("promtool", "prometheus")
+    })?;
     println!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn step(n: usize, name: &str, f: fn() -> Result<String>) -> Result<()> {
+fn step(n: usize, name: &str, f: impl FnOnce() -> Result<String>) -> Result<()> {
     let outcome = f().with_context(|| format!("setup step {n}/{STEPS} ({name}) failed"))?;
     println!("setup [{n}/{STEPS}] {name}: {outcome}");
     Ok(())
@@ -222,32 +229,45 @@ fn bpf_linker() -> Result<String> {
     Ok(format!("built ({version}, {})", bin.display()))
 }
 
-fn iproute2() -> Result<String> {
-    if let Some(ip) = on_path("ip") {
-        return Ok(format!("already installed ({})", ip.display()));
+/// Whether this run already refreshed apt's package lists: the first
+/// missing package pays for `apt-get update`, the others reuse it.
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
+
+/// Installs Debian's `package` with apt-get when `binary` is not on `PATH`,
+/// without its recommends (they are not needed for what we run).
+fn apt_package(binary: &str, package: &str) -> Result<String> {
+    if let Some(path) = on_path(binary) {
+        return Ok(format!("already installed ({})", path.display()));
     }
     if !hb_tests::is_root() {
         bail!(
-            "`ip` (iproute2) not found and installing it with apt-get needs root: not root. \
-             Run `cargo xtask setup` as root, or install iproute2 by hand"
+            "`{binary}` ({package}) not found and installing it with apt-get needs root: not \
+             root. Run `cargo xtask setup` as root, or install {package} by hand"
         );
     }
     if on_path("apt-get").is_none() {
-        bail!("`ip` (iproute2) not found and apt-get is not available: install iproute2 by hand");
+        bail!(
+            "`{binary}` ({package}) not found and apt-get is not available: install {package} \
+             by hand"
+        );
     }
-    let failed = "apt-get failed: install iproute2 by hand";
+    let failed = format!("apt-get failed: install {package} by hand");
+    if !APT_UPDATED.swap(true, Ordering::SeqCst) {
+        run_inherited(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &failed,
+        )?;
+    }
     run_inherited(
         Command::new("apt-get")
-            .arg("update")
+            .args(["install", "-y", "--no-install-recommends", package])
             .env("DEBIAN_FRONTEND", "noninteractive"),
-        failed,
+        &failed,
     )?;
-    run_inherited(
-        Command::new("apt-get")
-            .args(["install", "-y", "iproute2"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        failed,
-    )?;
-    let ip = on_path("ip").context("apt-get installed iproute2 but `ip` is still not on PATH")?;
-    Ok(format!("installed ({})", ip.display()))
+    let path = on_path(binary).with_context(|| {
+        format!("apt-get installed {package} but `{binary}` is still not on PATH")
+    })?;
+    Ok(format!("installed ({})", path.display()))
 }

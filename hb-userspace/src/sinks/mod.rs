@@ -7,6 +7,7 @@
 pub mod actions;
 pub mod event_log;
 pub mod log;
+pub mod metrics;
 pub mod state_file;
 pub mod stream;
 
