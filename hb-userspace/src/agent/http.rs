@@ -15,6 +15,9 @@
 //!   what the recent-events ring still holds. A client that falls behind
 //!   gets a `lagged` event and is dropped.
 //!
+//! - `GET /metrics`: Prometheus metrics (classic text; OpenMetrics when the
+//!   scraper's `Accept` asks for it).
+//!
 //! With `[http] token_file`, every request must carry `Authorization: Bearer
 //! <token>` (401 otherwise).
 
@@ -45,7 +48,10 @@ use crate::{
         status::DEFAULT_LIMIT,
     },
     keys::HttpToken,
-    sinks::stream::{StreamItem, Subscription},
+    sinks::{
+        metrics::Format,
+        stream::{StreamItem, Subscription},
+    },
 };
 
 /// How long a request waits for the agent's loop before it gives up (503).
@@ -102,6 +108,7 @@ fn router(api: Api) -> Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{key}", get(node))
         .route("/api/v1/events", get(events))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(api.clone(), authorize))
         .with_state(api)
 }
@@ -189,6 +196,27 @@ async fn node(State(api): State<Api>, Path(key): Path<String>) -> Response {
         Some(None) => error(
             StatusCode::NOT_FOUND,
             &format!("no configured node has the id or name `{key}`"),
+        ),
+        None => unavailable(),
+    }
+}
+
+/// The classic text format unless the scraper asks for OpenMetrics.
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let format = if openmetrics {
+        Format::OpenMetrics
+    } else {
+        Format::Prometheus
+    };
+    match api.ask(|reply| Query::Metrics { format, reply }).await {
+        Some(Ok(text)) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+        Some(Err(_)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be encoded",
         ),
         None => unavailable(),
     }

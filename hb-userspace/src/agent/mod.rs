@@ -20,10 +20,13 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
-use hb_common::{admission::Unauthenticated, counters::Counter};
+use hb_common::{admission::Unauthenticated, counters::Counter, table::seen};
 use tokio::{
     sync::mpsc,
     time::{Interval, MissedTickBehavior},
@@ -44,6 +47,7 @@ use crate::{
         ClusterView, Sinks,
         actions::ActionRunner,
         event_log::EventLog,
+        metrics::{Format, Metrics, NodeSample, Scrape},
         state_file::StateSaver,
         stream::{EventStream, Summary},
     },
@@ -207,7 +211,58 @@ impl<'c> Agent<'c> {
             Query::Subscribe { since, reply } => {
                 let _ = reply.send(self.sinks.stream.subscribe(since));
             }
+            Query::Metrics { format, reply } => {
+                let _ = reply.send(self.scrape(&cluster, format, now));
+            }
         }
+    }
+
+    /// One `/metrics` scrape: the levels read now, the rest recorded as it
+    /// happened. Per-node series only within `[http] per_node_metrics`.
+    fn scrape(
+        &self,
+        cluster: &ClusterView<'_, '_>,
+        format: Format,
+        now: u64,
+    ) -> Result<String, std::fmt::Error> {
+        let detector = cluster.detector;
+        let states = NodeState::ALL.map(|s| (s, detector.count(s) as u64));
+        let counters = self.datapath.counters().unwrap_or_else(|e| {
+            tracing::error!("{:#}", anyhow::Error::from(e));
+            Default::default()
+        });
+        let limit = self.config.http.per_node_metrics as usize;
+        let names: Vec<(u32, String)> = if limit > 0 && self.sorted_ids.len() <= limit {
+            self.sorted_ids
+                .iter()
+                .filter_map(|&id| Some((id, cluster.nodes.get(id)?.name.into_owned())))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let samples: Vec<NodeSample<'_>> = names
+            .iter()
+            .map(|(id, name)| {
+                let arrival = seen::arrival_ns(cluster.table.seen.get(*id));
+                NodeSample {
+                    name,
+                    up: detector.state(*id).is_live(),
+                    last_heard_seconds: (arrival != 0)
+                        .then(|| now.saturating_sub(arrival) as f64 / 1e9),
+                }
+            })
+            .collect();
+        let brake = self.sweep.brake();
+        self.sinks.metrics.encode(
+            &Scrape {
+                states: &states,
+                counters: &counters,
+                brake_engaged: brake.engaged(),
+                brake_held: brake.held() as u64,
+                per_node: (!names.is_empty()).then_some(&samples[..]),
+            },
+            format,
+        )
     }
 
     /// The status report: the cluster's part, and what only the agent knows.
@@ -278,10 +333,13 @@ fn open_sinks(config: &Config) -> anyhow::Result<Sinks> {
         let path = config.event_log.as_deref().unwrap_or("".as_ref());
         format!("opening the event log {}", path.display())
     })?;
+    let metrics = Arc::new(Metrics::new(config.http.per_node_metrics));
     Ok(Sinks {
         events,
         stream: EventStream::default(),
-        actions: ActionRunner::new(config.actions.clone(), config.max_concurrent_actions),
+        actions: ActionRunner::new(config.actions.clone(), config.max_concurrent_actions)
+            .with_metrics(metrics.actions()),
+        metrics,
         saver: StateSaver::new(config.state_file.clone()),
     })
 }

@@ -12,6 +12,7 @@ use crate::{
     detect::detector::NodeState,
     sinks::{
         ClusterView,
+        metrics::Format,
         stream::{CursorEvent, EventStream, Subscription},
     },
 };
@@ -44,6 +45,11 @@ pub enum Query {
     Subscribe {
         since: Option<u64>,
         reply: oneshot::Sender<Subscription>,
+    },
+    /// `GET /metrics`: the exposition text, or why it could not be written.
+    Metrics {
+        format: Format,
+        reply: oneshot::Sender<Result<String, std::fmt::Error>>,
     },
 }
 

@@ -329,6 +329,29 @@ async fn the_http_api_shows_what_status_shows_and_streams_events() {
     assert_eq!(detail["recent_transitions"][0]["event"], "up");
     assert_eq!(json_get(http, "/api/v1/nodes/2")["state"], "unseen");
     assert_eq!(http_get(http, "/api/v1/nodes/nobody", None).0, 404);
+    let action_ran = eventually(Duration::from_secs(10), async || {
+        let (_, metrics) = http_get(http, "/metrics", None);
+        metrics.contains("hb_actions_total{action=\"mark\",result=\"succeeded\"} 1")
+    });
+    assert!(
+        action_ran.await,
+        "the up action's run never showed in /metrics"
+    );
+    let (code, metrics) = http_get(http, "/metrics", None);
+    assert_eq!(code, 200, "{metrics}");
+    for line in [
+        "hb_nodes{state=\"up\"} 1",
+        "hb_nodes{state=\"unseen\"} 1",
+        "hb_transitions_total{from=\"unseen\",to=\"up\"} 1",
+        "hb_packets_total{outcome=\"accepted\"} 3",
+        "hb_actions_total{action=\"mark\",result=\"succeeded\"} 1",
+        "hb_brake_engaged 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in /metrics:\n{metrics}"
+        );
+    }
     assert_eq!(http_get(http, "/api/v1/nodes?state=sleepy", None).0, 400);
 
     // A late subscriber resumes from cursor 0 and gets the up event replayed.

@@ -3,6 +3,8 @@
 //! agent's tick is [`Sweep::run`], then it hands the [`SweepOutcome`] to the
 //! sinks (log, event log, actions, state file); nothing here does I/O.
 
+use std::time::{Duration, Instant};
+
 use hb_common::table::seen;
 
 use crate::{
@@ -24,6 +26,8 @@ pub struct Sweep {
 pub struct SweepOutcome {
     /// The monotonic time the sweep ran at.
     pub now_ns: u64,
+    /// How long the sweep took (the detector, the brake, the verdicts).
+    pub took: Duration,
     /// The agent was stalled this long before this sweep (see
     /// [`Detector::sweep`]): nobody is convicted before a full timeout.
     pub stalled_ns: Option<u64>,
@@ -90,6 +94,7 @@ impl Sweep {
     /// the brake's view of them (so a burst is seen before the downs it
     /// holds), then which actions run.
     pub fn run(&mut self, now_ns: u64, table: &NodeTable) -> SweepOutcome {
+        let started = Instant::now();
         let mut outcome = SweepOutcome {
             now_ns,
             ..SweepOutcome::default()
@@ -124,6 +129,7 @@ impl Sweep {
             .actions
             .extend(self.released(now_ns, table, &decisions.release));
         outcome.held_in_all = self.brake.held();
+        outcome.took = started.elapsed();
         outcome
     }
 

@@ -309,8 +309,8 @@ impl Metrics {
 
     /// Called once per sweep by the agent, with the sweep's wall time:
     /// O(transitions), with one family lookup per distinct (from, to).
-    pub fn record_sweep(&self, outcome: &SweepOutcome, took: Duration) {
-        self.sweep_duration.observe(took.as_secs_f64());
+    pub fn record_sweep(&self, outcome: &SweepOutcome) {
+        self.sweep_duration.observe(outcome.took.as_secs_f64());
         if outcome.stalled_ns.is_some() {
             self.stalls.inc();
         }

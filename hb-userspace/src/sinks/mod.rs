@@ -11,13 +11,14 @@ pub mod metrics;
 pub mod state_file;
 pub mod stream;
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use hb_common::table::src_ip;
 
 use self::{
     actions::{ActionEvent, ActionRunner, Event},
     event_log::{EventLog, EventRecord},
+    metrics::Metrics,
     state_file::StateSaver,
     stream::EventStream,
 };
@@ -55,6 +56,8 @@ pub struct Sinks {
     pub events: EventLog,
     /// The recent events and the HTTP API's live stream.
     pub stream: EventStream,
+    /// What `/metrics` exposes.
+    pub metrics: Arc<Metrics>,
     pub actions: ActionRunner,
     pub saver: StateSaver,
 }
@@ -69,6 +72,7 @@ impl Sinks {
         brake: &Brake,
     ) {
         log::sweep(outcome, cluster, brake);
+        self.metrics.record_sweep(outcome);
         if outcome.changed() {
             for transition in &outcome.transitions {
                 if let Some(node) = cluster.nodes.get(transition.node_id) {

@@ -235,15 +235,17 @@ fn record_sweep_counts_transitions_detection_and_stalls() {
             transition(1, NodeState::Suspect, NodeState::Down, Some(3_000)),
             transition(3, NodeState::Unseen, NodeState::Down, None),
         ],
+        took: Duration::from_micros(500),
         ..SweepOutcome::default()
     };
-    metrics.record_sweep(&outcome, Duration::from_micros(500));
+    metrics.record_sweep(&outcome);
     let stalled = SweepOutcome {
         stalled_ns: Some(5_000_000_000),
         transitions: vec![transition(4, NodeState::Up, NodeState::Down, Some(6_500))],
+        took: Duration::from_millis(2),
         ..SweepOutcome::default()
     };
-    metrics.record_sweep(&stalled, Duration::from_millis(2));
+    metrics.record_sweep(&stalled);
 
     let counters = counters();
     let text = metrics
@@ -361,14 +363,12 @@ fn busy_metrics() -> Metrics {
     metrics
         .actions()
         .record("drain", RunResult::Succeeded, Duration::from_millis(20));
-    metrics.record_sweep(
-        &SweepOutcome {
-            stalled_ns: Some(1),
-            transitions: vec![transition(1, NodeState::Up, NodeState::Down, Some(3_000))],
-            ..SweepOutcome::default()
-        },
-        Duration::from_micros(800),
-    );
+    metrics.record_sweep(&SweepOutcome {
+        stalled_ns: Some(1),
+        transitions: vec![transition(1, NodeState::Up, NodeState::Down, Some(3_000))],
+        took: Duration::from_micros(800),
+        ..SweepOutcome::default()
+    });
     metrics
 }
 
