@@ -322,9 +322,20 @@ impl Brake {
         }
     }
 
-    /// The settings it was made with.
+    /// The settings in force.
     pub fn settings(&self) -> &BrakeSettings {
         &self.settings
+    }
+
+    /// New settings (a reload), from the next sweep on. What the brake holds
+    /// and has seen stays: an episode in progress goes on under the new
+    /// rule.
+    pub fn set_settings(&mut self, settings: BrakeSettings) {
+        let fresh = Brake::new(settings);
+        self.settings = fresh.settings;
+        self.window_ns = fresh.window_ns;
+        self.max_hold_ns = fresh.max_hold_ns;
+        self.release_cost_ns = fresh.release_cost_ns;
     }
 
     /// Whether `down` actions are being held.

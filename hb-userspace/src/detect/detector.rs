@@ -103,14 +103,15 @@ impl NodeState {
         }
     }
 
+    /// The state a watch word holds; an unwatched slot reads as unseen.
     const fn from_bits(bits: u32) -> Self {
         match bits & 7 {
-            0 => NodeState::Unseen,
             1 => NodeState::Up,
             2 => NodeState::Down,
             3 => NodeState::Left,
             4 => NodeState::Suspect,
-            _ => NodeState::Flapping,
+            5 => NodeState::Flapping,
+            _ => NodeState::Unseen,
         }
     }
 
@@ -267,6 +268,10 @@ impl Watch {
     const TIMEOUT_MASK: u32 = (1 << Self::STATE_SHIFT) - 1;
     const UP: u32 = NodeState::Up as u32;
     const SUSPECT: u32 = NodeState::Suspect as u32;
+    /// The state bits of a slot no configured node uses: never examined,
+    /// never counted.
+    const UNWATCHED_BITS: u32 = 7;
+    const UNWATCHED: Watch = Watch(Self::UNWATCHED_BITS << Self::STATE_SHIFT);
 
     fn new(state: NodeState, timeout_ns: u64) -> Self {
         let ms = timeout_ns
@@ -295,6 +300,7 @@ impl Watch {
         match self.0 >> Self::STATE_SHIFT {
             Self::UP => within(),
             Self::SUSPECT => word <= new_since_ns && within(),
+            Self::UNWATCHED_BITS => true,
             _ => word <= new_since_ns,
         }
     }
@@ -359,7 +365,7 @@ impl Detector {
             .collect();
         let mut detector = Detector {
             settings,
-            watches: vec![Watch::default(); table_len as usize],
+            watches: vec![Watch::UNWATCHED; table_len as usize],
             configured_interval_ns,
             new_since_ns: 0,
             grace_floor_ns: now_ns,
@@ -382,6 +388,46 @@ impl Detector {
 
     pub fn settings(&self) -> &DetectorSettings {
         &self.settings
+    }
+
+    /// New settings (a reload). Nodes keep their states; their deadlines
+    /// follow the new settings from their next look (a heartbeat, or the
+    /// deadline they have now).
+    pub fn set_settings(&mut self, settings: DetectorSettings) {
+        self.settings = settings;
+    }
+
+    /// Starts watching a node added by a reload: unseen until heard, so it
+    /// fires no event until it is. Its configured interval, if any, counts
+    /// from now on; a node watched already only gets its interval updated.
+    pub fn watch(&mut self, node: WatchedNode) {
+        match node.interval_ns {
+            Some(interval) => self.configured_interval_ns.insert(node.node_id, interval),
+            None => self.configured_interval_ns.remove(&node.node_id),
+        };
+        if self.watches[node.node_id as usize] == Watch::UNWATCHED {
+            let deadlines = self.deadlines_for(node.node_id, 0, 0);
+            self.counts[NodeState::Unseen as usize] += 1;
+            self.watches[node.node_id as usize] = Watch::new(
+                NodeState::Unseen,
+                Self::look_after(NodeState::Unseen, deadlines),
+            );
+        }
+    }
+
+    /// Stops watching a node removed by a reload: no event, no count, and
+    /// whatever it sends from now on is never looked at.
+    pub fn unwatch(&mut self, id: u32) {
+        let old = self.watches[id as usize];
+        if old == Watch::UNWATCHED {
+            return;
+        }
+        let state = old.state() as usize;
+        self.counts[state] = self.counts[state].saturating_sub(1);
+        self.watches[id as usize] = Watch::UNWATCHED;
+        self.configured_interval_ns.remove(&id);
+        self.rising.remove(&id);
+        self.flaps.remove(&id);
     }
 
     /// Restores what a previous run of the agent knew about node `id`: its
@@ -557,7 +603,7 @@ impl Detector {
         for (id, (word, watch)) in words.iter().zip(&self.watches).enumerate() {
             let word = word.load(Ordering::Relaxed);
             if !watch.is_quiet(word, now_ns, new_since_ns)
-                || (refresh_on_heartbeat && word > new_since_ns)
+                || (refresh_on_heartbeat && word > new_since_ns && *watch != Watch::UNWATCHED)
             {
                 candidates.push(id as u32);
             }
@@ -1085,6 +1131,44 @@ mod tests {
         assert!(fake.decisions(5_000).is_empty(), "down is reported once");
         fake.beat(1, 100, false);
         assert_eq!(fake.decisions(1), vec![(1, Down, Up)]);
+    }
+
+    #[test]
+    fn a_reload_watches_added_nodes_and_forgets_removed_ones_without_events() {
+        let mut fake = Fake::new(&nodes(&[1, 2]));
+        fake.beat(1, 100, false);
+        fake.beat(2, 100, false);
+        assert_eq!(fake.decisions(1), vec![(1, Unseen, Up), (2, Unseen, Up)]);
+        // Node 3 is not watched: its heartbeats are never looked at.
+        fake.beat(3, 100, false);
+        assert!(fake.decisions(1).is_empty());
+        assert_eq!(fake.detector.count(Up), 2);
+
+        // Removed while up: no event, not counted, silent for ever after.
+        fake.detector.unwatch(2);
+        assert_eq!(fake.detector.count(Up), 1);
+        fake.beat(1, 100, false);
+        assert!(fake.decisions(1).is_empty());
+        assert!(fake.decisions(1_000).iter().all(|&(id, _, _)| id == 1));
+
+        // Added: unseen (counted) until its next heartbeat, then up.
+        fake.detector.watch(WatchedNode {
+            node_id: 3,
+            interval_ns: None,
+        });
+        assert_eq!(fake.detector.count(Unseen), 1);
+        fake.detector.watch(WatchedNode {
+            node_id: 3,
+            interval_ns: None,
+        });
+        assert_eq!(fake.detector.count(Unseen), 1, "watching twice counts once");
+        fake.beat(3, 100, false);
+        assert_eq!(fake.decisions(1), vec![(3, Unseen, Up)]);
+        assert_eq!(
+            fake.detector.state(2),
+            Unseen,
+            "an unwatched slot reads unseen"
+        );
     }
 
     #[test]
