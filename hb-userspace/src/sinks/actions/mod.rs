@@ -191,8 +191,11 @@ impl ActionRunner {
     /// Puts `event` in its node's lane for the per-event action `index`,
     /// starting the lane's worker if the lane was empty.
     fn queue_event(&self, runtime: &Handle, index: usize, event: &Arc<ActionEvent>) {
-        let pushed = self.inner.lanes().push_event(index, event);
-        if self.count_pushed(pushed) {
+        let start = {
+            let mut lanes = self.inner.lanes();
+            self.count_pushed(lanes.push_event(index, event))
+        };
+        if start {
             let inner = Arc::clone(&self.inner);
             let metrics = self.metrics.clone();
             let event = Arc::clone(event);
@@ -204,8 +207,11 @@ impl ActionRunner {
     /// Puts one sweep's `batch` in the lane of the batch action `index`,
     /// starting the lane's worker if the lane was empty.
     fn queue_batch(&self, runtime: &Handle, index: usize, batch: Vec<Arc<ActionEvent>>) {
-        let pushed = self.inner.lanes().push_batch(index, &batch);
-        if self.count_pushed(pushed) {
+        let start = {
+            let mut lanes = self.inner.lanes();
+            self.count_pushed(lanes.push_batch(index, &batch))
+        };
+        if start {
             let inner = Arc::clone(&self.inner);
             let metrics = self.metrics.clone();
             runtime
@@ -214,6 +220,9 @@ impl ActionRunner {
     }
 
     /// Counts what a push did; returns whether a worker must be started.
+    /// Called with the lanes locked: a run must be counted as queued before
+    /// a worker (on another thread) can take it and count it as leaving
+    /// the queue.
     fn count_pushed(&self, pushed: Pushed) -> bool {
         let counters = &self.inner.counters;
         match pushed {
