@@ -93,6 +93,10 @@ struct RawAction {
     shell: Option<String>,
     #[serde(default = "default_action_timeout", with = "humantime_serde")]
     timeout: Duration,
+    /// Once per sweep with all its events on stdin; off unless asked for, so
+    /// existing configs keep one run per event.
+    #[serde(default)]
+    batch: bool,
 }
 
 fn default_action_timeout() -> Duration {
@@ -112,6 +116,7 @@ impl RawAction {
             on: self.on,
             run,
             timeout: self.timeout,
+            batch: self.batch,
         })
     }
 }
@@ -280,6 +285,7 @@ mod tests {
             on = ["up"]
             shell = "echo hi"
             timeout = "3s"
+            batch = true
             "#,
         );
         config.validate().expect("valid");
@@ -321,6 +327,7 @@ mod tests {
                 on: vec![Event::Down, Event::Left],
                 run: ActionRun::Command(vec!["/bin/true".into(), "x".into()]),
                 timeout: Duration::from_secs(10),
+                batch: false,
             }
         );
         assert_eq!(
@@ -330,6 +337,7 @@ mod tests {
                 on: vec![Event::Up],
                 run: ActionRun::Shell("echo hi".into()),
                 timeout: Duration::from_secs(3),
+                batch: true,
             }
         );
     }
@@ -341,10 +349,12 @@ mod tests {
             .validate()
             .unwrap_or_else(|e| panic!("example invalid: {e}"));
         assert_eq!(config.nodes.len(), 2);
-        assert_eq!(config.actions.len(), 2);
+        assert_eq!(config.actions.len(), 3);
         assert_eq!(config.state_file, Path::new("/var/lib/hb/state.json"));
         assert!(matches!(config.actions[0].run, ActionRun::Command(_)));
         assert!(matches!(config.actions[1].run, ActionRun::Shell(_)));
+        let batch: Vec<bool> = config.actions.iter().map(|a| a.batch).collect();
+        assert_eq!(batch, [false, false, true]);
         assert_eq!(config.http, crate::config::HttpConfig::default());
     }
 
@@ -395,6 +405,10 @@ mod tests {
                 "sideways",
             ),
             ("interfaces = [\"eth0\"]\n[[nodes]]\nid = 1\n", "name"),
+            (
+                "interfaces = [\"eth0\"]\n[[actions]]\nname = \"a\"\non = [\"up\"]\nshell = \"x\"\nbatch = \"yes\"\n",
+                "batch = \"yes\"",
+            ),
         ] {
             let err = parse_err(text);
             assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");

@@ -82,29 +82,22 @@ impl Sinks {
                 }
             }
             self.events.flush();
-            for action in &outcome.actions {
-                self.dispatch(action, cluster);
-            }
+            self.dispatch(&outcome.actions, cluster);
             self.saver.changed();
         }
         self.saver
             .save_if_due(|| state_file::snapshot(cluster.nodes, cluster.detector, cluster.table));
     }
 
-    /// Starts the actions of one due transition.
-    fn dispatch(&self, action: &DueAction, cluster: &ClusterView<'_, '_>) {
-        let (Some(node), Some(event)) = (cluster.nodes.get(action.node_id), event_of(action.to))
-        else {
-            return;
-        };
-        self.actions.dispatch(ActionEvent {
-            event,
-            node_id: node.id,
-            node_address: cluster.address(&node).map(|a| a.to_string()),
-            node_name: node.name.into_owned(),
-            previous_state: action.from.name(),
-            since_last_heartbeat: action.since_last_heartbeat_ns.map(Duration::from_nanos),
-        });
+    /// Hands one sweep's due transitions to the action runner, in one call
+    /// and in order, so batch actions run once per sweep and each node's
+    /// events stay in order.
+    fn dispatch(&self, due: &[DueAction], cluster: &ClusterView<'_, '_>) {
+        let events: Vec<ActionEvent> = due
+            .iter()
+            .filter_map(|action| action_event(action, cluster))
+            .collect();
+        self.actions.dispatch_sweep(events);
     }
 
     /// At shutdown: flushes the event log and saves the node states now.
@@ -118,6 +111,20 @@ impl Sinks {
             ))
             .await;
     }
+}
+
+/// The action event of one due transition; `None` for an unknown node or
+/// a state no action can subscribe to.
+fn action_event(action: &DueAction, cluster: &ClusterView<'_, '_>) -> Option<ActionEvent> {
+    let node = cluster.nodes.get(action.node_id)?;
+    Some(ActionEvent {
+        event: event_of(action.to)?,
+        node_id: node.id,
+        node_address: cluster.address(&node).map(|a| a.to_string()),
+        node_name: node.name.into_owned(),
+        previous_state: action.from.name(),
+        since_last_heartbeat: action.since_last_heartbeat_ns.map(Duration::from_nanos),
+    })
 }
 
 /// The action event a state is entered with.

@@ -60,10 +60,14 @@ pub struct ActionConfig {
     pub run: ActionRun,
     /// The whole process group is killed after this.
     pub timeout: Duration,
+    /// Run once per sweep with all of the sweep's events for it as JSON
+    /// lines on stdin (one load-balancer update instead of one process per
+    /// node), instead of once per event with the `HB_*` variables.
+    pub batch: bool,
 }
 
 /// A node state change, as passed to actions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ActionEvent {
     pub event: Event,
     pub node_id: u32,
@@ -73,23 +77,52 @@ pub struct ActionEvent {
     /// `unseen`, `up`, `down` or `left`.
     pub previous_state: &'static str,
     /// Time since the last heartbeat; `None` if never heard.
+    #[serde(rename = "since_last_heartbeat_ms", serialize_with = "as_millis")]
     pub since_last_heartbeat: Option<Duration>,
 }
 
+/// Durations go to batch actions in whole milliseconds, as
+/// `HB_SINCE_LAST_HEARTBEAT_MS` does; `null` if never heard.
+fn as_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        None => s.serialize_none(),
+    }
+}
+
 impl ActionEvent {
+    /// The names of the per-event variables (unset for batch runs, so a
+    /// batch script cannot read a stale one from the agent's environment).
+    pub(super) const ENVIRONMENT: [&'static str; 6] = [
+        "HB_EVENT",
+        "HB_NODE_ID",
+        "HB_NODE_NAME",
+        "HB_NODE_ADDRESS",
+        "HB_PREVIOUS_STATE",
+        "HB_SINCE_LAST_HEARTBEAT_MS",
+    ];
+
+    /// The event as one line of a batch run's stdin: a JSON object with the
+    /// fields of the `HB_*` variables (`node_address` and
+    /// `since_last_heartbeat_ms` are `null` when unknown), and a newline.
+    pub(super) fn write_json_line(&self, out: &mut Vec<u8>) {
+        // Serializing plain strings and numbers into a Vec cannot fail.
+        if serde_json::to_writer(&mut *out, self).is_ok() {
+            out.push(b'\n');
+        }
+    }
+
     /// The `HB_*` variables the action runs with.
     pub(super) fn environment(&self) -> [(&'static str, String); 6] {
+        let [event, id, name, address, previous, since] = Self::ENVIRONMENT;
         [
-            ("HB_EVENT", self.event.to_string()),
-            ("HB_NODE_ID", self.node_id.to_string()),
-            ("HB_NODE_NAME", self.node_name.clone()),
+            (event, self.event.to_string()),
+            (id, self.node_id.to_string()),
+            (name, self.node_name.clone()),
+            (address, self.node_address.clone().unwrap_or_default()),
+            (previous, self.previous_state.to_owned()),
             (
-                "HB_NODE_ADDRESS",
-                self.node_address.clone().unwrap_or_default(),
-            ),
-            ("HB_PREVIOUS_STATE", self.previous_state.to_owned()),
-            (
-                "HB_SINCE_LAST_HEARTBEAT_MS",
+                since,
                 self.since_last_heartbeat
                     .map(|d| d.as_millis().to_string())
                     .unwrap_or_default(),

@@ -1,34 +1,44 @@
 //! Runs the configured actions when a node changes state: each matching
 //! action is started in the background in its own process group, with the
-//! `HB_*` environment documented in the README, at most `max_concurrent` at a
+//! `HB_*` environment documented in the README (a batch action: once per
+//! sweep, its events as JSON lines on stdin), at most `max_concurrent` at a
 //! time, its output logged line by line, and its whole process group killed
-//! when it outlives its timeout.
+//! when it outlives its timeout. The events of one node reach each action in
+//! the order they happened, one run at a time (see `lanes`).
 //!
 //! [`action`] says what an action is (the configuration builds those), this
-//! file queues and counts the runs, and `process` runs one.
+//! file queues and counts the runs, `lanes` orders and coalesces them, and
+//! `process` runs one.
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, Semaphore};
+use tokio::{
+    runtime::Handle,
+    sync::{Notify, Semaphore},
+};
 
 pub use self::action::{ActionConfig, ActionEvent, ActionRun, Event};
-use self::process::{Outcome, run_action};
+use self::{
+    lanes::{Lane, Lanes, Pushed},
+    process::{Input, Outcome, run_action},
+};
 use super::metrics::{ActionMetrics, RunResult};
 
 pub mod action;
+mod lanes;
 mod process;
 
 /// Counters since the runner was built. Every run that got a slot is
 /// `started` and ends as exactly one of `succeeded`, `failed` (non-zero
 /// exit, killed by a signal it was not sent by us, or could not be started)
-/// or `timed_out`.
+/// or `timed_out`. A batch run counts as one run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionStats {
     pub started: u64,
@@ -37,8 +47,13 @@ pub struct ActionStats {
     pub timed_out: u64,
     /// Running now.
     pub running: u64,
-    /// Dispatched, waiting for a free slot.
+    /// Dispatched, waiting for a free slot or for the same node's (or
+    /// batch's) previous run of the action to end.
     pub queued: u64,
+    /// Events never run because a newer event of the same node superseded
+    /// them while they waited.
+    #[serde(default)]
+    pub coalesced: u64,
 }
 
 #[derive(Default)]
@@ -49,6 +64,7 @@ struct Counters {
     timed_out: AtomicU64,
     running: AtomicU64,
     queued: AtomicU64,
+    coalesced: AtomicU64,
 }
 
 struct Inner {
@@ -57,9 +73,17 @@ struct Inner {
     counters: Counters,
     /// Notified whenever a run leaves the queue or finishes.
     changed: Notify,
+    /// Never held across an await.
+    lanes: Mutex<Lanes>,
 }
 
 impl Inner {
+    /// The lanes; a panic elsewhere while holding them left them
+    /// consistent (every change is a single map or vector operation).
+    fn lanes(&self) -> MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn is_idle(&self) -> bool {
         self.counters.queued.load(Ordering::SeqCst) == 0
             && self.counters.running.load(Ordering::SeqCst) == 0
@@ -94,12 +118,14 @@ impl ActionRunner {
     /// all actions (0 is treated as 1).
     pub fn new(actions: Vec<ActionConfig>, max_concurrent: usize) -> Self {
         let permits = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        let actions_len = actions.len();
         Self {
             inner: Arc::new(Inner {
                 actions: actions.into_iter().map(Arc::new).collect(),
                 slots: Arc::new(Semaphore::new(permits)),
                 counters: Counters::default(),
                 changed: Notify::new(),
+                lanes: Mutex::new(Lanes::new(actions_len)),
             }),
             metrics: None,
         }
@@ -116,35 +142,98 @@ impl ActionRunner {
         self
     }
 
-    /// Starts every action subscribed to `event.event` in the background and
-    /// returns at once; runs beyond the concurrency bound wait in a queue.
-    /// Must be called from within a tokio runtime; outside one, the event
-    /// is logged as an error and dropped.
+    /// Runs every action subscribed to `event.event`, as a sweep of one
+    /// event (see [`ActionRunner::dispatch_sweep`]).
     pub fn dispatch(&self, event: ActionEvent) {
-        let runtime = match tokio::runtime::Handle::try_current() {
+        self.dispatch_sweep(vec![event]);
+    }
+
+    /// Hands one sweep's events (in the order they happened) to the actions
+    /// subscribed to them and returns at once. A per-event action runs once
+    /// per event; a batch action once with all its events of the sweep.
+    /// Each action runs a node's events (a batch action: its batches) one
+    /// at a time, in order; different nodes and actions run concurrently,
+    /// at most `max_concurrent` processes in all. Must be called from
+    /// within a tokio runtime; outside one, the events are logged as an
+    /// error and dropped.
+    pub fn dispatch_sweep(&self, events: Vec<ActionEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let runtime = match Handle::try_current() {
             Ok(runtime) => runtime,
             Err(e) => {
                 tracing::error!(
-                    event = %event.event,
-                    node = %event.node_name,
-                    node_id = event.node_id,
+                    events = events.len(),
+                    first_event = %events[0].event,
+                    first_node = %events[0].node_name,
                     "cannot run actions outside a tokio runtime: {e}"
                 );
                 return;
             }
         };
-        let event = Arc::new(event);
-        for action in &self.inner.actions {
-            if !action.on.contains(&event.event) {
-                continue;
+        let events: Vec<Arc<ActionEvent>> = events.into_iter().map(Arc::new).collect();
+        for (index, action) in self.inner.actions.iter().enumerate() {
+            let mine = events.iter().filter(|e| action.on.contains(&e.event));
+            if action.batch {
+                let batch: Vec<Arc<ActionEvent>> = mine.cloned().collect();
+                if !batch.is_empty() {
+                    self.queue_batch(&runtime, index, batch);
+                }
+            } else {
+                for event in mine {
+                    self.queue_event(&runtime, index, event);
+                }
             }
-            self.inner.counters.queued.fetch_add(1, Ordering::SeqCst);
-            let inner = Arc::clone(&self.inner);
-            let action = Arc::clone(action);
-            let event = Arc::clone(&event);
-            let metrics = self.metrics.clone();
-            runtime.spawn(async move { run_queued(&inner, &action, &event, metrics).await });
         }
+    }
+
+    /// Puts `event` in its node's lane for the per-event action `index`,
+    /// starting the lane's worker if the lane was empty.
+    fn queue_event(&self, runtime: &Handle, index: usize, event: &Arc<ActionEvent>) {
+        let start = {
+            let mut lanes = self.inner.lanes();
+            self.count_pushed(lanes.push_event(index, event))
+        };
+        if start {
+            let inner = Arc::clone(&self.inner);
+            let metrics = self.metrics.clone();
+            let event = Arc::clone(event);
+            runtime
+                .spawn(async move { run_node_lane(&inner, metrics.as_ref(), index, event).await });
+        }
+    }
+
+    /// Puts one sweep's `batch` in the lane of the batch action `index`,
+    /// starting the lane's worker if the lane was empty.
+    fn queue_batch(&self, runtime: &Handle, index: usize, batch: Vec<Arc<ActionEvent>>) {
+        let start = {
+            let mut lanes = self.inner.lanes();
+            self.count_pushed(lanes.push_batch(index, &batch))
+        };
+        if start {
+            let inner = Arc::clone(&self.inner);
+            let metrics = self.metrics.clone();
+            runtime
+                .spawn(async move { run_batch_lane(&inner, metrics.as_ref(), index, batch).await });
+        }
+    }
+
+    /// Counts what a push did; returns whether a worker must be started.
+    /// Called with the lanes locked: a run must be counted as queued before
+    /// a worker (on another thread) can take it and count it as leaving
+    /// the queue.
+    fn count_pushed(&self, pushed: Pushed) -> bool {
+        let counters = &self.inner.counters;
+        match pushed {
+            Pushed::Start | Pushed::Waiting => {
+                counters.queued.fetch_add(1, Ordering::SeqCst);
+            }
+            Pushed::Merged { superseded } => {
+                counters.coalesced.fetch_add(superseded, Ordering::SeqCst);
+            }
+        }
+        pushed == Pushed::Start
     }
 
     pub fn stats(&self) -> ActionStats {
@@ -156,6 +245,7 @@ impl ActionRunner {
             timed_out: c.timed_out.load(Ordering::SeqCst),
             running: c.running.load(Ordering::SeqCst),
             queued: c.queued.load(Ordering::SeqCst),
+            coalesced: c.coalesced.load(Ordering::SeqCst),
         }
     }
 
@@ -183,13 +273,105 @@ impl ActionRunner {
     }
 }
 
+/// Closes its lane if its worker ends early (cancelled at runtime
+/// shutdown, or panicked), so the lane's waiting run is not counted as
+/// queued forever and a later event starts a new worker.
+struct LaneGuard<'a> {
+    inner: &'a Inner,
+    lane: Lane,
+    /// Cleared when the worker closed the lane itself.
+    armed: bool,
+}
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.inner.lanes().abandon(self.lane) {
+            self.inner.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            self.inner.changed.notify_waiters();
+        }
+    }
+}
+
+/// A node's lane for a per-event action: runs `first`, then whatever
+/// waits in the lane, until it is empty.
+async fn run_node_lane(
+    inner: &Inner,
+    metrics: Option<&ActionMetrics>,
+    index: usize,
+    first: Arc<ActionEvent>,
+) {
+    let action = &inner.actions[index];
+    let node = first.node_id;
+    let mut guard = LaneGuard {
+        inner,
+        lane: Lane::Node {
+            action: index,
+            node,
+        },
+        armed: true,
+    };
+    let mut event = first;
+    loop {
+        run_queued(inner, action, Input::Event(&event), metrics).await;
+        let Some(next) = inner.lanes().next_event(index, node) else {
+            guard.armed = false;
+            return;
+        };
+        if next.superseded > 0 {
+            tracing::info!(
+                action = %action.name,
+                node = %next.input.node_name,
+                node_id = node,
+                coalesced = next.superseded,
+                "coalesced {} events of this node that waited behind its previous run: running only the newest ({})",
+                next.superseded,
+                next.input.event,
+            );
+        }
+        event = next.input;
+    }
+}
+
+/// A batch action's lane: runs `first`, then the batch waiting in the
+/// lane, until it is empty.
+async fn run_batch_lane(
+    inner: &Inner,
+    metrics: Option<&ActionMetrics>,
+    index: usize,
+    first: Vec<Arc<ActionEvent>>,
+) {
+    let action = &inner.actions[index];
+    let mut guard = LaneGuard {
+        inner,
+        lane: Lane::Batch { action: index },
+        armed: true,
+    };
+    let mut batch = first;
+    loop {
+        run_queued(inner, action, Input::Batch(&batch), metrics).await;
+        let Some(next) = inner.lanes().next_batch(index) else {
+            guard.armed = false;
+            return;
+        };
+        if next.superseded > 0 {
+            tracing::info!(
+                action = %action.name,
+                coalesced = next.superseded,
+                "coalesced {} events that waited behind the previous batch: a newer event of the same node replaced each",
+                next.superseded,
+            );
+        }
+        batch = next.input;
+    }
+}
+
 /// Waits for a slot, runs the action, counts the outcome (and records it in
 /// `metrics`, with the run's wall time from its start, not its queueing).
 async fn run_queued(
     inner: &Inner,
     action: &ActionConfig,
-    event: &ActionEvent,
-    metrics: Option<ActionMetrics>,
+    input: Input<'_>,
+    metrics: Option<&ActionMetrics>,
 ) {
     let queued = GaugeGuard {
         inner,
@@ -210,14 +392,14 @@ async fn run_queued(
     inner.counters.started.fetch_add(1, Ordering::SeqCst);
 
     let start = Instant::now();
-    let (counter, result) = match run_action(action, event).await {
+    let (counter, result) = match run_action(action, input).await {
         Outcome::Succeeded => (&inner.counters.succeeded, RunResult::Succeeded),
         Outcome::Failed => (&inner.counters.failed, RunResult::Failed),
         Outcome::TimedOut => (&inner.counters.timed_out, RunResult::TimedOut),
     };
     // Recorded before the count, so a caller that saw the run counted (or
     // the runner idle) also finds it in the metrics.
-    if let Some(metrics) = &metrics {
+    if let Some(metrics) = metrics {
         metrics.record(&action.name, result, start.elapsed());
     }
     counter.fetch_add(1, Ordering::SeqCst);

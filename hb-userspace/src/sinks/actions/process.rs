@@ -1,16 +1,18 @@
 //! Running one action as a child process: started in its own process group
-//! with the `HB_*` environment, its output logged line by line, and the
-//! whole group killed when it outlives its timeout.
+//! with the `HB_*` environment (or, for a batch, its events as JSON lines on
+//! stdin), its output logged line by line, and the whole group killed when
+//! it outlives its timeout.
 
 use std::{
     borrow::Cow,
     io,
     process::{ExitStatus, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
     process::{Child, Command},
     task::JoinHandle,
 };
@@ -34,20 +36,74 @@ pub(super) enum Outcome {
     TimedOut,
 }
 
-/// Runs one action to completion (or its timeout) and logs the outcome. Every
-/// log line, its output's included, carries the action, event and node.
+/// What one run is for.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Input<'a> {
+    /// One event, passed in the `HB_*` variables.
+    Event(&'a ActionEvent),
+    /// A batch action's events, in order, as JSON lines on stdin.
+    Batch(&'a [Arc<ActionEvent>]),
+}
+
+/// Runs one action to completion (or its timeout) and logs the outcome.
+pub(super) async fn run_action(action: &ActionConfig, input: Input<'_>) -> Outcome {
+    match input {
+        Input::Event(event) => run_for_event(action, event).await,
+        Input::Batch(events) => run_for_batch(action, events).await,
+    }
+}
+
+/// Every log line, its output's included, carries the action, event and
+/// node.
 #[tracing::instrument(
     name = "action",
     skip_all,
     fields(action = %action.name, event = %event.event, node = %event.node_name, node_id = event.node_id)
 )]
-pub(super) async fn run_action(action: &ActionConfig, event: &ActionEvent) -> Outcome {
+async fn run_for_event(action: &ActionConfig, event: &ActionEvent) -> Outcome {
     let Some((mut command, program)) = command_for(&action.run) else {
         return Outcome::Failed;
     };
+    command.envs(event.environment());
+    run(command, program, action.timeout, None).await
+}
+
+/// Every log line, its output's included, carries the action and the
+/// number of events.
+#[tracing::instrument(
+    name = "action",
+    skip_all,
+    fields(action = %action.name, events = events.len())
+)]
+async fn run_for_batch(action: &ActionConfig, events: &[Arc<ActionEvent>]) -> Outcome {
+    let Some((mut command, program)) = command_for(&action.run) else {
+        return Outcome::Failed;
+    };
+    for name in ActionEvent::ENVIRONMENT {
+        command.env_remove(name);
+    }
+    command.env("HB_EVENT_COUNT", events.len().to_string());
+    let mut lines = Vec::with_capacity(events.len() * 160);
+    for event in events {
+        event.write_json_line(&mut lines);
+    }
+    run(command, program, action.timeout, Some(lines)).await
+}
+
+/// Starts `command` in its own process group, feeds it `stdin` (else
+/// /dev/null), logs its output, waits for it or kills it at `timeout`.
+async fn run(
+    mut command: Command,
+    program: &str,
+    timeout: Duration,
+    stdin: Option<Vec<u8>>,
+) -> Outcome {
     command
-        .envs(event.environment())
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills everything it started.
@@ -61,11 +117,31 @@ pub(super) async fn run_action(action: &ActionConfig, event: &ActionEvent) -> Ou
             return Outcome::Failed;
         }
     };
+    let writer = stdin.and_then(|bytes| spawn_stdin_writer(&mut child, bytes));
     let readers = spawn_output_loggers(&mut child);
-    let (status, timed_out) = wait_or_kill(&mut child, action.timeout).await;
+    let (status, timed_out) = wait_or_kill(&mut child, timeout).await;
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // Whatever it has not read by now it never will (a descendant that
+    // escaped the group must not keep the writer around).
+    if let Some(writer) = writer {
+        writer.abort();
+    }
     finish_output_loggers(readers).await;
-    log_outcome(action, program, status, timed_out, elapsed_ms)
+    log_outcome(program, timeout, status, timed_out, elapsed_ms)
+}
+
+/// Writes `bytes` to the child's stdin in the background and closes it, so
+/// a large batch never blocks the wait for the child (which may exit
+/// without reading: that is its choice, logged at debug level only).
+fn spawn_stdin_writer(child: &mut Child, bytes: Vec<u8>) -> Option<JoinHandle<()>> {
+    let mut stdin = child.stdin.take()?;
+    let task = async move {
+        if let Err(e) = stdin.write_all(&bytes).await {
+            tracing::debug!("writing the batch to stdin: {e}");
+        }
+        // Dropping `stdin` closes it: the action sees the end of the batch.
+    };
+    Some(tokio::spawn(task.instrument(tracing::Span::current())))
 }
 
 /// The command an action runs, and the program's name for messages; `None`
@@ -145,8 +221,8 @@ async fn finish_output_loggers(readers: Vec<JoinHandle<()>>) {
 
 /// Logs how the run ended and classifies it.
 fn log_outcome(
-    action: &ActionConfig,
     program: &str,
+    timeout: Duration,
     status: io::Result<ExitStatus>,
     timed_out: bool,
     elapsed_ms: u64,
@@ -168,7 +244,7 @@ fn log_outcome(
         tracing::warn!(
             elapsed_ms,
             "timed out after {}: killed its process group ({status})",
-            humantime::format_duration(action.timeout),
+            humantime::format_duration(timeout),
         );
         Outcome::TimedOut
     } else if succeeded {
