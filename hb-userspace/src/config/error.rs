@@ -199,12 +199,16 @@ fn parse_message(source_name: &str, cause: &toml::de::Error) -> String {
     };
     // The excerpt: a gutter line, `LINE | text`, and the caret line.
     let excerpt = lines.get(1..4).unwrap_or_default();
-    let key = excerpt
+    let text = excerpt
         .get(1)
-        .and_then(|text| text.strip_prefix(&format!("{line} | ")))
-        .and_then(|text| key_before(text, column));
+        .and_then(|text| text.strip_prefix(&format!("{line} | ")));
+    let key = text.and_then(|text| key_before(text, column));
     let key = key.map(|key| format!("`{key}`: ")).unwrap_or_default();
     let mut message = format!("{source_name}:{line}:{column}: {key}{reason}");
+    // A missing field is reported at its table's header: name the table.
+    if let Some(header) = text.map(str::trim).filter(|text| text.starts_with('[')) {
+        message.push_str(&format!(" (in {header})"));
+    }
     for excerpt_line in excerpt {
         message.push('\n');
         message.push_str(excerpt_line);
@@ -275,7 +279,7 @@ mod tests {
             ),
             (
                 "interfaces = [\"eth0\"]\n[[nodes]]\nid = 1\n",
-                "missing field `name`",
+                "test.toml:2:1: missing field `name` (in [[nodes]])",
             ),
             (
                 "interfaces = [\"eth0\"\n",
