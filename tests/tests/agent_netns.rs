@@ -1042,3 +1042,92 @@ fn forged_leave_does_not_make_a_live_node_left(datapath: Datapath) {
         f.context()
     );
 }
+
+/// `hb agent --check-config` (keepalived -t, haproxy -c): in the monitor's
+/// namespace, a good file prints `config OK` and exits 0; a file with a bad
+/// value exits 1 and names the field on the first line of stderr (what a
+/// journal shows). Either way nothing is attached, bound or written.
+#[test]
+fn check_config_validates_without_starting_anything() {
+    let hb = Hb::from_env();
+    let lab =
+        Lab::build(&unique_prefix(), 2).unwrap_or_else(|err| panic!("building the lab: {err}"));
+    let dir = TempDir::new("hb-test").unwrap_or_else(|err| panic!("{err}"));
+    let config = TestConfig::write(&dir, &lab, TIMING).unwrap_or_else(|err| panic!("{err}"));
+    let check = |path: &Path| {
+        let mut cmd = lab.monitor.command(hb.path());
+        cmd.args([
+            "agent".as_ref(),
+            "--check-config".as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+        ]);
+        cmd.args(["--datapath", "xdp"]);
+        let output = cmd
+            .output()
+            .unwrap_or_else(|err| panic!("running hb agent --check-config: {err}"));
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status, stdout, stderr)
+    };
+
+    let (status, stdout, stderr) = check(&config.path);
+    assert!(
+        status.success(),
+        "a good config failed the check ({status}): {stdout}{stderr}"
+    );
+    assert!(
+        stdout
+            .starts_with("config OK: 2 nodes, 1 actions, datapath xdp, HTTP API on 127.0.0.1:7980"),
+        "stdout: {stdout:?}, stderr: {stderr:?}"
+    );
+
+    let good = std::fs::read_to_string(&config.path).unwrap_or_else(|err| panic!("{err}"));
+    for (line, bad_line, field) in [
+        (
+            "pass_heartbeats = false",
+            "pass_heartbeats = \"yes\"",
+            "`pass_heartbeats`",
+        ),
+        ("max_nodes = 16", "max_nodes = 0", "`max_nodes`"),
+    ] {
+        assert!(good.contains(line), "the test config has no line {line:?}");
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, good.replacen(line, bad_line, 1))
+            .unwrap_or_else(|err| panic!("{err}"));
+        let (status, stdout, stderr) = check(&path);
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{bad_line}: stdout {stdout:?}, stderr {stderr:?}"
+        );
+        assert!(!stdout.contains("config OK"), "{bad_line}: {stdout}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(field),
+            "{bad_line}: the first line of stderr {first:?} does not name {field}\n{stderr}"
+        );
+    }
+
+    for name in lab.monitor_interfaces() {
+        let attached = lab.monitor_xdp(&name).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(attached, None, "--check-config attached XDP to {name}");
+    }
+    assert!(
+        !config.socket.exists(),
+        "--check-config created the status socket"
+    );
+    assert!(
+        !config.state.exists(),
+        "--check-config wrote the state file"
+    );
+    let listening = lab
+        .monitor
+        .exec("ss", ["-H", "-l", "-n", "-t", "-u"])
+        .unwrap_or_else(|err| panic!("{err}"));
+    let listening = String::from_utf8_lossy(&listening.stdout);
+    assert!(
+        listening.trim().is_empty(),
+        "--check-config left sockets bound: {listening}"
+    );
+}

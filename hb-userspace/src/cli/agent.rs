@@ -1,7 +1,7 @@
 //! `hb agent`: loads the configuration (the file, then the flags over it)
-//! and runs the agent. This is where the signals are: SIGHUP reloads the
-//! keys, SIGINT and SIGTERM stop the agent cleanly (state saved, XDP
-//! detached).
+//! and runs the agent, or with `--check-config` only checks it. This is
+//! where the signals are: SIGHUP reloads the keys, SIGINT and SIGTERM stop
+//! the agent cleanly (state saved, XDP detached).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -15,6 +15,8 @@ use tokio::{
 use crate::{
     agent::{self, Control},
     config::{Config, DatapathKind, Overrides, XdpMode},
+    keys::{self, Keyring},
+    nodes::NodeDirectory,
 };
 
 #[derive(Args)]
@@ -55,6 +57,12 @@ pub struct AgentArgs {
     /// Where node states are saved across restarts.
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// Check the configuration as the agent would at start (the file, the
+    /// flags, that the interfaces exist, the key and token files), print a
+    /// summary and exit: 0 if it is valid, 1 with the problem if not.
+    /// Loads no program, binds nothing, writes nothing.
+    #[arg(long)]
+    check_config: bool,
 }
 
 pub async fn execute(args: AgentArgs) -> anyhow::Result<()> {
@@ -72,7 +80,34 @@ pub async fn execute(args: AgentArgs) -> anyhow::Result<()> {
         state_file: args.state_file,
     };
     let config = Config::load(&args.config, &overrides)?;
+    if args.check_config {
+        println!("{}", check(&config)?);
+        return Ok(());
+    }
     agent::run(config, forward_signals()?).await
+}
+
+/// What the agent checks at start before touching the host, in the same
+/// order (interfaces, keys, detector settings, token): the summary for
+/// `--check-config`, or the first problem. Like `keepalived -t` and
+/// `haproxy -c`, so that a file can be checked before `systemctl reload`.
+fn check(config: &Config) -> anyhow::Result<String> {
+    config.check_interfaces_exist()?;
+    Keyring::load(&config.auth.keys)?;
+    config.detector_settings()?;
+    if let Some(path) = &config.http.token_file {
+        keys::read_token(path)?;
+    }
+    let nodes = NodeDirectory::new(&config.nodes, &config.node_ranges).len();
+    let http = match config.http.listen {
+        Some(address) => format!("HTTP API on {address}"),
+        None => "HTTP API off".to_owned(),
+    };
+    Ok(format!(
+        "config OK: {nodes} nodes, {} actions, datapath {}, {http}",
+        config.actions.len(),
+        config.datapath.as_str(),
+    ))
 }
 
 /// SIGHUP, SIGINT and SIGTERM as the agent's [`Control`] messages, from a

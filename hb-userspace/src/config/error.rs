@@ -17,8 +17,9 @@ pub enum ConfigError {
         cause: std::io::Error,
     },
     /// Bad TOML, an unknown field, a missing field or a value of the wrong
-    /// type (e.g. a bad duration); toml's message names the field and line.
-    #[error("{source_name}: {}", cause.to_string().trim_end())]
+    /// type (e.g. a bad duration). The first line says where and why
+    /// (`FILE:LINE:COLUMN: cause`), toml's excerpt of the line follows.
+    #[error("{}", parse_message(source_name, cause))]
     Parse {
         source_name: String,
         cause: toml::de::Error,
@@ -168,4 +169,192 @@ pub enum ConfigError {
         "`http.per_node_metrics` is {value}: set it to at most {MAX_PER_NODE_METRICS}, or 0: every node adds series to each scrape, so a large cluster would flood Prometheus (watch hb_nodes{{state}} instead)"
     )]
     PerNodeMetricsTooLarge { value: u32 },
+}
+
+/// How durations are written, added to the message of a bad one: serde
+/// only says "expected a duration".
+const DURATION_FORMATS: &str =
+    "write a number and a unit, e.g. \"2s\", \"500ms\", \"1m30s\" or \"1h\"";
+
+/// The message of [`ConfigError::Parse`]: `FILE:LINE:COLUMN: cause` on the
+/// first line, so that the first line of a journal says what is wrong, then
+/// toml's excerpt of the offending line. toml renders the position first
+/// and the cause last (and its error exposes no line number), so the
+/// rendering is taken apart here; anything unexpected in it falls back to
+/// `FILE: cause` followed by toml's rendering.
+fn parse_message(source_name: &str, cause: &toml::de::Error) -> String {
+    let mut reason = one_line(cause.message());
+    if reason.contains("expected a duration") {
+        reason = format!("{reason}: {DURATION_FORMATS}");
+    }
+    let rendered = cause.to_string();
+    let lines: Vec<&str> = rendered.lines().collect();
+    let Some((line, column)) = lines.first().and_then(|first| position(first)) else {
+        // No position: toml then names the key path on a line "in `a.b`".
+        let keys = lines.iter().find_map(|l| l.strip_prefix("in "));
+        return match keys {
+            Some(keys) => format!("{source_name}: {keys}: {reason}"),
+            None => format!("{source_name}: {reason}"),
+        };
+    };
+    // The excerpt: a gutter line, `LINE | text`, and the caret line.
+    let excerpt = lines.get(1..4).unwrap_or_default();
+    let text = excerpt
+        .get(1)
+        .and_then(|text| text.strip_prefix(&format!("{line} | ")));
+    let key = text.and_then(|text| key_before(text, column));
+    let key = key.map(|key| format!("`{key}`: ")).unwrap_or_default();
+    let mut message = format!("{source_name}:{line}:{column}: {key}{reason}");
+    // A missing field is reported at its table's header: name the table.
+    if let Some(header) = text.map(str::trim).filter(|text| text.starts_with('[')) {
+        message.push_str(&format!(" (in {header})"));
+    }
+    for excerpt_line in excerpt {
+        message.push('\n');
+        message.push_str(excerpt_line);
+    }
+    message
+}
+
+/// toml's position line, "TOML parse error at line N, column M".
+fn position(first_line: &str) -> Option<(usize, usize)> {
+    let (line, column) = first_line
+        .strip_prefix("TOML parse error at line ")?
+        .split_once(", column ")?;
+    Some((line.parse().ok()?, column.parse().ok()?))
+}
+
+/// The key whose value starts at `column` (1-based, in characters) of the
+/// line `text`: `interval` in `interval = "2 parsecs"` with the column at
+/// the value, or `id` in `{ id = "x" }`. None when the column is not at a
+/// value (a syntax error, an unknown key: toml's message names those).
+fn key_before(text: &str, column: usize) -> Option<&str> {
+    let end = text
+        .char_indices()
+        .nth(column.checked_sub(1)?)
+        .map_or(text.len(), |(at, _)| at);
+    let before = text[..end].trim_end().strip_suffix('=')?;
+    let key = before.rsplit([',', '{']).next()?.trim();
+    let bare = |c: char| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c);
+    (!key.is_empty() && key.chars().all(bare)).then_some(key)
+}
+
+/// toml's cause, which may span lines ("invalid array\nexpected `]`"), on
+/// one line.
+fn one_line(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect();
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_support::*;
+
+    /// The first line of the message of parsing `text` as `test.toml`, and
+    /// the whole message.
+    fn first_line(text: &str) -> (String, String) {
+        let message = parse_err(text).to_string();
+        let first = message.lines().next().unwrap_or_default().to_owned();
+        (first, message)
+    }
+
+    #[test]
+    fn a_parse_error_says_where_and_why_on_its_first_line() {
+        for (text, expected) in [
+            (
+                "interfaces = [\"eth0\"]\npass_heartbeats = \"yes\"\n",
+                "test.toml:2:19: `pass_heartbeats`: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "interfaces = [\"eth0\"]\nprot = 1\n",
+                "test.toml:2:1: unknown field `prot`",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[[nodes]]\nid = 1\nname = \"a\"\naddress = \"nope\"\n",
+                "test.toml:5:11: `address`: invalid IP address syntax",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[[nodes]]\nid = 1\n",
+                "test.toml:2:1: missing field `name` (in [[nodes]])",
+            ),
+            (
+                "interfaces = [\"eth0\"\n",
+                "test.toml:1:22: invalid array: expected `]`",
+            ),
+            (
+                "[[node_ranges]]\nfirst_id = 0\ncount = 2\nname_prefix = \"n\"\ninterval = { x = 1 }\n",
+                "test.toml:5:12: `interval`: invalid type: map, expected a duration",
+            ),
+        ] {
+            let (first, message) = first_line(text);
+            assert!(
+                first.contains(expected),
+                "first line {first:?} lacks {expected:?}\n{message}"
+            );
+            assert!(
+                first.starts_with("test.toml:"),
+                "first line {first:?} does not start with the file and position\n{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_excerpt_follows_the_first_line() {
+        let (_, message) = first_line("interfaces = [\"eth0\"]\nport = \"x\"\n");
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), 4, "{message}");
+        assert_eq!(lines[2], "2 | port = \"x\"", "{message}");
+        assert!(lines[3].ends_with("^^^"), "{message}");
+        assert!(!message.contains("TOML parse error"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_duration_says_how_durations_are_written() {
+        for text in [
+            "interfaces = [\"eth0\"]\n[defaults]\ninterval = \"2 parsecs\"\n",
+            "interfaces = [\"eth0\"]\n[defaults]\ninterval = 2\n",
+            "interfaces = [\"eth0\"]\n[[actions]]\nname = \"a\"\non = [\"up\"]\nshell = \"x\"\ntimeout = \"soon\"\n",
+            "interfaces = [\"eth0\"]\n[detector]\nacceptable_pause = \"\"\n",
+        ] {
+            let (first, message) = first_line(text);
+            for needle in [
+                "expected a duration",
+                "\"2s\"",
+                "\"500ms\"",
+                "\"1m30s\"",
+                "\"1h\"",
+            ] {
+                assert!(
+                    first.contains(needle),
+                    "{first:?} lacks {needle}\n{message}"
+                );
+            }
+        }
+        let (first, _) =
+            first_line("interfaces = [\"eth0\"]\n[defaults]\ninterval = \"2 parsecs\"\n");
+        assert!(first.starts_with("test.toml:3:12: `interval`: "), "{first}");
+        let (first, _) = first_line("interfaces = [\"eth0\"]\nport = \"x\"\n");
+        assert!(!first.contains("\"1m30s\""), "not a duration: {first}");
+    }
+
+    #[test]
+    fn keys_are_found_only_before_a_value() {
+        use super::key_before;
+        assert_eq!(key_before("interval = \"2 parsecs\"", 12), Some("interval"));
+        assert_eq!(key_before("a = { id = \"x\" }", 12), Some("id"));
+        assert_eq!(key_before("a = { b = 1, id = \"x\" }", 19), Some("id"));
+        assert_eq!(key_before("prot = 1", 1), None);
+        assert_eq!(key_before("x = [1, 2", 10), None);
+        assert_eq!(key_before("", 1), None);
+        assert_eq!(key_before("é = 1", 5), None, "only TOML bare keys");
+        assert_eq!(
+            super::position("TOML parse error at line 12, column 3"),
+            Some((12, 3))
+        );
+        assert_eq!(super::position("unknown field"), None);
+    }
 }

@@ -362,7 +362,7 @@ mod tests {
     fn unknown_field_names_field_and_file() {
         let err = parse_err(&format!("{BASE}prot = 1\n"));
         assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
-        assert_mentions(&err, &["test.toml", "prot", "line 2"]);
+        assert_mentions(&err, &["test.toml:2:1:", "prot"]);
         assert!(!err.to_string().ends_with('\n'), "{err:?}");
 
         let err = parse_err(&format!("{BASE}[defaults]\nintervall = \"1s\"\n"));
@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn bad_toml_and_bad_values_are_parse_errors() {
         for (text, needle) in [
-            ("interfaces = [\"eth0\"\n", "line"),
+            ("interfaces = [\"eth0\"\n", "test.toml:1:22:"),
             (
                 "interfaces = [\"eth0\"]\n[defaults]\ninterval = \"2 parsecs\"\n",
                 "interval",

@@ -10,6 +10,8 @@
 //! - `http`: the `[http]` section's parsing and checks (where the API
 //!   listens, and that it is never open to the network without a token).
 //! - `error`: [`ConfigError`], whose messages say how to fix the file.
+//! - `reload`: what a reload would change ([`reload_plan`]), or why it is
+//!   refused.
 //! - `example.toml`: the commented example, `hb example-config`.
 //! - `settings`: the configuration converted into each layer's settings
 //!   (datapath, detector), so that no layer reads [`Config`].
@@ -22,6 +24,7 @@
 mod error;
 mod http;
 mod load;
+mod reload;
 mod settings;
 #[cfg(test)]
 mod test_support;
@@ -32,6 +35,7 @@ pub use self::{
     error::ConfigError,
     http::MAX_PER_NODE_METRICS,
     load::Overrides,
+    reload::{NeedsRestart, ReloadPlan, ReloadRefused, reload_plan},
     types::{
         AuthConfig, BrakeConfig, Config, DEFAULT_ACTION_TIMEOUT, DEFAULT_FLAP_MAX,
         DEFAULT_FLAP_STABLE, DEFAULT_FLAP_WINDOW, DEFAULT_HTTP_LISTEN, DEFAULT_INTERVAL,
