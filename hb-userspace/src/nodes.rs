@@ -81,10 +81,11 @@ pub struct NodeInfo<'a> {
     pub interval: Option<Duration>,
 }
 
-/// The configured nodes, looked up by id.
+/// The configured nodes, looked up by id: borrowed from a configuration,
+/// or owned (the agent's, which a reload replaces).
 pub struct NodeDirectory<'a> {
-    nodes: &'a [NodeConfig],
-    ranges: &'a [NodeRange],
+    nodes: Cow<'a, [NodeConfig]>,
+    ranges: Cow<'a, [NodeRange]>,
     by_id: HashMap<u32, usize>,
 }
 
@@ -92,13 +93,28 @@ impl<'a> NodeDirectory<'a> {
     /// The listed and ranged nodes of a validated configuration (ids
     /// unique, ranges disjoint).
     pub fn new(nodes: &'a [NodeConfig], ranges: &'a [NodeRange]) -> Self {
+        Self::from_cows(Cow::Borrowed(nodes), Cow::Borrowed(ranges))
+    }
+
+    fn from_cows(nodes: Cow<'a, [NodeConfig]>, ranges: Cow<'a, [NodeRange]>) -> Self {
+        let by_id = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
         NodeDirectory {
             nodes,
             ranges,
-            by_id: nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect(),
+            by_id,
         }
     }
+}
 
+impl NodeDirectory<'static> {
+    /// A directory of its own copy of the nodes (a range costs its few
+    /// fields, not a string per node).
+    pub fn owned(nodes: &[NodeConfig], ranges: &[NodeRange]) -> Self {
+        Self::from_cows(Cow::Owned(nodes.to_vec()), Cow::Owned(ranges.to_vec()))
+    }
+}
+
+impl<'a> NodeDirectory<'a> {
     /// Number of configured nodes.
     pub fn len(&self) -> usize {
         self.nodes.len() + self.ranges.iter().map(|r| r.count as usize).sum::<usize>()
@@ -158,7 +174,7 @@ impl<'a> NodeDirectory<'a> {
     }
 
     /// The node with this id, if it is configured.
-    pub fn get(&self, id: u32) -> Option<NodeInfo<'a>> {
+    pub fn get(&self, id: u32) -> Option<NodeInfo<'_>> {
         if let Some(&index) = self.by_id.get(&id) {
             let node = &self.nodes[index];
             return Some(NodeInfo {

@@ -21,7 +21,12 @@
 //! With `[http] token_file`, every request must carry `Authorization: Bearer
 //! <token>` (401 otherwise).
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use anyhow::Context;
 use axum::{
@@ -59,18 +64,21 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// A comment line this often keeps idle event streams open through proxies.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// The bearer token requests must carry, if any; a reload replaces it.
+pub type SharedToken = Arc<RwLock<Option<HttpToken>>>;
+
 /// What every handler shares: the way to the agent's loop, and the token.
 #[derive(Clone)]
 struct Api {
     queries: mpsc::Sender<Query>,
-    token: Option<Arc<HttpToken>>,
+    token: SharedToken,
 }
 
 /// Binds `address` (so that a taken port fails the agent's start) and
 /// serves the API from a task.
 pub fn listen(
     address: SocketAddr,
-    token: Option<HttpToken>,
+    token: SharedToken,
     queries: mpsc::Sender<Query>,
 ) -> anyhow::Result<()> {
     let bound = std::net::TcpListener::bind(address)
@@ -79,21 +87,15 @@ pub fn listen(
             TcpListener::from_std(listener)
         })
         .with_context(|| format!("listening on {address} for the HTTP API ([http] listen)"))?;
-    tracing::info!(
-        %address,
-        authenticated = token.is_some(),
-        "HTTP API listening"
-    );
+    let authenticated = token.read().is_ok_and(|token| token.is_some());
+    tracing::info!(%address, authenticated, "HTTP API listening");
     tokio::spawn(serve(bound, queries, token));
     Ok(())
 }
 
 /// Serves the API on `listener` until the process ends.
-async fn serve(listener: TcpListener, queries: mpsc::Sender<Query>, token: Option<HttpToken>) {
-    let api = Api {
-        queries,
-        token: token.map(Arc::new),
-    };
+async fn serve(listener: TcpListener, queries: mpsc::Sender<Query>, token: SharedToken) {
+    let api = Api { queries, token };
     let app = router(api);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("the HTTP API stopped: {e}");
@@ -115,14 +117,15 @@ fn router(api: Api) -> Router {
 
 /// Refuses requests without the bearer token, when one is configured.
 async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let Some(token) = &api.token else {
-        return next.run(request).await;
-    };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
-    if presented.is_some_and(|presented| token.matches(presented)) {
+    let allowed = match &*api.token.read().unwrap_or_else(PoisonError::into_inner) {
+        None => true,
+        Some(token) => presented.is_some_and(|presented| token.matches(presented)),
+    };
+    if allowed {
         return next.run(request).await;
     }
     let mut response = error(

@@ -21,7 +21,7 @@ pub mod status;
 mod tests;
 
 use std::{
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -33,12 +33,13 @@ use tokio::{
 };
 
 use self::{
+    http::SharedToken,
     query::Query,
     status::{AuthStatus, BrakeStatus, StatusReport},
 };
 use crate::{
     clock::{self, monotonic_ns},
-    config::Config,
+    config::{Config, Overrides},
     datapath::Datapath,
     detect::{brake::Brake, detector::NodeState, sweep::Sweep},
     keys::{self, Keyring},
@@ -63,22 +64,30 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// What the agent's owner tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
-    /// Re-read the config file's `[auth] keys` and install them.
-    ReloadKeys,
+    /// Re-read the whole configuration file (see [`reload`]).
+    Reload,
     /// Save the state, stop the datapath, and return.
     Shutdown,
 }
 
 /// Starts the agent and runs it until `control` says to stop (or closes).
-pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
-    Agent::start(&config)?.run(control).await
+/// `overrides` (the command line's) are applied again at every reload.
+pub async fn run(
+    config: Config,
+    overrides: Overrides,
+    control: mpsc::Receiver<Control>,
+) -> anyhow::Result<()> {
+    Agent::start(config, overrides)?.run(control).await
 }
 
 /// A running agent: the datapath receiving, the sweep, the sinks, and the
 /// status socket.
-pub struct Agent<'c> {
-    config: &'c Config,
-    nodes: NodeDirectory<'c>,
+pub struct Agent {
+    config: Config,
+    overrides: Overrides,
+    nodes: NodeDirectory<'static>,
+    /// The bearer token the HTTP API checks, replaced by a reload.
+    token: SharedToken,
     datapath: Datapath,
     sweep: Sweep,
     sinks: Sinks,
@@ -93,13 +102,13 @@ pub struct Agent<'c> {
     last_summary: Instant,
 }
 
-impl<'c> Agent<'c> {
+impl Agent {
     /// Sets everything up and starts receiving heartbeats; on error, nothing
     /// stays attached.
-    pub fn start(config: &'c Config) -> anyhow::Result<Self> {
+    pub fn start(config: Config, overrides: Overrides) -> anyhow::Result<Self> {
         config.check_interfaces_exist()?;
-        let nodes = NodeDirectory::new(&config.nodes, &config.node_ranges);
-        startup::warn_about(config, &nodes);
+        let nodes = NodeDirectory::owned(&config.nodes, &config.node_ranges);
+        startup::warn_about(&config, &nodes);
         let started = Instant::now();
 
         let keyring = Keyring::load(&config.auth.keys)?;
@@ -109,22 +118,23 @@ impl<'c> Agent<'c> {
         let detector = startup::watch_nodes(
             config.detector_settings()?,
             &nodes,
-            &startup::saved_nodes(config)?,
+            &startup::saved_nodes(&config)?,
             &keyring,
             datapath.table(),
         );
-        let sinks = open_sinks(config)?;
+        let sinks = open_sinks(&config)?;
         let token = config
             .http
             .token_file
             .as_deref()
             .map(keys::read_token)
             .transpose()?;
+        let token: SharedToken = Arc::new(RwLock::new(token));
         datapath.start()?;
         let (ask, queries) = mpsc::channel(QUERY_QUEUE);
         status::listen(&config.status_socket, ask.clone())?;
         if let Some(address) = config.http.listen {
-            http::listen(address, token, ask)?;
+            http::listen(address, Arc::clone(&token), ask)?;
         }
         tracing::info!(
             nodes = nodes.len(),
@@ -135,9 +145,15 @@ impl<'c> Agent<'c> {
             "agent running"
         );
         Ok(Agent {
-            config,
-            datapath,
             sweep: Sweep::new(detector, Brake::new(config.brake.settings())),
+            auth: AuthStatus {
+                key_ids: keyring.ids(),
+                accept_unauthenticated: config.auth.unauthenticated() == Unauthenticated::Accept,
+            },
+            config,
+            overrides,
+            token,
+            datapath,
             sinks,
             queries,
             sorted_ids: nodes.sorted_ids(),
@@ -145,10 +161,6 @@ impl<'c> Agent<'c> {
             sweeps: 0,
             last_sweep_ns: 0,
             last_summary: Instant::now(),
-            auth: AuthStatus {
-                key_ids: keyring.ids(),
-                accept_unauthenticated: config.auth.unauthenticated() == Unauthenticated::Accept,
-            },
             started,
         })
     }
@@ -162,7 +174,7 @@ impl<'c> Agent<'c> {
                 _ = ticker.tick() => self.tick(),
                 Some(query) = self.queries.recv() => self.answer(query),
                 command = control.recv() => match command {
-                    Some(Control::ReloadKeys) => self.reload_keys(),
+                    Some(Control::Reload) => self.reload(),
                     Some(Control::Shutdown) | None => break,
                 },
             }
@@ -294,10 +306,9 @@ impl<'c> Agent<'c> {
         }
     }
 
-    fn reload_keys(&mut self) {
-        if let Some(key_ids) = reload::reload_keys(self.config, &mut self.datapath) {
-            self.auth.key_ids = key_ids;
-        }
+    /// SIGHUP: the whole configuration again (see [`reload`]).
+    fn reload(&mut self) {
+        reload::reload(self);
     }
 
     /// Saves the state, stops the datapath (detaching XDP) and waits a

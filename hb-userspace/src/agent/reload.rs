@@ -1,47 +1,173 @@
-//! Key reload (SIGHUP): re-reads the config file's `[auth] keys` and
-//! installs them in the datapath. Any problem keeps the keys in use (a
-//! failed reload never drops a key) and is logged.
+//! A full reload (SIGHUP, `systemctl reload`): the configuration file is read
+//! again, with the command line's overrides, and compared with the running
+//! one ([`reload_plan`]). A change that needs a restart (the port, the
+//! table's size, the datapath, the interfaces, the HTTP address, ...) refuses
+//! the whole reload; so does anything invalid or unreadable: the key files,
+//! the token file, the event log, the detector's settings. Everything is
+//! read and checked before anything changes, so a refused reload changes
+//! nothing, and says why.
+//!
+//! What a reload applies: nodes and ranges added (watched from now on,
+//! unseen until heard) or removed (forgotten, no event), nodes whose
+//! address, interval or source changed, the actions, the detector's and the
+//! brake's settings, the keys, the HTTP token, the event log. Node states,
+//! sequence numbers and interval estimates of the nodes that stay are kept,
+//! and the XDP program stays attached. Every change is logged.
 
-use hb_common::admission::Unauthenticated;
+use hb_common::{
+    admission::Unauthenticated,
+    table::{NodeRecord, SLOT_PINNED, src_octets},
+};
 
-use crate::{config::Config, datapath::Datapath, keys::Keyring};
+use super::Agent;
+use crate::{
+    config::{Config, ReloadPlan, reload_plan},
+    detect::detector::WatchedNode,
+    keys::{self, HttpToken, Keyring},
+    nodes::NodeDirectory,
+    sinks::event_log::EventLog,
+};
 
-/// Reloads the keys; returns the new key ids if they were installed.
-pub fn reload_keys(config: &Config, datapath: &mut Datapath) -> Option<Vec<u8>> {
-    let Some(path) = &config.loaded_from else {
-        tracing::warn!("SIGHUP: no config file to reload the keys from; keys unchanged");
-        return None;
-    };
-    let reloaded = match Config::load(path, &Default::default()) {
-        Ok(reloaded) => reloaded,
-        Err(e) => {
-            tracing::error!("SIGHUP: {e}; keys unchanged");
-            return None;
+/// What a reload installs, all of it read and checked first.
+struct Prepared {
+    config: Config,
+    plan: ReloadPlan,
+    keyring: Keyring,
+    token: Option<HttpToken>,
+    events: Option<EventLog>,
+}
+
+/// Reloads the configuration, or logs why not and changes nothing.
+pub(super) fn reload(agent: &mut Agent) {
+    let prepared = match prepare(agent) {
+        Ok(prepared) => prepared,
+        Err(why) => {
+            tracing::error!("SIGHUP: {why}; the running configuration stays");
+            return;
         }
     };
-    if reloaded.auth.unauthenticated() != config.auth.unauthenticated() {
-        tracing::warn!(
-            "SIGHUP: whether unauthenticated heartbeats are accepted changes only with a restart; \
-             reloading the keys alone"
-        );
-    }
-    let keyring = match Keyring::load(&reloaded.auth.keys) {
-        Ok(keyring) => keyring,
-        Err(e) => {
-            tracing::error!("SIGHUP: {e}; keys unchanged");
-            return None;
-        }
-    };
-    if keyring.is_empty() && config.auth.unauthenticated() == Unauthenticated::Refuse {
+    if let Err(e) = agent.datapath.set_keys(&prepared.keyring.slots()) {
         tracing::error!(
-            "SIGHUP: [auth] keys is now empty, which would refuse every heartbeat; keys unchanged"
+            "SIGHUP: installing the keys: {:#}; the running configuration stays",
+            anyhow::Error::from(e)
         );
-        return None;
+        return;
     }
-    if let Err(e) = datapath.set_keys(&keyring.slots()) {
-        tracing::error!("SIGHUP: installing the keys: {:#}", anyhow::Error::from(e));
-        return None;
+    apply(agent, prepared);
+}
+
+/// Reads and checks everything the reload needs.
+fn prepare(agent: &Agent) -> Result<Prepared, String> {
+    let path = agent
+        .config
+        .loaded_from
+        .as_deref()
+        .ok_or("there is no configuration file to reload")?;
+    let config = Config::load(path, &agent.overrides).map_err(|e| e.to_string())?;
+    let plan = reload_plan(&agent.config, &config).map_err(|refused| refused.to_string())?;
+    let keyring = Keyring::load(&config.auth.keys).map_err(|e| e.to_string())?;
+    if keyring.is_empty() && config.auth.unauthenticated() == Unauthenticated::Refuse {
+        return Err("[auth] keys is now empty, which would refuse every heartbeat".to_owned());
     }
-    tracing::info!(key_ids = ?keyring.ids(), "SIGHUP: keys reloaded");
-    Some(keyring.ids())
+    config
+        .detector_settings()
+        .map_err(|e| format!("[detector]: {e}"))?;
+    let token = config
+        .http
+        .token_file
+        .as_deref()
+        .map(keys::read_token)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let events = if plan.event_log {
+        let opened = EventLog::open(config.event_log.as_deref());
+        Some(opened.map_err(|e| format!("opening the event log: {e}"))?)
+    } else {
+        None
+    };
+    Ok(Prepared {
+        config,
+        plan,
+        keyring,
+        token,
+        events,
+    })
+}
+
+/// Installs what `prepare` read; nothing here can fail.
+fn apply(agent: &mut Agent, prepared: Prepared) {
+    let Prepared {
+        config,
+        plan,
+        keyring,
+        token,
+        events,
+    } = prepared;
+    let nodes = NodeDirectory::owned(&config.nodes, &config.node_ranges);
+    forget_nodes(agent, &plan.removed);
+    watch_nodes(agent, &nodes, &plan);
+    if let Ok(settings) = config.detector_settings() {
+        agent.sweep.detector_mut().set_settings(settings);
+    }
+    agent
+        .sweep
+        .brake_mut()
+        .set_settings(config.brake.settings());
+    agent.sinks.actions.set_actions(config.actions.clone());
+    if let Some(events) = events {
+        agent.sinks.events = events;
+    }
+    *agent
+        .token
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+    if plan.per_node_metrics {
+        tracing::warn!(
+            "SIGHUP: [http] per_node_metrics changes at the next restart (the metrics \
+             registry is built at start)"
+        );
+    }
+    agent.auth.key_ids = keyring.ids();
+    agent.sorted_ids = nodes.sorted_ids();
+    agent.nodes = nodes;
+    agent.config = config;
+    tracing::info!(
+        key_ids = ?agent.auth.key_ids,
+        "SIGHUP: configuration reloaded: {}",
+        plan.describe().join("; ")
+    );
+}
+
+/// Removed nodes: the datapath stops recording them (they count as
+/// `unknown_node` again) and the detector forgets them, without an event.
+fn forget_nodes(agent: &mut Agent, removed: &[u32]) {
+    for &id in removed {
+        agent.datapath.table().unconfigure(id);
+        agent.sweep.detector_mut().unwatch(id);
+    }
+}
+
+/// Added nodes are configured in the table (unseen until heard) and
+/// watched; changed ones get their source pin and interval again, keeping
+/// their record and seen word.
+fn watch_nodes(agent: &mut Agent, nodes: &NodeDirectory<'_>, plan: &ReloadPlan) {
+    let table = agent.datapath.table();
+    for &id in &plan.added {
+        let mut record = NodeRecord::default();
+        if let Some(source) = nodes.source_of(id) {
+            record.slot_flags |= SLOT_PINNED;
+            record.src_addr = src_octets(source);
+        }
+        table.configure(id, record);
+    }
+    for &id in &plan.changed {
+        table.pin(id, nodes.source_of(id));
+    }
+    for &id in plan.added.iter().chain(&plan.changed) {
+        let interval = nodes.get(id).and_then(|node| node.interval);
+        agent.sweep.detector_mut().watch(WatchedNode {
+            node_id: id,
+            interval_ns: interval.map(|d| d.as_nanos() as u64),
+        });
+    }
 }

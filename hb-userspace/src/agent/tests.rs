@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::unix::fs::PermissionsExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -71,42 +71,12 @@ impl RunningAgent {
         let dir = TempDir::new(name);
         let (port, http) = (free_udp_port(), free_tcp_address());
         let path = dir.0.join("hb.toml");
-        let d = dir.0.display();
-        let text = format!(
-            r#"interfaces = ["lo"]
-port = {port}
-datapath = "socket"
-status_socket = "{d}/hb.sock"
-state_file = "{d}/state.json"
-
-[defaults]
-interval = "100ms"
-sweep_period = "10ms"
-
-[http]
-listen = "{http}"
-{http_extra}
-
-[[nodes]]
-id = 1
-name = "n1"
-
-[[nodes]]
-id = 2
-name = "n2"
-
-[[actions]]
-name = "mark"
-on = ["up"]
-shell = "echo \"$HB_EVENT $HB_NODE_NAME\" >> {d}/events"
-timeout = "5s"
-"#
-        );
+        let text = config_text(&dir.0, port, http, http_extra, &[1, 2], "");
         std::fs::write(&path, text).expect("writing the config");
         let config = Config::load(&path, &Overrides::default()).expect("a valid config");
         let socket = config.status_socket.clone();
         let (control, received) = mpsc::channel(4);
-        let task = tokio::spawn(run(config, received));
+        let task = tokio::spawn(run(config, Overrides::default(), received));
         let agent = RunningAgent {
             dir,
             port,
@@ -128,16 +98,21 @@ timeout = "5s"
         report.nodes.iter().find(|n| n.id == 1).map(|n| n.state)
     }
 
-    /// Three heartbeats of node 1 over loopback. They advertise a 5 s
+    /// Three heartbeats of node 1 over loopback.
+    fn beat_node_1(&self) {
+        self.beat(1);
+    }
+
+    /// Three heartbeats of node `id` over loopback. They advertise a 5 s
     /// interval: the node stays up for the whole test (15 s), however slow
     /// the machine.
-    fn beat_node_1(&self) {
+    fn beat(&self, id: u32) {
         let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("a sender socket");
         for sequence in 1..=3 {
             let heartbeat = Heartbeat {
                 flags: 0,
                 key_id: 0,
-                node_id: 1,
+                node_id: id,
                 interval_ms: 5_000,
                 incarnation: 7,
                 sequence,
@@ -170,6 +145,46 @@ timeout = "5s"
             .expect("the agent stops without error");
         self.dir
     }
+}
+
+/// An agent's configuration: the socket datapath on `lo`, the HTTP API on
+/// `http` (plus `http_extra` in its section), nodes `n{id}` for `ids`, and
+/// an `up` action writing `{tag}$HB_EVENT $HB_NODE_NAME` to `events`.
+fn config_text(
+    dir: &Path,
+    port: u16,
+    http: SocketAddr,
+    http_extra: &str,
+    ids: &[u32],
+    tag: &str,
+) -> String {
+    let d = dir.display();
+    let nodes: String = ids
+        .iter()
+        .map(|id| format!("[[nodes]]\nid = {id}\nname = \"n{id}\"\n\n"))
+        .collect();
+    format!(
+        r#"interfaces = ["lo"]
+port = {port}
+datapath = "socket"
+status_socket = "{d}/hb.sock"
+state_file = "{d}/state.json"
+
+[defaults]
+interval = "100ms"
+sweep_period = "10ms"
+
+[http]
+listen = "{http}"
+{http_extra}
+
+{nodes}[[actions]]
+name = "mark"
+on = ["up"]
+shell = "echo \"{tag}$HB_EVENT $HB_NODE_NAME\" >> {d}/events"
+timeout = "5s"
+"#
+    )
 }
 
 /// Polls `check` every 20 ms until it is true or `limit` passes.
@@ -263,7 +278,7 @@ async fn the_agent_runs_in_process_and_stops_when_told() {
     // A key reload keeps the agent answering; a shutdown stops it cleanly.
     agent
         .control
-        .send(Control::ReloadKeys)
+        .send(Control::Reload)
         .await
         .expect("the agent listens");
     assert_eq!(agent.state_of_node_1().await, Some(NodeState::Up));
@@ -385,6 +400,86 @@ async fn with_a_token_every_request_must_carry_it() {
     assert_eq!(
         http_get(http, "/healthz", Some(token)),
         (200, "ok\n".to_owned())
+    );
+    agent.shut_down().await;
+}
+
+/// A node's state as the HTTP API reports it.
+fn state_over_http(http: SocketAddr, id: u32) -> Option<String> {
+    let (code, body) = http_get(http, &format!("/api/v1/nodes/{id}"), None);
+    (code == 200).then(|| {
+        let node: Value = serde_json::from_str(&body).expect("a node as JSON");
+        node["state"].as_str().unwrap_or_default().to_owned()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_nodes_and_actions_and_refuses_what_needs_a_restart() {
+    let agent = RunningAgent::start("agent-reload", "").await;
+    let (http, events) = (agent.http, agent.dir.0.join("events"));
+    let config = agent.dir.0.join("hb.toml");
+    agent.beat_node_1();
+    agent.wait_until_node_1_is_up().await;
+    let ran = eventually(Duration::from_secs(10), async || {
+        std::fs::read_to_string(&events).is_ok_and(|text| text == "up n1\n")
+    });
+    assert!(ran.await, "the first up action did not run");
+
+    // Node 2 removed, node 3 added, the action changed.
+    let reloaded = config_text(&agent.dir.0, agent.port, http, "", &[1, 3], "v2 ");
+    std::fs::write(&config, reloaded).expect("rewriting the config");
+    agent
+        .control
+        .send(Control::Reload)
+        .await
+        .expect("the agent listens");
+    let applied = eventually(Duration::from_secs(10), async || {
+        state_over_http(http, 3).as_deref() == Some("unseen")
+    });
+    assert!(applied.await, "node 3 never appeared");
+    assert_eq!(state_over_http(http, 2), None, "node 2 is forgotten");
+    assert_eq!(
+        state_over_http(http, 1).as_deref(),
+        Some("up"),
+        "node 1 kept its state"
+    );
+    assert_eq!(json_get(http, "/api/v1/status")["nodes_total"], 2);
+    agent.beat(3);
+    let new_action = eventually(Duration::from_secs(10), async || {
+        std::fs::read_to_string(&events).is_ok_and(|text| text == "up n1\nv2 up n3\n")
+    });
+    assert!(
+        new_action.await,
+        "the changed action did not run once for node 3: {:?}",
+        std::fs::read_to_string(&events)
+    );
+
+    // An invalid file, and a change that needs a restart: both refused whole.
+    std::fs::write(&config, "port = \"not a port\"\n").expect("rewriting the config");
+    agent
+        .control
+        .send(Control::Reload)
+        .await
+        .expect("the agent listens");
+    let moved = config_text(&agent.dir.0, agent.port + 1, http, "", &[1, 3, 4], "v3 ");
+    std::fs::write(&config, moved).expect("rewriting the config");
+    agent
+        .control
+        .send(Control::Reload)
+        .await
+        .expect("the agent listens");
+    assert_eq!(state_over_http(http, 3).as_deref(), Some("up"));
+    assert_eq!(
+        state_over_http(http, 4),
+        None,
+        "a refused reload adds nothing"
+    );
+    assert_eq!(json_get(http, "/api/v1/status")["nodes_total"], 2);
+    let recent = json_get(http, "/api/v1/nodes/1")["recent_transitions"].clone();
+    assert_eq!(
+        recent.as_array().map(Vec::len),
+        Some(1),
+        "no spurious event: {recent}"
     );
     agent.shut_down().await;
 }

@@ -84,7 +84,7 @@ pub async fn execute(args: AgentArgs) -> anyhow::Result<()> {
         println!("{}", check(&config)?);
         return Ok(());
     }
-    agent::run(config, forward_signals()?).await
+    agent::run(config, overrides, forward_signals()?).await
 }
 
 /// What the agent checks at start before touching the host, in the same
@@ -123,7 +123,7 @@ fn forward_signals() -> anyhow::Result<mpsc::Receiver<Control>> {
     tokio::spawn(async move {
         loop {
             let command = tokio::select! {
-                _ = hangup.recv() => Control::ReloadKeys,
+                _ = hangup.recv() => Control::Reload,
                 _ = interrupt.recv() => Control::Shutdown,
                 _ = terminate.recv() => Control::Shutdown,
             };

@@ -10,12 +10,13 @@
 use std::{
     io,
     marker::PhantomData,
+    net::IpAddr,
     os::fd::{AsRawFd, BorrowedFd},
     ptr::{self, NonNull},
     sync::atomic::AtomicU64,
 };
 
-use hb_common::table::{NodeRecord, SLOT_CONFIGURED};
+use hb_common::table::{NodeRecord, SLOT_CONFIGURED, SLOT_PINNED, src_octets};
 
 use crate::sys;
 
@@ -168,6 +169,30 @@ impl NodeTable {
                 ..record
             },
         );
+        self.seen.set(id, 0);
+        self.intervals.set(id, 0);
+    }
+
+    /// Pins node `id` to `source` (or unpins it) while it is watched,
+    /// keeping its record and seen word. The datapath may write the same
+    /// record meanwhile (no lock is shared with the kernel): a heartbeat
+    /// recorded in that instant can be lost, never a pin half written.
+    pub fn pin(&self, id: u32, source: Option<IpAddr>) {
+        let mut record = self.records.get(id);
+        match source {
+            Some(source) => {
+                record.src_addr = src_octets(source);
+                record.slot_flags |= SLOT_PINNED;
+            }
+            None => record.slot_flags &= !SLOT_PINNED,
+        }
+        self.records.set(id, record);
+    }
+
+    /// Stops recording node `id` (a reload removed it): its heartbeats count
+    /// as `unknown_node` again, and nothing of it stays in the table.
+    pub fn unconfigure(&self, id: u32) {
+        self.records.set(id, NodeRecord::default());
         self.seen.set(id, 0);
         self.intervals.set(id, 0);
     }

@@ -90,6 +90,16 @@ impl Sweep {
         &self.brake
     }
 
+    /// For a reload: nodes watched and forgotten, new settings.
+    pub fn detector_mut(&mut self) -> &mut Detector {
+        &mut self.detector
+    }
+
+    /// For a reload: new settings.
+    pub fn brake_mut(&mut self) -> &mut Brake {
+        &mut self.brake
+    }
+
     /// Sweeps `table` at monotonic time `now_ns`: transitions first, then
     /// the brake's view of them (so a burst is seen before the downs it
     /// holds), then which actions run.

@@ -75,6 +75,13 @@ impl Lanes {
         }
     }
 
+    /// Room for batch lanes of `actions` actions (a reload appended some).
+    pub fn grow(&mut self, actions: usize) {
+        if self.batches.len() < actions {
+            self.batches.resize_with(actions, || None);
+        }
+    }
+
     /// Queues `event` for the per-event action `action`.
     pub fn push_event(&mut self, action: usize, event: &Arc<ActionEvent>) -> Pushed {
         use std::collections::hash_map::Entry;

@@ -12,7 +12,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -68,7 +68,10 @@ struct Counters {
 }
 
 struct Inner {
-    actions: Vec<Arc<ActionConfig>>,
+    /// By index, the lanes' key. A reload replaces an action in its slot
+    /// (same name), empties the slot of a removed one and appends new ones,
+    /// so indices never move. Never held across an await.
+    actions: RwLock<Vec<Option<Arc<ActionConfig>>>>,
     slots: Arc<Semaphore>,
     counters: Counters,
     /// Notified whenever a run leaves the queue or finishes.
@@ -78,6 +81,16 @@ struct Inner {
 }
 
 impl Inner {
+    /// The actions in force, with their indices.
+    fn actions(&self) -> Vec<(usize, Arc<ActionConfig>)> {
+        let actions = self.actions.read().unwrap_or_else(PoisonError::into_inner);
+        actions
+            .iter()
+            .enumerate()
+            .filter_map(|(index, action)| Some((index, Arc::clone(action.as_ref()?))))
+            .collect()
+    }
+
     /// The lanes; a panic elsewhere while holding them left them
     /// consistent (every change is a single map or vector operation).
     fn lanes(&self) -> MutexGuard<'_, Lanes> {
@@ -121,7 +134,7 @@ impl ActionRunner {
         let actions_len = actions.len();
         Self {
             inner: Arc::new(Inner {
-                actions: actions.into_iter().map(Arc::new).collect(),
+                actions: RwLock::new(actions.into_iter().map(|a| Some(Arc::new(a))).collect()),
                 slots: Arc::new(Semaphore::new(permits)),
                 counters: Counters::default(),
                 changed: Notify::new(),
@@ -135,11 +148,38 @@ impl ActionRunner {
     /// `metrics`, from this handle's dispatches on; declares each action's
     /// series so they read 0 before its first run.
     pub fn with_metrics(mut self, metrics: ActionMetrics) -> Self {
-        for action in &self.inner.actions {
+        for (_, action) in self.inner.actions() {
             metrics.declare(&action.name);
         }
         self.metrics = Some(metrics);
         self
+    }
+
+    /// The actions after a reload, from the next dispatch on. An action
+    /// that keeps its name keeps its lanes, so its per-node order holds
+    /// across the reload; runs already started or waiting finish with the
+    /// action as it was. Removed actions take no new event.
+    pub fn set_actions(&self, new: Vec<ActionConfig>) {
+        let mut actions = self
+            .inner
+            .actions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut new: Vec<Option<ActionConfig>> = new.into_iter().map(Some).collect();
+        for slot in actions.iter_mut() {
+            let name = slot.as_ref().map(|a| a.name.clone());
+            let same = new
+                .iter_mut()
+                .find(|n| n.as_ref().is_some_and(|n| Some(&n.name) == name.as_ref()));
+            *slot = same.and_then(Option::take).map(Arc::new);
+        }
+        actions.extend(new.into_iter().flatten().map(|a| Some(Arc::new(a))));
+        self.inner.lanes().grow(actions.len());
+        if let Some(metrics) = &self.metrics {
+            for action in actions.iter().flatten() {
+                metrics.declare(&action.name);
+            }
+        }
     }
 
     /// Runs every action subscribed to `event.event`, as a sweep of one
@@ -173,16 +213,16 @@ impl ActionRunner {
             }
         };
         let events: Vec<Arc<ActionEvent>> = events.into_iter().map(Arc::new).collect();
-        for (index, action) in self.inner.actions.iter().enumerate() {
+        for (index, action) in self.inner.actions() {
             let mine = events.iter().filter(|e| action.on.contains(&e.event));
             if action.batch {
                 let batch: Vec<Arc<ActionEvent>> = mine.cloned().collect();
                 if !batch.is_empty() {
-                    self.queue_batch(&runtime, index, batch);
+                    self.queue_batch(&runtime, (index, Arc::clone(&action)), batch);
                 }
             } else {
                 for event in mine {
-                    self.queue_event(&runtime, index, event);
+                    self.queue_event(&runtime, (index, Arc::clone(&action)), event);
                 }
             }
         }
@@ -190,7 +230,12 @@ impl ActionRunner {
 
     /// Puts `event` in its node's lane for the per-event action `index`,
     /// starting the lane's worker if the lane was empty.
-    fn queue_event(&self, runtime: &Handle, index: usize, event: &Arc<ActionEvent>) {
+    fn queue_event(
+        &self,
+        runtime: &Handle,
+        (index, action): (usize, Arc<ActionConfig>),
+        event: &Arc<ActionEvent>,
+    ) {
         let start = {
             let mut lanes = self.inner.lanes();
             self.count_pushed(lanes.push_event(index, event))
@@ -199,14 +244,20 @@ impl ActionRunner {
             let inner = Arc::clone(&self.inner);
             let metrics = self.metrics.clone();
             let event = Arc::clone(event);
-            runtime
-                .spawn(async move { run_node_lane(&inner, metrics.as_ref(), index, event).await });
+            runtime.spawn(async move {
+                run_node_lane(&inner, metrics.as_ref(), (index, action), event).await;
+            });
         }
     }
 
     /// Puts one sweep's `batch` in the lane of the batch action `index`,
     /// starting the lane's worker if the lane was empty.
-    fn queue_batch(&self, runtime: &Handle, index: usize, batch: Vec<Arc<ActionEvent>>) {
+    fn queue_batch(
+        &self,
+        runtime: &Handle,
+        (index, action): (usize, Arc<ActionConfig>),
+        batch: Vec<Arc<ActionEvent>>,
+    ) {
         let start = {
             let mut lanes = self.inner.lanes();
             self.count_pushed(lanes.push_batch(index, &batch))
@@ -214,8 +265,9 @@ impl ActionRunner {
         if start {
             let inner = Arc::clone(&self.inner);
             let metrics = self.metrics.clone();
-            runtime
-                .spawn(async move { run_batch_lane(&inner, metrics.as_ref(), index, batch).await });
+            runtime.spawn(async move {
+                run_batch_lane(&inner, metrics.as_ref(), (index, action), batch).await;
+            });
         }
     }
 
@@ -297,10 +349,10 @@ impl Drop for LaneGuard<'_> {
 async fn run_node_lane(
     inner: &Inner,
     metrics: Option<&ActionMetrics>,
-    index: usize,
+    (index, action): (usize, Arc<ActionConfig>),
     first: Arc<ActionEvent>,
 ) {
-    let action = &inner.actions[index];
+    let action = &action;
     let node = first.node_id;
     let mut guard = LaneGuard {
         inner,
@@ -337,10 +389,10 @@ async fn run_node_lane(
 async fn run_batch_lane(
     inner: &Inner,
     metrics: Option<&ActionMetrics>,
-    index: usize,
+    (index, action): (usize, Arc<ActionConfig>),
     first: Vec<Arc<ActionEvent>>,
 ) {
-    let action = &inner.actions[index];
+    let action = &action;
     let mut guard = LaneGuard {
         inner,
         lane: Lane::Batch { action: index },
