@@ -130,7 +130,13 @@ fn hold(
         timeout_multiplier: 3,
         sweep_period: Duration::from_millis(100),
     };
-    let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(PHASE))?;
+    // A directory per detector: the second agent must not start from the
+    // first one's state file (its nodes would start up, not unseen).
+    let rig = Rig::build(
+        ctx.hb,
+        ctx.tools,
+        ctx.work.join(format!("{PHASE}-{detector}")),
+    )?;
     println!("  {}", rig.describe());
     let progress = Progress::start(PHASE, duration + Duration::from_secs(5));
     progress.step(format!(

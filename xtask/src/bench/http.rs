@@ -102,7 +102,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             si(f64::from(nodes)),
             variant.name()
         );
-        runs.push(one_run(ctx, nodes, duration, variant)?);
+        runs.push(one_run(ctx, index, nodes, duration, variant)?);
     }
     let without = Totals::of(&runs, Variant::Without)?;
     let with = Totals::of(&runs, Variant::With)?;
@@ -129,8 +129,16 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
 }
 
 /// Holds `nodes` nodes for `duration` in a fresh lab, with or without the
-/// clients.
-fn one_run(ctx: &Ctx<'_>, nodes: u32, duration: Duration, variant: Variant) -> Result<RunFigures> {
+/// clients. Each run has a directory of its own: an agent that found the
+/// previous run's state file would start with its nodes up, and skip the
+/// first run's burst of a million unseen-to-up events.
+fn one_run(
+    ctx: &Ctx<'_>,
+    index: usize,
+    nodes: u32,
+    duration: Duration,
+    variant: Variant,
+) -> Result<RunFigures> {
     let setup = AgentSetup {
         datapath: "xdp",
         nodes,
@@ -139,7 +147,7 @@ fn one_run(ctx: &Ctx<'_>, nodes: u32, duration: Duration, variant: Variant) -> R
         sweep_period: Duration::from_millis(100),
     };
     let addr: SocketAddr = LISTEN.parse().context("the bench's listen address")?;
-    let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(PHASE))?;
+    let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(format!("{PHASE}-{index}")))?;
     let netns = rig.monitor_netns();
     let progress = Progress::start(PHASE, duration + Duration::from_secs(5));
     progress.step(format!("starting the agent ({})", variant.name()));
@@ -297,7 +305,10 @@ impl Totals {
 
     fn json(&self) -> Value {
         let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
-        value["sweep_p99_bucket_s"] = json!(self.p99().filter(|b| b.is_finite()));
+        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+            value[format!("sweep_{name}_bucket_s")] =
+                json!(self.sweeps.quantile_bound(q).filter(|b| b.is_finite()));
+        }
         value["sweep_mean_s"] = json!(self.sweeps.mean_s());
         value
     }
@@ -336,6 +347,19 @@ fn print(nodes: u32, duration: Duration, without: &Totals, with: &Totals) {
             "sweep p99 (bucket upper bound)",
             bound_text(without.p99()),
             bound_text(with.p99()),
+        ),
+        (
+            "sweep p50 / p90 (bucket upper bounds)",
+            format!(
+                "{} / {}",
+                bound_text(without.sweeps.quantile_bound(0.5)),
+                bound_text(without.sweeps.quantile_bound(0.9))
+            ),
+            format!(
+                "{} / {}",
+                bound_text(with.sweeps.quantile_bound(0.5)),
+                bound_text(with.sweeps.quantile_bound(0.9))
+            ),
         ),
         (
             "sweep mean (histogram sum / count)",
