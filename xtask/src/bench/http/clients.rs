@@ -262,14 +262,18 @@ fn read_events(addr: SocketAddr, stop: &AtomicBool) -> EventStats {
     stats
 }
 
-/// One connection to the event stream; true if the agent ended it.
+/// One connection to the event stream; true if the agent ended it (as it
+/// does after telling a lagging client `lagged`). `Connection: close`, so
+/// the end of the stream is the end of the connection: otherwise HTTP/1.1
+/// keeps it open after the last chunk, and the client would wait forever.
 fn stream_once(addr: SocketAddr, stop: &AtomicBool, stats: &mut EventStats) -> Result<bool> {
     let mut stream = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(POLL))?;
     write!(
         stream,
-        "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\
+         Connection: close\r\n\r\n"
     )?;
     stats.connections += 1;
     let mut counter = KindCounter::default();
