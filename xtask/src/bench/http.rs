@@ -43,6 +43,8 @@ use super::{
 const PHASE: &str = "http";
 /// Where the agent listens by default.
 const LISTEN: &str = "127.0.0.1:7980";
+/// Tries of the window's start and end scrapes before the run fails.
+const SCRAPE_ATTEMPTS: u32 = 3;
 /// Agent CPU with clients over without, at most.
 const CPU_RATIO_LIMIT: f64 = 1.2;
 
@@ -161,8 +163,20 @@ fn one_run(
         variant.name()
     ));
     let load = rig.start_load(&Load::new(nodes, Pace::Interval(INTERVAL), duration))?;
+    // A busy loop may answer 503 (it did not answer in time): try again.
     let scrape = || -> Result<SweepHistogram> {
-        let body = in_netns(&netns, move || clients::get(addr, "/metrics"))?;
+        let body = in_netns(&netns, move || {
+            let mut attempt = 1;
+            loop {
+                match clients::get(addr, "/metrics") {
+                    Err(err) if attempt < SCRAPE_ATTEMPTS => {
+                        eprintln!("    scrape {attempt} failed, trying again: {err:#}");
+                        attempt += 1;
+                    }
+                    outcome => break outcome,
+                }
+            }
+        })?;
         SweepHistogram::parse(&String::from_utf8_lossy(&body))
     };
     let mut first = None;
