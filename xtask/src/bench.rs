@@ -10,8 +10,10 @@
 //! 3. [`sweep`]: the agent's sweep vs node count, next to memcpy;
 //! 4. [`e2e`]: loss and monitor CPU per heartbeat over veth, XDP vs socket;
 //! 5. [`held`]: a million nodes beating once a second, held by the agent;
-//! 6. [`detection`]: detection latency of crashed nodes;
-//! 7. [`quality`]: detection quality of the `timeout` and `phi` detectors
+//! 6. [`http`]: the same, without and with clients of the HTTP API (an
+//!    event stream and a scrape of `/metrics` every second);
+//! 7. [`detection`]: detection latency of crashed nodes;
+//! 8. [`quality`]: detection quality of the `timeout` and `phi` detectors
 //!    under loss, pauses and an agent stall (false suspicions per
 //!    node-hour at the same median detection time).
 //!
@@ -28,6 +30,7 @@ mod detection;
 mod e2e;
 mod held;
 mod hostile;
+mod http;
 mod machine;
 mod output;
 mod plot;
@@ -79,6 +82,9 @@ pub enum Phase {
     E2e,
     /// A million nodes beating once a second, held.
     Held,
+    /// The HTTP API's cost: the held load without and with an event
+    /// stream client and a scrape of /metrics every second.
+    Http,
     /// Detection latency of crashed nodes.
     Detection,
     /// Detection quality, timeout vs phi: false suspicions, detection time.
@@ -86,12 +92,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::XdpCost,
         Self::Hostile,
         Self::Sweep,
         Self::E2e,
         Self::Held,
+        Self::Http,
         Self::Detection,
         Self::Quality,
     ];
@@ -103,6 +110,7 @@ impl Phase {
             Self::Sweep => "sweep",
             Self::E2e => "e2e",
             Self::Held => "held",
+            Self::Http => "http",
             Self::Detection => "detection",
             Self::Quality => "quality",
         }
@@ -115,6 +123,7 @@ impl Phase {
             Self::Sweep => "sweep time vs node count",
             Self::E2e => "end to end over veth, XDP vs socket",
             Self::Held => "a million nodes beating once a second",
+            Self::Http => "what the HTTP API costs at a million nodes",
             Self::Detection => "detection latency",
             Self::Quality => "detection quality, timeout vs phi",
         }
@@ -127,6 +136,7 @@ impl Phase {
             Self::Sweep => sweep::run(ctx),
             Self::E2e => e2e::run(ctx),
             Self::Held => held::run(ctx),
+            Self::Http => http::run(ctx),
             Self::Detection => detection::run(ctx),
             Self::Quality => quality::run(ctx),
         }

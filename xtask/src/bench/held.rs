@@ -31,8 +31,8 @@ use super::{
 };
 
 const PHASE: &str = "held";
-const INTERVAL: Duration = Duration::from_secs(1);
-const WARM_UP_INTERVALS: u32 = 2;
+pub(super) const INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const WARM_UP_INTERVALS: u32 = 2;
 /// The measurement ends this long before the load does.
 const BEFORE_END: Duration = Duration::from_millis(500);
 /// Share of one core the agent may use.
@@ -40,10 +40,10 @@ const CPU_LIMIT_PERCENT: f64 = 10.0;
 
 /// The agent's CPU over one second of the run.
 #[derive(Debug, Clone, Serialize)]
-struct Second {
+pub(super) struct Second {
     /// Seconds since the load started, at the end of this sample.
-    t_s: f64,
-    cpu_percent: f64,
+    pub(super) t_s: f64,
+    pub(super) cpu_percent: f64,
 }
 
 /// The detectors the phase holds the nodes with, and the `[detector]`
@@ -130,7 +130,13 @@ fn hold(
         timeout_multiplier: 3,
         sweep_period: Duration::from_millis(100),
     };
-    let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(PHASE))?;
+    // A directory per detector: the second agent must not start from the
+    // first one's state file (its nodes would start up, not unseen).
+    let rig = Rig::build(
+        ctx.hb,
+        ctx.tools,
+        ctx.work.join(format!("{PHASE}-{detector}")),
+    )?;
     println!("  {}", rig.describe());
     let progress = Progress::start(PHASE, duration + Duration::from_secs(5));
     progress.step(format!(
@@ -145,7 +151,7 @@ fn hold(
         duration.as_secs_f64()
     ));
     let load = rig.start_load(&Load::new(nodes, Pace::Interval(INTERVAL), duration))?;
-    let cpu = sample_cpu(&mut agent, load.started(), duration)?;
+    let cpu = sample_cpu(&mut agent, load.started(), duration, || Ok(()))?;
     let states = agent.states()?;
     progress.step("waiting for the load generator to finish");
     let report = load.finish()?;
@@ -191,21 +197,28 @@ fn hold(
 }
 
 /// The agent's CPU while the load ran.
-struct CpuRecord {
+pub(super) struct CpuRecord {
     /// One sample a second, for the record.
-    seconds: Vec<Second>,
+    pub(super) seconds: Vec<Second>,
     /// Over the window from the warm-up to shortly before the end: what the
     /// target uses.
-    spent: CpuSpent,
+    pub(super) spent: CpuSpent,
     /// `spent` as a share of one core, %.
-    percent: f64,
+    pub(super) percent: f64,
     /// The median of the seconds after the warm-up, %.
-    median_second: Option<f64>,
+    pub(super) median_second: Option<f64>,
 }
 
 /// Samples the agent's CPU once a second from `started` until
-/// [`BEFORE_END`] before the load's end.
-fn sample_cpu(agent: &mut Agent<'_>, started: Instant, duration: Duration) -> Result<CpuRecord> {
+/// [`BEFORE_END`] before the load's end. `at_window_start` runs just
+/// before the sample that opens the measured window (after the warm-up),
+/// so a caller can read the agent's own figures at the same moment.
+pub(super) fn sample_cpu(
+    agent: &mut Agent<'_>,
+    started: Instant,
+    duration: Duration,
+    mut at_window_start: impl FnMut() -> Result<()>,
+) -> Result<CpuRecord> {
     let warm_up = INTERVAL * WARM_UP_INTERVALS;
     let end = started + duration - BEFORE_END;
     let mut seconds = Vec::new();
@@ -215,13 +228,17 @@ fn sample_cpu(agent: &mut Agent<'_>, started: Instant, duration: Duration) -> Re
     loop {
         let at = next.min(end);
         interrupt::sleep(at.saturating_duration_since(Instant::now()))?;
+        let opens_window = window_start.is_none() && Instant::now() >= started + warm_up;
+        if opens_window {
+            at_window_start()?;
+        }
         let sample = agent.sample()?;
         let spent = previous.until(&sample);
         seconds.push(Second {
             t_s: sample.at.duration_since(started).as_secs_f64(),
             cpu_percent: 100.0 * spent.process_s / spent.wall_s,
         });
-        if window_start.is_none() && sample.at >= started + warm_up {
+        if opens_window {
             window_start = Some(sample);
         }
         previous = sample;

@@ -91,6 +91,13 @@ impl<'a> Rig<'a> {
         )
     }
 
+    /// The monitor namespace's file, for a thread to enter (with
+    /// [`netns::enter`]) to reach what listens there, such as the agent's
+    /// HTTP API on 127.0.0.1.
+    pub fn monitor_netns(&self) -> PathBuf {
+        self.lab.monitor.path()
+    }
+
     fn next_run(&self) -> u32 {
         let run = self.runs.get() + 1;
         self.runs.set(run);
