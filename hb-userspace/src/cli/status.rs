@@ -186,8 +186,9 @@ fn render_footer(out: &mut String, report: &StatusReport) {
     let a = &report.actions;
     let _ = writeln!(
         out,
-        "actions: {} started, {} succeeded, {} failed, {} timed out, {} running, {} queued",
-        a.started, a.succeeded, a.failed, a.timed_out, a.running, a.queued
+        "actions: {} started, {} succeeded, {} failed, {} timed out, {} running, {} queued, {} \
+         coalesced",
+        a.started, a.succeeded, a.failed, a.timed_out, a.running, a.queued, a.coalesced
     );
 }
 
