@@ -88,14 +88,16 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
     // Destructured in full so that a new field of Config does not compile
     // until it is sorted into needs-a-restart or reloadable here.
     let Config {
-        interfaces,
-        port,
-        max_nodes,
-        pass_heartbeats,
-        datapath,
-        xdp_mode,
-        status_socket,
-        state_file,
+        // Need a restart: compared by `needs_restart`.
+        interfaces: _,
+        port: _,
+        max_nodes: _,
+        pass_heartbeats: _,
+        datapath: _,
+        xdp_mode: _,
+        status_socket: _,
+        state_file: _,
+        // Reloadable.
         max_concurrent_actions,
         defaults,
         nodes,
@@ -110,70 +112,13 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
         actions,
         http:
             HttpConfig {
-                listen,
+                listen: _,
                 token_file,
                 per_node_metrics,
             },
         loaded_from: _,
     } = new;
-    let mut refused = Vec::new();
-    let mut needs_restart = |setting, running: String, new: String| {
-        if running != new {
-            refused.push(NeedsRestart {
-                setting,
-                running,
-                new,
-            });
-        }
-    };
-    needs_restart("port", running.port.to_string(), port.to_string());
-    needs_restart(
-        "max_nodes",
-        running.max_nodes.to_string(),
-        max_nodes.to_string(),
-    );
-    needs_restart(
-        "datapath",
-        running.datapath.as_str().into(),
-        datapath.as_str().into(),
-    );
-    needs_restart(
-        "interfaces",
-        format!("{:?}", running.interfaces),
-        format!("{interfaces:?}"),
-    );
-    needs_restart(
-        "xdp_mode",
-        running.xdp_mode.to_string(),
-        xdp_mode.to_string(),
-    );
-    needs_restart(
-        "pass_heartbeats",
-        running.pass_heartbeats.to_string(),
-        pass_heartbeats.to_string(),
-    );
-    needs_restart(
-        "status_socket",
-        running.status_socket.display().to_string(),
-        status_socket.display().to_string(),
-    );
-    needs_restart(
-        "state_file",
-        running.state_file.display().to_string(),
-        state_file.display().to_string(),
-    );
-    if running.auth.unauthenticated() != new.auth.unauthenticated() {
-        needs_restart(
-            "auth.accept_unauthenticated",
-            unauthenticated(&running.auth),
-            unauthenticated(&new.auth),
-        );
-    }
-    needs_restart(
-        "http.listen",
-        listening(running.http.listen),
-        listening(*listen),
-    );
+    let refused = needs_restart(running, new);
     if !refused.is_empty() {
         return Err(ReloadRefused { settings: refused });
     }
@@ -193,6 +138,42 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
         per_node_metrics: running.http.per_node_metrics != *per_node_metrics,
         event_log: running.event_log != *event_log,
     })
+}
+
+/// The settings that differ and need a restart, in the file's order.
+fn needs_restart(running: &Config, new: &Config) -> Vec<NeedsRestart> {
+    let values = |c: &Config| -> [(&'static str, String); 9] {
+        [
+            ("interfaces", format!("{:?}", c.interfaces)),
+            ("port", c.port.to_string()),
+            ("max_nodes", c.max_nodes.to_string()),
+            ("pass_heartbeats", c.pass_heartbeats.to_string()),
+            ("datapath", c.datapath.as_str().to_owned()),
+            ("xdp_mode", c.xdp_mode.to_string()),
+            ("status_socket", c.status_socket.display().to_string()),
+            ("state_file", c.state_file.display().to_string()),
+            ("http.listen", listening(c.http.listen)),
+        ]
+    };
+    let mut settings: Vec<NeedsRestart> = values(running)
+        .into_iter()
+        .zip(values(new))
+        .filter(|((_, running), (_, new))| running != new)
+        .map(|((setting, running), (_, new))| NeedsRestart {
+            setting,
+            running,
+            new,
+        })
+        .collect();
+    // Compared as the datapath applies it, described as written.
+    if running.auth.unauthenticated() != new.auth.unauthenticated() {
+        settings.push(NeedsRestart {
+            setting: "auth.accept_unauthenticated",
+            running: unauthenticated(&running.auth),
+            new: unauthenticated(&new.auth),
+        });
+    }
+    settings
 }
 
 /// Whether unauthenticated heartbeats are accepted, as the datapath was
