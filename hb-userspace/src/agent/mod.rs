@@ -5,7 +5,7 @@
 //! node table ([`Sweep`]) and hands the outcome to the [`Sinks`] (log, event
 //! log, failover actions, state file), while it answers `hb status` and
 //! reloads the keys when told to. The caller owns the signals: it sends
-//! [`Control`] messages (`hb agent` maps SIGHUP to [`Control::ReloadKeys`],
+//! [`Control`] messages (`hb agent` maps SIGHUP to [`Control::Reload`],
 //! SIGINT and SIGTERM to [`Control::Shutdown`]).
 //!
 //! The loop never waits on an action (actions run in their own tasks) or on
@@ -64,7 +64,7 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// What the agent's owner tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
-    /// Re-read the whole configuration file (see [`reload`]).
+    /// Re-read the whole configuration file (what is applied, what needs a restart: the `reload` module).
     Reload,
     /// Save the state, stop the datapath, and return.
     Shutdown,
@@ -174,7 +174,13 @@ impl Agent {
                 _ = ticker.tick() => self.tick(),
                 Some(query) = self.queries.recv() => self.answer(query),
                 command = control.recv() => match command {
-                    Some(Control::Reload) => self.reload(),
+                    Some(Control::Reload) => {
+                        let period = self.config.defaults.sweep_period;
+                        self.reload();
+                        if self.config.defaults.sweep_period != period {
+                            ticker = sweep_ticker(self.config.defaults.sweep_period);
+                        }
+                    }
                     Some(Control::Shutdown) | None => break,
                 },
             }
@@ -306,7 +312,8 @@ impl Agent {
         }
     }
 
-    /// SIGHUP: the whole configuration again (see [`reload`]).
+    /// SIGHUP: the whole configuration again (the `reload` module says what
+    /// is applied and what needs a restart).
     fn reload(&mut self) {
         reload::reload(self);
     }
