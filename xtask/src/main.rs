@@ -53,7 +53,7 @@ enum Command {
     /// Builds hb, then runs the agent and three senders in a throw-away lab
     /// of network namespaces; everything is removed at the end.
     Demo,
-    /// Measure hb against its performance targets (root; ~8 min).
+    /// Measure hb against its performance targets (root; ~10 min).
     ///
     /// Builds hb, then measures the XDP cost per packet (without and with
     /// authentication), a million hostile packets, the sweep vs node
