@@ -107,13 +107,19 @@ impl RunningAgent {
     /// interval: the node stays up for the whole test (15 s), however slow
     /// the machine.
     fn beat(&self, id: u32) {
+        self.beat_every(id, 5_000, 1);
+    }
+
+    /// Three heartbeats of node `id` advertising `interval_ms`, sequence
+    /// numbers from `first`.
+    fn beat_every(&self, id: u32, interval_ms: u32, first: u64) {
         let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("a sender socket");
-        for sequence in 1..=3 {
+        for sequence in first..first + 3 {
             let heartbeat = Heartbeat {
                 flags: 0,
                 key_id: 0,
                 node_id: id,
-                interval_ms: 5_000,
+                interval_ms,
                 incarnation: 7,
                 sequence,
                 sent_unix_ns: 0,
@@ -482,4 +488,90 @@ async fn a_reload_applies_nodes_and_actions_and_refuses_what_needs_a_restart() {
         "no spurious event: {recent}"
     );
     agent.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_reaches_event_subscribers_on_time_and_shows_in_the_metrics() {
+    let agent = RunningAgent::start("agent-crash", "").await;
+    let http = agent.http;
+    let mut live = tokio::task::spawn_blocking(move || open_stream(http, "/api/v1/events"))
+        .await
+        .expect("opening the stream");
+    // Node 2 beats every 100 ms (timeout 3 x 100 ms), then falls silent.
+    agent.beat_every(2, 100, 1);
+    let last_heartbeat = Instant::now();
+    let seen = tokio::task::spawn_blocking(move || {
+        let up = read_until(&mut live, "\"event\":\"up\"");
+        let down = read_until(&mut live, "\"event\":\"down\"");
+        (up, down, Instant::now())
+    })
+    .await
+    .expect("reading the stream");
+    let (up, down, down_seen) = seen;
+    assert!(up.contains("\"node\":\"n2\""), "{up}");
+    assert!(down.contains("\"node\":\"n2\""), "{down}");
+    let detected = down_seen - last_heartbeat;
+    // Timeout 300 ms + a 10 ms sweep, and a generous margin for a busy CI.
+    assert!(
+        detected >= Duration::from_millis(300) && detected < Duration::from_millis(2_300),
+        "the down event came {detected:?} after the last heartbeat"
+    );
+
+    let (code, metrics) = http_get(http, "/metrics", None);
+    assert_eq!(code, 200);
+    for line in [
+        "hb_nodes{state=\"down\"} 1",
+        "hb_transitions_total{from=\"suspect\",to=\"down\"} 1",
+        "hb_detection_seconds_count 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in /metrics:\n{metrics}"
+        );
+    }
+    let report = json_get(http, "/api/v1/status");
+    assert_eq!(report["states"]["down"], 1, "/metrics and the status agree");
+    promtool_accepts(&metrics);
+
+    // Back, beating steadily (a down node rises after `rise` heartbeats in
+    // a row): up again, and the metrics follow.
+    let mut sequence = 10;
+    let back = eventually(Duration::from_secs(10), async || {
+        agent.beat_every(2, 100, sequence);
+        sequence += 3;
+        http_get(http, "/metrics", None)
+            .1
+            .contains("hb_transitions_total{from=\"down\",to=\"up\"} 1")
+    });
+    assert!(
+        back.await,
+        "the recovery never showed in /metrics:\n{}",
+        http_get(http, "/metrics", None).1
+    );
+    agent.shut_down().await;
+}
+
+/// `promtool check metrics` accepts a scrape (promtool comes with Debian's
+/// prometheus package, which `cargo xtask setup` installs).
+fn promtool_accepts(metrics: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running promtool: {e} (run `cargo xtask setup`)"));
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(metrics.as_bytes())
+        .expect("feeding promtool");
+    let output = child.wait_with_output().expect("waiting for promtool");
+    assert!(
+        output.status.success(),
+        "promtool check metrics refused the scrape:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
