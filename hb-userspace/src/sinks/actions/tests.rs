@@ -10,6 +10,8 @@ use super::*;
 mod batch;
 mod metrics;
 mod order;
+mod webhook;
+mod webhook_config;
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
