@@ -8,6 +8,7 @@ use std::{
 use super::*;
 
 mod batch;
+mod http_receiver;
 mod metrics;
 mod order;
 mod webhook;
