@@ -63,6 +63,9 @@ pub enum SecretKind {
     Key,
     /// The HTTP API's bearer token file (`http.token_file`).
     HttpToken,
+    /// A webhook action's `authorization_file`: the value of the
+    /// `Authorization` header it sends.
+    WebhookAuthorization,
 }
 
 impl SecretKind {
@@ -74,6 +77,10 @@ impl SecretKind {
                 path.display()
             ),
             SecretKind::HttpToken => token::how_to_create(path),
+            SecretKind::WebhookAuthorization => format!(
+                "`printf '%s' 'Bearer YOUR-TOKEN' > {0}; chmod 600 {0}`",
+                path.display()
+            ),
         }
     }
 
@@ -82,6 +89,9 @@ impl SecretKind {
         match self {
             SecretKind::Key => "a file written by `hb keygen`",
             SecretKind::HttpToken => "a file holding only the token",
+            SecretKind::WebhookAuthorization => {
+                "a file holding only the Authorization header's value"
+            }
         }
     }
 }
@@ -91,6 +101,7 @@ impl fmt::Display for SecretKind {
         f.write_str(match self {
             SecretKind::Key => "key file",
             SecretKind::HttpToken => "HTTP token file",
+            SecretKind::WebhookAuthorization => "webhook authorization file",
         })
     }
 }
@@ -261,7 +272,7 @@ fn io_error(kind: SecretKind, op: &'static str, path: &Path) -> impl FnOnce(io::
 /// Opens, checks and reads a secret file (a key file or the token file):
 /// a regular file after symlinks, owned by root, with no permission bits
 /// for group or others, at most [`MAX_FILE_LEN`] bytes.
-fn read_secret_file(kind: SecretKind, path: &Path) -> Result<Vec<u8>, KeyError> {
+pub(crate) fn read_secret_file(kind: SecretKind, path: &Path) -> Result<Vec<u8>, KeyError> {
     let file = open_secret_file(kind, path)?;
     check_secret_file_metadata(kind, path, &file)?;
     read_checked_file(kind, path, file)

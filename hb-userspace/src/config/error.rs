@@ -119,6 +119,11 @@ pub enum ConfigError {
     ActionTimeoutZero { action: String },
     #[error("two actions are named `{action}` (`name`): give each action its own name")]
     DuplicateActionName { action: String },
+    #[error("action `{action}`: {problem}")]
+    Webhook {
+        action: String,
+        problem: crate::sinks::actions::webhook::WebhookProblem,
+    },
     #[error("node range `{prefix}` (`[[node_ranges]]`): {problem}")]
     NodeRange { prefix: String, problem: String },
     #[error(

@@ -13,7 +13,10 @@ use super::{
     AuthConfig, BrakeConfig, Config, ConfigError, DEFAULT_ACTION_TIMEOUT, DatapathKind, Defaults,
     DetectorConfig, NodeConfig, NodeRange, XdpMode, http::RawHttp,
 };
-use crate::sinks::actions::{ActionConfig, ActionRun, Event};
+use crate::sinks::actions::{
+    ActionConfig, ActionRun, Event,
+    webhook::{WebhookFields, WebhookProblem},
+};
 
 /// Command-line values that win over the config file. `None`/empty/false
 /// leaves the file's value alone.
@@ -97,6 +100,23 @@ struct RawAction {
     /// existing configs keep one run per event.
     #[serde(default)]
     batch: bool,
+    /// What the action does: run a program (the default) or post a webhook.
+    #[serde(default)]
+    kind: RawActionKind,
+    // `kind = "webhook"` (see `sinks::actions::webhook`).
+    url: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    authorization_file: Option<PathBuf>,
+    retries: Option<u32>,
+}
+
+#[derive(Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawActionKind {
+    #[default]
+    Exec,
+    Webhook,
 }
 
 fn default_action_timeout() -> Duration {
@@ -105,11 +125,36 @@ fn default_action_timeout() -> Duration {
 
 impl RawAction {
     fn into_action(self) -> Result<ActionConfig, ConfigError> {
-        let run = match (self.command, self.shell) {
-            (Some(argv), None) => ActionRun::Command(argv),
-            (None, Some(script)) => ActionRun::Shell(script),
-            (None, None) => return Err(ConfigError::ActionRunMissing { action: self.name }),
-            (Some(_), Some(_)) => return Err(ConfigError::ActionRunBoth { action: self.name }),
+        let webhook = WebhookFields {
+            url: self.url,
+            headers: self.headers,
+            authorization_file: self.authorization_file,
+            retries: self.retries,
+        };
+        let webhook_error = |problem| ConfigError::Webhook {
+            action: self.name.clone(),
+            problem,
+        };
+        let run = match (self.kind, self.command, self.shell) {
+            (RawActionKind::Webhook, command, shell) => {
+                if let Some(field) = command.map(|_| "command").or(shell.map(|_| "shell")) {
+                    return Err(webhook_error(WebhookProblem::ProgramGiven { field }));
+                }
+                ActionRun::Webhook(webhook.into_config().map_err(webhook_error)?)
+            }
+            (RawActionKind::Exec, command, shell) => {
+                webhook.refuse_for("exec").map_err(webhook_error)?;
+                match (command, shell) {
+                    (Some(argv), None) => ActionRun::Command(argv),
+                    (None, Some(script)) => ActionRun::Shell(script),
+                    (None, None) => {
+                        return Err(ConfigError::ActionRunMissing { action: self.name });
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::ActionRunBoth { action: self.name });
+                    }
+                }
+            }
         };
         Ok(ActionConfig {
             name: self.name,

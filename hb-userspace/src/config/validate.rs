@@ -218,6 +218,12 @@ impl Config {
                     action: action.name.clone(),
                 });
             }
+            if let ActionRun::Webhook(hook) = &action.run {
+                hook.validate().map_err(|problem| ConfigError::Webhook {
+                    action: action.name.clone(),
+                    problem,
+                })?;
+            }
             if !names.insert(action.name.as_str()) {
                 return Err(ConfigError::DuplicateActionName {
                     action: action.name.clone(),

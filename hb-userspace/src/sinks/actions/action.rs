@@ -49,6 +49,8 @@ pub enum ActionRun {
     Command(Vec<String>),
     /// A script run by `/bin/sh -c`.
     Shell(String),
+    /// `kind = "webhook"`: an HTTP POST of the event(s) as JSON.
+    Webhook(super::webhook::WebhookConfig),
 }
 
 /// One action (`[[actions]]`): a program run when a node changes state.

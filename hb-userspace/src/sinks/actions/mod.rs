@@ -8,7 +8,7 @@
 //!
 //! [`action`] says what an action is (the configuration builds those), this
 //! file queues and counts the runs, `lanes` orders and coalesces them, and
-//! `process` runs one.
+//! `process` runs one (`webhook` posts one).
 
 use std::{
     sync::{
@@ -34,6 +34,7 @@ use super::metrics::{ActionMetrics, RunResult};
 pub mod action;
 mod lanes;
 mod process;
+pub mod webhook;
 
 /// Counters since the runner was built. Every run that got a slot is
 /// `started` and ends as exactly one of `succeeded`, `failed` (non-zero

@@ -47,9 +47,10 @@ pub(super) enum Input<'a> {
 
 /// Runs one action to completion (or its timeout) and logs the outcome.
 pub(super) async fn run_action(action: &ActionConfig, input: Input<'_>) -> Outcome {
-    match input {
-        Input::Event(event) => run_for_event(action, event).await,
-        Input::Batch(events) => run_for_batch(action, events).await,
+    match (&action.run, input) {
+        (ActionRun::Webhook(hook), input) => super::webhook::run_webhook(action, hook, input).await,
+        (_, Input::Event(event)) => run_for_event(action, event).await,
+        (_, Input::Batch(events)) => run_for_batch(action, events).await,
     }
 }
 
@@ -161,6 +162,11 @@ fn command_for(run: &ActionRun) -> Option<(Command, &str)> {
             let mut command = Command::new("/bin/sh");
             command.arg("-c").arg(script);
             Some((command, "/bin/sh"))
+        }
+        // `run_action` sends these elsewhere.
+        ActionRun::Webhook(_) => {
+            tracing::error!("a webhook action runs no program");
+            None
         }
     }
 }

@@ -8,8 +8,11 @@ use std::{
 use super::*;
 
 mod batch;
+mod http_receiver;
 mod metrics;
 mod order;
+mod webhook;
+mod webhook_config;
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
