@@ -46,7 +46,7 @@ use crate::{
     nodes::NodeDirectory,
     sinks::{
         ClusterView, Sinks,
-        actions::ActionRunner,
+        actions::{ActionRunner, webhook},
         event_log::EventLog,
         metrics::{Format, Metrics, NodeSample, Scrape},
         state_file::StateSaver,
@@ -122,6 +122,7 @@ impl Agent {
             &keyring,
             datapath.table(),
         );
+        webhook::check_authorization_files(&config.actions)?;
         let sinks = open_sinks(&config)?;
         let token = config
             .http

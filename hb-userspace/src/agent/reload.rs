@@ -25,7 +25,7 @@ use crate::{
     detect::detector::WatchedNode,
     keys::{self, HttpToken, Keyring},
     nodes::NodeDirectory,
-    sinks::event_log::EventLog,
+    sinks::{actions::webhook, event_log::EventLog},
 };
 
 /// What a reload installs, all of it read and checked first.
@@ -72,6 +72,7 @@ fn prepare(agent: &Agent) -> Result<Prepared, String> {
     config
         .detector_settings()
         .map_err(|e| format!("[detector]: {e}"))?;
+    webhook::check_authorization_files(&config.actions).map_err(|e| e.to_string())?;
     let token = config
         .http
         .token_file

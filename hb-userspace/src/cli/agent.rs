@@ -17,6 +17,7 @@ use crate::{
     config::{Config, DatapathKind, Overrides, XdpMode},
     keys::{self, Keyring},
     nodes::NodeDirectory,
+    sinks::actions::webhook,
 };
 
 #[derive(Args)]
@@ -88,7 +89,8 @@ pub async fn execute(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// What the agent checks at start before touching the host, in the same
-/// order (interfaces, keys, detector settings, token): the summary for
+/// order (interfaces, keys, detector settings, token, webhook
+/// authorization files): the summary for
 /// `--check-config`, or the first problem. Like `keepalived -t` and
 /// `haproxy -c`, so that a file can be checked before `systemctl reload`.
 fn check(config: &Config) -> anyhow::Result<String> {
@@ -98,6 +100,7 @@ fn check(config: &Config) -> anyhow::Result<String> {
     if let Some(path) = &config.http.token_file {
         keys::read_token(path)?;
     }
+    webhook::check_authorization_files(&config.actions)?;
     let nodes = NodeDirectory::new(&config.nodes, &config.node_ranges).len();
     let http = match config.http.listen {
         Some(address) => format!("HTTP API on {address}"),
