@@ -119,6 +119,10 @@ pub enum ConfigError {
     ActionTimeoutZero { action: String },
     #[error("two actions are named `{action}` (`name`): give each action its own name")]
     DuplicateActionName { action: String },
+    /// A `kind = "haproxy"` field missing or malformed, or given to an
+    /// action of another kind; `problem` names the field and the fix.
+    #[error("action `{action}`: {problem}")]
+    HaproxyAction { action: String, problem: String },
     #[error("node range `{prefix}` (`[[node_ranges]]`): {problem}")]
     NodeRange { prefix: String, problem: String },
     #[error(

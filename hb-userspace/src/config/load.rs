@@ -3,6 +3,7 @@
 //! [`Overrides`].
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -13,7 +14,7 @@ use super::{
     AuthConfig, BrakeConfig, Config, ConfigError, DEFAULT_ACTION_TIMEOUT, DatapathKind, Defaults,
     DetectorConfig, NodeConfig, NodeRange, XdpMode, http::RawHttp,
 };
-use crate::sinks::actions::{ActionConfig, ActionRun, Event};
+use crate::sinks::actions::{ActionConfig, ActionRun, Event, haproxy::HaproxyFields};
 
 /// Command-line values that win over the config file. `None`/empty/false
 /// leaves the file's value alone.
@@ -97,6 +98,25 @@ struct RawAction {
     /// existing configs keep one run per event.
     #[serde(default)]
     batch: bool,
+    /// What the action is; `exec` (a program) unless given.
+    #[serde(default)]
+    kind: RawKind,
+    // kind = "haproxy" (see `HaproxyFields`).
+    socket: Option<String>,
+    backend: Option<String>,
+    servers: Option<BTreeMap<String, String>>,
+    drain_on_suspect: Option<bool>,
+}
+
+/// `kind` of an `[[actions]]` entry.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawKind {
+    /// `command` or `shell`.
+    #[default]
+    Exec,
+    /// HAProxy's runtime API (`socket`, `backend`, ...).
+    Haproxy,
 }
 
 fn default_action_timeout() -> Duration {
@@ -105,11 +125,42 @@ fn default_action_timeout() -> Duration {
 
 impl RawAction {
     fn into_action(self) -> Result<ActionConfig, ConfigError> {
-        let run = match (self.command, self.shell) {
-            (Some(argv), None) => ActionRun::Command(argv),
-            (None, Some(script)) => ActionRun::Shell(script),
-            (None, None) => return Err(ConfigError::ActionRunMissing { action: self.name }),
-            (Some(_), Some(_)) => return Err(ConfigError::ActionRunBoth { action: self.name }),
+        let haproxy = HaproxyFields {
+            socket: self.socket,
+            backend: self.backend,
+            servers: self.servers,
+            drain_on_suspect: self.drain_on_suspect,
+        };
+        let haproxy_error = |problem: String| ConfigError::HaproxyAction {
+            action: self.name.clone(),
+            problem,
+        };
+        let run = match (self.kind, self.command, self.shell) {
+            (RawKind::Haproxy, command, shell) => {
+                if let Some(field) = [(command.is_some(), "command"), (shell.is_some(), "shell")]
+                    .into_iter()
+                    .find_map(|(given, field)| given.then_some(field))
+                {
+                    return Err(haproxy_error(format!(
+                        "`{field}` is for kind = \"exec\" actions: remove it (a haproxy action sets server states through `socket` and `backend`)"
+                    )));
+                }
+                ActionRun::Haproxy(haproxy.into_action().map_err(haproxy_error)?)
+            }
+            (RawKind::Exec, ..) if haproxy.first_given().is_some() => {
+                let field = haproxy.first_given().unwrap_or_default();
+                return Err(haproxy_error(format!(
+                    "`{field}` is only for kind = \"haproxy\" actions: add kind = \"haproxy\" or remove it"
+                )));
+            }
+            (RawKind::Exec, Some(argv), None) => ActionRun::Command(argv),
+            (RawKind::Exec, None, Some(script)) => ActionRun::Shell(script),
+            (RawKind::Exec, None, None) => {
+                return Err(ConfigError::ActionRunMissing { action: self.name });
+            }
+            (RawKind::Exec, Some(_), Some(_)) => {
+                return Err(ConfigError::ActionRunBoth { action: self.name });
+            }
         };
         Ok(ActionConfig {
             name: self.name,

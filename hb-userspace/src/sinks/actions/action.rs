@@ -49,9 +49,12 @@ pub enum ActionRun {
     Command(Vec<String>),
     /// A script run by `/bin/sh -c`.
     Shell(String),
+    /// `kind = "haproxy"`: sets the node's server state in HAProxy through
+    /// its runtime API (no process).
+    Haproxy(super::haproxy::HaproxyAction),
 }
 
-/// One action (`[[actions]]`): a program run when a node changes state.
+/// One action (`[[actions]]`): what runs when a node changes state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActionConfig {
     pub name: String,

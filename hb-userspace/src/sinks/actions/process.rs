@@ -47,6 +47,9 @@ pub(super) enum Input<'a> {
 
 /// Runs one action to completion (or its timeout) and logs the outcome.
 pub(super) async fn run_action(action: &ActionConfig, input: Input<'_>) -> Outcome {
+    if let ActionRun::Haproxy(haproxy) = &action.run {
+        return super::haproxy::run(action, haproxy, input).await;
+    }
     match input {
         Input::Event(event) => run_for_event(action, event).await,
         Input::Batch(events) => run_for_batch(action, events).await,
@@ -161,6 +164,10 @@ fn command_for(run: &ActionRun) -> Option<(Command, &str)> {
             let mut command = Command::new("/bin/sh");
             command.arg("-c").arg(script);
             Some((command, "/bin/sh"))
+        }
+        ActionRun::Haproxy(_) => {
+            tracing::error!("a haproxy action runs no process");
+            None
         }
     }
 }
