@@ -459,3 +459,23 @@ fn config_mistakes_name_the_field_and_the_fix() {
         assert!(err.contains("lb") || needle == "`kind`", "{err}");
     }
 }
+
+#[test]
+fn the_commented_example_is_valid() {
+    let example = Config::example();
+    let start = example
+        .find("# [[actions]]\n# name = \"lb\"")
+        .unwrap_or_else(|| panic!("no haproxy example in example.toml"));
+    let block: String = example[start..]
+        .lines()
+        .map_while(|line| line.strip_prefix("# "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let config = Config::parse(&format!("interfaces = [\"eth0\"]\n{block}"), "example")
+        .and_then(|config| config.validate().map(|()| config))
+        .unwrap_or_else(|e| panic!("{e}\n{block}"));
+    assert!(
+        matches!(&config.actions[0].run, ActionRun::Haproxy(h) if h.drain_on_suspect),
+        "{config:?}"
+    );
+}
