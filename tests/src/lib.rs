@@ -19,6 +19,8 @@ pub mod attacker;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod haproxy;
+pub mod http;
 pub mod interrupt;
 pub mod keys;
 pub mod lab;

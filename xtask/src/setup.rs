@@ -9,7 +9,10 @@
 //! 3. iproute2 (`ip`), from apt, for the network-namespace tests and demo;
 //! 4. Debian's `prometheus` package, for `promtool check metrics` in the
 //!    `/metrics` tests (about 19 MB to download; apt never starts its
-//!    service here).
+//!    service here);
+//! 5. Debian's `haproxy` package, for the HAProxy action's network-namespace
+//!    test (a real load balancer that hb takes a crashed backend out of;
+//!    apt never starts its service here).
 
 use std::{
     fs,
@@ -24,7 +27,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::paths::{on_path, run_inherited, stdout_of, tools_dir};
 
-const STEPS: usize = 4;
+const STEPS: usize = 5;
 
 /// Run every step (skipping those already done), one line per step.
 pub fn run() -> Result<()> {
@@ -35,6 +38,7 @@ pub fn run() -> Result<()> {
     step(4, "prometheus (promtool)", || {
         apt_package("promtool", "prometheus")
     })?;
+    step(5, "haproxy", || apt_package("haproxy", "haproxy"))?;
     println!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }

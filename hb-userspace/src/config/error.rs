@@ -124,6 +124,10 @@ pub enum ConfigError {
         action: String,
         problem: crate::sinks::actions::webhook::WebhookProblem,
     },
+    /// A `kind = "haproxy"` field missing or malformed, or given to an
+    /// action of another kind; `problem` names the field and the fix.
+    #[error("action `{action}`: {problem}")]
+    HaproxyAction { action: String, problem: String },
     #[error("node range `{prefix}` (`[[node_ranges]]`): {problem}")]
     NodeRange { prefix: String, problem: String },
     #[error(

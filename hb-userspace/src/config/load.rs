@@ -3,6 +3,7 @@
 //! [`Overrides`].
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -15,6 +16,7 @@ use super::{
 };
 use crate::sinks::actions::{
     ActionConfig, ActionRun, Event,
+    haproxy::HaproxyFields,
     webhook::{WebhookFields, WebhookProblem},
 };
 
@@ -100,23 +102,34 @@ struct RawAction {
     /// existing configs keep one run per event.
     #[serde(default)]
     batch: bool,
-    /// What the action does: run a program (the default) or post a webhook.
+    /// What the action does: run a program (the default), post a webhook,
+    /// or set server states in HAProxy.
     #[serde(default)]
     kind: RawActionKind,
     // `kind = "webhook"` (see `sinks::actions::webhook`).
     url: Option<String>,
     #[serde(default)]
-    headers: std::collections::BTreeMap<String, String>,
+    headers: BTreeMap<String, String>,
     authorization_file: Option<PathBuf>,
     retries: Option<u32>,
+    // `kind = "haproxy"` (see `HaproxyFields`).
+    socket: Option<String>,
+    backend: Option<String>,
+    servers: Option<BTreeMap<String, String>>,
+    drain_on_suspect: Option<bool>,
 }
 
-#[derive(Clone, Copy, Default, Deserialize)]
+/// `kind` of an `[[actions]]` entry.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum RawActionKind {
+    /// `command` or `shell`.
     #[default]
     Exec,
+    /// An HTTP POST (`url`, ...).
     Webhook,
+    /// HAProxy's runtime API (`socket`, `backend`, ...).
+    Haproxy,
 }
 
 fn default_action_timeout() -> Duration {
@@ -131,20 +144,52 @@ impl RawAction {
             authorization_file: self.authorization_file,
             retries: self.retries,
         };
+        let haproxy = HaproxyFields {
+            socket: self.socket,
+            backend: self.backend,
+            servers: self.servers,
+            drain_on_suspect: self.drain_on_suspect,
+        };
+        let name = self.name.clone();
         let webhook_error = |problem| ConfigError::Webhook {
-            action: self.name.clone(),
+            action: name.clone(),
             problem,
         };
-        let run = match (self.kind, self.command, self.shell) {
-            (RawActionKind::Webhook, command, shell) => {
-                if let Some(field) = command.map(|_| "command").or(shell.map(|_| "shell")) {
+        let haproxy_error = |problem: String| ConfigError::HaproxyAction {
+            action: name.clone(),
+            problem,
+        };
+        let program =
+            (self.command.as_ref().map(|_| "command")).or(self.shell.as_ref().map(|_| "shell"));
+        let run = match self.kind {
+            RawActionKind::Webhook => {
+                if let Some(field) = program {
                     return Err(webhook_error(WebhookProblem::ProgramGiven { field }));
+                }
+                if let Some(field) = haproxy.first_given() {
+                    return Err(haproxy_error(format!(
+                        "`{field}` is only for kind = \"haproxy\" actions: remove it"
+                    )));
                 }
                 ActionRun::Webhook(webhook.into_config().map_err(webhook_error)?)
             }
-            (RawActionKind::Exec, command, shell) => {
+            RawActionKind::Haproxy => {
+                if let Some(field) = program {
+                    return Err(haproxy_error(format!(
+                        "`{field}` is for kind = \"exec\" actions: remove it (a haproxy action sets server states through `socket` and `backend`)"
+                    )));
+                }
+                webhook.refuse_for("haproxy").map_err(webhook_error)?;
+                ActionRun::Haproxy(haproxy.into_action().map_err(haproxy_error)?)
+            }
+            RawActionKind::Exec => {
                 webhook.refuse_for("exec").map_err(webhook_error)?;
-                match (command, shell) {
+                if let Some(field) = haproxy.first_given() {
+                    return Err(haproxy_error(format!(
+                        "`{field}` is only for kind = \"haproxy\" actions: add kind = \"haproxy\" or remove it"
+                    )));
+                }
+                match (self.command, self.shell) {
                     (Some(argv), None) => ActionRun::Command(argv),
                     (None, Some(script)) => ActionRun::Shell(script),
                     (None, None) => {

@@ -213,6 +213,14 @@ impl Config {
                     action: action.name.clone(),
                 });
             }
+            if let ActionRun::Haproxy(haproxy) = &action.run {
+                haproxy
+                    .check(&action.on)
+                    .map_err(|problem| ConfigError::HaproxyAction {
+                        action: action.name.clone(),
+                        problem,
+                    })?;
+            }
             if action.timeout.is_zero() {
                 return Err(ConfigError::ActionTimeoutZero {
                     action: action.name.clone(),

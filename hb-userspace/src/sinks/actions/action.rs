@@ -51,9 +51,12 @@ pub enum ActionRun {
     Shell(String),
     /// `kind = "webhook"`: an HTTP POST of the event(s) as JSON.
     Webhook(super::webhook::WebhookConfig),
+    /// `kind = "haproxy"`: sets the node's server state in HAProxy through
+    /// its runtime API (no process).
+    Haproxy(super::haproxy::HaproxyAction),
 }
 
-/// One action (`[[actions]]`): a program run when a node changes state.
+/// One action (`[[actions]]`): what runs when a node changes state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActionConfig {
     pub name: String,

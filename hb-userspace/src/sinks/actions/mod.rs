@@ -32,6 +32,7 @@ use self::{
 use super::metrics::{ActionMetrics, RunResult};
 
 pub mod action;
+pub mod haproxy;
 mod lanes;
 mod process;
 pub mod webhook;

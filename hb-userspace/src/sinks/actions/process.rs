@@ -49,6 +49,7 @@ pub(super) enum Input<'a> {
 pub(super) async fn run_action(action: &ActionConfig, input: Input<'_>) -> Outcome {
     match (&action.run, input) {
         (ActionRun::Webhook(hook), input) => super::webhook::run_webhook(action, hook, input).await,
+        (ActionRun::Haproxy(haproxy), input) => super::haproxy::run(action, haproxy, input).await,
         (_, Input::Event(event)) => run_for_event(action, event).await,
         (_, Input::Batch(events)) => run_for_batch(action, events).await,
     }
@@ -166,6 +167,10 @@ fn command_for(run: &ActionRun) -> Option<(Command, &str)> {
         // `run_action` sends these elsewhere.
         ActionRun::Webhook(_) => {
             tracing::error!("a webhook action runs no program");
+            None
+        }
+        ActionRun::Haproxy(_) => {
+            tracing::error!("a haproxy action runs no process");
             None
         }
     }
