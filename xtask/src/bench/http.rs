@@ -345,10 +345,29 @@ fn percent(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |p| format!("{p:.2}%"))
 }
 
+fn ms(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2} ms"))
+}
+
 fn print(nodes: u32, duration: Duration, without: &Totals, with: &Totals) {
     let mut table = Table::new(&["measure", "without clients", "with clients"]);
-    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2} ms"));
-    let rows: Vec<(&str, String, String)> = vec![
+    for (name, a, b) in agent_rows(without, with)
+        .into_iter()
+        .chain(client_rows(without, with))
+    {
+        table.row(vec![name.to_owned(), a, b]);
+    }
+    table.print(&format!(
+        "{} nodes beating every {} s ({} s per run), the agent without and with HTTP clients",
+        si(f64::from(nodes)),
+        INTERVAL.as_secs_f64(),
+        duration.as_secs_f64()
+    ));
+}
+
+/// The table's rows about the agent: load, CPU, sweeps.
+fn agent_rows(without: &Totals, with: &Totals) -> Vec<(&'static str, String, String)> {
+    vec![
         ("runs", without.runs.to_string(), with.runs.to_string()),
         (
             "load achieved, heartbeats/s",
@@ -393,6 +412,12 @@ fn print(nodes: u32, duration: Duration, without: &Totals, with: &Totals) {
             ms(without.sweeps.mean_s().map(|s| s * 1e3)),
             ms(with.sweeps.mean_s().map(|s| s * 1e3)),
         ),
+    ]
+}
+
+/// The table's rows about the clients (and the nodes' health at the checks).
+fn client_rows(without: &Totals, with: &Totals) -> Vec<(&'static str, String, String)> {
+    vec![
         (
             "/metrics scrapes answered / attempted",
             "-".to_owned(),
@@ -430,16 +455,7 @@ fn print(nodes: u32, duration: Duration, without: &Totals, with: &Totals) {
             without.down_at_check.to_string(),
             with.down_at_check.to_string(),
         ),
-    ];
-    for (name, a, b) in rows {
-        table.row(vec![name.to_owned(), a, b]);
-    }
-    table.print(&format!(
-        "{} nodes beating every {} s ({} s per run), the agent without and with HTTP clients",
-        si(f64::from(nodes)),
-        INTERVAL.as_secs_f64(),
-        duration.as_secs_f64()
-    ));
+    ]
 }
 
 /// CPU with clients at most 1.2x without; sweep p99 in the same or a lower
