@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     net::TcpListener,
     sync::{broadcast::error::RecvError, mpsc, oneshot},
+    task::JoinHandle,
 };
 
 use crate::{
@@ -80,17 +81,32 @@ pub fn listen(
     address: SocketAddr,
     token: SharedToken,
     queries: mpsc::Sender<Query>,
-) -> anyhow::Result<()> {
-    let bound = std::net::TcpListener::bind(address)
+) -> anyhow::Result<JoinHandle<()>> {
+    Ok(spawn(bind(address)?, token, queries))
+}
+
+/// Binds `address` for the API (a reload binds the new address before it
+/// lets go of the old one).
+pub fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    std::net::TcpListener::bind(address)
         .and_then(|listener| {
             listener.set_nonblocking(true)?;
             TcpListener::from_std(listener)
         })
-        .with_context(|| format!("listening on {address} for the HTTP API ([http] listen)"))?;
+        .with_context(|| format!("listening on {address} for the HTTP API ([http] listen)"))
+}
+
+/// Serves the API on `listener` from a task; aborting the task closes the
+/// listener (connections already open finish on their own).
+pub fn spawn(
+    listener: TcpListener,
+    token: SharedToken,
+    queries: mpsc::Sender<Query>,
+) -> JoinHandle<()> {
     let authenticated = token.read().is_ok_and(|token| token.is_some());
-    tracing::info!(%address, authenticated, "HTTP API listening");
-    tokio::spawn(serve(bound, queries, token));
-    Ok(())
+    let address = listener.local_addr().ok();
+    tracing::info!(?address, authenticated, "HTTP API listening");
+    tokio::spawn(serve(listener, queries, token))
 }
 
 /// Serves the API on `listener` until the process ends.

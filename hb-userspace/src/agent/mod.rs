@@ -29,6 +29,7 @@ use anyhow::Context;
 use hb_common::{admission::Unauthenticated, counters::Counter, table::seen};
 use tokio::{
     sync::mpsc,
+    task::JoinHandle,
     time::{Interval, MissedTickBehavior},
 };
 
@@ -88,6 +89,10 @@ pub struct Agent {
     nodes: NodeDirectory<'static>,
     /// The bearer token the HTTP API checks, replaced by a reload.
     token: SharedToken,
+    /// The HTTP API's server task, if it runs; a reload may move it.
+    http: Option<JoinHandle<()>>,
+    /// How the status socket and the HTTP API reach the loop.
+    ask: mpsc::Sender<Query>,
     datapath: Datapath,
     sweep: Sweep,
     sinks: Sinks,
@@ -134,9 +139,11 @@ impl Agent {
         datapath.start()?;
         let (ask, queries) = mpsc::channel(QUERY_QUEUE);
         status::listen(&config.status_socket, ask.clone())?;
-        if let Some(address) = config.http.listen {
-            http::listen(address, Arc::clone(&token), ask)?;
-        }
+        let http = config
+            .http
+            .listen
+            .map(|address| http::listen(address, Arc::clone(&token), ask.clone()))
+            .transpose()?;
         tracing::info!(
             nodes = nodes.len(),
             datapath = config.datapath.as_str(),
@@ -154,6 +161,8 @@ impl Agent {
             config,
             overrides,
             token,
+            http,
+            ask,
             datapath,
             sinks,
             queries,
@@ -325,6 +334,9 @@ impl Agent {
         tracing::info!("shutting down");
         let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
         self.sinks.save(&cluster).await;
+        if let Some(http) = self.http.take() {
+            http.abort();
+        }
         self.datapath.stop()?;
         let _ = std::fs::remove_file(&self.config.status_socket);
         self.sinks.actions.wait_idle(SHUTDOWN_ACTION_WAIT).await;

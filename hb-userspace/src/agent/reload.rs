@@ -1,7 +1,7 @@
 //! A full reload (SIGHUP, `systemctl reload`): the configuration file is read
 //! again, with the command line's overrides, and compared with the running
 //! one ([`reload_plan`]). A change that needs a restart (the port, the
-//! table's size, the datapath, the interfaces, the HTTP address, ...) refuses
+//! table's size, the datapath, the interfaces, ...) refuses
 //! the whole reload; so does anything invalid or unreadable: the key files,
 //! the token file, the event log, the detector's settings. Everything is
 //! read and checked before anything changes, so a refused reload changes
@@ -10,16 +10,20 @@
 //! What a reload applies: nodes and ranges added (watched from now on,
 //! unseen until heard) or removed (forgotten, no event), nodes whose
 //! address, interval or source changed, the actions, the detector's and the
-//! brake's settings, the keys, the HTTP token, the event log. Node states,
+//! brake's settings, the keys, the HTTP token and address (bound before the
+//! old one is let go), the event log. Node states,
 //! sequence numbers and interval estimates of the nodes that stay are kept,
 //! and the XDP program stays attached. Every change is logged.
+
+use std::sync::Arc;
 
 use hb_common::{
     admission::Unauthenticated,
     table::{NodeRecord, SLOT_PINNED, src_octets},
 };
+use tokio::net::TcpListener;
 
-use super::Agent;
+use super::{Agent, http};
 use crate::{
     config::{Config, ReloadPlan, reload_plan},
     detect::detector::WatchedNode,
@@ -35,6 +39,8 @@ struct Prepared {
     keyring: Keyring,
     token: Option<HttpToken>,
     events: Option<EventLog>,
+    /// With `http_listen`: the new address, already bound (or none: off).
+    listener: Option<TcpListener>,
 }
 
 /// Reloads the configuration, or logs why not and changes nothing.
@@ -80,6 +86,12 @@ fn prepare(agent: &Agent) -> Result<Prepared, String> {
         .map(keys::read_token)
         .transpose()
         .map_err(|e| e.to_string())?;
+    let listener = match config.http.listen {
+        Some(address) if plan.http_listen => {
+            Some(http::bind(address).map_err(|e| format!("{e:#}"))?)
+        }
+        _ => None,
+    };
     let events = if plan.event_log {
         let opened = EventLog::open(config.event_log.as_deref());
         Some(opened.map_err(|e| format!("opening the event log: {e}"))?)
@@ -92,6 +104,7 @@ fn prepare(agent: &Agent) -> Result<Prepared, String> {
         keyring,
         token,
         events,
+        listener,
     })
 }
 
@@ -103,6 +116,7 @@ fn apply(agent: &mut Agent, prepared: Prepared) {
         keyring,
         token,
         events,
+        listener,
     } = prepared;
     let nodes = NodeDirectory::owned(&config.nodes, &config.node_ranges);
     forget_nodes(agent, &plan.removed);
@@ -122,6 +136,13 @@ fn apply(agent: &mut Agent, prepared: Prepared) {
         .token
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+    if plan.http_listen {
+        if let Some(old) = agent.http.take() {
+            old.abort();
+        }
+        agent.http = listener
+            .map(|listener| http::spawn(listener, Arc::clone(&agent.token), agent.ask.clone()));
+    }
     if plan.per_node_metrics {
         tracing::warn!(
             "SIGHUP: [http] per_node_metrics changes at the next restart (the metrics \

@@ -575,3 +575,45 @@ fn promtool_accepts(metrics: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Whether the HTTP API answers `/healthz` on `address`.
+fn answers(address: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok()
+        && http_get(address, "/healthz", None) == (200, "ok\n".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_http_api_and_can_turn_it_off() {
+    let agent = RunningAgent::start("agent-reload-http", "").await;
+    let (old, config) = (agent.http, agent.dir.0.join("hb.toml"));
+    assert!(answers(old));
+    let new = free_tcp_address();
+    let moved = config_text(&agent.dir.0, agent.port, new, "", &[1, 2], "");
+    std::fs::write(&config, moved).expect("rewriting the config");
+    agent
+        .control
+        .send(Control::Reload)
+        .await
+        .expect("the agent listens");
+    let on_new = eventually(Duration::from_secs(10), async || answers(new));
+    assert!(on_new.await, "the API never answered on {new}");
+    let off_old = eventually(Duration::from_secs(10), async || !answers(old));
+    assert!(off_old.await, "the API still answers on {old}");
+
+    // listen = "" turns it off; the agent goes on (status socket).
+    let text = config_text(&agent.dir.0, agent.port, new, "", &[1, 2], "")
+        .replace(&format!("listen = \"{new}\""), "listen = \"\"");
+    std::fs::write(&config, text).expect("rewriting the config");
+    agent
+        .control
+        .send(Control::Reload)
+        .await
+        .expect("the agent listens");
+    let off = eventually(Duration::from_secs(10), async || !answers(new));
+    assert!(
+        off.await,
+        "the API still answers on {new} with listen = \"\""
+    );
+    assert_eq!(agent.state_of_node_1().await, Some(NodeState::Unseen));
+    agent.shut_down().await;
+}

@@ -7,8 +7,9 @@
 //! Needing a restart: what the XDP program or the datapath was built with
 //! (`port`, `max_nodes`, `datapath`, `interfaces`, `xdp_mode`,
 //! `pass_heartbeats`, whether unauthenticated heartbeats are accepted), and
-//! what the agent bound or opened at start (`status_socket`, `state_file`,
-//! `[http] listen`). Everything else is reloadable. Nodes are compared id
+//! what the agent bound or opened at start (`status_socket`, `state_file`).
+//! Everything else is reloadable, `[http] listen` included (the agent binds
+//! the new address before it lets go of the old one). Nodes are compared id
 //! by id (a range counts by id), without a string per ranged node and
 //! skipping ranges that did not change, so a million-node range costs
 //! nothing when it stays as it was.
@@ -44,6 +45,8 @@ pub struct ReloadPlan {
     pub keys: bool,
     /// `[http] token_file` (re-read on every reload, like the keys).
     pub token: bool,
+    /// `[http] listen`: the API moves (or starts, or stops).
+    pub http_listen: bool,
     pub per_node_metrics: bool,
     /// `event_log`: where events are appended.
     pub event_log: bool,
@@ -112,7 +115,7 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
         actions,
         http:
             HttpConfig {
-                listen: _,
+                listen,
                 token_file,
                 per_node_metrics,
             },
@@ -135,6 +138,7 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
         defaults: running.defaults != *defaults,
         keys: running.auth.keys != *keys,
         token: running.http.token_file != *token_file,
+        http_listen: running.http.listen != *listen,
         per_node_metrics: running.http.per_node_metrics != *per_node_metrics,
         event_log: running.event_log != *event_log,
     })
@@ -142,7 +146,7 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
 
 /// The settings that differ and need a restart, in the file's order.
 fn needs_restart(running: &Config, new: &Config) -> Vec<NeedsRestart> {
-    let values = |c: &Config| -> [(&'static str, String); 9] {
+    let values = |c: &Config| -> [(&'static str, String); 8] {
         [
             ("interfaces", format!("{:?}", c.interfaces)),
             ("port", c.port.to_string()),
@@ -152,7 +156,6 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<NeedsRestart> {
             ("xdp_mode", c.xdp_mode.to_string()),
             ("status_socket", c.status_socket.display().to_string()),
             ("state_file", c.state_file.display().to_string()),
-            ("http.listen", listening(c.http.listen)),
         ]
     };
     let mut settings: Vec<NeedsRestart> = values(running)
@@ -186,13 +189,6 @@ fn unauthenticated(auth: &AuthConfig) -> String {
         None if auth.keys.is_empty() => format!("{accepted} (not set, and auth.keys is empty)"),
         None => format!("{accepted} (not set, and auth.keys is not empty)"),
     }
-}
-
-fn listening(listen: Option<std::net::SocketAddr>) -> String {
-    listen.map_or_else(
-        || "\"\" (off)".to_owned(),
-        |address| format!("\"{address}\""),
-    )
 }
 
 /// Where a node's settings come from: its `[[nodes]]` entry or its range.
@@ -314,6 +310,7 @@ impl ReloadPlan {
             (self.defaults, "[defaults] changed"),
             (self.keys, "auth.keys changed"),
             (self.token, "http.token_file changed"),
+            (self.http_listen, "http.listen changed"),
             (self.per_node_metrics, "http.per_node_metrics changed"),
             (self.event_log, "event_log changed"),
         ] {
