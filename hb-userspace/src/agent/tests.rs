@@ -358,21 +358,17 @@ async fn the_http_api_shows_what_status_shows_and_streams_events() {
         action_ran.await,
         "the up action's run never showed in /metrics"
     );
-    let (code, metrics) = http_get(http, "/metrics", None);
-    assert_eq!(code, 200, "{metrics}");
-    for line in [
-        "hb_nodes{state=\"up\"} 1",
-        "hb_nodes{state=\"unseen\"} 1",
-        "hb_transitions_total{from=\"unseen\",to=\"up\"} 1",
-        "hb_packets_total{outcome=\"accepted\"} 3",
-        "hb_actions_total{action=\"mark\",result=\"succeeded\"} 1",
-        "hb_brake_engaged 0",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "no `{line}` in /metrics:\n{metrics}"
-        );
-    }
+    scrape_with(
+        http,
+        &[
+            "hb_nodes{state=\"up\"} 1",
+            "hb_nodes{state=\"unseen\"} 1",
+            "hb_transitions_total{from=\"unseen\",to=\"up\"} 1",
+            "hb_packets_total{outcome=\"accepted\"} 3",
+            "hb_actions_total{action=\"mark\",result=\"succeeded\"} 1",
+            "hb_brake_engaged 0",
+        ],
+    );
     assert_eq!(http_get(http, "/api/v1/nodes?state=sleepy", None).0, 400);
 
     // A late subscriber resumes from cursor 0 and gets the up event replayed.
@@ -517,18 +513,14 @@ async fn a_crash_reaches_event_subscribers_on_time_and_shows_in_the_metrics() {
         "the down event came {detected:?} after the last heartbeat"
     );
 
-    let (code, metrics) = http_get(http, "/metrics", None);
-    assert_eq!(code, 200);
-    for line in [
-        "hb_nodes{state=\"down\"} 1",
-        "hb_transitions_total{from=\"suspect\",to=\"down\"} 1",
-        "hb_detection_seconds_count 1",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "no `{line}` in /metrics:\n{metrics}"
-        );
-    }
+    let metrics = scrape_with(
+        http,
+        &[
+            "hb_nodes{state=\"down\"} 1",
+            "hb_transitions_total{from=\"suspect\",to=\"down\"} 1",
+            "hb_detection_seconds_count 1",
+        ],
+    );
     let report = json_get(http, "/api/v1/status");
     assert_eq!(report["states"]["down"], 1, "/metrics and the status agree");
     promtool_accepts(&metrics);
@@ -576,10 +568,35 @@ fn promtool_accepts(metrics: &str) {
     );
 }
 
-/// Whether the HTTP API answers `/healthz` on `address`.
+/// `/metrics`, checked to hold each of `lines` as a whole line.
+fn scrape_with(http: SocketAddr, lines: &[&str]) -> String {
+    let (code, metrics) = http_get(http, "/metrics", None);
+    assert_eq!(code, 200, "{metrics}");
+    for line in lines {
+        assert!(
+            metrics.lines().any(|l| l == *line),
+            "no `{line}` in /metrics:\n{metrics}"
+        );
+    }
+    metrics
+}
+
+/// Whether the HTTP API answers `/healthz` on `address`; any failure to
+/// connect or read (a listener closing meanwhile) is a no.
 fn answers(address: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok()
-        && http_get(address, "/healthz", None) == (200, "ok\n".to_owned())
+    let exchange = || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /healthz HTTP/1.1\r\nHost: hb\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    };
+    exchange()
+        .is_ok_and(|response| response.starts_with("HTTP/1.1 200") && response.ends_with("ok\n"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
