@@ -217,6 +217,18 @@ impl NodeRecord {
         self.slot_flags & SLOT_PINNED != 0
     }
 
+    /// Pins the node to `source` (its heartbeats count only from there), or
+    /// unpins it; the agent's one way to set a pin.
+    pub fn pin_to(&mut self, source: Option<IpAddr>) {
+        match source {
+            Some(source) => {
+                self.src_addr = src_octets(source);
+                self.slot_flags |= SLOT_PINNED;
+            }
+            None => self.slot_flags &= !SLOT_PINNED,
+        }
+    }
+
     /// Whether the node has sent an authenticated heartbeat.
     pub const fn is_authenticated(&self) -> bool {
         self.slot_flags & SLOT_AUTHENTICATED != 0
@@ -273,6 +285,12 @@ mod tests {
         assert_eq!(src_ip(src_octets(v4)), v4);
         let v6 = IpAddr::V6("fd00::7".parse().unwrap());
         assert_eq!(src_ip(src_octets(v6)), v6);
+        let mut record = NodeRecord::default();
+        record.pin_to(Some(v4));
+        assert!(record.is_pinned());
+        assert_eq!(src_ip(record.src_addr), v4);
+        record.pin_to(None);
+        assert!(!record.is_pinned());
     }
 
     use super::*;

@@ -17,10 +17,7 @@
 
 use std::sync::Arc;
 
-use hb_common::{
-    admission::Unauthenticated,
-    table::{NodeRecord, SLOT_PINNED, src_octets},
-};
+use hb_common::{admission::Unauthenticated, table::NodeRecord};
 use tokio::net::TcpListener;
 
 use super::{Agent, http};
@@ -176,10 +173,7 @@ fn watch_nodes(agent: &mut Agent, nodes: &NodeDirectory<'_>, plan: &ReloadPlan) 
     let table = agent.datapath.table();
     for &id in &plan.added {
         let mut record = NodeRecord::default();
-        if let Some(source) = nodes.source_of(id) {
-            record.slot_flags |= SLOT_PINNED;
-            record.src_addr = src_octets(source);
-        }
+        record.pin_to(nodes.source_of(id));
         table.configure(id, record);
     }
     for &id in &plan.changed {

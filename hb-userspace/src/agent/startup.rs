@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use hb_common::{
     admission::Unauthenticated,
-    table::{NodeRecord, SLOT_AUTHENTICATED, SLOT_PINNED, intervals, src_octets},
+    table::{NodeRecord, SLOT_AUTHENTICATED, intervals},
 };
 
 use crate::{
@@ -86,10 +86,7 @@ pub fn watch_nodes(
                 intervals::word(saved.interval_mean_us, saved.interval_mad_us),
             );
         }
-        if let Some(source) = nodes.source_of(id) {
-            record.slot_flags |= SLOT_PINNED;
-            record.src_addr = src_octets(source);
-        }
+        record.pin_to(nodes.source_of(id));
         table.configure(id, record);
         if let Some(saved) = saved.get(&id) {
             let word = intervals::word(saved.interval_mean_us, saved.interval_mad_us);

@@ -16,7 +16,7 @@ use std::{
     sync::atomic::AtomicU64,
 };
 
-use hb_common::table::{NodeRecord, SLOT_CONFIGURED, SLOT_PINNED, src_octets};
+use hb_common::table::{NodeRecord, SLOT_CONFIGURED};
 
 use crate::sys;
 
@@ -179,13 +179,7 @@ impl NodeTable {
     /// recorded in that instant can be lost, never a pin half written.
     pub fn pin(&self, id: u32, source: Option<IpAddr>) {
         let mut record = self.records.get(id);
-        match source {
-            Some(source) => {
-                record.src_addr = src_octets(source);
-                record.slot_flags |= SLOT_PINNED;
-            }
-            None => record.slot_flags &= !SLOT_PINNED,
-        }
+        record.pin_to(source);
         self.records.set(id, record);
     }
 
