@@ -138,6 +138,16 @@ impl RunningAgent {
         assert!(up.await, "node 1 never came up");
     }
 
+    /// Rewrites the agent's configuration file with `text` and sends a
+    /// reload (SIGHUP's message).
+    async fn reload_with(&self, text: &str) {
+        std::fs::write(self.dir.0.join("hb.toml"), text).expect("rewriting the config");
+        self.control
+            .send(Control::Reload)
+            .await
+            .expect("the agent listens");
+    }
+
     /// Tells the agent to stop and waits for it.
     async fn shut_down(self) -> TempDir {
         self.control
@@ -419,7 +429,6 @@ fn state_over_http(http: SocketAddr, id: u32) -> Option<String> {
 async fn a_reload_applies_nodes_and_actions_and_refuses_what_needs_a_restart() {
     let agent = RunningAgent::start("agent-reload", "").await;
     let (http, events) = (agent.http, agent.dir.0.join("events"));
-    let config = agent.dir.0.join("hb.toml");
     agent.beat_node_1();
     agent.wait_until_node_1_is_up().await;
     let ran = eventually(Duration::from_secs(10), async || {
@@ -429,12 +438,7 @@ async fn a_reload_applies_nodes_and_actions_and_refuses_what_needs_a_restart() {
 
     // Node 2 removed, node 3 added, the action changed.
     let reloaded = config_text(&agent.dir.0, agent.port, http, "", &[1, 3], "v2 ");
-    std::fs::write(&config, reloaded).expect("rewriting the config");
-    agent
-        .control
-        .send(Control::Reload)
-        .await
-        .expect("the agent listens");
+    agent.reload_with(&reloaded).await;
     let applied = eventually(Duration::from_secs(10), async || {
         state_over_http(http, 3).as_deref() == Some("unseen")
     });
@@ -457,19 +461,9 @@ async fn a_reload_applies_nodes_and_actions_and_refuses_what_needs_a_restart() {
     );
 
     // An invalid file, and a change that needs a restart: both refused whole.
-    std::fs::write(&config, "port = \"not a port\"\n").expect("rewriting the config");
-    agent
-        .control
-        .send(Control::Reload)
-        .await
-        .expect("the agent listens");
+    agent.reload_with("port = \"not a port\"\n").await;
     let moved = config_text(&agent.dir.0, agent.port + 1, http, "", &[1, 3, 4], "v3 ");
-    std::fs::write(&config, moved).expect("rewriting the config");
-    agent
-        .control
-        .send(Control::Reload)
-        .await
-        .expect("the agent listens");
+    agent.reload_with(&moved).await;
     assert_eq!(state_over_http(http, 3).as_deref(), Some("up"));
     assert_eq!(
         state_over_http(http, 4),
@@ -602,16 +596,11 @@ fn answers(address: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_moves_the_http_api_and_can_turn_it_off() {
     let agent = RunningAgent::start("agent-reload-http", "").await;
-    let (old, config) = (agent.http, agent.dir.0.join("hb.toml"));
+    let old = agent.http;
     assert!(answers(old));
     let new = free_tcp_address();
     let moved = config_text(&agent.dir.0, agent.port, new, "", &[1, 2], "");
-    std::fs::write(&config, moved).expect("rewriting the config");
-    agent
-        .control
-        .send(Control::Reload)
-        .await
-        .expect("the agent listens");
+    agent.reload_with(&moved).await;
     let on_new = eventually(Duration::from_secs(10), async || answers(new));
     assert!(on_new.await, "the API never answered on {new}");
     let off_old = eventually(Duration::from_secs(10), async || !answers(old));
@@ -620,12 +609,7 @@ async fn a_reload_moves_the_http_api_and_can_turn_it_off() {
     // listen = "" turns it off; the agent goes on (status socket).
     let text = config_text(&agent.dir.0, agent.port, new, "", &[1, 2], "")
         .replace(&format!("listen = \"{new}\""), "listen = \"\"");
-    std::fs::write(&config, text).expect("rewriting the config");
-    agent
-        .control
-        .send(Control::Reload)
-        .await
-        .expect("the agent listens");
+    agent.reload_with(&text).await;
     let off = eventually(Duration::from_secs(10), async || !answers(new));
     assert!(
         off.await,
