@@ -42,7 +42,7 @@ use crate::{
     clock::{self, monotonic_ns},
     config::{Config, Overrides},
     datapath::Datapath,
-    detect::{brake::Brake, detector::NodeState, sweep::Sweep},
+    detect::{detector::NodeState, sweep::Sweep},
     keys::{self, Keyring},
     nodes::NodeDirectory,
     sinks::{
@@ -50,7 +50,7 @@ use crate::{
         actions::{ActionRunner, webhook},
         event_log::EventLog,
         metrics::{Format, Metrics, NodeSample, Scrape},
-        state_file::StateSaver,
+        state_file::{self, StateSaver},
         stream::{EventStream, Summary},
     },
 };
@@ -112,23 +112,36 @@ impl Agent {
     /// stays attached.
     pub fn start(config: Config, overrides: Overrides) -> anyhow::Result<Self> {
         config.check_interfaces_exist()?;
+        state_file::check_writable(&config.state_file)?;
         let nodes = NodeDirectory::owned(&config.nodes, &config.node_ranges);
         startup::warn_about(&config, &nodes);
         let started = Instant::now();
 
         let keyring = Keyring::load(&config.auth.keys)?;
         startup::log_auth_policy(&keyring, config.auth.unauthenticated());
+        let remembered = startup::remembered(&config.state_file)?;
         let mut datapath = Datapath::prepare(&config.datapath_settings())?;
         datapath.set_keys(&keyring.slots())?;
-        let detector = startup::watch_nodes(
-            config.detector_settings()?,
+        let sweep = startup::restore(
+            (config.detector_settings()?, config.brake.settings()),
             &nodes,
-            &startup::saved_nodes(&config)?,
+            &remembered,
             &keyring,
             datapath.table(),
+            datapath.adopted(),
         );
         webhook::check_authorization_files(&config.actions)?;
-        let sinks = open_sinks(&config)?;
+        let saver = StateSaver::start(
+            config.state_file.clone(),
+            &state_file::snapshot(
+                &nodes,
+                sweep.detector(),
+                sweep.brake(),
+                datapath.table(),
+                remembered.journal_seq,
+            ),
+        )?;
+        let sinks = open_sinks(&config, saver)?;
         let token = config
             .http
             .token_file
@@ -153,7 +166,7 @@ impl Agent {
             "agent running"
         );
         Ok(Agent {
-            sweep: Sweep::new(detector, Brake::new(config.brake.settings())),
+            sweep,
             auth: AuthStatus {
                 key_ids: keyring.ids(),
                 accept_unauthenticated: config.auth.unauthenticated() == Unauthenticated::Accept,
@@ -234,6 +247,7 @@ impl Agent {
                     self.last_sweep_ns,
                     now,
                     stall_ns,
+                    &self.sinks.saver.health(),
                 ));
             }
             Query::Subscribe { since, reply } => {
@@ -287,6 +301,7 @@ impl Agent {
                 counters: &counters,
                 brake_engaged: brake.engaged(),
                 brake_held: brake.held() as u64,
+                state_saving: &self.sinks.saver.health(),
                 per_node: (!names.is_empty()).then_some(&samples[..]),
             },
             format,
@@ -300,6 +315,7 @@ impl Agent {
             actions: self.sinks.actions.stats(),
             auth: self.auth.clone(),
             brake: BrakeStatus::from(self.sweep.brake()),
+            state_file: self.sinks.saver.health(),
             ..status::report(cluster, &self.datapath, limit)
         }
     }
@@ -333,7 +349,7 @@ impl Agent {
     async fn shut_down(mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
-        self.sinks.save(&cluster).await;
+        self.sinks.save(&cluster, self.sweep.brake()).await;
         if let Some(http) = self.http.take() {
             http.abort();
         }
@@ -359,7 +375,7 @@ fn cluster_view<'a, 'n>(
 }
 
 /// The event log, the action runner and the state saver.
-fn open_sinks(config: &Config) -> anyhow::Result<Sinks> {
+fn open_sinks(config: &Config, saver: StateSaver) -> anyhow::Result<Sinks> {
     let events = EventLog::open(config.event_log.as_deref()).with_context(|| {
         let path = config.event_log.as_deref().unwrap_or("".as_ref());
         format!("opening the event log {}", path.display())
@@ -371,7 +387,7 @@ fn open_sinks(config: &Config) -> anyhow::Result<Sinks> {
         actions: ActionRunner::new(config.actions.clone(), config.max_concurrent_actions)
             .with_metrics(metrics.actions()),
         metrics,
-        saver: StateSaver::new(config.state_file.clone()),
+        saver,
     })
 }
 

@@ -13,6 +13,7 @@ use crate::{
     sinks::{
         ClusterView,
         metrics::Format,
+        state_file::SaveHealth,
         stream::{CursorEvent, EventStream, Subscription},
     },
 };
@@ -156,15 +157,24 @@ pub fn node_detail(
 
 /// Whether the agent is ready, given its sweep count and the time of its
 /// last sweep; a sweep later than `stall_ns` means it is stalled.
-pub fn readiness(sweeps: u64, last_sweep_ns: u64, now_ns: u64, stall_ns: u64) -> Readiness {
+pub fn readiness(
+    sweeps: u64,
+    last_sweep_ns: u64,
+    now_ns: u64,
+    stall_ns: u64,
+    saving: &SaveHealth,
+) -> Readiness {
     let since = (sweeps > 0).then(|| now_ns.saturating_sub(last_sweep_ns));
-    let reason = match since {
-        None => Some("no sweep has run yet".to_owned()),
-        Some(since) if since > stall_ns => Some(format!(
+    let reason = match (since, &saving.error) {
+        (None, _) => Some("no sweep has run yet".to_owned()),
+        (Some(since), _) if since > stall_ns => Some(format!(
             "the last sweep was {} ms ago: the agent is stalled",
             since / 1_000_000
         )),
-        Some(_) => None,
+        (Some(_), Some(error)) => Some(format!(
+            "the state file is not being saved, so a restart would lose node states: {error}"
+        )),
+        (Some(_), None) => None,
     };
     Readiness {
         ready: reason.is_none(),
@@ -181,15 +191,24 @@ mod tests {
     #[test]
     fn readiness_needs_a_recent_sweep() {
         let ms = 1_000_000;
+        let fine = SaveHealth::default();
         assert_eq!(
-            readiness(0, 0, 5 * ms, 100 * ms).reason.as_deref(),
+            readiness(0, 0, 5 * ms, 100 * ms, &fine).reason.as_deref(),
             Some("no sweep has run yet")
         );
-        let ready = readiness(3, 10 * ms, 50 * ms, 100 * ms);
+        let ready = readiness(3, 10 * ms, 50 * ms, 100 * ms, &fine);
         assert!(ready.ready, "{ready:?}");
         assert_eq!(ready.last_sweep_ms_ago, Some(40));
-        let stalled = readiness(3, 10 * ms, 500 * ms, 100 * ms);
+        let stalled = readiness(3, 10 * ms, 500 * ms, 100 * ms, &fine);
         assert!(!stalled.ready);
         assert!(stalled.reason.unwrap().contains("490 ms ago"));
+        let failing = SaveHealth {
+            error: Some("writing state file /x: No space left on device".to_owned()),
+            failures: 1,
+            ..SaveHealth::default()
+        };
+        let unsaved = readiness(3, 10 * ms, 50 * ms, 100 * ms, &failing);
+        assert!(!unsaved.ready);
+        assert!(unsaved.reason.unwrap().contains("No space left"));
     }
 }

@@ -1,23 +1,31 @@
 //! What the agent does once, before its loop: warn about configurations
 //! that work but probably are not what was meant, say how heartbeats are
-//! authenticated, and set up the node table and the detector, restoring what
-//! the state file remembers.
+//! authenticated, and set up the node table, the detector and the brake,
+//! restoring what the state file and its journal remember (or, when the
+//! datapath outlived the previous run, what the table itself kept).
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use hb_common::{
     admission::Unauthenticated,
-    table::{NodeRecord, SLOT_AUTHENTICATED, intervals},
+    table::{NodeRecord, SLOT_AUTHENTICATED},
 };
 
 use crate::{
-    clock::monotonic_ns,
+    clock::{self, monotonic_ns},
     config::{Config, DatapathKind, XdpMode},
     datapath::table::NodeTable,
-    detect::detector::{Detector, DetectorSettings, WatchedNode},
+    detect::{
+        brake::{Brake, BrakeSettings},
+        detector::{Detector, DetectorSettings, WatchedNode},
+        sweep::Sweep,
+    },
     keys::Keyring,
     nodes::NodeDirectory,
-    sinks::state_file::{self, SavedNode, StateFileError},
+    sinks::state_file::{self, SavedNode, SavedState, StateFileError, journal},
 };
 
 /// Warnings about a configuration that runs but may not do what was meant.
@@ -57,16 +65,45 @@ pub fn log_auth_policy(keyring: &Keyring, unauthenticated: Unauthenticated) {
     }
 }
 
+/// What a previous run of the agent left: its last snapshot with the
+/// journal's newer entries applied, carried into this boot.
+pub fn remembered(state_file: &Path) -> Result<SavedState, StateFileError> {
+    let mut state = state_file::load(state_file)?.unwrap_or_default();
+    let entries = journal::read(state_file).map_err(|cause| StateFileError::Journal {
+        path: journal::paths(state_file).0,
+        cause,
+    })?;
+    let replayed = entries.iter().filter(|e| e.seq > state.journal_seq).count();
+    journal::replay(&mut state, &entries);
+    if replayed > 0 {
+        tracing::info!(
+            replayed,
+            "replayed state changes the last snapshot missed (the agent was stopped abruptly)"
+        );
+    }
+    state.carry_over(clock::boot_id(), monotonic_ns(), clock::unix_ns());
+    Ok(state)
+}
+
 /// Marks every configured node in the table, pinning it to its source
-/// address if it has one, restoring what the state file says about it, and
-/// builds the detector.
-pub fn watch_nodes(
-    settings: DetectorSettings,
+/// address if it has one, restores what the previous run knew about it, and
+/// builds the detector and the brake.
+///
+/// `adopted`: the table outlived the previous run (a pinned XDP datapath
+/// that recorded while no agent ran), so what it holds is newer than the
+/// state file and is kept, and its arrival times are trusted: a node that
+/// fell silent meanwhile is convicted as soon as its timeout has passed.
+/// Otherwise the table is filled from the state file, and every node gets a
+/// full timeout from this start to be heard.
+pub fn restore(
+    settings: (DetectorSettings, BrakeSettings),
     nodes: &NodeDirectory<'_>,
-    saved: &HashMap<u32, SavedNode>,
+    state: &SavedState,
     keyring: &Keyring,
     table: &NodeTable,
-) -> Detector {
+    adopted: bool,
+) -> Sweep {
+    let now = monotonic_ns();
     let watched: Vec<_> = nodes
         .intervals()
         .map(|(node_id, interval)| WatchedNode {
@@ -74,51 +111,89 @@ pub fn watch_nodes(
             interval_ns: interval.map(|d| d.as_nanos() as u64),
         })
         .collect();
-    let mut detector = Detector::new(settings, table.len(), &watched, monotonic_ns());
+    let mut detector = Detector::new(settings.0, table.len(), &watched, now);
+    if adopted {
+        forget_unconfigured(nodes, table);
+    }
+    let saved: HashMap<u32, &SavedNode> = state.nodes.iter().map(|n| (n.id, n)).collect();
     for id in nodes.ids() {
-        let mut record = NodeRecord::default();
-        if let Some(saved) = saved.get(&id) {
-            restore(&mut record, saved, keyring);
-            detector.restore(
-                id,
-                saved.state,
-                saved.interval_ms,
-                intervals::word(saved.interval_mean_us, saved.interval_mad_us),
-            );
+        let saved = saved.get(&id).copied();
+        if adopted && table.records.get(id).is_configured() {
+            table.update(id, |record| {
+                record.pin_to(nodes.source_of(id));
+                if keyring.is_empty() {
+                    record.slot_flags &= !SLOT_AUTHENTICATED;
+                }
+            });
+        } else {
+            let mut record = NodeRecord::default();
+            if let Some(saved) = saved {
+                restore_record(&mut record, saved, keyring);
+            }
+            record.pin_to(nodes.source_of(id));
+            table.configure(id, record);
+            if let Some(saved) = saved {
+                table.intervals.set(id, saved.interval_word);
+                if !adopted {
+                    table.seen.set(id, saved.seen_word);
+                }
+            }
         }
-        record.pin_to(nodes.source_of(id));
-        table.configure(id, record);
-        if let Some(saved) = saved.get(&id) {
-            let word = intervals::word(saved.interval_mean_us, saved.interval_mad_us);
-            table.intervals.set(id, word);
+        if let Some(saved) = saved {
+            let record = table.records.get(id);
+            detector.restore(id, saved.state, record.interval_ms, table.intervals.get(id));
         }
     }
+    detector.restore_flaps(state.flaps.iter().cloned());
+    detector.set_swept_until(state.swept_until_ns);
     let restored = nodes.ids().filter(|id| saved.contains_key(id)).count();
-    if restored > 0 {
+    if adopted {
+        detector.trust_arrivals();
         tracing::info!(
             restored,
-            "restored node states from the state file; nodes that were up get a full timeout to be heard"
+            "the datapath recorded heartbeats while no agent ran: node states continue from the \
+             arrival times it kept"
+        );
+    } else if restored > 0 {
+        tracing::info!(
+            restored,
+            "restored node states from the state file; nodes that were up get a full timeout to be \
+             heard"
         );
     }
-    detector
+    let mut brake = Brake::new(settings.1);
+    brake.restore(state.brake.clone(), now);
+    Sweep::new(detector, brake)
 }
 
-/// The state file's nodes by id (none on a first start).
-pub fn saved_nodes(config: &Config) -> Result<HashMap<u32, SavedNode>, StateFileError> {
-    Ok(state_file::load(&config.state_file)?
-        .unwrap_or_default()
-        .into_iter()
-        .map(|n| (n.id, n))
-        .collect())
+/// In a table that outlived the previous run, slots of nodes no longer
+/// configured stop being recorded.
+fn forget_unconfigured(nodes: &NodeDirectory<'_>, table: &NodeTable) {
+    let configured: HashSet<u32> = nodes.ids().collect();
+    let mut forgotten = 0;
+    for id in 0..table.len() {
+        if table.records.get(id).is_configured() && !configured.contains(&id) {
+            table.unconfigure(id);
+            forgotten += 1;
+        }
+    }
+    if forgotten > 0 {
+        tracing::info!(
+            forgotten,
+            "nodes no longer configured are no longer recorded"
+        );
+    }
 }
 
 /// What a node's record keeps of its saved state: where its heartbeats stood
-/// (so replays stay refused) and whether it signs.
-fn restore(record: &mut NodeRecord, saved: &SavedNode, keyring: &Keyring) {
+/// (so replays stay refused), where they came from, and whether it signs.
+fn restore_record(record: &mut NodeRecord, saved: &SavedNode, keyring: &Keyring) {
     record.heartbeats = saved.heartbeats;
     record.incarnation = saved.incarnation;
     record.sequence = saved.sequence;
     record.interval_ms = saved.interval_ms;
+    record.src_addr = saved.src_addr;
+    record.src_port = saved.src_port;
     // Without keys nothing can be authenticated: forget the flag rather
     // than refuse the node for ever.
     if saved.authenticated && !keyring.is_empty() {

@@ -23,7 +23,7 @@ use crate::{
     datapath::{Datapath, Receiving},
     detect::{brake::Brake, detector::NodeState},
     nodes::NodeInfo,
-    sinks::{ClusterView, actions::ActionStats},
+    sinks::{ClusterView, actions::ActionStats, state_file::SaveHealth},
 };
 
 /// The request word a client sends, followed by the node limit.
@@ -42,6 +42,9 @@ pub struct StatusReport {
     pub auth: AuthStatus,
     #[serde(default)]
     pub brake: BrakeStatus,
+    /// How saving the state file goes.
+    #[serde(default)]
+    pub state_file: SaveHealth,
     /// Number of configured nodes in each state.
     pub states: BTreeMap<String, u64>,
     /// Number of configured nodes.

@@ -166,6 +166,13 @@ fn render_footer(out: &mut String, report: &StatusReport) {
             report.brake.silent, report.brake.held
         );
     }
+    if let Some(error) = &report.state_file.error {
+        let _ = writeln!(
+            out,
+            "STATE FILE NOT SAVED ({} failures): {error}; a restart would lose node states",
+            report.state_file.failures
+        );
+    }
     let auth = &report.auth;
     let keys = match auth.key_ids[..] {
         [] => "no keys".to_owned(),
@@ -198,7 +205,7 @@ mod tests {
     use crate::{
         agent::status::{AuthStatus, BrakeStatus, InterfaceStatus, MeasuredInterval},
         detect::detector::NodeState,
-        sinks::actions::ActionStats,
+        sinks::{actions::ActionStats, state_file::SaveHealth},
     };
 
     #[test]
@@ -224,6 +231,11 @@ mod tests {
                 engaged: true,
                 held: 58,
                 silent: 60,
+            },
+            state_file: SaveHealth {
+                failures: 3,
+                error: Some("writing state file /var/lib/hb/state: disk full".into()),
+                ..SaveHealth::default()
             },
             states: [("up".to_owned(), 1)].into(),
             nodes_total: 1,
@@ -257,6 +269,7 @@ mod tests {
             "1002.0±5.0ms",
             "   0.4  198.18.0.7",
             "BRAKE ENGAGED: partition suspected, 60 nodes silent, down actions of 58 nodes held",
+            "STATE FILE NOT SAVED (3 failures): writing state file /var/lib/hb/state: disk full",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }

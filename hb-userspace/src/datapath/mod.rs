@@ -114,6 +114,12 @@ impl Datapath {
         })
     }
 
+    /// Whether the node table outlived the previous agent (recording while
+    /// no agent ran): its contents are then live and are kept.
+    pub fn adopted(&self) -> bool {
+        false
+    }
+
     pub fn table(&self) -> &NodeTable {
         match self {
             Datapath::Xdp { datapath, .. } => datapath.table(),

@@ -178,9 +178,19 @@ impl NodeTable {
     /// record meanwhile (no lock is shared with the kernel): a heartbeat
     /// recorded in that instant can be lost, never a pin half written.
     pub fn pin(&self, id: u32, source: Option<IpAddr>) {
-        let mut record = self.records.get(id);
-        record.pin_to(source);
-        self.records.set(id, record);
+        self.update(id, |record| record.pin_to(source));
+    }
+
+    /// Changes node `id`'s record with `change`, writing it back only if
+    /// that changed anything (so an unchanged node never races the
+    /// datapath; see [`pin`](Self::pin) for what a write can lose).
+    pub fn update(&self, id: u32, change: impl FnOnce(&mut NodeRecord)) {
+        let before = self.records.get(id);
+        let mut record = before;
+        change(&mut record);
+        if record != before {
+            self.records.set(id, record);
+        }
     }
 
     /// Stops recording node `id` (a reload removed it): its heartbeats count

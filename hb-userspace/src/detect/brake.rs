@@ -269,6 +269,30 @@ pub struct Decisions {
     pub population: usize,
 }
 
+/// What the state file keeps of the brake (monotonic times): an episode in
+/// progress and the `down` actions it holds survive a restart of the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BrakeMemory {
+    pub engaged_since_ns: Option<u64>,
+    pub calm_since_ns: Option<u64>,
+    pub credit_ns: u64,
+    /// The recent silent set: (node, when it went silent), oldest first.
+    pub silent: Vec<(u32, u64)>,
+    /// The held `down` actions: (node, when it was held), oldest first.
+    pub held: Vec<(u32, u64)>,
+}
+
+impl BrakeMemory {
+    /// Applies `f` to every time.
+    pub fn move_times(&mut self, f: impl Fn(u64) -> u64) {
+        self.engaged_since_ns = self.engaged_since_ns.map(&f);
+        self.calm_since_ns = self.calm_since_ns.map(&f);
+        for (_, at) in self.silent.iter_mut().chain(self.held.iter_mut()) {
+            *at = f(*at);
+        }
+    }
+}
+
 /// The brake's state. See the module doc.
 #[derive(Debug)]
 pub struct Brake {
@@ -336,6 +360,43 @@ impl Brake {
         self.window_ns = fresh.window_ns;
         self.max_hold_ns = fresh.max_hold_ns;
         self.release_cost_ns = fresh.release_cost_ns;
+    }
+
+    /// What the state file keeps of the brake.
+    pub fn memory(&self) -> BrakeMemory {
+        BrakeMemory {
+            engaged_since_ns: self.engaged_since,
+            calm_since_ns: self.calm_since,
+            credit_ns: self.credit_ns,
+            silent: self.silent_order.iter().map(|&(at, id)| (id, at)).collect(),
+            held: self.held_order.iter().map(|&(at, id)| (id, at)).collect(),
+        }
+    }
+
+    /// Restores what a previous run held and had seen, at monotonic time
+    /// `now_ns`. Held `down` actions stay held; if the brake that held them
+    /// is not remembered as engaged (it engaged after the last snapshot), it
+    /// engages again now, so they are released by its rate or when it
+    /// clears, never forgotten.
+    pub fn restore(&mut self, memory: BrakeMemory, now_ns: u64) {
+        for (id, at) in memory.silent {
+            if let Entry::Vacant(entry) = self.silent.entry(id) {
+                entry.insert(at);
+                self.silent_order.insert((at, id));
+            }
+        }
+        for (id, at) in memory.held {
+            if let Entry::Vacant(entry) = self.held.entry(id) {
+                entry.insert(at);
+                self.held_order.insert((at, id));
+            }
+        }
+        self.calm_since = memory.calm_since_ns;
+        self.credit_ns = memory.credit_ns;
+        self.engaged_since = match memory.engaged_since_ns {
+            None if !self.held.is_empty() => Some(now_ns),
+            other => other,
+        };
     }
 
     /// Whether `down` actions are being held.
@@ -955,5 +1016,33 @@ mod tests {
         assert!(brake.admit_down(SEC, 3));
         brake.sweep(2 * SEC, 10, &[Change::Heard(3)]);
         assert!(brake.admit_up(3));
+    }
+
+    #[test]
+    fn what_it_holds_survives_a_restart() {
+        let mut brake = Brake::new(BrakeSettings::default());
+        let silent: Vec<Change> = (0..60).map(Change::Silent).collect();
+        brake.sweep(SEC, 40, &silent);
+        assert!(brake.engaged());
+        for id in 0..60 {
+            assert!(!brake.admit_down(SEC, id));
+        }
+        let memory = brake.memory();
+        assert_eq!(memory.held.len(), 60);
+
+        let mut restarted = Brake::new(BrakeSettings::default());
+        restarted.restore(memory.clone(), 5 * SEC);
+        assert!(restarted.engaged());
+        assert_eq!(restarted.held(), 60);
+        assert_eq!(restarted.memory(), memory);
+
+        // Held downs whose engagement was not saved: engaged again, not lost.
+        let held_only = BrakeMemory {
+            held: vec![(7, SEC)],
+            ..BrakeMemory::default()
+        };
+        let mut restarted = Brake::new(BrakeSettings::default());
+        restarted.restore(held_only, 5 * SEC);
+        assert_eq!((restarted.engaged(), restarted.held()), (true, 1));
     }
 }

@@ -115,6 +115,15 @@ impl NodeState {
         }
     }
 
+    /// The state numbered `value` (`NodeState as u8`), if any.
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(NodeState::Unseen),
+            1..=5 => Some(Self::from_bits(value as u32)),
+            _ => None,
+        }
+    }
+
     /// Up or suspect: heard recently enough not to be down.
     pub const fn is_live(self) -> bool {
         matches!(self, NodeState::Up | NodeState::Suspect)
@@ -254,7 +263,7 @@ pub const MAX_INTERVAL_NS: u64 = 3_600_000_000_000;
 /// A heartbeat stamped up to this long before a sweep started may not yet
 /// have been stored when the sweep read its node (the store follows the
 /// timestamp by nanoseconds); the next sweep looks at it again.
-const STORE_MARGIN_NS: u64 = 1_000_000;
+pub const STORE_MARGIN_NS: u64 = 1_000_000;
 
 /// The detector's 4 bytes per node: the state in the top 3 bits, below
 /// them in milliseconds (up to about 6 days) the silence after which the
@@ -317,9 +326,13 @@ pub struct Detector {
     /// Seen words above this are heartbeats no sweep has looked at yet.
     new_since_ns: u64,
     /// No node is convicted on silence measured from before this instant:
-    /// the agent's start (or restart), so that nodes get a full timeout to
-    /// be heard by a freshly started agent.
+    /// the agent's start, so that nodes get a full timeout to be heard by a
+    /// freshly started agent, unless the table recorded while no agent ran
+    /// ([`trust_arrivals`](Self::trust_arrivals)); and the end of a stall.
     grace_floor_ns: u64,
+    /// When this detector started: a node never heard (word 0) is not
+    /// convicted on silence from before it.
+    started_ns: u64,
     /// Ids the last sweep's fast pass set aside (kept to reuse the memory).
     candidates: Vec<u32>,
     /// When the previous sweep ran (0: none yet).
@@ -350,6 +363,39 @@ struct Flaps {
     last_arrival_ns: u64,
 }
 
+/// One node's flap history as the state file keeps it (monotonic times).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlapHistory {
+    pub id: u32,
+    /// When it went down lately, oldest first.
+    pub downs_ns: Vec<u64>,
+    /// Flapping: since when it has been heard without a silence (0: not
+    /// flapping).
+    pub steady_since_ns: u64,
+    pub last_arrival_ns: u64,
+}
+
+impl FlapHistory {
+    /// Applies `f` to every time; a down that maps to 0 is dropped.
+    pub fn move_times(&mut self, f: impl Fn(u64) -> u64) {
+        self.downs_ns = self
+            .downs_ns
+            .iter()
+            .map(|&t| f(t))
+            .filter(|&t| t != 0)
+            .collect();
+        if self.steady_since_ns != 0 {
+            self.steady_since_ns = f(self.steady_since_ns);
+            self.last_arrival_ns = f(self.last_arrival_ns);
+        }
+    }
+
+    /// Nothing left to remember.
+    pub fn is_empty(&self) -> bool {
+        self.downs_ns.is_empty() && self.steady_since_ns == 0
+    }
+}
+
 impl Detector {
     /// Starts watching `nodes` (ids below `table_len`) at monotonic time
     /// `now_ns`, all unseen.
@@ -369,6 +415,7 @@ impl Detector {
             configured_interval_ns,
             new_since_ns: 0,
             grace_floor_ns: now_ns,
+            started_ns: now_ns,
             candidates: Vec::new(),
             last_sweep_ns: 0,
             rising: HashMap::new(),
@@ -432,8 +479,7 @@ impl Detector {
 
     /// Restores what a previous run of the agent knew about node `id`: its
     /// state, the interval of its last heartbeat (0 if unknown) and its
-    /// interval word, from which its deadlines are computed. A suspect node
-    /// is restored as up: a restarted agent gives every node a full timeout.
+    /// interval word, from which its deadlines are computed.
     pub fn restore(
         &mut self,
         id: u32,
@@ -441,12 +487,66 @@ impl Detector {
         advertised_interval_ms: u32,
         interval_word: u64,
     ) {
-        let state = match state {
-            NodeState::Suspect => NodeState::Up,
-            other => other,
-        };
         let deadlines = self.deadlines_for(id, advertised_interval_ms, interval_word);
         self.set(id, Watch::new(state, Self::look_after(state, deadlines)));
+    }
+
+    /// The table recorded heartbeats while no agent ran (a pinned XDP
+    /// datapath): the arrival times in it are true, and a node silent past
+    /// its timeout is convicted at once rather than after a full timeout
+    /// from this start. Nodes never heard still get one.
+    pub fn trust_arrivals(&mut self) {
+        self.grace_floor_ns = 0;
+    }
+
+    /// Heartbeats that arrived after this monotonic instant have not been
+    /// looked at by a sweep yet.
+    pub fn swept_until_ns(&self) -> u64 {
+        self.new_since_ns
+    }
+
+    /// Restores [`swept_until_ns`](Self::swept_until_ns) from a previous
+    /// run, so that a heartbeat it already looked at is not taken for a new
+    /// one (a down node is not brought back by its own last heartbeat).
+    pub fn set_swept_until(&mut self, ns: u64) {
+        self.new_since_ns = ns;
+    }
+
+    /// The flap history of every node that has one.
+    pub fn flap_history(&self) -> Vec<FlapHistory> {
+        let mut out: Vec<FlapHistory> = self
+            .flaps
+            .iter()
+            .map(|(&id, f)| FlapHistory {
+                id,
+                downs_ns: f.downs_ns.iter().copied().collect(),
+                steady_since_ns: f.steady_since_ns,
+                last_arrival_ns: f.last_arrival_ns,
+            })
+            .collect();
+        out.sort_unstable_by_key(|f| f.id);
+        out
+    }
+
+    /// Restores flap history saved by a previous run (watched nodes only).
+    pub fn restore_flaps(&mut self, history: impl IntoIterator<Item = FlapHistory>) {
+        for f in history {
+            if self
+                .watches
+                .get(f.id as usize)
+                .is_none_or(|w| *w == Watch::UNWATCHED)
+            {
+                continue;
+            }
+            self.flaps.insert(
+                f.id,
+                Flaps {
+                    downs_ns: f.downs_ns.into(),
+                    steady_since_ns: f.steady_since_ns,
+                    last_arrival_ns: f.last_arrival_ns,
+                },
+            );
+        }
     }
 
     /// How many watched nodes are in `state`.
@@ -629,8 +729,13 @@ impl Detector {
         let from = self.watches[id as usize].state();
         let deadlines = self.deadlines(id, table);
         // A restored up node may not have been heard yet (word 0): its
-        // silence counts from the grace floor.
-        let silence = now_ns.saturating_sub(arrival.max(self.grace_floor_ns));
+        // silence counts from the grace floor, at the latest from the start.
+        let floor = if arrival == 0 {
+            self.grace_floor_ns.max(self.started_ns)
+        } else {
+            self.grace_floor_ns
+        };
+        let silence = now_ns.saturating_sub(arrival.max(floor));
         let heard = word > self.new_since_ns;
         let to = match from {
             _ if seen::is_leave(word) => NodeState::Left,
@@ -996,11 +1101,55 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_suspect_node_is_up_with_a_full_timeout() {
+    fn a_restored_suspect_node_stays_suspect_and_gets_a_full_timeout() {
         let mut fake = Fake::new(&nodes(&[1]));
         fake.detector.restore(1, Suspect, 100, 0);
-        assert_eq!(fake.detector.state(1), Up);
-        assert_eq!(fake.advance_and_sweep(201), vec![(1, Up, Suspect)]);
+        assert_eq!(fake.detector.state(1), Suspect);
+        assert!(
+            fake.advance_and_sweep(299).is_empty(),
+            "its suspicion is not repeated"
+        );
+        assert_eq!(fake.advance_and_sweep(2), vec![(1, Suspect, Down)]);
+    }
+
+    #[test]
+    fn trusted_arrivals_convict_at_once_and_old_heartbeats_are_not_news() {
+        let start = 100_000 * MS;
+        let mut table = FakeTable::new(8);
+        table.intervals = vec![100; 8];
+        let heard = |table: &FakeTable, id: usize, at: u64| {
+            table.seen[id].store(seen::word(at, false), Ordering::Relaxed);
+        };
+        // Recorded while no agent ran: 1 fell silent 250 ms before this
+        // start, 2 kept beating, 3 was down and stayed silent, 4 was down and
+        // came back after the last sweep of the previous run, 5 was restored
+        // up but never heard (a new slot).
+        heard(&table, 1, start - 250 * MS);
+        heard(&table, 2, start - 20 * MS);
+        heard(&table, 3, start - 5_000 * MS);
+        heard(&table, 4, start - 30 * MS);
+        table.heartbeats = vec![1; 8];
+        let mut fake = Fake {
+            table,
+            now: start,
+            detector: Detector::new(settings(), 8, &nodes(&[1, 2, 3, 4, 5]), start),
+        };
+        for (id, state) in [(1, Up), (2, Up), (3, Down), (4, Down), (5, Up)] {
+            fake.detector.restore(id, state, 100, 0);
+        }
+        fake.detector.trust_arrivals();
+        fake.detector.set_swept_until(start - 1_000 * MS);
+        let first = fake.advance_and_sweep(60);
+        assert_eq!(
+            first,
+            vec![(1, Up, Suspect), (1, Suspect, Down), (4, Down, Up)],
+            "1 is down 310 ms after its last heartbeat, not a timeout after the start"
+        );
+        // Each then goes down a timeout after its own last heartbeat; 5
+        // (never heard) a timeout after the start.
+        assert_eq!(fake.decisions(215), vec![(4, Suspect, Down)]);
+        assert_eq!(fake.decisions(10), vec![(2, Suspect, Down)]);
+        assert_eq!(fake.decisions(20), vec![(5, Suspect, Down)]);
     }
 
     #[test]

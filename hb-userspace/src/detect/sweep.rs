@@ -36,8 +36,8 @@ pub struct SweepOutcome {
     /// The actions to run now: those of `transitions` the brake does not
     /// hold, then the held `down` actions it releases.
     pub actions: Vec<DueAction>,
-    /// Transitions whose actions the brake held in this sweep.
-    pub held: usize,
+    /// Nodes whose transition's actions the brake held in this sweep.
+    pub held: Vec<u32>,
     /// Actions held in all, after this sweep.
     pub held_in_all: usize,
     /// What the brake decided about the cluster in this sweep.
@@ -132,7 +132,7 @@ impl Sweep {
                     released: false,
                 });
             } else {
-                outcome.held += 1;
+                outcome.held.push(transition.node_id);
             }
         }
         outcome

@@ -31,9 +31,9 @@ pub fn sweep(outcome: &SweepOutcome, cluster: &ClusterView<'_, '_>, brake: &Brak
     }
     brake_news(outcome, brake);
     transitions(&outcome.transitions, cluster);
-    if outcome.held > 0 {
+    if !outcome.held.is_empty() {
         tracing::warn!(
-            held = outcome.held,
+            held = outcome.held.len(),
             held_in_all = outcome.held_in_all,
             "actions held by the brake (partition suspected)"
         );

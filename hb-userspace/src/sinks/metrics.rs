@@ -10,7 +10,7 @@
 //! built with a per-node limit and the cluster is within it.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -31,7 +31,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::detect::{detector::NodeState, sweep::SweepOutcome};
+use crate::{
+    detect::{detector::NodeState, sweep::SweepOutcome},
+    sinks::state_file::SaveHealth,
+};
 
 /// Every state, in the order `hb_nodes` lists them.
 const STATES: [NodeState; 6] = [
@@ -92,6 +95,8 @@ pub struct Scrape<'a> {
     pub brake_engaged: bool,
     /// `down` actions the brake holds now.
     pub brake_held: u64,
+    /// How saving the state file goes.
+    pub state_saving: &'a SaveHealth,
     /// Every node, when the caller has them at hand; exposed only if the
     /// per-node limit allows (see [`Metrics::new`]).
     pub per_node: Option<&'a [NodeSample<'a>]>,
@@ -215,7 +220,7 @@ impl ActionMetrics {
 struct PerNode {
     limit: usize,
     up: Family<NodeLabels, Gauge>,
-    last_heard: Family<NodeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    last_heard: Family<NodeLabels, Gauge<f64, AtomicU64>>,
 }
 
 /// Every `hb_*` metric, and the registry that writes them out.
@@ -228,6 +233,9 @@ pub struct Metrics {
     stalls: PromCounter,
     brake_engaged: Gauge,
     brake_held: Gauge,
+    state_saved: Gauge,
+    state_save_failures: Gauge,
+    state_last_save: Gauge<f64, AtomicU64>,
     datapath: Arc<DatapathCounters>,
     per_node: Option<PerNode>,
     actions: ActionMetrics,
@@ -281,6 +289,26 @@ impl Metrics {
             "Down actions the brake holds now",
             brake_held.clone(),
         );
+        let state_saved = Gauge::default();
+        registry.register(
+            "state_saved",
+            "1 while the state file is saved; 0 after a failed save or journal write (a restart \
+             would lose node states)",
+            state_saved.clone(),
+        );
+        let state_save_failures = Gauge::default();
+        registry.register(
+            "state_save_failures",
+            "State file saves and journal writes that failed since the agent started",
+            state_save_failures.clone(),
+        );
+        let state_last_save = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "state_last_save_timestamp",
+            "When the state file was last saved (Unix time)",
+            Unit::Seconds,
+            state_last_save.clone(),
+        );
         registry.register(
             "build",
             "The running hb's version",
@@ -300,6 +328,9 @@ impl Metrics {
             stalls,
             brake_engaged,
             brake_held,
+            state_saved,
+            state_save_failures,
+            state_last_save,
             datapath,
             per_node,
             actions,
@@ -365,6 +396,12 @@ impl Metrics {
         }
         self.brake_engaged.set(i64::from(scrape.brake_engaged));
         self.brake_held.set(gauge_value(scrape.brake_held));
+        let saving = scrape.state_saving;
+        self.state_saved.set(i64::from(saving.error.is_none()));
+        self.state_save_failures.set(gauge_value(saving.failures));
+        if let Some(ms) = saving.last_saved_unix_ms {
+            self.state_last_save.set(ms as f64 / 1e3);
+        }
         *lock(&self.datapath.values) = *scrape.counters;
         if let Some(per_node) = &self.per_node {
             per_node.set(scrape.per_node);

@@ -74,6 +74,9 @@ impl Sinks {
         log::sweep(outcome, cluster, brake);
         self.metrics.record_sweep(outcome);
         if outcome.changed() {
+            // On disk before any action starts: a restart never repeats an
+            // event nor forgets one.
+            self.saver.journal(outcome);
             for transition in &outcome.transitions {
                 if let Some(node) = cluster.nodes.get(transition.node_id) {
                     let record = EventRecord::new(outcome.now_ns, &node.name, transition);
@@ -83,10 +86,10 @@ impl Sinks {
             }
             self.events.flush();
             self.dispatch(&outcome.actions, cluster);
-            self.saver.changed();
         }
-        self.saver
-            .save_if_due(|| state_file::snapshot(cluster.nodes, cluster.detector, cluster.table));
+        self.saver.save_if_due(|seq| {
+            state_file::snapshot(cluster.nodes, cluster.detector, brake, cluster.table, seq)
+        });
     }
 
     /// Hands one sweep's due transitions to the action runner, in one call
@@ -101,14 +104,12 @@ impl Sinks {
     }
 
     /// At shutdown: flushes the event log and saves the node states now.
-    pub async fn save(&mut self, cluster: &ClusterView<'_, '_>) {
+    pub async fn save(&mut self, cluster: &ClusterView<'_, '_>, brake: &Brake) {
         self.events.flush();
         self.saver
-            .save_now(state_file::snapshot(
-                cluster.nodes,
-                cluster.detector,
-                cluster.table,
-            ))
+            .save_now(|seq| {
+                state_file::snapshot(cluster.nodes, cluster.detector, brake, cluster.table, seq)
+            })
             .await;
     }
 }

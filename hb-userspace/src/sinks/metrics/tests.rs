@@ -7,7 +7,7 @@ use super::*;
 use crate::detect::detector::Transition;
 
 /// Every family but the per-node ones, as the classic format names them.
-const FAMILIES: [(&str, &str); 12] = [
+const FAMILIES: [(&str, &str); 15] = [
     ("hb_nodes", "gauge"),
     ("hb_transitions_total", "counter"),
     ("hb_packets_total", "counter"),
@@ -19,6 +19,9 @@ const FAMILIES: [(&str, &str); 12] = [
     ("hb_agent_stalls_total", "counter"),
     ("hb_brake_engaged", "gauge"),
     ("hb_brake_held_actions", "gauge"),
+    ("hb_state_saved", "gauge"),
+    ("hb_state_save_failures", "gauge"),
+    ("hb_state_last_save_timestamp_seconds", "gauge"),
     ("hb_build_info", "gauge"),
 ];
 
@@ -57,9 +60,16 @@ fn scrape<'a>(counters: &'a CounterValues, per_node: Option<&'a [NodeSample<'a>]
         counters,
         brake_engaged: true,
         brake_held: 3,
+        state_saving: &SAVING,
         per_node,
     }
 }
+
+static SAVING: std::sync::LazyLock<SaveHealth> = std::sync::LazyLock::new(|| SaveHealth {
+    last_saved_unix_ms: Some(1_800_000_000_000),
+    failures: 2,
+    ..SaveHealth::default()
+});
 
 const SAMPLES: [NodeSample<'static>; 2] = [
     NodeSample {
@@ -151,6 +161,13 @@ fn scrape_time_values_are_exposed() {
     }
     expect(&text, "hb_brake_engaged", 1.0);
     expect(&text, "hb_brake_held_actions", 3.0);
+    expect(&text, "hb_state_saved", 1.0);
+    expect(&text, "hb_state_save_failures", 2.0);
+    expect(
+        &text,
+        "hb_state_last_save_timestamp_seconds",
+        1_800_000_000.0,
+    );
     expect(&text, "hb_agent_stalls_total", 0.0);
     expect(&text, "hb_sweep_duration_seconds_count", 0.0);
 

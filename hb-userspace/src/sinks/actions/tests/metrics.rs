@@ -25,6 +25,7 @@ pub(super) fn encode(metrics: &Metrics) -> String {
                 counters: &counters,
                 brake_engaged: false,
                 brake_held: 0,
+                state_saving: &Default::default(),
                 per_node: None,
             },
             Format::Prometheus,

@@ -15,6 +15,8 @@ use hb_common::wire::Heartbeat;
 use serde_json::Value;
 use tokio::{sync::mpsc, task::JoinHandle};
 
+mod restart;
+
 use super::{Control, run, status};
 use crate::{
     config::{Config, Overrides},
@@ -68,11 +70,19 @@ impl RunningAgent {
     /// action writing to `events`, the HTTP API on a free port, and `extra`
     /// appended to its `[http]` section.
     async fn start(name: &str, http_extra: &str) -> Self {
-        let dir = TempDir::new(name);
+        Self::start_in(TempDir::new(name), |dir, port, http| {
+            config_text(dir, port, http, http_extra, &[1, 2], "")
+        })
+        .await
+    }
+
+    /// Starts an agent in `dir` (perhaps where another one ran) with the
+    /// configuration `text` makes for the directory, a free UDP port and a
+    /// free HTTP address.
+    async fn start_in(dir: TempDir, text: impl FnOnce(&Path, u16, SocketAddr) -> String) -> Self {
         let (port, http) = (free_udp_port(), free_tcp_address());
         let path = dir.0.join("hb.toml");
-        let text = config_text(&dir.0, port, http, http_extra, &[1, 2], "");
-        std::fs::write(&path, text).expect("writing the config");
+        std::fs::write(&path, text(&dir.0, port, http)).expect("writing the config");
         let config = Config::load(&path, &Overrides::default()).expect("a valid config");
         let socket = config.status_socket.clone();
         let (control, received) = mpsc::channel(4);
@@ -86,7 +96,7 @@ impl RunningAgent {
             task,
         };
         let answering = eventually(Duration::from_secs(10), async || {
-            agent.state_of_node_1().await == Some(NodeState::Unseen)
+            agent.state_of_node_1().await.is_some()
         });
         assert!(answering.await, "the agent never answered");
         agent
@@ -304,7 +314,11 @@ async fn the_agent_runs_in_process_and_stops_when_told() {
     let saved = state_file::load(&dir.0.join("state.json"))
         .expect("a readable state file")
         .expect("a state file written at shutdown");
-    let node_1 = saved.iter().find(|n| n.id == 1).expect("node 1 saved");
+    let node_1 = saved
+        .nodes
+        .iter()
+        .find(|n| n.id == 1)
+        .expect("node 1 saved");
     assert_eq!(node_1.state, NodeState::Up);
     assert_eq!((node_1.incarnation, node_1.sequence), (7, 3));
 }

@@ -1,0 +1,404 @@
+//! The agent's state file: what it knew about each node (state, where and
+//! when it was last heard, its sequence numbers), its flap history and what
+//! the brake holds, so that a restarted agent neither forgets nodes nor
+//! fires events for what it already reported.
+//!
+//! Two parts: a snapshot ([`SavedState`], [`format`]) saved at most every
+//! [`SAVE_EVERY`] while nodes change (in a blocking task) and at shutdown,
+//! written atomically (temporary file, fsync, rename, fsync of the
+//! directory); and a [`journal`] of every change since, synced before the
+//! change's actions start. A missing file is a first start; an unreadable
+//! one is an error naming the file and the fix. A directory the agent
+//! cannot write in is refused at start ([`check_writable`]); a save that
+//! fails later is reported in status, metrics and readiness
+//! ([`SaveHealth`]).
+
+pub mod format;
+pub mod journal;
+mod legacy;
+
+use std::{
+    collections::HashSet,
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::task::JoinHandle;
+
+pub use self::format::{SavedNode, SavedState};
+use self::journal::{Change, Journal};
+use crate::{
+    clock,
+    datapath::table::NodeTable,
+    detect::{brake::Brake, detector::Detector, sweep::SweepOutcome},
+    nodes::NodeDirectory,
+};
+
+/// State is saved at most this often while nodes change state.
+pub const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Each message includes its cause (so the cause is not also a `source`,
+/// which would print it twice in an error chain).
+#[derive(Debug, Error)]
+pub enum StateFileError {
+    #[error("reading state file {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("state file {path} is not valid ({cause}); move it away to start with fresh state")]
+    Invalid { path: PathBuf, cause: String },
+    #[error(
+        "state file {path} has format {found}, this agent reads 1 and 2 and writes {}; move it \
+         away to start with fresh state",
+        format::FORMAT
+    )]
+    Format { path: PathBuf, found: u32 },
+    #[error("writing state file {path}: {cause}")]
+    Write { path: PathBuf, cause: io::Error },
+    #[error(
+        "state_file {path}: the agent cannot write in {dir} ({cause}); create that directory \
+         writable by the agent (the systemd unit's StateDirectory=hb does), or set state_file \
+         (--state-file) to a writable place"
+    )]
+    Unwritable {
+        path: PathBuf,
+        dir: PathBuf,
+        cause: io::Error,
+    },
+    #[error("state file journal {path}: {cause}")]
+    Journal { path: PathBuf, cause: io::Error },
+}
+
+/// Loads the saved state; `Ok(None)` if there is no file yet.
+pub fn load(path: &Path) -> Result<Option<SavedState>, StateFileError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(cause) => {
+            return Err(StateFileError::Read {
+                path: path.to_owned(),
+                cause,
+            });
+        }
+    };
+    if bytes.starts_with(format::MAGIC) {
+        return SavedState::decode(path, &bytes).map(Some);
+    }
+    if bytes.trim_ascii_start().starts_with(b"{") {
+        return legacy::decode(path, &bytes).map(Some);
+    }
+    Err(StateFileError::Invalid {
+        path: path.to_owned(),
+        cause: "neither hb's binary state format nor JSON".to_owned(),
+    })
+}
+
+/// Saves `state` atomically, creating the parent directory if needed.
+pub fn save(path: &Path, state: &SavedState) -> Result<(), StateFileError> {
+    let error = |cause| StateFileError::Write {
+        path: path.to_owned(),
+        cause,
+    };
+    let dir = parent(path);
+    fs::create_dir_all(&dir).map_err(error)?;
+    let tmp = format::temporary(path);
+    let body = state.encode().map_err(io::Error::other).map_err(error)?;
+    let mut file = fs::File::create(&tmp).map_err(error)?;
+    file.write_all(&body).map_err(error)?;
+    file.sync_all().map_err(error)?;
+    fs::rename(&tmp, path).map_err(error)?;
+    // The rename itself is durable once the directory is synced.
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(error)
+}
+
+/// Refuses a state file the agent could not save: its directory is created
+/// if missing, then a file is written, synced and removed there.
+pub fn check_writable(path: &Path) -> Result<(), StateFileError> {
+    let dir = parent(path);
+    let unwritable = |cause| StateFileError::Unwritable {
+        path: path.to_owned(),
+        dir: dir.clone(),
+        cause,
+    };
+    fs::create_dir_all(&dir).map_err(unwritable)?;
+    let probe = format::temporary(path);
+    fs::File::create(&probe)
+        .and_then(|mut f| f.write_all(b"hb").and_then(|()| f.sync_all()))
+        .map_err(unwritable)?;
+    fs::remove_file(&probe).map_err(unwritable)
+}
+
+/// The directory a state file lives in (`.` for a bare file name).
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// What is saved: every configured node, the flap history, the brake's
+/// memory, stamped with this boot and the journal entry it includes.
+pub fn snapshot(
+    nodes: &NodeDirectory<'_>,
+    detector: &Detector,
+    brake: &Brake,
+    table: &NodeTable,
+    journal_seq: u64,
+) -> SavedState {
+    SavedState {
+        boot_id: clock::boot_id(),
+        saved_monotonic_ns: clock::monotonic_ns(),
+        saved_unix_ns: clock::unix_ns(),
+        swept_until_ns: detector.swept_until_ns(),
+        journal_seq,
+        nodes: nodes
+            .ids()
+            .map(|id| {
+                let record = table.records.get(id);
+                SavedNode {
+                    id,
+                    state: detector.state(id),
+                    heartbeats: record.heartbeats,
+                    incarnation: record.incarnation,
+                    sequence: record.sequence,
+                    interval_ms: record.interval_ms,
+                    authenticated: record.is_authenticated(),
+                    interval_word: table.intervals.get(id),
+                    src_addr: record.src_addr,
+                    src_port: record.src_port,
+                    seen_word: table.seen.get(id),
+                }
+            })
+            .collect(),
+        flaps: detector.flap_history(),
+        brake: brake.memory(),
+    }
+}
+
+/// How saving goes: what status, metrics and readiness report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveHealth {
+    /// The state file.
+    pub path: PathBuf,
+    /// When the last snapshot reached the disk (Unix ms).
+    pub last_saved_unix_ms: Option<u64>,
+    /// Snapshots and journal writes that failed since the agent started.
+    pub failures: u64,
+    /// The last failure, until a snapshot and a journal write succeed.
+    pub error: Option<String>,
+}
+
+/// Saves node states: journals every change before its actions start, and
+/// snapshots the whole state in a blocking task at most every
+/// [`SAVE_EVERY`] while it changes, so that a large table never stalls a
+/// sweep.
+pub struct StateSaver {
+    path: PathBuf,
+    journal: Journal,
+    unsaved: bool,
+    last_save: Instant,
+    saving: Option<JoinHandle<()>>,
+    health: Arc<Mutex<SaveHealth>>,
+}
+
+impl StateSaver {
+    /// Starts saving at `path` with `initial` (what the agent restored, which
+    /// covers the journal so far): saves it, then starts an empty journal.
+    /// So every entry of a journal is of the boot its snapshot is of.
+    pub fn start(path: PathBuf, initial: &SavedState) -> Result<Self, StateFileError> {
+        save(&path, initial)?;
+        let journal_error = |cause| StateFileError::Journal {
+            path: journal::paths(&path).0,
+            cause,
+        };
+        let mut journal = Journal::open(&path, initial.journal_seq + 1).map_err(journal_error)?;
+        journal.clear().map_err(journal_error)?;
+        let health = Arc::new(Mutex::new(SaveHealth {
+            path: path.clone(),
+            ..SaveHealth::default()
+        }));
+        saved(&health);
+        Ok(StateSaver {
+            path,
+            journal,
+            unsaved: false,
+            last_save: Instant::now(),
+            saving: None,
+            health,
+        })
+    }
+
+    /// Records one sweep's changes durably; called before their actions
+    /// start. A failure is logged and reported, and the actions still run:
+    /// a failover matters more than remembering it.
+    pub fn journal(&mut self, outcome: &SweepOutcome) {
+        let held: HashSet<u32> = outcome.held.iter().copied().collect();
+        let transitions = outcome.transitions.iter().map(|t| {
+            let held = held.contains(&t.node_id);
+            let change = Change::Transition {
+                from: t.from,
+                to: t.to,
+                held,
+            };
+            (t.node_id, change)
+        });
+        let released = outcome
+            .actions
+            .iter()
+            .filter(|a| a.released)
+            .map(|a| (a.node_id, Change::Released));
+        if let Err(cause) = self
+            .journal
+            .append(outcome.now_ns, transitions.chain(released))
+        {
+            let e = StateFileError::Journal {
+                path: journal::paths(&self.path).0,
+                cause,
+            };
+            tracing::error!("{e}");
+            failed(&self.health, &e);
+        }
+        self.unsaved = true;
+    }
+
+    /// Starts a snapshot in a blocking task if states changed (or the last
+    /// save failed), none is in progress and the last one is [`SAVE_EVERY`]
+    /// old. `snapshot` gets the last journal entry the snapshot covers.
+    pub fn save_if_due(&mut self, snapshot: impl FnOnce(u64) -> SavedState) {
+        let busy = self.saving.as_ref().is_some_and(|task| !task.is_finished());
+        let due = self.unsaved || self.health.lock().expect("never poisoned").error.is_some();
+        if !due || busy || self.last_save.elapsed() < SAVE_EVERY {
+            return;
+        }
+        if let Err(cause) = self.journal.rotate() {
+            tracing::warn!("rotating the state journal: {cause}");
+        }
+        let state = snapshot(self.journal.last_seq());
+        let (path, health) = (self.path.clone(), Arc::clone(&self.health));
+        let rotated = self.journal.rotated_path().to_owned();
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            match save(&path, &state) {
+                Ok(()) => {
+                    saved(&health);
+                    if let Err(e) = journal::forget_rotated(&rotated) {
+                        tracing::warn!("removing {}: {e}", rotated.display());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    failed(&health, &e);
+                }
+            }
+        }));
+        self.unsaved = false;
+        self.last_save = Instant::now();
+    }
+
+    /// At shutdown: waits for a save in progress, then saves `snapshot`
+    /// and empties the journal it covers.
+    pub async fn save_now(&mut self, snapshot: impl FnOnce(u64) -> SavedState) {
+        if let Some(task) = self.saving.take() {
+            let _ = task.await;
+        }
+        match save(&self.path, &snapshot(self.journal.last_seq())) {
+            Ok(()) => {
+                saved(&self.health);
+                if let Err(e) = self.journal.clear() {
+                    tracing::warn!("emptying the state journal: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                failed(&self.health, &e);
+            }
+        }
+    }
+
+    /// How saving goes.
+    pub fn health(&self) -> SaveHealth {
+        self.health.lock().expect("never poisoned").clone()
+    }
+}
+
+fn saved(health: &Mutex<SaveHealth>) {
+    let mut health = health.lock().expect("never poisoned");
+    health.last_saved_unix_ms = Some(clock::unix_ns() / 1_000_000);
+    health.error = None;
+}
+
+fn failed(health: &Mutex<SaveHealth>, error: &StateFileError) {
+    let mut health = health.lock().expect("never poisoned");
+    health.failures += 1;
+    health.error = Some(error.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::detector::NodeState;
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("hb-state-test-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let dir = temp_path("rt");
+        let path = dir.join("state");
+        assert_eq!(load(&path).unwrap(), None);
+        let state = SavedState {
+            boot_id: clock::boot_id(),
+            nodes: vec![SavedNode {
+                id: 3,
+                state: NodeState::Down,
+                heartbeats: 9,
+                ..SavedNode::default()
+            }],
+            ..SavedState::default()
+        };
+        save(&path, &state).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(state));
+        assert!(!format::temporary(&path).exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it() {
+        for (name, body) in [("json", &b"{not json"[..]), ("bin", b"\x00\x01garbage")] {
+            let path = temp_path(&format!("corrupt.{name}"));
+            fs::write(&path, body).unwrap();
+            let message = load(&path).unwrap_err().to_string();
+            assert!(
+                message.contains(path.to_str().unwrap()) && message.contains("move it away"),
+                "{message}"
+            );
+            fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_refused_with_the_fix() {
+        let dir = temp_path("readonly");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state");
+        check_writable(&path).unwrap();
+        assert!(!format::temporary(&path).exists(), "the probe is removed");
+        check_writable(&dir.join("sub/dir/state")).unwrap();
+
+        // A file where the directory should be refuses even root.
+        fs::write(dir.join("file"), "").unwrap();
+        let message = check_writable(&dir.join("file/state"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("state_file") && message.contains("--state-file"),
+            "{message}"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
