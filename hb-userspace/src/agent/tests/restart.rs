@@ -160,3 +160,37 @@ async fn a_failing_save_shows_in_status_readiness_and_metrics_until_it_works_aga
     scrape_with(agent.http, &["hb_state_saved 1"]);
     agent.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_state_file_of_earlier_agents_is_read_then_rewritten_binary() {
+    let dir = TempDir::new("state-format-1");
+    // What the agent at 59a0ad8 wrote: node 1 down, node 2 up.
+    let json = r#"{"format":1,"nodes":[
+        {"id":1,"state":"down","heartbeats":9,"incarnation":7,"sequence":9,"interval_ms":100},
+        {"id":2,"state":"up","heartbeats":4,"incarnation":7,"sequence":4,"interval_ms":100}]}"#;
+    std::fs::write(dir.0.join("state.json"), json).unwrap();
+    let agent = RunningAgent::start_in(dir, |dir, port, http| {
+        config_text(dir, port, http, "", &[1, 2], "")
+    })
+    .await;
+    assert_eq!(agent.state_of_node_1().await, Some(NodeState::Down));
+    let report = status::fetch(&agent.socket, 10).await.unwrap();
+    let node_1 = report.nodes.iter().find(|n| n.id == 1).unwrap();
+    assert_eq!((node_1.incarnation, node_1.sequence), (7, 9));
+    // A replayed heartbeat of before the upgrade is still refused.
+    agent.beat_every(1, 100, 7);
+    let refused = eventually(Duration::from_secs(10), async || {
+        let report = status::fetch(&agent.socket, 1).await.unwrap();
+        report.counters.get("replay").copied().unwrap_or(0) >= 2
+    });
+    assert!(
+        refused.await,
+        "sequences 7 and 8 are replays of what format 1 kept"
+    );
+    let bytes = std::fs::read(agent.dir.0.join("state.json")).unwrap();
+    assert!(
+        bytes.starts_with(state_file::format::MAGIC),
+        "rewritten in format 2 at start"
+    );
+    agent.shut_down().await;
+}
