@@ -119,7 +119,7 @@ impl Agent {
 
         let keyring = Keyring::load(&config.auth.keys)?;
         startup::log_auth_policy(&keyring, config.auth.unauthenticated());
-        let remembered = startup::remembered(&config.state_file)?;
+        let remembered = startup::remembered(&config.state_file, &config.actions)?;
         let mut datapath = Datapath::prepare(&config.datapath_settings())?;
         datapath.set_keys(&keyring.slots())?;
         let sweep = startup::restore(
@@ -138,10 +138,14 @@ impl Agent {
                 sweep.detector(),
                 sweep.brake(),
                 datapath.table(),
-                remembered.journal_seq,
+                (remembered.journal_seq, remembered.pending.clone()),
             ),
         )?;
         let sinks = open_sinks(&config, saver)?;
+        sinks.resume(
+            &remembered.pending,
+            &cluster_view(&nodes, &datapath, &sweep),
+        );
         let token = config
             .http
             .token_file
@@ -344,18 +348,21 @@ impl Agent {
         reload::reload(self);
     }
 
-    /// Saves the state, stops the datapath (detaching XDP) and waits a
-    /// little for running actions.
+    /// Gives queued and running actions a little time, saves the state
+    /// (with the runs that did not start, for the next agent), and stops
+    /// the datapath.
     async fn shut_down(mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
-        let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
-        self.sinks.save(&cluster, self.sweep.brake()).await;
         if let Some(http) = self.http.take() {
             http.abort();
         }
+        // Queued runs start (and all get a little time to end) first; the
+        // save then keeps what still did not start for the next agent.
+        self.sinks.actions.wait_idle(SHUTDOWN_ACTION_WAIT).await;
+        let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
+        self.sinks.save(&cluster, self.sweep.brake()).await;
         self.datapath.stop()?;
         let _ = std::fs::remove_file(&self.config.status_socket);
-        self.sinks.actions.wait_idle(SHUTDOWN_ACTION_WAIT).await;
         Ok(())
     }
 }
@@ -385,7 +392,8 @@ fn open_sinks(config: &Config, saver: StateSaver) -> anyhow::Result<Sinks> {
         events,
         stream: EventStream::default(),
         actions: ActionRunner::new(config.actions.clone(), config.max_concurrent_actions)
-            .with_metrics(metrics.actions()),
+            .with_metrics(metrics.actions())
+            .with_ledger(saver.ledger()),
         metrics,
         saver,
     })

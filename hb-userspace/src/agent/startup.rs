@@ -25,7 +25,10 @@ use crate::{
     },
     keys::Keyring,
     nodes::NodeDirectory,
-    sinks::state_file::{self, SavedNode, SavedState, StateFileError, journal},
+    sinks::{
+        actions::ActionConfig,
+        state_file::{self, SavedNode, SavedState, StateFileError, journal},
+    },
 };
 
 /// Warnings about a configuration that runs but may not do what was meant.
@@ -67,14 +70,27 @@ pub fn log_auth_policy(keyring: &Keyring, unauthenticated: Unauthenticated) {
 
 /// What a previous run of the agent left: its last snapshot with the
 /// journal's newer entries applied, carried into this boot.
-pub fn remembered(state_file: &Path) -> Result<SavedState, StateFileError> {
+///
+/// `actions`: those configured now, which decide what the journal's
+/// transitions run.
+pub fn remembered(
+    state_file: &Path,
+    actions: &[ActionConfig],
+) -> Result<SavedState, StateFileError> {
     let mut state = state_file::load(state_file)?.unwrap_or_default();
     let entries = journal::read(state_file).map_err(|cause| StateFileError::Journal {
         path: journal::paths(state_file).0,
         cause,
     })?;
     let replayed = entries.iter().filter(|e| e.seq > state.journal_seq).count();
-    journal::replay(&mut state, &entries);
+    let subscribed = |event| {
+        actions
+            .iter()
+            .filter(|a| a.on.contains(&event))
+            .map(|a| a.name.clone())
+            .collect()
+    };
+    journal::replay(&mut state, &entries, &subscribed);
     if replayed > 0 {
         tracing::info!(
             replayed,

@@ -62,7 +62,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::phi::PhiDetector;
 
 /// Where a node stands, as far as this monitor knows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum NodeState {

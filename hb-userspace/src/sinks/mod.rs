@@ -11,7 +11,12 @@ pub mod metrics;
 pub mod state_file;
 pub mod stream;
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use hb_common::table::src_ip;
 
@@ -19,7 +24,7 @@ use self::{
     actions::{ActionEvent, ActionRunner, Event},
     event_log::{EventLog, EventRecord},
     metrics::Metrics,
-    state_file::StateSaver,
+    state_file::{PendingRun, StateSaver},
     stream::EventStream,
 };
 use crate::{
@@ -76,7 +81,7 @@ impl Sinks {
         if outcome.changed() {
             // On disk before any action starts: a restart never repeats an
             // event nor forgets one.
-            self.saver.journal(outcome);
+            let seqs = self.saver.journal(outcome);
             for transition in &outcome.transitions {
                 if let Some(node) = cluster.nodes.get(transition.node_id) {
                     let record = EventRecord::new(outcome.now_ns, &node.name, transition);
@@ -85,7 +90,7 @@ impl Sinks {
                 }
             }
             self.events.flush();
-            self.dispatch(&outcome.actions, cluster);
+            self.dispatch(outcome, &seqs, cluster);
         }
         self.saver.save_if_due(|seq| {
             state_file::snapshot(cluster.nodes, cluster.detector, brake, cluster.table, seq)
@@ -94,13 +99,61 @@ impl Sinks {
 
     /// Hands one sweep's due transitions to the action runner, in one call
     /// and in order, so batch actions run once per sweep and each node's
-    /// events stay in order.
-    fn dispatch(&self, due: &[DueAction], cluster: &ClusterView<'_, '_>) {
-        let events: Vec<ActionEvent> = due
+    /// events stay in order. `seqs`: the journal entries of the outcome's
+    /// transitions, then of its releases.
+    fn dispatch(&self, outcome: &SweepOutcome, seqs: &[u64], cluster: &ClusterView<'_, '_>) {
+        let (of_transitions, of_releases) = seqs.split_at(outcome.transitions.len());
+        let seq_of: HashMap<(u32, NodeState), u64> = outcome
+            .transitions
             .iter()
-            .filter_map(|action| action_event(action, cluster))
+            .zip(of_transitions)
+            .map(|(t, &seq)| ((t.node_id, t.to), seq))
+            .collect();
+        let mut releases = of_releases.iter();
+        let events: Vec<ActionEvent> = outcome
+            .actions
+            .iter()
+            .filter_map(|action| {
+                let seq = if action.released {
+                    releases.next().copied()
+                } else {
+                    seq_of.get(&(action.node_id, action.to)).copied()
+                };
+                action_event(action, cluster, seq.unwrap_or(0))
+            })
             .collect();
         self.actions.dispatch_sweep(events);
+    }
+
+    /// Starts the action runs a previous agent decided and did not start
+    /// (oldest first), each for its own action only. Runs of nodes no
+    /// longer configured are dropped.
+    pub fn resume(&self, pending: &[PendingRun], cluster: &ClusterView<'_, '_>) {
+        if pending.is_empty() {
+            return;
+        }
+        tracing::info!(
+            runs = pending.len(),
+            "starting the action runs decided before the restart that had not started"
+        );
+        let mut by_action: BTreeMap<&str, Vec<ActionEvent>> = BTreeMap::new();
+        for run in pending {
+            let Some(node) = cluster.nodes.get(run.node_id) else {
+                continue;
+            };
+            by_action.entry(&run.action).or_default().push(ActionEvent {
+                event: run.event,
+                node_id: node.id,
+                node_address: cluster.address(&node).map(|a| a.to_string()),
+                node_name: node.name.into_owned(),
+                previous_state: run.previous.name(),
+                since_last_heartbeat: run.since_ms.map(|ms| Duration::from_millis(ms.into())),
+                seq: run.seq,
+            });
+        }
+        for (action, events) in by_action {
+            self.actions.dispatch_to(action, events);
+        }
     }
 
     /// At shutdown: flushes the event log and saves the node states now.
@@ -116,26 +169,19 @@ impl Sinks {
 
 /// The action event of one due transition; `None` for an unknown node or
 /// a state no action can subscribe to.
-fn action_event(action: &DueAction, cluster: &ClusterView<'_, '_>) -> Option<ActionEvent> {
+fn action_event(
+    action: &DueAction,
+    cluster: &ClusterView<'_, '_>,
+    seq: u64,
+) -> Option<ActionEvent> {
     let node = cluster.nodes.get(action.node_id)?;
     Some(ActionEvent {
-        event: event_of(action.to)?,
+        event: Event::of_state(action.to)?,
         node_id: node.id,
         node_address: cluster.address(&node).map(|a| a.to_string()),
         node_name: node.name.into_owned(),
         previous_state: action.from.name(),
         since_last_heartbeat: action.since_last_heartbeat_ns.map(Duration::from_nanos),
+        seq,
     })
-}
-
-/// The action event a state is entered with.
-fn event_of(state: NodeState) -> Option<Event> {
-    match state {
-        NodeState::Up => Some(Event::Up),
-        NodeState::Down => Some(Event::Down),
-        NodeState::Left => Some(Event::Left),
-        NodeState::Suspect => Some(Event::Suspect),
-        NodeState::Flapping => Some(Event::Flapping),
-        NodeState::Unseen => None,
-    }
 }

@@ -194,3 +194,55 @@ async fn a_json_state_file_of_earlier_agents_is_read_then_rewritten_binary() {
     );
     agent.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_decided_but_not_started_at_shutdown_is_started_by_the_next_agent_once() {
+    // One action slot, and the down action holds it until the test lets go:
+    // of two nodes going down, one runs, the other waits past the shutdown.
+    let config = |dir: &Path, port, http| {
+        let d = dir.display();
+        config_text(dir, port, http, "", &[1, 2], "")
+            .replace(r#"on = ["up"]"#, r#"on = ["down"]"#)
+            .replace(
+                &format!(r#"shell = "echo \"$HB_EVENT $HB_NODE_NAME\" >> {d}/events""#),
+                &format!(
+                    r#"shell = "echo \"$HB_EVENT $HB_NODE_NAME $HB_PREVIOUS_STATE\" >> {d}/events; until [ -e {d}/release ]; do sleep 0.05; done""#
+                ),
+            )
+            .replace(r#"timeout = "5s""#, r#"timeout = "60s""#)
+            .replace("datapath = \"socket\"", "datapath = \"socket\"\nmax_concurrent_actions = 1")
+    };
+    let agent = RunningAgent::start_in(TempDir::new("pending-runs"), config).await;
+    agent.beat_every(1, 100, 1);
+    agent.beat_every(2, 100, 1);
+    let dir = agent.dir.0.clone();
+    let lines = || {
+        std::fs::read_to_string(dir.join("events"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let one = eventually(Duration::from_secs(10), async || lines().len() == 1);
+    assert!(one.await, "{:?}", lines());
+    let report = status::fetch(&agent.socket, 10).await.unwrap();
+    assert_eq!((report.actions.running, report.actions.queued), (1, 1));
+    let first = lines()[0].clone();
+
+    // Shut down: the queued run never started; the next agent starts it.
+    let agent = RunningAgent::start_in(agent.shut_down().await, config).await;
+    let two = eventually(Duration::from_secs(10), async || lines().len() == 2);
+    assert!(two.await, "{:?}", lines());
+    let both = lines();
+    assert_ne!(both[0], both[1], "the other node's down: {both:?}");
+    assert!(
+        both.iter()
+            .all(|l| l.starts_with("down n") && l.ends_with(" suspect")),
+        "{both:?}"
+    );
+    assert_eq!(both[0], first);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lines().len(), 2, "nothing ran twice: {:?}", lines());
+    std::fs::write(dir.join("release"), "").unwrap();
+    agent.shut_down().await;
+}

@@ -7,6 +7,8 @@ use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::detect::detector::NodeState;
+
 /// A node state change that can run actions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,6 +27,18 @@ pub enum Event {
 }
 
 impl Event {
+    /// The event a node entering `state` fires; none for `unseen`.
+    pub const fn of_state(state: NodeState) -> Option<Self> {
+        match state {
+            NodeState::Up => Some(Event::Up),
+            NodeState::Down => Some(Event::Down),
+            NodeState::Left => Some(Event::Left),
+            NodeState::Suspect => Some(Event::Suspect),
+            NodeState::Flapping => Some(Event::Flapping),
+            NodeState::Unseen => None,
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Up => "up",
@@ -84,6 +98,10 @@ pub struct ActionEvent {
     /// Time since the last heartbeat; `None` if never heard.
     #[serde(rename = "since_last_heartbeat_ms", serialize_with = "as_millis")]
     pub since_last_heartbeat: Option<Duration>,
+    /// The state journal's entry of the transition it is run for (0:
+    /// none); not shown to the action.
+    #[serde(skip)]
+    pub seq: u64,
 }
 
 /// Durations go to batch actions in whole milliseconds, as

@@ -207,6 +207,7 @@ mod tests {
             node_address: None,
             previous_state: "up",
             since_last_heartbeat: Some(Duration::from_millis(5)),
+            seq: 0,
         })
     }
 

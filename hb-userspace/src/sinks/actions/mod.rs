@@ -12,7 +12,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError, RwLock,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -69,6 +69,19 @@ struct Counters {
     coalesced: AtomicU64,
 }
 
+/// Where the runner records what it decided to run and what it starts, so
+/// that a restarted agent neither repeats a run nor forgets one (the state
+/// file's ledger).
+pub trait RunLedger: Send + Sync {
+    /// A run of `action` for `event` was queued (or superseded the one that
+    /// waited).
+    fn decided(&self, action: &str, event: &ActionEvent);
+    /// A run of `action` for these (node, transition) pairs is about to
+    /// start; recorded durably before it does. `false`: it must not start
+    /// (the agent is shutting down and leaves it to the next one).
+    fn starting(&self, action: &str, runs: &[(u32, u64)]) -> bool;
+}
+
 struct Inner {
     /// By index, the lanes' key. A reload replaces an action in its slot
     /// (same name), empties the slot of a removed one and appends new ones,
@@ -80,6 +93,7 @@ struct Inner {
     changed: Notify,
     /// Never held across an await.
     lanes: Mutex<Lanes>,
+    ledger: OnceLock<Arc<dyn RunLedger>>,
 }
 
 impl Inner {
@@ -141,6 +155,7 @@ impl ActionRunner {
                 counters: Counters::default(),
                 changed: Notify::new(),
                 lanes: Mutex::new(Lanes::new(actions_len)),
+                ledger: OnceLock::new(),
             }),
             metrics: None,
         }
@@ -154,6 +169,15 @@ impl ActionRunner {
             metrics.declare(&action.name);
         }
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Records every run decided and started in `ledger` (once; the clones
+    /// share it).
+    pub fn with_ledger(self, ledger: Arc<dyn RunLedger>) -> Self {
+        if self.inner.ledger.set(ledger).is_err() {
+            tracing::warn!("the action runner already has a ledger");
+        }
         self
     }
 
@@ -216,15 +240,62 @@ impl ActionRunner {
         };
         let events: Vec<Arc<ActionEvent>> = events.into_iter().map(Arc::new).collect();
         for (index, action) in self.inner.actions() {
-            let mine = events.iter().filter(|e| action.on.contains(&e.event));
+            let mine: Vec<&Arc<ActionEvent>> = events
+                .iter()
+                .filter(|e| action.on.contains(&e.event))
+                .collect();
+            self.queue(&runtime, (index, action), mine.into_iter());
+        }
+    }
+
+    /// Runs `action` (by name) only, for `events`: the runs a previous
+    /// agent decided and did not start. An action no longer configured is
+    /// skipped with a warning.
+    pub fn dispatch_to(&self, action: &str, events: Vec<ActionEvent>) {
+        let Ok(runtime) = Handle::try_current() else {
+            tracing::error!(action, "cannot run actions outside a tokio runtime");
+            return;
+        };
+        let Some((index, config)) = self
+            .inner
+            .actions()
+            .into_iter()
+            .find(|(_, a)| a.name == action)
+        else {
+            tracing::warn!(
+                action,
+                runs = events.len(),
+                "runs decided before the restart are dropped: the action is no longer configured"
+            );
+            return;
+        };
+        let events: Vec<Arc<ActionEvent>> = events.into_iter().map(Arc::new).collect();
+        self.queue(&runtime, (index, config), events.iter());
+    }
+
+    /// Queues `events` for one action: a per-event action once per event, a
+    /// batch action once with all of them; tells the ledger.
+    fn queue<'e>(
+        &self,
+        runtime: &Handle,
+        (index, action): (usize, Arc<ActionConfig>),
+        mine: impl Iterator<Item = &'e Arc<ActionEvent>>,
+    ) {
+        let mine: Vec<&Arc<ActionEvent>> = mine.collect();
+        if let Some(ledger) = self.inner.ledger.get() {
+            for event in &mine {
+                ledger.decided(&action.name, event);
+            }
+        }
+        {
             if action.batch {
-                let batch: Vec<Arc<ActionEvent>> = mine.cloned().collect();
+                let batch: Vec<Arc<ActionEvent>> = mine.into_iter().cloned().collect();
                 if !batch.is_empty() {
-                    self.queue_batch(&runtime, (index, Arc::clone(&action)), batch);
+                    self.queue_batch(runtime, (index, Arc::clone(&action)), batch);
                 }
             } else {
                 for event in mine {
-                    self.queue_event(&runtime, (index, Arc::clone(&action)), event);
+                    self.queue_event(runtime, (index, Arc::clone(&action)), event);
                 }
             }
         }
@@ -435,6 +506,22 @@ async fn run_queued(
     let Ok(_slot) = inner.slots.acquire().await else {
         return;
     };
+    if let Some(ledger) = inner.ledger.get() {
+        let runs: Vec<(u32, u64)> = match input {
+            Input::Event(event) => vec![(event.node_id, event.seq)],
+            Input::Batch(batch) => batch.iter().map(|e| (e.node_id, e.seq)).collect(),
+        };
+        let (ledger, name) = (Arc::clone(ledger), action.name.clone());
+        // A synced write: off the runtime's threads.
+        let go = tokio::task::spawn_blocking(move || ledger.starting(&name, &runs)).await;
+        if !go.unwrap_or(true) {
+            tracing::info!(
+                action = %action.name,
+                "not started: the agent is shutting down (the next agent starts it)"
+            );
+            return;
+        }
+    }
     // Count as running before leaving the queue, so `is_idle` never sees a
     // gap.
     inner.counters.running.fetch_add(1, Ordering::SeqCst);

@@ -73,6 +73,7 @@ fn event(event: Event) -> ActionEvent {
         node_address: Some("198.18.1.2".to_owned()),
         previous_state: "up",
         since_last_heartbeat: Some(Duration::from_millis(6_150)),
+        seq: 0,
     }
 }
 
@@ -155,6 +156,7 @@ async fn action_gets_the_contract_environment() {
         node_address: None,
         previous_state: "unseen",
         since_last_heartbeat: None,
+        seq: 0,
     });
     wait_idle(&runner).await;
     let vars = hb_vars(&dir.read("out"));

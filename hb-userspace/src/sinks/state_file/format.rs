@@ -16,9 +16,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::StateFileError;
-use crate::detect::{
-    brake::BrakeMemory,
-    detector::{FlapHistory, NodeState},
+use crate::{
+    detect::{
+        brake::BrakeMemory,
+        detector::{FlapHistory, NodeState},
+    },
+    sinks::actions::Event,
 };
 
 /// The first bytes of a state file of format 2 and later.
@@ -48,6 +51,25 @@ pub struct SavedState {
     pub flaps: Vec<FlapHistory>,
     /// What the brake holds and has seen.
     pub brake: BrakeMemory,
+    /// Action runs decided but not started, oldest first: a restarted
+    /// agent starts them.
+    pub pending: Vec<PendingRun>,
+}
+
+/// An action run decided (its transition is in the state) but not started:
+/// the newest event of its node the action has not run yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRun {
+    /// The action's name.
+    pub action: String,
+    /// The journal entry of its transition (or release).
+    pub seq: u64,
+    pub node_id: u32,
+    pub event: Event,
+    /// The state the node left.
+    pub previous: NodeState,
+    /// The node's silence when it was decided, ms (`None`: never heard).
+    pub since_ms: Option<u32>,
 }
 
 /// What is saved about one node: its state, and what the datapath knew of
@@ -210,6 +232,14 @@ mod tests {
                 engaged_since_ns: Some(46_000_000_000),
                 ..BrakeMemory::default()
             },
+            pending: vec![PendingRun {
+                action: "lb".to_owned(),
+                seq: 12,
+                node_id: 3,
+                event: Event::Down,
+                previous: NodeState::Suspect,
+                since_ms: Some(310),
+            }],
         }
     }
 

@@ -20,8 +20,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::format::{SavedNode, SavedState};
-use crate::detect::detector::{FlapHistory, NodeState, STORE_MARGIN_NS};
+use super::format::{PendingRun, SavedNode, SavedState};
+use crate::{
+    detect::detector::{FlapHistory, NodeState, STORE_MARGIN_NS},
+    sinks::actions::Event,
+};
 
 /// Bytes per entry.
 const ENTRY_LEN: usize = 32;
@@ -30,8 +33,6 @@ const ENTRY_LEN: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
-    /// The monotonic time of the sweep that decided it.
-    pub now_ns: u64,
     pub node_id: u32,
     pub change: Change,
 }
@@ -39,29 +40,78 @@ pub struct Entry {
 /// What an entry records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// The node went from `from` to `to`; `held` if the brake held its
-    /// actions (they did not run).
+    /// The sweep at monotonic `now_ns` moved the node from `from` to `to`;
+    /// `held` if the brake held its actions (they are not run); its
+    /// silence then (`None`: never heard).
     Transition {
+        now_ns: u64,
         from: NodeState,
         to: NodeState,
         held: bool,
+        since_ms: Option<u32>,
     },
-    /// The brake let go of the node's held `down`, and its actions run.
-    Released,
+    /// The brake let go of the node's held `down` at `now_ns`: its actions
+    /// run.
+    Released { now_ns: u64, since_ms: Option<u32> },
+    /// The action whose name hashes to `action` ([`action_hash`]) is about
+    /// to run for the node's entry `transition` (a transition or a release),
+    /// and so for every earlier one of the node it had not run yet.
+    Started { transition: u64, action: u32 },
 }
+
+impl Change {
+    /// The sweep time of a transition or a release.
+    pub fn now_ns(&self) -> Option<u64> {
+        match *self {
+            Change::Transition { now_ns, .. } | Change::Released { now_ns, .. } => Some(now_ns),
+            Change::Started { .. } => None,
+        }
+    }
+}
+
+/// What a [`Change::Started`] entry names an action by: the CRC-32 of its
+/// name.
+pub fn action_hash(name: &str) -> u32 {
+    crc32fast::hash(name.as_bytes())
+}
+
+/// A silence in whole milliseconds, as an entry holds it.
+pub fn since_ms(since_ns: Option<u64>) -> Option<u32> {
+    since_ns.map(|ns| {
+        u32::try_from(ns / 1_000_000)
+            .unwrap_or(u32::MAX - 1)
+            .min(u32::MAX - 1)
+    })
+}
+
+const NO_SINCE: u32 = u32::MAX;
 
 impl Entry {
     fn encode(&self) -> [u8; ENTRY_LEN] {
-        let (kind, from, to, held) = match self.change {
-            Change::Transition { from, to, held } => (1u8, from as u8, to as u8, u8::from(held)),
-            Change::Released => (2, 0, 0, 0),
+        let since = |s: Option<u32>| s.unwrap_or(NO_SINCE);
+        let (kind, time, states, tail) = match self.change {
+            Change::Transition {
+                now_ns,
+                from,
+                to,
+                held,
+                since_ms,
+            } => (
+                1u8,
+                now_ns,
+                [from as u8, to as u8, u8::from(held)],
+                since(since_ms),
+            ),
+            Change::Released { now_ns, since_ms } => (2, now_ns, [0; 3], since(since_ms)),
+            Change::Started { transition, action } => (3, transition, [0; 3], action),
         };
         let mut out = [0; ENTRY_LEN];
         out[0..8].copy_from_slice(&self.seq.to_le_bytes());
-        out[8..16].copy_from_slice(&self.now_ns.to_le_bytes());
+        out[8..16].copy_from_slice(&time.to_le_bytes());
         out[16..20].copy_from_slice(&self.node_id.to_le_bytes());
-        out[20..24].copy_from_slice(&[kind, from, to, held]);
-        // 24..28 reserved (zero).
+        out[20] = kind;
+        out[21..24].copy_from_slice(&states);
+        out[24..28].copy_from_slice(&tail.to_le_bytes());
         let crc = crc32fast::hash(&out[..28]);
         out[28..32].copy_from_slice(&crc.to_le_bytes());
         out
@@ -69,24 +119,34 @@ impl Entry {
 
     /// The entry in `bytes`, or `None` if it is torn or damaged.
     fn decode(bytes: &[u8; ENTRY_LEN]) -> Option<Self> {
-        let crc = u32::from_le_bytes(bytes[28..32].try_into().ok()?);
-        if crc32fast::hash(&bytes[..28]) != crc {
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
+        if crc32fast::hash(&bytes[..28]) != u32_at(28) {
             return None;
         }
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
+        let tail = u32_at(24);
+        let since_ms = (tail != NO_SINCE).then_some(tail);
         let change = match bytes[20] {
             1 => Change::Transition {
+                now_ns: u64_at(8),
                 from: NodeState::from_u8(bytes[21])?,
                 to: NodeState::from_u8(bytes[22])?,
                 held: bytes[23] != 0,
+                since_ms,
             },
-            2 => Change::Released,
+            2 => Change::Released {
+                now_ns: u64_at(8),
+                since_ms,
+            },
+            3 => Change::Started {
+                transition: u64_at(8),
+                action: tail,
+            },
             _ => return None,
         };
         Some(Entry {
             seq: u64_at(0),
-            now_ns: u64_at(8),
-            node_id: u32::from_le_bytes(bytes[16..20].try_into().ok()?),
+            node_id: u32_at(16),
             change,
         })
     }
@@ -131,8 +191,14 @@ fn read_file(path: &Path) -> io::Result<Vec<Entry>> {
 
 /// Applies the entries newer than `state`'s snapshot to it, as the agent
 /// that wrote them did: node states, flap history, held and released
-/// `down` actions, and how far sweeps had looked.
-pub fn replay(state: &mut SavedState, entries: &[Entry]) {
+/// `down` actions, how far sweeps had looked, and the actions decided but
+/// not started ([`SavedState::pending`]). `subscribed` names the actions
+/// an event runs (those configured now).
+pub fn replay(
+    state: &mut SavedState,
+    entries: &[Entry],
+    subscribed: &dyn Fn(Event) -> Vec<String>,
+) {
     let newer: Vec<&Entry> = entries
         .iter()
         .filter(|e| e.seq > state.journal_seq)
@@ -153,15 +219,64 @@ pub fn replay(state: &mut SavedState, entries: &[Entry]) {
         .map(|(at, f)| (f.id, at))
         .collect();
     let mut holding: HashMap<u32, u64> = state.brake.held.iter().copied().collect();
+    let mut pending: HashMap<(u32, u32), PendingRun> = std::mem::take(&mut state.pending)
+        .into_iter()
+        .map(|run| ((action_hash(&run.action), run.node_id), run))
+        .collect();
+    let decide = |pending: &mut HashMap<(u32, u32), PendingRun>, run: PendingRun| {
+        for action in subscribed(run.event) {
+            let key = (action_hash(&action), run.node_id);
+            pending.insert(
+                key,
+                PendingRun {
+                    action,
+                    ..run.clone()
+                },
+            );
+        }
+    };
+    let run = |seq, node_id, event, previous, since_ms| PendingRun {
+        action: String::new(),
+        seq,
+        node_id,
+        event,
+        previous,
+        since_ms,
+    };
     for entry in newer {
         let id = entry.node_id;
         state.journal_seq = entry.seq;
-        let swept = entry.now_ns.saturating_sub(STORE_MARGIN_NS);
-        state.swept_until_ns = state.swept_until_ns.max(swept);
-        let Change::Transition { from, to, held } = entry.change else {
-            holding.remove(&id);
-            continue;
+        if let Some(now_ns) = entry.change.now_ns() {
+            let swept = now_ns.saturating_sub(STORE_MARGIN_NS);
+            state.swept_until_ns = state.swept_until_ns.max(swept);
+        }
+        let (now_ns, from, to, held, since_ms) = match entry.change {
+            Change::Transition {
+                now_ns,
+                from,
+                to,
+                held,
+                since_ms,
+            } => (now_ns, from, to, held, since_ms),
+            Change::Released { since_ms, .. } => {
+                holding.remove(&id);
+                let released = run(entry.seq, id, Event::Down, NodeState::Suspect, since_ms);
+                decide(&mut pending, released);
+                continue;
+            }
+            Change::Started { transition, action } => {
+                if pending
+                    .get(&(action, id))
+                    .is_some_and(|run| run.seq <= transition)
+                {
+                    pending.remove(&(action, id));
+                }
+                continue;
+            }
         };
+        if let (false, Some(event)) = (held, Event::of_state(to)) {
+            decide(&mut pending, run(entry.seq, id, event, from, since_ms));
+        }
         let at = *nodes.entry(id).or_insert_with(|| {
             state.nodes.push(SavedNode {
                 id,
@@ -180,14 +295,14 @@ pub fn replay(state: &mut SavedState, entries: &[Entry]) {
         let flaps = &mut state.flaps[at];
         match (from, to) {
             (_, NodeState::Down) => {
-                flaps.downs_ns.push(entry.now_ns);
+                flaps.downs_ns.push(now_ns);
                 if held {
-                    holding.entry(id).or_insert(entry.now_ns);
+                    holding.entry(id).or_insert(now_ns);
                 }
             }
             (_, NodeState::Flapping) => {
-                flaps.steady_since_ns = entry.now_ns;
-                flaps.last_arrival_ns = entry.now_ns;
+                flaps.steady_since_ns = now_ns;
+                flaps.last_arrival_ns = now_ns;
             }
             (NodeState::Flapping, NodeState::Up) => {
                 *flaps = FlapHistory {
@@ -206,6 +321,9 @@ pub fn replay(state: &mut SavedState, entries: &[Entry]) {
     let mut held: Vec<(u32, u64)> = holding.into_iter().collect();
     held.sort_unstable_by_key(|&(id, at)| (at, id));
     state.brake.held = held;
+    let mut pending: Vec<PendingRun> = pending.into_values().collect();
+    pending.sort_unstable_by(|a, b| (a.seq, &a.action).cmp(&(b.seq, &b.action)));
+    state.pending = pending;
 }
 
 /// The journal being written.
@@ -244,29 +362,26 @@ impl Journal {
         self.next_seq.saturating_sub(1)
     }
 
-    /// Appends the changes of one sweep at `now_ns` and waits until they are
-    /// on disk. Nothing to append: no write.
-    pub fn append(
-        &mut self,
-        now_ns: u64,
-        changes: impl IntoIterator<Item = (u32, Change)>,
-    ) -> io::Result<()> {
+    /// Appends `changes` and waits until they are on disk; returns the
+    /// sequence number of the first (the others follow in order). Nothing
+    /// to append: no write.
+    pub fn append(&mut self, changes: impl IntoIterator<Item = (u32, Change)>) -> io::Result<u64> {
+        let first = self.next_seq;
         let mut bytes = Vec::new();
         for (node_id, change) in changes {
             let entry = Entry {
                 seq: self.next_seq,
-                now_ns,
                 node_id,
                 change,
             };
             self.next_seq += 1;
             bytes.extend_from_slice(&entry.encode());
         }
-        if bytes.is_empty() {
-            return Ok(());
+        if !bytes.is_empty() {
+            self.file.write_all(&bytes)?;
+            self.file.sync_data()?;
         }
-        self.file.write_all(&bytes)?;
-        self.file.sync_data()
+        Ok(first)
     }
 
     /// Starts a new journal file for what comes after a snapshot, moving the
@@ -321,12 +436,57 @@ mod tests {
         dir
     }
 
-    fn down(held: bool) -> Change {
+    const MS: u64 = 1_000_000;
+
+    fn went(now_ms: u64, from: NodeState, to: NodeState, held: bool) -> Change {
         Change::Transition {
-            from: NodeState::Suspect,
-            to: NodeState::Down,
+            now_ns: now_ms * MS,
+            from,
+            to,
             held,
+            since_ms: Some(300),
         }
+    }
+
+    fn down(now_ms: u64, held: bool) -> Change {
+        went(now_ms, NodeState::Suspect, NodeState::Down, held)
+    }
+
+    fn up(now_ms: u64) -> Change {
+        went(now_ms, NodeState::Down, NodeState::Up, false)
+    }
+
+    fn started(transition: u64, action: &str) -> Change {
+        Change::Started {
+            transition,
+            action: action_hash(action),
+        }
+    }
+
+    #[test]
+    fn every_kind_of_entry_reads_back_as_written() {
+        let entries = [
+            (3, down(100, true)),
+            (4, went(100, NodeState::Unseen, NodeState::Up, false)),
+            (
+                5,
+                Change::Released {
+                    now_ns: 7,
+                    since_ms: None,
+                },
+            ),
+            (6, started(2, "mark")),
+        ];
+        for (seq, (node_id, change)) in (1..).zip(entries) {
+            let entry = Entry {
+                seq,
+                node_id,
+                change,
+            };
+            assert_eq!(Entry::decode(&entry.encode()), Some(entry));
+        }
+        assert_eq!(since_ms(Some(u64::MAX)), Some(u32::MAX - 1));
+        assert_eq!(since_ms(None), None);
     }
 
     #[test]
@@ -334,27 +494,31 @@ mod tests {
         let dir = temp_dir("order");
         let state = dir.join("state");
         let mut journal = Journal::open(&state, 1).unwrap();
-        journal
-            .append(100, [(3, down(false)), (4, down(true))])
-            .unwrap();
-        journal.append(200, []).unwrap();
+        assert_eq!(
+            journal
+                .append([(3, down(100, false)), (4, down(100, true))])
+                .unwrap(),
+            1
+        );
+        assert_eq!(journal.append([]).unwrap(), 3);
         journal.rotate().unwrap();
-        journal.append(300, [(4, Change::Released)]).unwrap();
+        journal.append([(4, up(300))]).unwrap();
         assert_eq!(journal.last_seq(), 3);
         let entries = read(&state).unwrap();
-        let seqs: Vec<_> = entries
-            .iter()
-            .map(|e| (e.seq, e.now_ns, e.node_id))
-            .collect();
-        assert_eq!(seqs, [(1, 100, 3), (2, 100, 4), (3, 300, 4)]);
-        assert_eq!(entries[1].change, down(true));
-        assert_eq!(entries[2].change, Change::Released);
+        let seqs: Vec<_> = entries.iter().map(|e| (e.seq, e.node_id)).collect();
+        assert_eq!(seqs, [(1, 3), (2, 4), (3, 4)]);
+        assert_eq!(entries[1].change, down(100, true));
 
         forget_rotated(journal.rotated_path()).unwrap();
         assert_eq!(read(&state).unwrap().len(), 1);
         journal.clear().unwrap();
         assert!(read(&state).unwrap().is_empty());
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Every action runs on down and up.
+    fn both(_: Event) -> Vec<String> {
+        vec!["mark".to_owned(), "page".to_owned()]
     }
 
     #[test]
@@ -369,27 +533,28 @@ mod tests {
             }],
             ..SavedState::default()
         };
-        let entry = |seq, now_ns, node_id, change| Entry {
+        let entry = |seq, node_id, change| Entry {
             seq,
-            now_ns,
             node_id,
             change,
         };
-        let up = |from| Change::Transition {
-            from,
-            to: NodeState::Up,
-            held: false,
-        };
         let entries = [
-            entry(1, 10 * STORE_MARGIN_NS, 3, down(false)), // in the snapshot
-            entry(2, 20 * STORE_MARGIN_NS, 3, down(false)),
-            entry(3, 20 * STORE_MARGIN_NS, 4, down(true)),
-            entry(4, 30 * STORE_MARGIN_NS, 5, down(true)),
-            entry(5, 40 * STORE_MARGIN_NS, 5, up(NodeState::Down)),
-            entry(6, 40 * STORE_MARGIN_NS, 6, down(true)),
-            entry(7, 50 * STORE_MARGIN_NS, 6, Change::Released),
+            entry(1, 3, down(10, false)), // in the snapshot
+            entry(2, 3, down(20, false)),
+            entry(3, 4, down(20, true)),
+            entry(4, 5, down(30, true)),
+            entry(5, 5, up(40)),
+            entry(6, 6, down(40, true)),
+            entry(
+                7,
+                6,
+                Change::Released {
+                    now_ns: 50 * MS,
+                    since_ms: Some(900),
+                },
+            ),
         ];
-        replay(&mut state, &entries);
+        replay(&mut state, &entries, &both);
         let states: Vec<_> = state.nodes.iter().map(|n| (n.id, n.state)).collect();
         assert_eq!(
             states,
@@ -402,16 +567,63 @@ mod tests {
         );
         assert_eq!(
             state.brake.held,
-            [(4, 20 * STORE_MARGIN_NS)],
+            [(4, 20 * MS)],
             "5 came back, 6 was released"
         );
         assert_eq!(
             state.flaps[0].downs_ns,
-            [20 * STORE_MARGIN_NS],
+            [20 * MS],
             "entry 1 is not applied twice"
         );
         assert_eq!(state.journal_seq, 7);
-        assert_eq!(state.swept_until_ns, 49 * STORE_MARGIN_NS);
+        assert_eq!(state.swept_until_ns, 49 * MS);
+        // Not started: 3's down (entry 2), 5's up (entry 5; its held down
+        // never ran), 6's released down; each for both actions.
+        let pending: Vec<_> = state
+            .pending
+            .iter()
+            .map(|r| (r.seq, r.node_id, r.event, r.action.as_str()))
+            .collect();
+        assert_eq!(
+            pending,
+            [
+                (2, 3, Event::Down, "mark"),
+                (2, 3, Event::Down, "page"),
+                (5, 5, Event::Up, "mark"),
+                (5, 5, Event::Up, "page"),
+                (7, 6, Event::Down, "mark"),
+                (7, 6, Event::Down, "page"),
+            ]
+        );
+        assert_eq!(state.pending[5].since_ms, Some(900));
+    }
+
+    #[test]
+    fn a_start_covers_its_run_and_the_older_ones_it_superseded() {
+        let entry = |seq, node_id, change| Entry {
+            seq,
+            node_id,
+            change,
+        };
+        let mut state = SavedState::default();
+        let entries = [
+            entry(1, 3, down(10, false)),
+            entry(2, 3, up(20)),
+            entry(3, 3, down(30, false)),
+            // The lane ran 1, then only the newest of what waited (3).
+            entry(4, 3, started(1, "mark")),
+            entry(5, 3, started(3, "mark")),
+            // "page" started 1 only; 2 was superseded by 3, which waits.
+            entry(6, 3, started(1, "page")),
+        ];
+        replay(&mut state, &entries, &both);
+        let pending: Vec<_> = state
+            .pending
+            .iter()
+            .map(|r| (r.seq, r.action.as_str()))
+            .collect();
+        assert_eq!(pending, [(3, "page")]);
+        assert_eq!(state.pending[0].previous, NodeState::Suspect);
     }
 
     #[test]
@@ -420,7 +632,7 @@ mod tests {
         let state = dir.join("state");
         let mut journal = Journal::open(&state, 1).unwrap();
         journal
-            .append(100, [(3, down(false)), (4, down(false))])
+            .append([(3, down(100, false)), (4, down(100, false))])
             .unwrap();
         drop(journal);
         // A crash in the middle of the second entry.
@@ -430,7 +642,7 @@ mod tests {
         assert_eq!(read(&state).unwrap().len(), 1);
 
         let mut journal = Journal::open(&state, 2).unwrap();
-        journal.append(200, [(5, down(false))]).unwrap();
+        journal.append([(5, down(200, false))]).unwrap();
         let ids: Vec<_> = read(&state).unwrap().iter().map(|e| e.node_id).collect();
         assert_eq!(ids, [3, 5], "the entry after the cut is readable");
 

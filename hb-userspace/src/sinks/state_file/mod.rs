@@ -15,6 +15,7 @@
 
 pub mod format;
 pub mod journal;
+pub mod ledger;
 mod legacy;
 
 use std::{
@@ -30,8 +31,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
-pub use self::format::{SavedNode, SavedState};
-use self::journal::{Change, Journal};
+pub use self::format::{PendingRun, SavedNode, SavedState};
+use self::{
+    journal::{Change, Journal},
+    ledger::Ledger,
+};
 use crate::{
     clock,
     datapath::table::NodeTable,
@@ -148,7 +152,7 @@ pub fn snapshot(
     detector: &Detector,
     brake: &Brake,
     table: &NodeTable,
-    journal_seq: u64,
+    (journal_seq, pending): (u64, Vec<PendingRun>),
 ) -> SavedState {
     SavedState {
         boot_id: clock::boot_id(),
@@ -177,6 +181,7 @@ pub fn snapshot(
             .collect(),
         flaps: detector.flap_history(),
         brake: brake.memory(),
+        pending,
     }
 }
 
@@ -199,7 +204,7 @@ pub struct SaveHealth {
 /// sweep.
 pub struct StateSaver {
     path: PathBuf,
-    journal: Journal,
+    ledger: Arc<Ledger>,
     unsaved: bool,
     last_save: Instant,
     saving: Option<JoinHandle<()>>,
@@ -218,6 +223,7 @@ impl StateSaver {
         };
         let mut journal = Journal::open(&path, initial.journal_seq + 1).map_err(journal_error)?;
         journal.clear().map_err(journal_error)?;
+        let ledger = Arc::new(Ledger::new(journal, initial.pending.clone()));
         let health = Arc::new(Mutex::new(SaveHealth {
             path: path.clone(),
             ..SaveHealth::default()
@@ -225,7 +231,7 @@ impl StateSaver {
         saved(&health);
         Ok(StateSaver {
             path,
-            journal,
+            ledger,
             unsaved: false,
             last_save: Instant::now(),
             saving: None,
@@ -233,54 +239,67 @@ impl StateSaver {
         })
     }
 
+    /// The ledger the action runner tells about runs.
+    pub fn ledger(&self) -> Arc<Ledger> {
+        Arc::clone(&self.ledger)
+    }
+
     /// Records one sweep's changes durably; called before their actions
-    /// start. A failure is logged and reported, and the actions still run:
-    /// a failover matters more than remembering it.
-    pub fn journal(&mut self, outcome: &SweepOutcome) {
+    /// start. Returns the sequence number of each transition's entry, then
+    /// of each release's, in the outcome's order: the actions carry it. A
+    /// failure is logged and reported, and the actions still run: a
+    /// failover matters more than remembering it.
+    pub fn journal(&mut self, outcome: &SweepOutcome) -> Vec<u64> {
+        let now_ns = outcome.now_ns;
         let held: HashSet<u32> = outcome.held.iter().copied().collect();
         let transitions = outcome.transitions.iter().map(|t| {
-            let held = held.contains(&t.node_id);
             let change = Change::Transition {
+                now_ns,
                 from: t.from,
                 to: t.to,
-                held,
+                held: held.contains(&t.node_id),
+                since_ms: journal::since_ms(t.since_last_heartbeat_ns),
             };
             (t.node_id, change)
         });
-        let released = outcome
-            .actions
-            .iter()
-            .filter(|a| a.released)
-            .map(|a| (a.node_id, Change::Released));
-        if let Err(cause) = self
-            .journal
-            .append(outcome.now_ns, transitions.chain(released))
-        {
-            let e = StateFileError::Journal {
-                path: journal::paths(&self.path).0,
-                cause,
-            };
-            tracing::error!("{e}");
-            failed(&self.health, &e);
-        }
+        let released = outcome.actions.iter().filter(|a| a.released).map(|a| {
+            let since_ms = journal::since_ms(a.since_last_heartbeat_ns);
+            (a.node_id, Change::Released { now_ns, since_ms })
+        });
+        let changes: Vec<(u32, Change)> = transitions.chain(released).collect();
+        let count = changes.len() as u64;
+        let first = match self.ledger.record(changes) {
+            Ok(first) => first,
+            Err(cause) => {
+                let e = StateFileError::Journal {
+                    path: journal::paths(&self.path).0,
+                    cause,
+                };
+                tracing::error!("{e}");
+                failed(&self.health, &e);
+                0
+            }
+        };
         self.unsaved = true;
+        if first == 0 {
+            return vec![0; count as usize];
+        }
+        (first..first + count).collect()
     }
 
     /// Starts a snapshot in a blocking task if states changed (or the last
     /// save failed), none is in progress and the last one is [`SAVE_EVERY`]
-    /// old. `snapshot` gets the last journal entry the snapshot covers.
-    pub fn save_if_due(&mut self, snapshot: impl FnOnce(u64) -> SavedState) {
+    /// old. `snapshot` gets the last journal entry the snapshot covers and
+    /// the action runs not started as of it.
+    pub fn save_if_due(&mut self, snapshot: impl FnOnce((u64, Vec<PendingRun>)) -> SavedState) {
         let busy = self.saving.as_ref().is_some_and(|task| !task.is_finished());
         let due = self.unsaved || self.health.lock().expect("never poisoned").error.is_some();
         if !due || busy || self.last_save.elapsed() < SAVE_EVERY {
             return;
         }
-        if let Err(cause) = self.journal.rotate() {
-            tracing::warn!("rotating the state journal: {cause}");
-        }
-        let state = snapshot(self.journal.last_seq());
+        let state = snapshot(self.ledger.for_snapshot());
         let (path, health) = (self.path.clone(), Arc::clone(&self.health));
-        let rotated = self.journal.rotated_path().to_owned();
+        let rotated = self.ledger.rotated_path();
         self.saving = Some(tokio::task::spawn_blocking(move || {
             match save(&path, &state) {
                 Ok(()) => {
@@ -299,16 +318,18 @@ impl StateSaver {
         self.last_save = Instant::now();
     }
 
-    /// At shutdown: waits for a save in progress, then saves `snapshot`
-    /// and empties the journal it covers.
-    pub async fn save_now(&mut self, snapshot: impl FnOnce(u64) -> SavedState) {
+    /// At shutdown: no action run starts any more (those not started are
+    /// saved as pending, for the next agent); waits for a save in progress,
+    /// then saves `snapshot` and empties the journal it covers.
+    pub async fn save_now(&mut self, snapshot: impl FnOnce((u64, Vec<PendingRun>)) -> SavedState) {
+        self.ledger.close();
         if let Some(task) = self.saving.take() {
             let _ = task.await;
         }
-        match save(&self.path, &snapshot(self.journal.last_seq())) {
+        match save(&self.path, &snapshot(self.ledger.for_snapshot())) {
             Ok(()) => {
                 saved(&self.health);
-                if let Err(e) = self.journal.clear() {
+                if let Err(e) = self.ledger.clear() {
                     tracing::warn!("emptying the state journal: {e}");
                 }
             }

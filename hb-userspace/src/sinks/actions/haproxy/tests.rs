@@ -206,6 +206,7 @@ fn event(event: Event, node: &str) -> ActionEvent {
         node_address: None,
         previous_state: "up",
         since_last_heartbeat: None,
+        seq: 0,
     }
 }
 
