@@ -16,7 +16,7 @@ use hb_common::{
 
 use crate::{
     clock::{self, monotonic_ns},
-    config::{Config, DatapathKind, XdpMode},
+    config::{Config, DEFAULT_STATE_FILE, DatapathKind, XdpMode},
     datapath::table::NodeTable,
     detect::{
         brake::{Brake, BrakeSettings},
@@ -77,7 +77,10 @@ pub fn remembered(
     state_file: &Path,
     actions: &[ActionConfig],
 ) -> Result<SavedState, StateFileError> {
-    let mut state = state_file::load(state_file)?.unwrap_or_default();
+    let mut state = match state_file::load(state_file)? {
+        Some(state) => state,
+        None => load_legacy_default(state_file)?.unwrap_or_default(),
+    };
     let entries = journal::read(state_file).map_err(|cause| StateFileError::Journal {
         path: journal::paths(state_file).0,
         cause,
@@ -98,6 +101,23 @@ pub fn remembered(
         );
     }
     state.carry_over(clock::boot_id(), monotonic_ns(), clock::unix_ns());
+    Ok(state)
+}
+
+/// With the default `state_file` and no file there yet: the file agents
+/// before the binary format wrote by default, if there is one.
+fn load_legacy_default(state_file: &Path) -> Result<Option<SavedState>, StateFileError> {
+    let legacy = Path::new(state_file::LEGACY_DEFAULT_PATH);
+    if state_file != Path::new(DEFAULT_STATE_FILE) || !legacy.exists() {
+        return Ok(None);
+    }
+    let state = state_file::load(legacy)?;
+    tracing::info!(
+        from = %legacy.display(),
+        to = %state_file.display(),
+        "node states read from where earlier agents saved them by default; they are saved in \
+         the new default place from now on, and the old file can be removed"
+    );
     Ok(state)
 }
 

@@ -43,6 +43,10 @@ use crate::{
     nodes::NodeDirectory,
 };
 
+/// Where agents before the binary format saved state by default (format 1,
+/// JSON); read once when the default file does not exist yet.
+pub const LEGACY_DEFAULT_PATH: &str = "/var/lib/hb/state.json";
+
 /// State is saved at most this often while nodes change state.
 pub const SAVE_EVERY: Duration = Duration::from_secs(2);
 
