@@ -17,7 +17,12 @@
 //! Every figure is timed `rounds` times (best and median). Loads are timed
 //! warm (the file just written, in the page cache: an agent restarted
 //! without a reboot) and cold (its pages dropped first with
-//! `posix_fadvise(DONTNEED)`; a VM's host may still cache them).
+//! `posix_fadvise(DONTNEED)`; a VM's host may still cache them). Every
+//! allocation above 128 KiB is mapped fresh (`mallopt(M_MMAP_THRESHOLD)`),
+//! so each round faults its buffers in as a starting agent does, at every
+//! size: glibc would otherwise reuse the previous round's memory below 32
+//! MB (its largest dynamic threshold) and not above, which made format 2's
+//! load at 100k nodes read 5 ms instead of 12.5.
 //!
 //! Both files hold the same table ([`fleet`]): every node heard, random
 //! incarnations and sequences, IPv4 source addresses, some nodes down,
@@ -177,6 +182,7 @@ impl V1Node {
 /// directory under `parent` (removed afterwards).
 pub fn state(nodes: u32, rounds: u32, parent: &Path) -> anyhow::Result<StateCost> {
     let rounds = rounds.max(1);
+    fresh_allocations();
     let dir = ScratchDir::create(parent)?;
     let filesystem = filesystem_of(dir.path())?;
     if matches!(filesystem.fs_type.as_str(), "tmpfs" | "ramfs") {
@@ -453,6 +459,14 @@ fn time_cold(
         runs.push(t.elapsed().as_nanos() as u64);
     }
     Ok(Timing::of(runs))
+}
+
+/// Makes every allocation above 128 KiB a fresh mapping, freed to the
+/// kernel when dropped.
+fn fresh_allocations() {
+    // SAFETY: mallopt only changes a malloc parameter; nothing is allocated
+    // concurrently that depends on it.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
 }
 
 /// Asks the kernel to drop `path`'s (clean, synced) pages from the page

@@ -104,6 +104,15 @@ impl StateCost {
     }
 }
 
+/// A size in B, kB or MB.
+fn bytes(size: u64) -> String {
+    match size {
+        0..1000 => format!("{size} B"),
+        1000..1_000_000 => format!("{:.1} kB", size as f64 / 1e3),
+        _ => format!("{:.1} MB", size as f64 / 1e6),
+    }
+}
+
 /// After over before, of the medians.
 fn ratio(after: &Timing, before: &Timing) -> f64 {
     after.median_ns as f64 / before.median_ns.max(1) as f64
@@ -186,14 +195,13 @@ fn print_tables(results: &[StateCost]) {
     };
     for r in results {
         let nodes = si(f64::from(r.nodes));
-        let mb = |bytes: u64| {
+        let mb = |size: u64| {
             format!(
-                "{:.1} MB ({:.0} B/node)",
-                bytes as f64 / 1e6,
-                bytes as f64 / f64::from(r.nodes)
+                "{} ({:.0} B/node)",
+                bytes(size),
+                size as f64 / f64::from(r.nodes)
             )
         };
-        let (load1, how1) = r.format1_load();
         let rows = [
             (
                 "size",
@@ -202,25 +210,25 @@ fn print_tables(results: &[StateCost]) {
                 r.size_ratio(),
             ),
             (
-                "save (write, fsync, rename)",
+                "save (encode, write, fsync, rename)",
                 time(&r.format1.save),
                 time(&r.format2.save),
                 r.save_ratio(),
             ),
             (
-                "load (page cache)",
-                format!("{} [{how1}]", time(load1)),
-                time(&r.format2.load),
-                r.load_ratio(),
-            ),
-            (
-                "load (state_file::load, page cache)",
+                "load: state_file::load (page cache)",
                 time(&r.format1.load),
                 time(&r.format2.load),
                 ratio(&r.format2.load, &r.format1.load),
             ),
             (
-                "load (pages dropped first)",
+                "load: format 1 by plain serde_json",
+                time(&r.format1.load_plain_json),
+                time(&r.format2.load),
+                ratio(&r.format2.load, &r.format1.load_plain_json),
+            ),
+            (
+                "load: state_file::load (pages dropped)",
                 time(&r.format1.load_cold),
                 time(&r.format2.load_cold),
                 ratio(&r.format2.load_cold, &r.format1.load_cold),
@@ -257,7 +265,7 @@ fn print_tables(results: &[StateCost]) {
             journal.row(vec![
                 si(f64::from(r.nodes)),
                 si(f64::from(j.transitions)),
-                format!("{:.1} kB", j.bytes as f64 / 1e3),
+                bytes(j.bytes),
                 duration_ns(j.append.median_ns as f64),
                 duration_ns(j.append.best_ns as f64),
             ]);
