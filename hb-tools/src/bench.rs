@@ -7,6 +7,8 @@
 //!   are not heartbeats.
 //! - `sweep`: one sweep of N nodes over the real memory-mapped BPF table,
 //!   next to a plain memcpy of the bytes the sweep reads (the floor).
+//! - [`state`](mod@state): the agent's state file at N nodes, before (JSON)
+//!   and after (binary snapshot and journal): save and load time, size.
 //!
 //! `hb-tools bench hostile` lives in [`crate::hostile`].
 
@@ -32,6 +34,8 @@ use hb_common::{
     wire::{DEFAULT_PORT, Heartbeat},
 };
 use serde::Serialize;
+
+pub mod state;
 
 /// Cost of one packet class, in nanoseconds per packet.
 #[derive(Debug, Serialize)]

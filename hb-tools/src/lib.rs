@@ -5,7 +5,8 @@
 //!   tests and the detection benches.
 //! - [`hostile`]: `hb-tools bench hostile`, generated hostile packets
 //!   through the XDP program, checked packet by packet.
-//! - [`bench`](mod@bench): `hb-tools bench xdp-cost|sweep`, in-process measurements.
+//! - [`bench`](mod@bench): `hb-tools bench xdp-cost|sweep|state`, in-process
+//!   measurements.
 //! - [`frame`]: Ethernet frames for `BPF_PROG_TEST_RUN` (tests, benches).
 //! - [`rng`]: the one seeded random number generator.
 

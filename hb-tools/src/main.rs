@@ -1,6 +1,6 @@
 //! `hb-tools`: what `cargo xtask bench` and the tests run besides the
 //! product: `hb-tools loadgen` (a simulated fleet of senders) and
-//! `hb-tools bench xdp-cost|sweep|hostile` (in-process measurements, JSON on
+//! `hb-tools bench xdp-cost|sweep|state|hostile` (in-process measurements, JSON on
 //! stdout). Not shipped: operators run `hb`.
 
 mod cli;

@@ -8,12 +8,15 @@
 //!    of which may change the node table without a valid tag
 //!    (`hb-tools bench hostile`);
 //! 3. [`sweep`]: the agent's sweep vs node count, next to memcpy;
-//! 4. [`e2e`]: loss and monitor CPU per heartbeat over veth, XDP vs socket;
-//! 5. [`held`]: a million nodes beating once a second, held by the agent;
-//! 6. [`http`]: the same, without and with clients of the HTTP API (an
+//! 4. [`state`]: the agent's state file at 100k and 1M nodes, before (JSON)
+//!    and after (binary snapshot, journal): size, save and load time
+//!    (`hb-tools bench state`);
+//! 5. [`e2e`]: loss and monitor CPU per heartbeat over veth, XDP vs socket;
+//! 6. [`held`]: a million nodes beating once a second, held by the agent;
+//! 7. [`http`]: the same, without and with clients of the HTTP API (an
 //!    event stream and a scrape of `/metrics` every second);
-//! 7. [`detection`]: detection latency of crashed nodes;
-//! 8. [`quality`]: detection quality of the `timeout` and `phi` detectors
+//! 8. [`detection`]: detection latency of crashed nodes;
+//! 9. [`quality`]: detection quality of the `timeout` and `phi` detectors
 //!    under loss, pauses and an agent stall (false suspicions per
 //!    node-hour at the same median detection time).
 //!
@@ -36,6 +39,7 @@ mod output;
 mod plot;
 mod quality;
 mod rig;
+mod state;
 mod stats;
 mod sweep;
 mod xdp_cost;
@@ -78,6 +82,9 @@ pub enum Phase {
     Hostile,
     /// Sweep time vs node count, next to memcpy.
     Sweep,
+    /// The state file at 100k and 1M nodes, JSON vs binary: size, save and
+    /// load time; the journal's append.
+    State,
     /// End to end over veth: loss and CPU per heartbeat, XDP vs socket.
     E2e,
     /// A million nodes beating once a second, held.
@@ -92,10 +99,11 @@ pub enum Phase {
 }
 
 impl Phase {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::XdpCost,
         Self::Hostile,
         Self::Sweep,
+        Self::State,
         Self::E2e,
         Self::Held,
         Self::Http,
@@ -108,6 +116,7 @@ impl Phase {
             Self::XdpCost => "xdp-cost",
             Self::Hostile => "hostile",
             Self::Sweep => "sweep",
+            Self::State => "state",
             Self::E2e => "e2e",
             Self::Held => "held",
             Self::Http => "http",
@@ -121,6 +130,7 @@ impl Phase {
             Self::XdpCost => "XDP cost per packet",
             Self::Hostile => "hostile packets never change the table",
             Self::Sweep => "sweep time vs node count",
+            Self::State => "the state file before and after the binary format",
             Self::E2e => "end to end over veth, XDP vs socket",
             Self::Held => "a million nodes beating once a second",
             Self::Http => "what the HTTP API costs at a million nodes",
@@ -134,6 +144,7 @@ impl Phase {
             Self::XdpCost => xdp_cost::run(ctx),
             Self::Hostile => hostile::run(ctx),
             Self::Sweep => sweep::run(ctx),
+            Self::State => state::run(ctx),
             Self::E2e => e2e::run(ctx),
             Self::Held => held::run(ctx),
             Self::Http => http::run(ctx),

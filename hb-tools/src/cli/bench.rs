@@ -1,5 +1,7 @@
-//! `hb-tools bench xdp-cost|sweep|hostile`: in-process measurements, one
+//! `hb-tools bench xdp-cost|sweep|state|hostile`: in-process measurements, one
 //! JSON object on stdout each.
+
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -22,6 +24,19 @@ pub enum BenchCommand {
         nodes: u32,
         #[arg(long, default_value_t = 20)]
         rounds: u32,
+    },
+    /// The agent's state file at N nodes, before (format 1, JSON) and after
+    /// (format 2, binary snapshot; the journal): save and load time, size.
+    /// Written under --dir, which must be on a disk (not tmpfs).
+    State {
+        #[arg(long)]
+        nodes: u32,
+        /// Times each figure is measured (best and median reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Where the scratch directory is made.
+        #[arg(long, default_value = "/var/tmp")]
+        dir: PathBuf,
     },
     /// Generated hostile packets through BPF_PROG_TEST_RUN, checking after
     /// each one that only a fresh, validly signed heartbeat changes the node
@@ -46,6 +61,9 @@ impl BenchCommand {
             }
             BenchCommand::Sweep { nodes, rounds } => {
                 print_json(&hb_tools::bench::sweep(nodes, rounds.max(1))?)
+            }
+            BenchCommand::State { nodes, rounds, dir } => {
+                print_json(&hb_tools::bench::state::state(nodes, rounds, &dir)?)
             }
             BenchCommand::Hostile { packets, seed } => {
                 let report = hb_tools::hostile::run(packets, seed)?;
