@@ -393,7 +393,7 @@ pub fn remove(instance: &str) -> Result<Removed, PinError> {
     if is_bpffs(Path::new(BPFFS)).unwrap_or(false) {
         let pinned = dir.scan()?;
         for link in pinned.links {
-            unpin(&link.path)?;
+            detach_link(&link.path)?;
             removed.links.push(link);
         }
         for (_, program) in &pinned.programs {
@@ -437,11 +437,28 @@ pub struct LinkState {
     pub ifindex: u32,
 }
 
-/// Reads the pinned link `path` (`BPF_OBJ_GET`, then
-/// `BPF_OBJ_GET_INFO_BY_FD`).
-pub fn link_state(path: &Path) -> io::Result<LinkState> {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// `bpf(cmd, attr)`.
+///
+/// # Safety
+/// `attr` must be the member of `union bpf_attr` that `cmd` reads, and
+/// every pointer in it valid for what `cmd` does with it.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for `attr`; the kernel reads at most
+    // `size_of::<T>()` bytes of it.
+    let result = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+/// Opens the BPF object pinned at `path` (`BPF_OBJ_GET`).
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     /// The `BPF_OBJ_*` member of `union bpf_attr`.
     #[repr(C, align(8))]
     struct ObjAttr {
@@ -449,6 +466,23 @@ pub fn link_state(path: &Path) -> io::Result<LinkState> {
         bpf_fd: u32,
         file_flags: u32,
     }
+    let path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: `attr` is BPF_OBJ_GET's member, pointing at a NUL-terminated
+    // path that outlives the call.
+    let fd = unsafe { bpf(BPF_OBJ_GET, &attr) }?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Reads the pinned link `path` (`BPF_OBJ_GET`, then
+/// `BPF_OBJ_GET_INFO_BY_FD`).
+pub fn link_state(path: &Path) -> io::Result<LinkState> {
     /// `struct bpf_link_info`: type, id, prog_id, then (8-aligned) the
     /// per-type union, whose XDP member starts with `ifindex`.
     #[repr(C, align(8))]
@@ -466,27 +500,7 @@ pub fn link_state(path: &Path) -> io::Result<LinkState> {
         info_len: u32,
         info: u64,
     }
-    let path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let get = ObjAttr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    // SAFETY: `get` points at a NUL-terminated path that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &raw const get,
-            size_of::<ObjAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let fd = obj_get(path)?;
     let mut info = LinkInfo {
         kind: 0,
         id: 0,
@@ -499,23 +513,40 @@ pub fn link_state(path: &Path) -> io::Result<LinkState> {
         info_len: size_of::<LinkInfo>() as u32,
         info: &raw mut info as u64,
     };
-    // SAFETY: `attr` describes a writable buffer of `info_len` bytes that
-    // outlives the call; the kernel writes at most that many.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw const attr,
-            size_of::<InfoAttr>(),
-        )
-    };
-    if result != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: `attr` is BPF_OBJ_GET_INFO_BY_FD's member, describing a
+    // writable buffer of `info_len` bytes that outlives the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }?;
     Ok(LinkState {
         program_id: info.prog_id,
         ifindex: info.union[0],
     })
+}
+
+/// Detaches the pinned link `path` at once (`BPF_LINK_DETACH`: the
+/// interface has no program when this returns) and removes its pin.
+/// Removing the pin alone would detach it too, but later, from a kernel
+/// work queue, and an attach right after would find the interface busy.
+pub fn detach_link(path: &Path) -> Result<(), PinError> {
+    #[repr(C, align(8))]
+    struct DetachAttr {
+        link_fd: u32,
+    }
+    match obj_get(path) {
+        Ok(fd) => {
+            let attr = DetachAttr {
+                link_fd: fd.as_raw_fd() as u32,
+            };
+            // SAFETY: `attr` is BPF_LINK_DETACH's member (a descriptor).
+            if let Err(e) = unsafe { bpf(BPF_LINK_DETACH, &attr) } {
+                // Already detached (its interface went away): only the pin
+                // is left to remove.
+                tracing::debug!("BPF_LINK_DETACH of {}: {e}", path.display());
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error("opening the pinned link", path)(e)),
+    }
+    unpin(path)
 }
 
 /// The index of interface `name` in this network namespace, if it exists.

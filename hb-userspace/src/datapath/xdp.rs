@@ -787,7 +787,7 @@ impl XdpDatapath {
             Some(pins) => {
                 let links = pins.dir.scan()?.links;
                 for link in links.iter().filter(|l| !interfaces.contains(&l.interface)) {
-                    pins::unpin(&link.path)?;
+                    pins::detach_link(&link.path)?;
                     tracing::info!(
                         interface = link.interface,
                         instance = pins.dir.instance(),
@@ -859,7 +859,7 @@ impl XdpDatapath {
                 }
                 Some(problem) => {
                     tracing::info!(interface, problem, "re-attaching XDP: removing the pinned link");
-                    pins::unpin(&link.path)?;
+                    pins::detach_link(&link.path)?;
                 }
             }
         }
@@ -938,7 +938,7 @@ impl XdpDatapath {
                         source: Box::new(e),
                     })?
             }
-            AttachmentLink::Pinned(path) => pins::unpin(&path)?,
+            AttachmentLink::Pinned(path) => pins::detach_link(&path)?,
         }
         tracing::info!(interface = attachment.interface, "XDP program detached");
         Ok(())
