@@ -57,7 +57,12 @@ fn main() -> anyhow::Result<()> {
     let path = path_with_linker(&tool_bin)?;
     let mut objects = build_objects(&ebpf_dir, &out_dir, &path, &Variant::Release)?;
     if env::var_os("CARGO_FEATURE_TEST_PROGRAMS").is_some() {
-        objects.extend(build_objects(&ebpf_dir, &out_dir, &path, &Variant::Changed)?);
+        objects.extend(build_objects(
+            &ebpf_dir,
+            &out_dir,
+            &path,
+            &Variant::Changed,
+        )?);
     }
     for (name, object) in objects {
         let destination = out_dir.join(&name);
@@ -116,14 +121,7 @@ fn ebpf_cargo(
     let rustflags = rustflags.join("\x1f");
     let mut cargo = Command::new("rustup");
     cargo
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "build",
-            "--package",
-            PACKAGE,
-        ])
+        .args(["run", "nightly", "cargo", "build", "--package", PACKAGE])
         .args(bins)
         .args(["--release", "--target", TARGET, "-Z", "build-std=core"])
         .args(["--message-format=json-render-diagnostics"])

@@ -26,7 +26,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/hb";
 /// The directory of the instance locks.
 pub const LOCK_DIR: &str = "/run/hb";
 /// `statfs(2)`'s `f_type` of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 
 /// `/sys/fs/bpf/hb/<instance>`.
 pub fn instance_dir(instance: &str) -> PathBuf {
@@ -44,7 +44,7 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: statfs succeeded, so it filled `stat`.
-    Ok(unsafe { stat.assume_init() }.f_type as i64 == BPF_FS_MAGIC)
+    Ok(unsafe { stat.assume_init() }.f_type == BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs on /sys/fs/bpf of this (the host's) mount namespace unless

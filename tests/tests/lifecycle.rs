@@ -215,7 +215,12 @@ fn restarts_leave_the_program_recording_and_detach_removes_it() {
         let later = wait_until(
             "heartbeats recorded with no agent running",
             TIMING.interval * 10,
-            || (pinned_accepted(&instance), pinned_record(&instance, 1).heartbeats),
+            || {
+                (
+                    pinned_accepted(&instance),
+                    pinned_record(&instance, 1).heartbeats,
+                )
+            },
             |&(a, h)| a >= accepted + 3 && h >= heartbeats + 3,
         );
 
@@ -458,7 +463,9 @@ fn a_second_datapath_on_an_instance_is_refused() {
     ] {
         assert!(message.contains(&needle), "{needle:?} not in: {message}");
     }
-    let refused = pins::remove(&instance).map(|_| ()).map_err(|e| e.to_string());
+    let refused = pins::remove(&instance)
+        .map(|_| ())
+        .map_err(|e| e.to_string());
     assert!(
         matches!(&refused, Err(e) if e.contains("another hb agent drives")),
         "hb detach ran under a live agent: {refused:?}"
@@ -466,6 +473,9 @@ fn a_second_datapath_on_an_instance_is_refused() {
     drop(first);
     XdpDatapath::open(options(16), &instance).unwrap_or_else(|e| panic!("{e}"));
     let removed = pins::remove(&instance).unwrap_or_else(|e| panic!("{e}"));
-    assert!(removed.programs == 1 && removed.links.is_empty(), "{removed:?}");
+    assert!(
+        removed.programs == 1 && removed.links.is_empty(),
+        "{removed:?}"
+    );
     assert!(!hb_tests::pins::instance_dir(&instance).exists());
 }

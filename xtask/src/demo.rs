@@ -451,7 +451,11 @@ fn clean_up(
     let kept = attached_on(&lab);
     println!(
         "    XDP still attached to {} after the agent exited",
-        if kept.is_empty() { "nothing".to_owned() } else { kept.join(", ") }
+        if kept.is_empty() {
+            "nothing".to_owned()
+        } else {
+            kept.join(", ")
+        }
     );
     println!("    $ hb detach --instance {}", lab.instance());
     println!("{}", indent(&hb.detach(lab.instance())?));

@@ -487,7 +487,10 @@ mod tests {
                 matches!(&err, ConfigError::InvalidInstance { instance } if instance == value),
                 "{err:?}"
             );
-            assert_mentions(&err, &["`instance`", "1 to 32 characters", "/sys/fs/bpf/hb"]);
+            assert_mentions(
+                &err,
+                &["`instance`", "1 to 32 characters", "/sys/fs/bpf/hb"],
+            );
         }
         assert_eq!(parse(BASE).instance, "default");
         for value in ["default", "edge-1", "A_b-9", &"x".repeat(32)] {

@@ -49,7 +49,7 @@ pub const DEFAULT_INSTANCE: &str = "default";
 /// Longest instance name.
 pub const MAX_INSTANCE_LEN: usize = 32;
 /// `statfs(2)`'s `f_type` of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 /// The maps pinned in the layout directory.
 pub const PINNED_MAPS: [&str; 5] = [
     hb_common::globals::SEEN_MAP,
@@ -129,7 +129,7 @@ pub fn is_bpffs(path: &Path) -> io::Result<bool> {
     }
     // SAFETY: statfs succeeded, so it filled `stat`.
     let stat = unsafe { stat.assume_init() };
-    Ok(stat.f_type as i64 == BPF_FS_MAGIC)
+    Ok(stat.f_type == BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs on [`BPFFS`] unless it is one already.
@@ -578,7 +578,9 @@ mod tests {
         assert_eq!(dir.path(), Path::new("/sys/fs/bpf/hb/t1"));
         assert_eq!(
             dir.map_pin("HB_SEEN"),
-            Path::new(&format!("/sys/fs/bpf/hb/t1/layout-{LAYOUT_VERSION}/HB_SEEN"))
+            Path::new(&format!(
+                "/sys/fs/bpf/hb/t1/layout-{LAYOUT_VERSION}/HB_SEEN"
+            ))
         );
         assert_eq!(
             dir.program_pin(0xab),

@@ -320,7 +320,7 @@ enum Program {
     /// Loaded by this process and pinned nowhere ([`XdpDatapath::load`]).
     Owned(Box<Ebpf>),
     /// Opened from its pin ([`XdpDatapath::open`]).
-    Pinned(Xdp),
+    Pinned(Box<Xdp>),
 }
 
 /// What an instance's datapath holds beyond the program and the maps.
@@ -483,7 +483,11 @@ fn check_pinned_map(
     if value_size as usize == expected_value_size && entries == expected_entries {
         return Ok(());
     }
-    let table = [globals::SEEN_MAP, globals::NODES_MAP, globals::INTERVALS_MAP];
+    let table = [
+        globals::SEEN_MAP,
+        globals::NODES_MAP,
+        globals::INTERVALS_MAP,
+    ];
     if value_size as usize == expected_value_size && table.contains(&name) {
         return Err(XdpError::PinnedTableSize {
             dir: dir.layout_dir(LAYOUT_VERSION),
@@ -610,9 +614,8 @@ impl XdpDatapath {
                 );
             }
         }
-        let mut program = Xdp::from_pin(&current, XdpAttachType::Interface).map_err(|e| {
-            pin_error("opening the pinned program", &current)(Box::new(e))
-        })?;
+        let mut program = Xdp::from_pin(&current, XdpAttachType::Interface)
+            .map_err(|e| pin_error("opening the pinned program", &current)(Box::new(e)))?;
         let program_id = program
             .info()
             .map_err(|e| XdpError::Program {
@@ -634,7 +637,7 @@ impl XdpDatapath {
         Self::assemble(
             maps,
             options.max_nodes,
-            Program::Pinned(program),
+            Program::Pinned(Box::new(program)),
             Some(Pins {
                 dir,
                 program_id,
@@ -832,11 +835,16 @@ impl XdpDatapath {
         for link in links.iter().filter(|l| l.interface == interface) {
             let problem = match (mode, link.mode) {
                 _ if kept => Some("another link of the interface is kept".to_owned()),
-                (XdpMode::Native, AttachedMode::Generic) | (XdpMode::Generic, AttachedMode::Native) => {
-                    Some(format!("xdp_mode is now {mode}, the link is {}", link.mode.name()))
-                }
+                (XdpMode::Native, AttachedMode::Generic)
+                | (XdpMode::Generic, AttachedMode::Native) => Some(format!(
+                    "xdp_mode is now {mode}, the link is {}",
+                    link.mode.name()
+                )),
                 _ => match pins::link_state(&link.path) {
-                    Ok(state) if state.ifindex != 0 && Some(state.ifindex) == pins::ifindex(interface) => {
+                    Ok(state)
+                        if state.ifindex != 0
+                            && Some(state.ifindex) == pins::ifindex(interface) =>
+                    {
                         None
                     }
                     Ok(_) => Some("its interface was removed or replaced".to_owned()),
@@ -858,7 +866,11 @@ impl XdpDatapath {
                     });
                 }
                 Some(problem) => {
-                    tracing::info!(interface, problem, "re-attaching XDP: removing the pinned link");
+                    tracing::info!(
+                        interface,
+                        problem,
+                        "re-attaching XDP: removing the pinned link"
+                    );
                     pins::detach_link(&link.path)?;
                 }
             }
