@@ -489,13 +489,17 @@ fn render_config(lab: &Lab, dir: &TempDir, actions: &Path, key: &Path) -> Result
         .collect();
     let path = |p: &Path| toml_string(&p.to_string_lossy());
     let actions = actions.to_string_lossy();
+    if lab.instance() != PREFIX {
+        bail!(
+            "demo.toml names instance {PREFIX}, the lab's is {}",
+            lab.instance()
+        );
+    }
     if actions.contains("'''") {
         bail!("unusable log path {actions}");
     }
     Ok(CONFIG
         .replace("{{INTERFACES}}", &format!("[{}]", interfaces.join(", ")))
-        .replace("{{INSTANCE_NAME}}", lab.instance())
-        .replace("{{INSTANCE}}", &toml_string(lab.instance()))
         .replace("{{SOCKET}}", &path(&dir.join("hb.sock")))
         .replace("{{STATE}}", &path(&dir.join("state.json")))
         .replace("{{KEY}}", &path(key))
