@@ -31,6 +31,7 @@ use std::{
         unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use hb_common::globals::LAYOUT_VERSION;
@@ -48,6 +49,9 @@ pub const LOCK_DIR: &str = "/run/hb";
 pub const DEFAULT_INSTANCE: &str = "default";
 /// Longest instance name.
 pub const MAX_INSTANCE_LEN: usize = 32;
+/// How long a held instance lock is retried before the instance is judged
+/// taken.
+const LOCK_GRACE: Duration = Duration::from_millis(300);
 /// `statfs(2)`'s `f_type` of bpffs.
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 /// The maps pinned in the layout directory.
@@ -197,15 +201,25 @@ impl InstanceLock {
                 .write(true)
                 .open(&path)
                 .map_err(io_error("opening", &path))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(TryLockError::WouldBlock) => {
-                    return Err(PinError::Locked {
-                        instance: instance.to_owned(),
-                        lock: path,
-                    });
+            // A lock let go of a moment ago can still be held for a few
+            // milliseconds by a child its holder forked and that has not
+            // yet exec'd (the descriptor is close-on-exec): wait that out,
+            // no longer.
+            let deadline = Instant::now() + LOCK_GRACE;
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(TryLockError::WouldBlock) => {
+                        return Err(PinError::Locked {
+                            instance: instance.to_owned(),
+                            lock: path,
+                        });
+                    }
+                    Err(TryLockError::Error(e)) => return Err(io_error("locking", &path)(e)),
                 }
-                Err(TryLockError::Error(e)) => return Err(io_error("locking", &path)(e)),
             }
             let held = file.metadata().map_err(io_error("reading", &path))?;
             match fs::metadata(&path) {
