@@ -13,6 +13,11 @@
 //!
 //! bpf-linker is looked up in the project's tool cache (where
 //! `cargo xtask setup` builds it) before `PATH`.
+//!
+//! With the `test-programs` feature (the tests crate's), `hb-xdp` is built
+//! a second time with `--cfg hb_variant` into `OUT_DIR/hb-xdp-variant`: a
+//! program that differs in code only, which the upgrade test opens over a
+//! running one.
 
 use std::{
     env,
@@ -50,7 +55,15 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
 
     let path = path_with_linker(&tool_bin)?;
-    let objects = build_objects(&ebpf_dir, &out_dir, path)?;
+    let mut objects = build_objects(&ebpf_dir, &out_dir, &path, &Variant::Release)?;
+    if env::var_os("CARGO_FEATURE_TEST_PROGRAMS").is_some() {
+        objects.extend(build_objects(
+            &ebpf_dir,
+            &out_dir,
+            &path,
+            &Variant::Changed,
+        )?);
+    }
     for (name, object) in objects {
         let destination = out_dir.join(&name);
         std::fs::copy(&object, &destination).with_context(|| {
@@ -75,32 +88,46 @@ fn path_with_linker(tool_bin: &Path) -> anyhow::Result<OsString> {
     Ok(env::join_paths(path)?)
 }
 
-/// The nightly cargo command that builds every binary of the eBPF package.
-fn ebpf_cargo(ebpf_dir: &Path, out_dir: &Path, path: OsString) -> anyhow::Result<Command> {
+/// Which build of the eBPF package.
+enum Variant {
+    /// Every object, as shipped.
+    Release,
+    /// `hb-xdp` only, with `--cfg hb_variant` (a change of code only),
+    /// named `hb-xdp-variant`.
+    Changed,
+}
+
+/// The nightly cargo command that builds the objects of `variant`.
+fn ebpf_cargo(
+    ebpf_dir: &Path,
+    out_dir: &Path,
+    path: &OsString,
+    variant: &Variant,
+) -> anyhow::Result<Command> {
     let arch = env::var("CARGO_CFG_TARGET_ARCH")?;
-    let rustflags = [
+    let mut rustflags = vec![
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".to_owned(),
         "-Clink-arg=--btf".to_owned(),
         "-Ctarget-feature=+allows-misaligned-mem-access".to_owned(),
-    ]
-    .join("\x1f");
+    ];
+    let (bins, target_dir): (&[&str], _) = match variant {
+        Variant::Release => (&["--bins"], "ebpf-target"),
+        Variant::Changed => {
+            rustflags.push("--cfg=hb_variant".to_owned());
+            (&["--bin", "hb-xdp"], "ebpf-variant-target")
+        }
+    };
+    let rustflags = rustflags.join("\x1f");
     let mut cargo = Command::new("rustup");
     cargo
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "build",
-            "--package",
-            PACKAGE,
-            "--bins",
-        ])
+        .args(["run", "nightly", "cargo", "build", "--package", PACKAGE])
+        .args(bins)
         .args(["--release", "--target", TARGET, "-Z", "build-std=core"])
         .args(["--message-format=json-render-diagnostics"])
         // A target dir of its own: the outer cargo holds a lock on ours.
         .arg("--target-dir")
-        .arg(out_dir.join("ebpf-target"))
+        .arg(out_dir.join(target_dir))
         .current_dir(ebpf_dir)
         .env("PATH", path)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
@@ -113,13 +140,14 @@ fn ebpf_cargo(ebpf_dir: &Path, out_dir: &Path, path: OsString) -> anyhow::Result
     Ok(cargo)
 }
 
-/// Builds the eBPF objects; returns each binary's name and path.
+/// Builds the eBPF objects of `variant`; returns each one's name and path.
 fn build_objects(
     ebpf_dir: &Path,
     out_dir: &Path,
-    path: OsString,
+    path: &OsString,
+    variant: &Variant,
 ) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let mut child = ebpf_cargo(ebpf_dir, out_dir, path)?
+    let mut child = ebpf_cargo(ebpf_dir, out_dir, path, variant)?
         .spawn()
         .context("running `rustup run nightly cargo build` for hb-ebpf")?;
     // Compiler output comes on stderr (rendered); shown only on failure, so
@@ -132,7 +160,7 @@ fn build_objects(
             .collect::<Vec<_>>()
     });
     let stdout = child.stdout.take().context("no stdout")?;
-    let objects = artifacts(BufReader::new(stdout))?;
+    let mut objects = artifacts(BufReader::new(stdout))?;
     let status = child.wait()?;
     let diagnostics = diagnostics.join().unwrap_or_default();
     if !status.success() {
@@ -143,6 +171,11 @@ fn build_objects(
     }
     if objects.is_empty() {
         bail!("building the XDP program produced no object");
+    }
+    if let Variant::Changed = variant {
+        for (name, _) in &mut objects {
+            name.push_str("-variant");
+        }
     }
     Ok(objects)
 }

@@ -32,3 +32,11 @@ pub const PROGRAM: &str = "hb_xdp";
 /// message, and writes the result (little-endian) into the slot. Run through BPF_PROG_TEST_RUN to
 /// check the kernel side against the reference vectors.
 pub const SIPHASH_PROGRAM: &str = "hb_siphash";
+
+/// The version of what the agent pins in bpffs beside the program: the set
+/// of maps above and the layout of their values ([`crate::table::NodeRecord`],
+/// the seen and interval words, [`crate::auth::KeySlot`], the counters).
+/// A starting agent adopts pinned maps only of this version, so bump it
+/// whenever any of them changes; a program that differs only in code keeps
+/// the maps (it replaces the pinned one in place).
+pub const LAYOUT_VERSION: u32 = 1;

@@ -76,6 +76,12 @@ pub fn hb_xdp(ctx: XdpContext) -> u32 {
     // Built with `+allows-misaligned-mem-access` (hb-userspace's build.rs):
     // every target hb's XDP program is verified on accepts misaligned loads.
     let outcome = classify(&ctx);
+    // The upgrade test's variant of this program (`--cfg hb_variant`, built
+    // only for the tests): one more code path, a debug record the kernel
+    // filters at the agent's log level; the maps and the behaviour are the
+    // same.
+    #[cfg(hb_variant)]
+    debug!(&ctx, "hb_xdp: the variant build");
     let verdict = if outcome.is_heartbeat() && HB_PASS_HEARTBEATS.load() == 0 {
         xdp_action::XDP_DROP
     } else {

@@ -256,6 +256,7 @@ impl TestConfig {
              max_nodes = 16\n\
              pass_heartbeats = false\n\
              xdp_mode = \"auto\"\n\
+             instance = {instance}\n\
              status_socket = {socket}\n\
              state_file = {state}\n\
              \n\
@@ -264,6 +265,9 @@ impl TestConfig {
              timeout_multiplier = {multiplier}\n\
              sweep_period = \"{sweep}\"\n",
             interfaces = interfaces.join(", "),
+            // The lab's own agent instance ([`Lab::instance`]), whose pins
+            // the lab removes.
+            instance = toml_string(prefix),
             socket = path(&self.socket),
             state = path(&self.state),
             interval = humantime(self.timing.interval),
@@ -385,6 +389,7 @@ mod tests {
         assert!(value["nodes"][0].get("source").is_none(), "{text}");
         assert_eq!(value["interfaces"][1].as_str(), Some("hb1t0m2"));
         assert_eq!(value["port"].as_integer(), Some(7979));
+        assert_eq!(value["instance"].as_str(), Some("hb1t0"));
         assert_eq!(value["status_socket"].as_str(), Some("/tmp/x/hb.sock"));
         assert_eq!(value["state_file"].as_str(), Some("/tmp/x/state.json"));
         assert_eq!(value["defaults"]["interval"].as_str(), Some("200ms"));

@@ -9,7 +9,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use crate::{Error, NetNs, Result};
+use crate::{Error, NetNs, Result, pins::PinGuard};
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -45,12 +45,15 @@ pub struct Node {
     pub monitor_address: Ipv4Addr,
 }
 
-/// A monitor namespace wired to node namespaces; removed on Drop.
+/// A monitor namespace wired to node namespaces; removed on Drop, with the
+/// pins of the lab's agent instance ([`Lab::instance`]).
 ///
-/// Field order matters: the nodes are dropped before the monitor.
+/// Field order matters: the pins go first (detaching the program), then
+/// the nodes, then the monitor.
 #[derive(Debug)]
 pub struct Lab {
     prefix: String,
+    pins: PinGuard,
     /// The nodes, in index order (node i is `nodes[i - 1]`).
     pub nodes: Vec<Node>,
     /// The monitor's namespace.
@@ -80,9 +83,11 @@ impl Lab {
                 ),
             });
         }
+        crate::pins::ensure_bpffs()?;
         let monitor = NetNs::create(&format!("{prefix}-mon"))?;
         let mut lab = Self {
             prefix: prefix.to_owned(),
+            pins: PinGuard::new(prefix),
             nodes: Vec::with_capacity(nodes.into()),
             monitor,
         };
@@ -125,6 +130,12 @@ impl Lab {
             .ip(["addr", "add", &node_cidr, "dev", &node.interface])?;
         node.ns.ip(["link", "set", &node.interface, "up"])?;
         Ok(node)
+    }
+
+    /// The agent instance of this lab (its prefix): what the lab's
+    /// configurations name, whose pins are removed with the lab.
+    pub fn instance(&self) -> &str {
+        self.pins.instance()
     }
 
     /// The prefix every name of this lab starts with.

@@ -13,7 +13,9 @@
 //!   forging heartbeats ([`TestKey`]);
 //! - [`attacker`]: a thread inside a lab namespace sending crafted
 //!   heartbeats at a bounded rate ([`Attacker`]);
-//! - [`interrupt`]: Ctrl-C turns every wait into an [`Error::Interrupted`].
+//! - [`interrupt`]: Ctrl-C turns every wait into an [`Error::Interrupted`];
+//! - [`pins`]: the agent instance's pins in bpffs, removed on Drop
+//!   ([`PinGuard`]), and running an agent that shares the host's bpffs.
 
 pub mod attacker;
 pub mod config;
@@ -25,6 +27,7 @@ pub mod interrupt;
 pub mod keys;
 pub mod lab;
 pub mod netns;
+pub mod pins;
 pub mod process;
 
 pub use attacker::{Attacker, Flood, Stream};
@@ -34,6 +37,7 @@ pub use events::{Event, wait_for_event, wait_for_line};
 pub use keys::TestKey;
 pub use lab::{Lab, Node, unique_prefix};
 pub use netns::NetNs;
+pub use pins::PinGuard;
 pub use process::{ChildGuard, Hb, Signal};
 
 /// UDP port the agent listens on in every lab.

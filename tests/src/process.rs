@@ -243,13 +243,30 @@ impl Hb {
         cmd
     }
 
-    /// Spawn `hb ARGS...` inside `ns`, output appended to `log`.
+    /// Spawn `hb ARGS...` inside `ns`, output appended to `log`. It sees
+    /// the host's bpffs (see [`crate::pins::shared_bpffs_command`]; the
+    /// directory it is carried through is `<log>.bpffs`), so the pins of an
+    /// agent outlive it as on a real host.
     pub fn spawn_in<I, S>(&self, ns: &NetNs, name: &str, args: I, log: &Path) -> Result<ChildGuard>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        ChildGuard::spawn_logged(name, ns.command(&self.path).args(args), log)
+        let mountpoint = log.with_extension("bpffs");
+        std::fs::create_dir_all(&mountpoint).map_err(|source| Error::Io {
+            op: "creating directory",
+            path: mountpoint.clone(),
+            source,
+        })?;
+        let mut cmd = crate::pins::shared_bpffs_command(ns.name(), &self.path, &mountpoint);
+        ChildGuard::spawn_logged(name, cmd.args(args), log)
+    }
+
+    /// `hb detach --instance INSTANCE`, which must succeed; returns its
+    /// output.
+    pub fn detach(&self, instance: &str) -> Result<String> {
+        let output = netns::run(&mut self.command(["detach", "--instance", instance]))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Run `hb ARGS...` to completion without judging its exit status.

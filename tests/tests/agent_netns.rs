@@ -598,7 +598,9 @@ on_each_datapath!(sigterm_stops_the_agent_and_releases_the_datapath =>
 
 /// While the agent runs, every interface is listed in `hb status` and
 /// served by the chosen datapath only (an XDP program, or a UDP socket bound
-/// to it); after SIGTERM the agent exits 0 and leaves neither behind.
+/// to it); after SIGTERM the agent exits 0, leaves no socket behind, and
+/// leaves the XDP program attached (the datapath outlives the agent) until
+/// `hb detach` removes it and every pin.
 fn sigterm_stops_the_agent_and_releases_the_datapath(datapath: Datapath) {
     let mut f = Fixture::start(2, datapath);
     let interfaces = f.lab.monitor_interfaces();
@@ -653,6 +655,32 @@ fn sigterm_stops_the_agent_and_releases_the_datapath(datapath: Datapath) {
         .stop(Signal::Term, EXIT_WITHIN)
         .unwrap_or_else(|err| panic!("{err}{}", f.context()));
     assert!(exit.success(), "agent exited with {exit}{}", f.context());
+    let instance = f.lab.instance().to_owned();
+    if datapath == Datapath::Xdp {
+        for name in &interfaces {
+            let attached = f
+                .lab
+                .monitor_xdp(name)
+                .unwrap_or_else(|err| panic!("{err}"));
+            assert!(
+                attached.is_some(),
+                "no XDP program on {name} after SIGTERM: the datapath must outlive the agent{}",
+                f.context()
+            );
+        }
+        assert!(
+            !hb_tests::pins::list(&instance).is_empty(),
+            "nothing pinned for instance {instance} after SIGTERM"
+        );
+        let detached = f.hb.detach(&instance).unwrap_or_else(|err| panic!("{err}"));
+        assert!(detached.contains("detached"), "hb detach said: {detached}");
+    } else {
+        assert_eq!(
+            hb_tests::pins::list(&instance),
+            Vec::<String>::new(),
+            "the socket datapath pinned something"
+        );
+    }
     for name in &interfaces {
         let attached = f
             .lab
@@ -660,9 +688,14 @@ fn sigterm_stops_the_agent_and_releases_the_datapath(datapath: Datapath) {
             .unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(
             attached, None,
-            "XDP still attached to {name} after the agent exited"
+            "XDP still attached to {name} after the agent exited (and hb detach ran)"
         );
     }
+    assert_eq!(
+        hb_tests::pins::list(&instance),
+        Vec::<String>::new(),
+        "pins left after hb detach"
+    );
     let left = f.udp_listeners();
     assert!(
         left.is_empty(),

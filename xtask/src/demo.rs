@@ -186,7 +186,7 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
     step(9, "the final `hb status`: web-1 and web-2 up, web-3 left.");
     println!("{}", indent(&hb.status_text(&files.socket)?));
 
-    clean_up(agent, senders, lab, &mut log)
+    clean_up(hb, agent, senders, lab, &mut log)
 }
 
 /// Step 2: the namespaces and veth pairs (after removing any an
@@ -200,6 +200,8 @@ fn build_lab() -> Result<Lab> {
              cable (veth pair)\n        on 198.18.i.0/24 (node 198.18.i.2, monitor 198.18.i.1)."
         ),
     );
+    // The pins of an interrupted demo's agent (the lab removes its own).
+    hb_tests::pins::remove(PREFIX)?;
     let leftovers = netns::list_with_prefix(&format!("{PREFIX}-"))?;
     for name in &leftovers {
         netns::remove(name)?;
@@ -417,9 +419,11 @@ fn leave(node3: &mut ChildGuard, log: &mut ActionLog) -> Result<()> {
     Ok(())
 }
 
-/// Step 10: the agent stopped (its XDP program must be detached), then the
+/// Step 10: the agent stopped (its XDP program stays attached, as it does
+/// across restarts), `hb detach` (the program must be gone), then the
 /// senders and the lab removed.
 fn clean_up(
+    hb: &Hb,
     mut agent: ChildGuard,
     senders: Vec<ChildGuard>,
     lab: Lab,
@@ -427,20 +431,35 @@ fn clean_up(
 ) -> Result<()> {
     step(
         10,
-        "stop everything: the agent (SIGTERM: it detaches its XDP program), then the \
-         senders,\n        then remove the lab.",
+        "stop everything: the agent (SIGTERM: its XDP program stays attached and \
+         recording,\n        so that a restart or an upgrade misses no heartbeat), then \
+         `hb detach`, which\n        removes the program and its pins, then the senders \
+         and the lab.",
     );
     let exit = agent.stop(Signal::Term, Duration::from_secs(5))?;
     println!("    agent exited ({exit})");
-    let attached: Vec<String> = lab
-        .monitor_interfaces()
-        .into_iter()
-        .filter(|name| {
-            lab.monitor_xdp(name)
-                .map(|xdp| xdp.is_some())
-                .unwrap_or(true)
-        })
-        .collect();
+    let attached_on = |lab: &Lab| -> Vec<String> {
+        lab.monitor_interfaces()
+            .into_iter()
+            .filter(|name| {
+                lab.monitor_xdp(name)
+                    .map(|xdp| xdp.is_some())
+                    .unwrap_or(true)
+            })
+            .collect()
+    };
+    let kept = attached_on(&lab);
+    println!(
+        "    XDP still attached to {} after the agent exited",
+        if kept.is_empty() {
+            "nothing".to_owned()
+        } else {
+            kept.join(", ")
+        }
+    );
+    println!("    $ hb detach --instance {}", lab.instance());
+    println!("{}", indent(&hb.detach(lab.instance())?));
+    let attached = attached_on(&lab);
     log.show_new()?;
     drop(agent);
     drop(senders);
@@ -449,9 +468,12 @@ fn clean_up(
     if !exit.success() {
         bail!("the agent did not exit cleanly ({exit})");
     }
+    if kept.len() != NODES as usize {
+        bail!("the agent's exit detached XDP (attached to: {kept:?}); it must stay attached");
+    }
     if !attached.is_empty() {
         bail!(
-            "XDP was still attached to {} after the agent exited",
+            "XDP was still attached to {} after hb detach",
             attached.join(", ")
         );
     }
@@ -467,6 +489,12 @@ fn render_config(lab: &Lab, dir: &TempDir, actions: &Path, key: &Path) -> Result
         .collect();
     let path = |p: &Path| toml_string(&p.to_string_lossy());
     let actions = actions.to_string_lossy();
+    if lab.instance() != PREFIX {
+        bail!(
+            "demo.toml names instance {PREFIX}, the lab's is {}",
+            lab.instance()
+        );
+    }
     if actions.contains("'''") {
         bail!("unusable log path {actions}");
     }

@@ -128,7 +128,10 @@ impl Agent {
             &remembered,
             &keyring,
             datapath.table(),
-            datapath.adopted(),
+            startup::Continuity {
+                table_kept: datapath.adopted(),
+                recorded_throughout: datapath.recorded_throughout(),
+            },
         );
         webhook::check_authorization_files(&config.actions)?;
         let saver = StateSaver::start(

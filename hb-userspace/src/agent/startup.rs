@@ -121,24 +121,34 @@ fn load_legacy_default(state_file: &Path) -> Result<Option<SavedState>, StateFil
     Ok(state)
 }
 
+/// What the node table kept of the previous run of the agent.
+#[derive(Clone, Copy, Debug)]
+pub struct Continuity {
+    /// The table outlived it (the XDP datapath's pinned maps).
+    pub table_kept: bool,
+    /// And heartbeats were recorded on every configured interface meanwhile.
+    pub recorded_throughout: bool,
+}
+
 /// Marks every configured node in the table, pinning it to its source
 /// address if it has one, restores what the previous run knew about it, and
 /// builds the detector and the brake.
 ///
-/// `adopted`: the table outlived the previous run (a pinned XDP datapath
-/// that recorded while no agent ran), so what it holds is newer than the
-/// state file and is kept, and its arrival times are trusted: a node that
-/// fell silent meanwhile is convicted as soon as its timeout has passed.
-/// Otherwise the table is filled from the state file, and every node gets a
-/// full timeout from this start to be heard.
+/// What the table kept of the previous run (see [`Continuity`]): when it
+/// outlived it, what it holds is newer than the state file and is kept;
+/// when it also recorded throughout, its arrival times are trusted: a node
+/// that fell silent meanwhile is convicted as soon as its timeout has
+/// passed. Otherwise the table is filled from the state file, and every
+/// node gets a full timeout from this start to be heard.
 pub fn restore(
     settings: (DetectorSettings, BrakeSettings),
     nodes: &NodeDirectory<'_>,
     state: &SavedState,
     keyring: &Keyring,
     table: &NodeTable,
-    adopted: bool,
+    continuity: Continuity,
 ) -> Sweep {
+    let adopted = continuity.table_kept;
     let now = monotonic_ns();
     let watched: Vec<_> = nodes
         .intervals()
@@ -183,12 +193,18 @@ pub fn restore(
     detector.restore_flaps(state.flaps.iter().cloned());
     detector.set_swept_until(state.swept_until_ns);
     let restored = nodes.ids().filter(|id| saved.contains_key(id)).count();
-    if adopted {
+    if continuity.recorded_throughout {
         detector.trust_arrivals();
         tracing::info!(
             restored,
             "the datapath recorded heartbeats while no agent ran: node states continue from the \
              arrival times it kept"
+        );
+    } else if adopted {
+        tracing::info!(
+            restored,
+            "the node table outlived the previous agent, but not every interface stayed \
+             attached: nodes that were up get a full timeout to be heard"
         );
     } else if restored > 0 {
         tracing::info!(

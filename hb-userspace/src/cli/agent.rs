@@ -1,7 +1,8 @@
 //! `hb agent`: loads the configuration (the file, then the flags over it)
 //! and runs the agent, or with `--check-config` only checks it. This is
-//! where the signals are: SIGHUP reloads the keys, SIGINT and SIGTERM stop
-//! the agent cleanly (state saved, XDP detached).
+//! where the signals are: SIGHUP reloads the configuration, SIGINT and
+//! SIGTERM stop the agent cleanly (state saved; the XDP program stays
+//! attached and recording until `hb detach`).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -49,6 +50,10 @@ pub struct AgentArgs {
     /// XDP attach mode.
     #[arg(long, value_enum)]
     xdp_mode: Option<XdpMode>,
+    /// The name the XDP datapath is pinned under (/sys/fs/bpf/hb/NAME) and
+    /// locked by; replaces the config's `instance`.
+    #[arg(long, value_name = "NAME")]
+    instance: Option<String>,
     /// Pass heartbeats on to the network stack after recording them.
     #[arg(long)]
     pass_heartbeats: bool,
@@ -76,6 +81,7 @@ pub async fn execute(args: AgentArgs) -> anyhow::Result<()> {
         max_nodes: args.max_nodes,
         datapath: args.datapath,
         xdp_mode: args.xdp_mode,
+        instance: args.instance,
         pass_heartbeats: args.pass_heartbeats,
         status_socket: args.status_socket,
         state_file: args.state_file,

@@ -4,6 +4,7 @@
 //! generator and the benches are not here: they are `hb-tools`.
 
 mod agent;
+mod detach;
 mod example_config;
 mod keygen;
 mod process;
@@ -27,7 +28,12 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Monitor nodes: attach the XDP program and run failover actions (root).
+    /// The XDP program stays attached and recording when the agent stops.
     Agent(agent::AgentArgs),
+    /// Remove an instance's XDP datapath: detach the program from every
+    /// interface and remove its pinned program and maps (root). Refused
+    /// while an agent runs the instance.
+    Detach(detach::DetachArgs),
     /// Send heartbeats for one node to one or more monitors.
     Send(send::SendArgs),
     /// Show the running agent's view: node states and datapath counters.
@@ -44,6 +50,7 @@ impl Command {
     pub async fn execute(self) -> anyhow::Result<()> {
         match self {
             Command::Agent(args) => agent::execute(args).await,
+            Command::Detach(args) => detach::execute(&args),
             Command::Send(args) => send::execute(args).await,
             Command::Status(args) => status::execute(args).await,
             Command::Keygen(args) => keygen::execute(&args),

@@ -44,6 +44,12 @@ pub enum ConfigError {
         "`max_nodes` is {max_nodes}: set it between 1 and {MAX_NODES_LIMIT} (node ids must be below it)"
     )]
     MaxNodesOutOfRange { max_nodes: u32 },
+    #[error(
+        "`instance` is {instance:?}: use 1 to {} characters among A-Z, a-z, 0-9, `_` and `-` \
+         (it names the directory of the pins, /sys/fs/bpf/hb/<instance>, and the lock file)",
+        crate::datapath::pins::MAX_INSTANCE_LEN
+    )]
+    InvalidInstance { instance: String },
     #[error("`max_concurrent_actions` is 0: set it to at least 1")]
     MaxConcurrentActionsZero,
     #[error(

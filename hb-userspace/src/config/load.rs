@@ -33,6 +33,7 @@ pub struct Overrides {
     pub max_nodes: Option<u32>,
     pub datapath: Option<DatapathKind>,
     pub xdp_mode: Option<XdpMode>,
+    pub instance: Option<String>,
     /// `true`: sets `pass_heartbeats` (false leaves the file's value).
     pub pass_heartbeats: bool,
     pub status_socket: Option<PathBuf>,
@@ -49,6 +50,7 @@ struct RawConfig {
     pass_heartbeats: bool,
     datapath: DatapathKind,
     xdp_mode: XdpMode,
+    instance: String,
     status_socket: PathBuf,
     state_file: PathBuf,
     max_concurrent_actions: usize,
@@ -73,6 +75,7 @@ impl Default for RawConfig {
             pass_heartbeats: c.pass_heartbeats,
             datapath: c.datapath,
             xdp_mode: c.xdp_mode,
+            instance: c.instance,
             status_socket: c.status_socket,
             state_file: c.state_file,
             max_concurrent_actions: c.max_concurrent_actions,
@@ -247,6 +250,7 @@ impl Config {
             pass_heartbeats: raw.pass_heartbeats,
             datapath: raw.datapath,
             xdp_mode: raw.xdp_mode,
+            instance: raw.instance,
             status_socket: raw.status_socket,
             state_file: raw.state_file,
             max_concurrent_actions: raw.max_concurrent_actions,
@@ -288,6 +292,9 @@ impl Config {
         }
         if let Some(xdp_mode) = overrides.xdp_mode {
             self.xdp_mode = xdp_mode;
+        }
+        if let Some(instance) = &overrides.instance {
+            self.instance.clone_from(instance);
         }
         if overrides.pass_heartbeats {
             self.pass_heartbeats = true;
@@ -536,6 +543,7 @@ mod tests {
             port = 1000
             max_nodes = 100
             xdp_mode = "native"
+            instance = "from-file"
             status_socket = "/file.sock"
             state_file = "/file.json"
             [defaults]
@@ -550,6 +558,7 @@ mod tests {
         assert_eq!(unchanged.interfaces, ["eth0"]);
         assert_eq!(unchanged.port, 1000);
         assert!(!unchanged.pass_heartbeats);
+        assert_eq!(unchanged.instance, "from-file");
 
         let overrides = Overrides {
             interfaces: vec!["veth1".into(), "veth2".into()],
@@ -560,6 +569,7 @@ mod tests {
             max_nodes: Some(300),
             datapath: Some(DatapathKind::Socket),
             xdp_mode: Some(XdpMode::Generic),
+            instance: Some("from-cli".into()),
             pass_heartbeats: true,
             status_socket: Some("/cli.sock".into()),
             state_file: Some("/cli.json".into()),
@@ -572,6 +582,7 @@ mod tests {
         assert_eq!(config.defaults.sweep_period, Duration::from_millis(20));
         assert_eq!(config.max_nodes, 300);
         assert_eq!(config.xdp_mode, XdpMode::Generic);
+        assert_eq!(config.instance, "from-cli");
         assert!(config.pass_heartbeats);
         assert_eq!(config.status_socket, Path::new("/cli.sock"));
         assert_eq!(config.datapath, DatapathKind::Socket);

@@ -5,7 +5,7 @@
 //! ignores a change without saying so.
 //!
 //! Needing a restart: what the XDP program or the datapath was built with
-//! (`port`, `max_nodes`, `datapath`, `interfaces`, `xdp_mode`,
+//! (`port`, `max_nodes`, `datapath`, `interfaces`, `xdp_mode`, `instance`,
 //! `pass_heartbeats`, whether unauthenticated heartbeats are accepted), and
 //! what the agent bound or opened at start (`status_socket`, `state_file`).
 //! Everything else is reloadable, `[http] listen` included (the agent binds
@@ -98,6 +98,7 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
         pass_heartbeats: _,
         datapath: _,
         xdp_mode: _,
+        instance: _,
         status_socket: _,
         state_file: _,
         // Reloadable.
@@ -146,7 +147,7 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
 
 /// The settings that differ and need a restart, in the file's order.
 fn needs_restart(running: &Config, new: &Config) -> Vec<NeedsRestart> {
-    let values = |c: &Config| -> [(&'static str, String); 8] {
+    let values = |c: &Config| -> [(&'static str, String); 9] {
         [
             ("interfaces", format!("{:?}", c.interfaces)),
             ("port", c.port.to_string()),
@@ -154,6 +155,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<NeedsRestart> {
             ("pass_heartbeats", c.pass_heartbeats.to_string()),
             ("datapath", c.datapath.as_str().to_owned()),
             ("xdp_mode", c.xdp_mode.to_string()),
+            ("instance", c.instance.clone()),
             ("status_socket", c.status_socket.display().to_string()),
             ("state_file", c.state_file.display().to_string()),
         ]

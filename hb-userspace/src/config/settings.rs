@@ -24,6 +24,7 @@ impl Config {
             xdp_mode: self.xdp_mode,
             pass_heartbeats: self.pass_heartbeats,
             unauthenticated: self.auth.unauthenticated(),
+            instance: self.instance.clone(),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Config {
     pub pass_heartbeats: bool,
     pub datapath: DatapathKind,
     pub xdp_mode: XdpMode,
+    /// The name the XDP datapath is pinned under and locked by.
+    pub instance: String,
     pub status_socket: PathBuf,
     /// Where node states are saved so that a restart neither forgets nodes
     /// nor fires events again.
@@ -75,6 +77,7 @@ impl Default for Config {
             pass_heartbeats: false,
             datapath: DatapathKind::Xdp,
             xdp_mode: XdpMode::Auto,
+            instance: crate::datapath::pins::DEFAULT_INSTANCE.to_owned(),
             status_socket: PathBuf::from(DEFAULT_STATUS_SOCKET),
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
             max_concurrent_actions: DEFAULT_MAX_CONCURRENT_ACTIONS,

@@ -37,6 +37,11 @@ impl Config {
                 max_nodes: self.max_nodes,
             });
         }
+        if !crate::datapath::pins::valid_instance(&self.instance) {
+            return Err(ConfigError::InvalidInstance {
+                instance: self.instance.clone(),
+            });
+        }
         if self.max_concurrent_actions == 0 {
             return Err(ConfigError::MaxConcurrentActionsZero);
         }
@@ -472,6 +477,27 @@ mod tests {
         parse(&format!("{BASE}max_nodes = {MAX_NODES_LIMIT}\n"))
             .validate()
             .expect("the limit itself is allowed");
+    }
+
+    #[test]
+    fn instance_names() {
+        for value in ["", "a/b", "has space", "dot.ted", &"x".repeat(33)] {
+            let err = validate_err(&format!("{BASE}instance = {value:?}\n"));
+            assert!(
+                matches!(&err, ConfigError::InvalidInstance { instance } if instance == value),
+                "{err:?}"
+            );
+            assert_mentions(
+                &err,
+                &["`instance`", "1 to 32 characters", "/sys/fs/bpf/hb"],
+            );
+        }
+        assert_eq!(parse(BASE).instance, "default");
+        for value in ["default", "edge-1", "A_b-9", &"x".repeat(32)] {
+            let config = parse(&format!("{BASE}instance = {value:?}\n"));
+            config.validate().expect("a valid instance name");
+            assert_eq!(config.instance, value);
+        }
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //! Lifecycle: [`Datapath::prepare`] creates the table (nothing is received
 //! yet, so the agent can configure and restore nodes in it), then
 //! [`Datapath::start`] attaches or starts receiving, and [`Datapath::stop`]
-//! detaches or stops.
+//! stops. The XDP datapath outlives the agent: it is pinned in bpffs
+//! ([`pins`]), `prepare` adopts what a previous agent of the same instance
+//! left (see [`Datapath::adopted`]) and `stop` leaves it attached and
+//! recording; `hb detach` ([`pins::remove`]) removes it. The socket
+//! datapath ends with its process.
 
+pub mod pins;
 pub mod socket;
 pub mod table;
 pub mod xdp;
@@ -61,6 +66,9 @@ pub struct DatapathSettings {
     pub pass_heartbeats: bool,
     /// Whether heartbeats with key id 0 are accepted.
     pub unauthenticated: Unauthenticated,
+    /// XDP only: the name the datapath is pinned under
+    /// (`/sys/fs/bpf/hb/<instance>/`) and locked by.
+    pub instance: String,
 }
 
 /// The error of either datapath, each naming what failed.
@@ -96,12 +104,15 @@ impl Datapath {
     pub fn prepare(settings: &DatapathSettings) -> Result<Self, DatapathError> {
         Ok(match settings.kind {
             DatapathKind::Xdp => Datapath::Xdp {
-                datapath: Box::new(XdpDatapath::load(LoadOptions {
-                    port: settings.port,
-                    max_nodes: settings.max_nodes,
-                    pass_heartbeats: settings.pass_heartbeats,
-                    unauthenticated: settings.unauthenticated,
-                })?),
+                datapath: Box::new(XdpDatapath::open(
+                    LoadOptions {
+                        port: settings.port,
+                        max_nodes: settings.max_nodes,
+                        pass_heartbeats: settings.pass_heartbeats,
+                        unauthenticated: settings.unauthenticated,
+                    },
+                    &settings.instance,
+                )?),
                 interfaces: settings.interfaces.clone(),
                 mode: settings.xdp_mode,
             },
@@ -114,10 +125,32 @@ impl Datapath {
         })
     }
 
-    /// Whether the node table outlived the previous agent (recording while
-    /// no agent ran): its contents are then live and are kept.
+    /// Whether the node table was found pinned at start (XDP, a previous
+    /// agent of the same instance left it): the program kept recording
+    /// while no agent ran, so the seen words, records and intervals are
+    /// live and must not be reset. Always false for the socket datapath.
     pub fn adopted(&self) -> bool {
-        false
+        match self {
+            Datapath::Xdp { datapath, .. } => datapath.adopted(),
+            Datapath::Socket(_) => false,
+        }
+    }
+
+    /// Whether the table recorded heartbeats on every configured interface
+    /// while no agent ran: [`adopted`](Self::adopted), and each interface
+    /// still has the live link a previous agent pinned (none was detached,
+    /// nor its interface re-created, meanwhile). Only then are the arrival
+    /// times in it trusted to convict a node at once. Call it before
+    /// [`start`](Self::start), which attaches what is missing.
+    pub fn recorded_throughout(&self) -> bool {
+        match self {
+            Datapath::Xdp {
+                datapath,
+                interfaces,
+                ..
+            } => datapath.adopted() && interfaces.iter().all(|i| datapath.live_link_on(i)),
+            Datapath::Socket(_) => false,
+        }
     }
 
     pub fn table(&self) -> &NodeTable {
@@ -185,10 +218,12 @@ impl Datapath {
         }
     }
 
-    /// Detaches the XDP program or stops the receive threads.
+    /// Stops the receive threads; the XDP program stays attached and
+    /// recording (this process only lets go of it, and logs how to remove
+    /// it).
     pub fn stop(&mut self) -> Result<(), DatapathError> {
         match self {
-            Datapath::Xdp { datapath, .. } => Ok(datapath.detach_all()?),
+            Datapath::Xdp { datapath, .. } => Ok(datapath.stop()?),
             Datapath::Socket(socket) => {
                 socket.stop();
                 Ok(())

@@ -47,6 +47,7 @@ fn every_setting_built_into_the_datapath_or_bound_at_start_needs_a_restart() {
         ("max_nodes = 1000\n", "max_nodes"),
         ("datapath = \"socket\"\n", "datapath"),
         ("xdp_mode = \"generic\"\n", "xdp_mode"),
+        ("instance = \"other\"\n", "instance"),
         ("pass_heartbeats = true\n", "pass_heartbeats"),
         ("status_socket = \"/tmp/other.sock\"\n", "status_socket"),
         ("state_file = \"/tmp/other.json\"\n", "state_file"),

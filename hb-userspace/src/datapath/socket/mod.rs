@@ -20,6 +20,12 @@
 //! Counters keep the XDP program's meaning and invariant: every datagram
 //! bumps one outcome and the `dropped` verdict (the socket consumes it), so
 //! `passed` and `not_heartbeat` (the socket only sees UDP to the port) stay 0.
+//!
+//! Unlike the XDP program, this datapath cannot outlive its process: the
+//! sockets, the threads and the table are the agent's own, so nothing
+//! records while no agent runs, nothing is pinned, and a restarted agent
+//! starts from an empty table ([`crate::datapath::Datapath::adopted`] is
+//! always false).
 
 mod batch;
 
