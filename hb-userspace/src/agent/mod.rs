@@ -108,8 +108,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Sets everything up and starts receiving heartbeats; on error, nothing
-    /// stays attached.
+    /// Sets everything up and starts receiving heartbeats. On error the
+    /// socket datapath is stopped; a pinned XDP datapath stays as it was
+    /// found or made (it outlives agents by design; `hb detach` removes it).
     pub fn start(config: Config, overrides: Overrides) -> anyhow::Result<Self> {
         config.check_interfaces_exist()?;
         state_file::check_writable(&config.state_file)?;

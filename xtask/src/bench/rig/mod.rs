@@ -122,6 +122,11 @@ impl<'a> Rig<'a> {
             log: self.dir.join(format!("agent-{run}.log")),
         };
         let mut config = setup.render(&self.lab.monitor_interfaces(), &files);
+        // The lab's own instance, and each run from nothing pinned: an XDP
+        // program a previous run left attached would take the heartbeats
+        // of a socket run, and one of another size would be refused.
+        hb_tests::pins::remove(self.lab.instance())?;
+        config.insert_str(0, &format!("instance = \"{}\"\n", self.lab.instance()));
         if !extra.is_empty() {
             config.push('\n');
             config += extra;
