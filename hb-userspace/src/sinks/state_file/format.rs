@@ -9,7 +9,7 @@
 //! rebooted in between.
 //!
 //! Files of format 1 (JSON, agents before the binary format) are read too
-//! ([`legacy`](super::legacy)).
+//! (`legacy.rs`).
 
 use std::path::{Path, PathBuf};
 

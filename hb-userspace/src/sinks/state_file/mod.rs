@@ -3,7 +3,7 @@
 //! the brake holds, so that a restarted agent neither forgets nodes nor
 //! fires events for what it already reported.
 //!
-//! Two parts: a snapshot ([`SavedState`], [`format`]) saved at most every
+//! Two parts: a snapshot ([`SavedState`], [`format`](mod@format)) saved at most every
 //! [`SAVE_EVERY`] while nodes change (in a blocking task) and at shutdown,
 //! written atomically (temporary file, fsync, rename, fsync of the
 //! directory); and a [`journal`] of every change since, synced before the
