@@ -207,7 +207,7 @@ impl TestConfig {
             path: dir.join("hb.toml"),
             events: dir.join("events.log"),
             socket: dir.join("hb.sock"),
-            state: dir.join("state.json"),
+            state: dir.join("state"),
             timing,
         };
         let nodes: Vec<ConfigNode> = lab
@@ -346,7 +346,7 @@ mod tests {
             path: "/tmp/x/hb.toml".into(),
             events: "/tmp/x y/events.log".into(),
             socket: "/tmp/x/hb.sock".into(),
-            state: "/tmp/x/state.json".into(),
+            state: "/tmp/x/state".into(),
             timing: Timing::FAST,
         }
     }
@@ -391,7 +391,7 @@ mod tests {
         assert_eq!(value["port"].as_integer(), Some(7979));
         assert_eq!(value["instance"].as_str(), Some("hb1t0"));
         assert_eq!(value["status_socket"].as_str(), Some("/tmp/x/hb.sock"));
-        assert_eq!(value["state_file"].as_str(), Some("/tmp/x/state.json"));
+        assert_eq!(value["state_file"].as_str(), Some("/tmp/x/state"));
         assert_eq!(value["defaults"]["interval"].as_str(), Some("200ms"));
         assert_eq!(
             value["defaults"]["timeout_multiplier"].as_integer(),

@@ -501,7 +501,7 @@ fn render_config(lab: &Lab, dir: &TempDir, actions: &Path, key: &Path) -> Result
     Ok(CONFIG
         .replace("{{INTERFACES}}", &format!("[{}]", interfaces.join(", ")))
         .replace("{{SOCKET}}", &path(&dir.join("hb.sock")))
-        .replace("{{STATE}}", &path(&dir.join("state.json")))
+        .replace("{{STATE}}", &path(&dir.join("state")))
         .replace("{{KEY}}", &path(key))
         .replace("{{LOG}}", &shell_quote(&actions)))
 }

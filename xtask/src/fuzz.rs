@@ -322,7 +322,7 @@ fn config_seeds() -> Result<Vec<(String, Vec<u8>)>> {
     let demo = DEMO_CONFIG
         .replace("{{INTERFACES}}", "[\"hbdemo-m1\", \"hbdemo-m2\"]")
         .replace("{{SOCKET}}", "\"/tmp/hbdemo/hb.sock\"")
-        .replace("{{STATE}}", "\"/tmp/hbdemo/state.json\"")
+        .replace("{{STATE}}", "\"/tmp/hbdemo/state\"")
         .replace("{{KEY}}", "\"/tmp/hbdemo/hb.key\"")
         .replace("{{LOG}}", "'/tmp/hbdemo/actions.log'");
     let mut seeds = vec![

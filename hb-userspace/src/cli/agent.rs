@@ -18,7 +18,7 @@ use crate::{
     config::{Config, DatapathKind, Overrides, XdpMode},
     keys::{self, Keyring},
     nodes::NodeDirectory,
-    sinks::actions::webhook,
+    sinks::{actions::webhook, state_file},
 };
 
 #[derive(Args)]
@@ -95,12 +95,13 @@ pub async fn execute(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// What the agent checks at start before touching the host, in the same
-/// order (interfaces, keys, detector settings, token, webhook
+/// order (interfaces, state file, keys, detector settings, token, webhook
 /// authorization files): the summary for
 /// `--check-config`, or the first problem. Like `keepalived -t` and
 /// `haproxy -c`, so that a file can be checked before `systemctl reload`.
 fn check(config: &Config) -> anyhow::Result<String> {
     config.check_interfaces_exist()?;
+    state_file::check_saveable(&config.state_file)?;
     Keyring::load(&config.auth.keys)?;
     config.detector_settings()?;
     if let Some(path) = &config.http.token_file {

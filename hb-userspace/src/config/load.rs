@@ -326,7 +326,7 @@ mod tests {
         assert!(!config.pass_heartbeats);
         assert_eq!(config.xdp_mode, XdpMode::Auto);
         assert_eq!(config.status_socket, Path::new("/run/hb/hb.sock"));
-        assert_eq!(config.state_file, Path::new("/var/lib/hb/state.json"));
+        assert_eq!(config.state_file, Path::new("/var/lib/hb/state"));
         assert_eq!(config.max_concurrent_actions, 16);
         assert_eq!(config.defaults.interval, Duration::from_secs(2));
         assert_eq!(config.defaults.timeout_multiplier, 3);
@@ -353,7 +353,7 @@ mod tests {
             pass_heartbeats = true
             xdp_mode = "generic"
             status_socket = "/tmp/hb.sock"
-            state_file = "/tmp/hb-state.json"
+            state_file = "/tmp/hb-state"
             max_concurrent_actions = 4
 
             [defaults]
@@ -392,7 +392,7 @@ mod tests {
         assert!(config.pass_heartbeats);
         assert_eq!(config.xdp_mode, XdpMode::Generic);
         assert_eq!(config.status_socket, Path::new("/tmp/hb.sock"));
-        assert_eq!(config.state_file, Path::new("/tmp/hb-state.json"));
+        assert_eq!(config.state_file, Path::new("/tmp/hb-state"));
         assert_eq!(config.max_concurrent_actions, 4);
         assert_eq!(config.defaults.interval, Duration::from_secs(1));
         assert_eq!(config.defaults.timeout_multiplier, 5);
@@ -447,7 +447,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("example invalid: {e}"));
         assert_eq!(config.nodes.len(), 2);
         assert_eq!(config.actions.len(), 3);
-        assert_eq!(config.state_file, Path::new("/var/lib/hb/state.json"));
+        assert_eq!(config.state_file, Path::new("/var/lib/hb/state"));
         assert!(matches!(config.actions[0].run, ActionRun::Command(_)));
         assert!(matches!(config.actions[1].run, ActionRun::Shell(_)));
         let batch: Vec<bool> = config.actions.iter().map(|a| a.batch).collect();

@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_NODES: u32 = 65_536;
 /// Default `status_socket`.
 pub const DEFAULT_STATUS_SOCKET: &str = "/run/hb/hb.sock";
 /// Default `state_file`.
-pub const DEFAULT_STATE_FILE: &str = "/var/lib/hb/state.json";
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/hb/state";
 /// Default `max_concurrent_actions`.
 pub const DEFAULT_MAX_CONCURRENT_ACTIONS: usize = 16;
 /// Default `defaults.interval`.

@@ -141,6 +141,35 @@ pub fn check_writable(path: &Path) -> Result<(), StateFileError> {
     fs::remove_file(&probe).map_err(unwritable)
 }
 
+/// What `hb agent --check-config` checks, touching nothing: the state file
+/// can be read (or does not exist yet), and can be saved: its directory
+/// takes a file (probed with a file written and removed), or, if missing,
+/// its nearest existing ancestor is a directory the agent can create it in.
+pub fn check_saveable(path: &Path) -> Result<(), StateFileError> {
+    load(path)?;
+    let dir = parent(path);
+    if dir.is_dir() {
+        return check_writable(path);
+    }
+    let unwritable = |cause| StateFileError::Unwritable {
+        path: path.to_owned(),
+        dir: dir.clone(),
+        cause,
+    };
+    let ancestor = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    if !ancestor.is_dir() {
+        let cause = io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", ancestor.display()),
+        );
+        return Err(unwritable(cause));
+    }
+    Ok(())
+}
+
 /// The directory a state file lives in (`.` for a bare file name).
 fn parent(path: &Path) -> PathBuf {
     match path.parent() {
@@ -424,6 +453,19 @@ mod tests {
             message.contains("state_file") && message.contains("--state-file"),
             "{message}"
         );
+        let message = check_saveable(&dir.join("file/sub/state"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.to_lowercase().contains("not a directory"), "{message}");
+
+        // --check-config creates nothing, and reads what is there.
+        check_saveable(&dir.join("new/dir/state")).unwrap();
+        assert!(!dir.join("new").exists());
+        fs::write(dir.join("corrupt"), "{").unwrap();
+        let message = check_saveable(&dir.join("corrupt"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("move it away"), "{message}");
         fs::remove_dir_all(dir).unwrap();
     }
 }

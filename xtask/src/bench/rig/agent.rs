@@ -253,7 +253,7 @@ mod tests {
         let files = AgentFiles {
             config: "/tmp/b/agent-1.toml".into(),
             socket: "/tmp/b/agent-1.sock".into(),
-            state: "/tmp/b/agent-1.state.json".into(),
+            state: "/tmp/b/agent-1.state".into(),
             events: "/tmp/b/agent 1.events.jsonl".into(),
             log: "/tmp/b/agent-1.log".into(),
         };

@@ -117,7 +117,7 @@ impl<'a> Rig<'a> {
         let files = AgentFiles {
             config: self.dir.join(format!("agent-{run}.toml")),
             socket: self.dir.join(format!("agent-{run}.sock")),
-            state: self.dir.join(format!("agent-{run}.state.json")),
+            state: self.dir.join(format!("agent-{run}.state")),
             events: self.dir.join(format!("agent-{run}.events.jsonl")),
             log: self.dir.join(format!("agent-{run}.log")),
         };
