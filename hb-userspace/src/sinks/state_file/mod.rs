@@ -456,7 +456,10 @@ mod tests {
         let message = check_saveable(&dir.join("file/sub/state"))
             .unwrap_err()
             .to_string();
-        assert!(message.to_lowercase().contains("not a directory"), "{message}");
+        assert!(
+            message.to_lowercase().contains("not a directory"),
+            "{message}"
+        );
 
         // --check-config creates nothing, and reads what is there.
         check_saveable(&dir.join("new/dir/state")).unwrap();
