@@ -42,6 +42,8 @@ pub(super) struct Plan {
     pub(super) pause_every_ns: u64,
     /// Length of a pause (0: no pauses).
     pub(super) pause_for_ns: u64,
+    /// Whether every pause goes into the report (with pauses only).
+    pub(super) report_pauses: bool,
     /// Each slot's phase (see [`Plan::phase_ns`]), drawn once: the schedule
     /// reads it for every heartbeat.
     phases: Vec<u64>,
@@ -75,6 +77,7 @@ impl Plan {
             burst_loss: options.burst_loss,
             pause_every_ns,
             pause_for_ns,
+            report_pauses: options.report_pauses && pause_for_ns > 0,
             phases: phases(options.nodes, interval_ns, options.seed),
         })
     }
