@@ -714,7 +714,10 @@ mod tests {
             if let Some(before) = w.last_sent_before_mono_ns {
                 // Due before the start (sent then unless behind schedule).
                 assert!(before >= report.started_mono_ns, "{w:?}");
-                assert!(w.first_sent_after_mono_ns.is_none_or(|after| before < after));
+                assert!(
+                    w.first_sent_after_mono_ns
+                        .is_none_or(|after| before < after)
+                );
             }
             match w.first_sent_after_mono_ns {
                 Some(after) => assert!(after + early >= w.end_mono_ns, "{w:?}"),

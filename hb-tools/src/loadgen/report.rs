@@ -377,7 +377,10 @@ mod tests {
             serde_json::json!([{"node_id": 2, "start_mono_ns": 100, "end_mono_ns": 300,
                 "last_sent_before_mono_ns": 90, "first_sent_after_mono_ns": null}])
         );
-        assert_eq!(serde_json::from_value::<Report>(value).unwrap(), with_windows);
+        assert_eq!(
+            serde_json::from_value::<Report>(value).unwrap(),
+            with_windows
+        );
         assert!(
             with_windows
                 .summary()
