@@ -89,6 +89,10 @@ fn a_short_soak_loses_nothing_across_sigkill_restarts() {
         verdict.recoveries
     );
     assert_eq!(outcome.restarts.len(), 2);
-    assert!(outcome.sent > 50_000, "only {} heartbeats sent", outcome.sent);
+    assert!(
+        outcome.sent > 50_000,
+        "only {} heartbeats sent",
+        outcome.sent
+    );
     assert!(outcome.rss.len() >= 20, "{} RSS samples", outcome.rss.len());
 }
