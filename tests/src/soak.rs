@@ -209,7 +209,10 @@ pub struct RssSample {
     pub run: usize,
     /// When that run first answered `hb status`.
     pub run_ready_mono_ns: u64,
+    /// `VmRSS`: all resident pages, the mapped node table's included.
     pub rss_bytes: u64,
+    /// `RssAnon`: the resident heap and stacks, where a leak would show.
+    pub anon_bytes: u64,
 }
 
 impl SoakOutcome {
@@ -226,7 +229,12 @@ impl SoakOutcome {
 
     /// The RSS slope after warm-up, MB per minute (see [`rss_slope`]).
     pub fn rss_slope_mb_per_min(&self) -> Option<f64> {
-        rss_slope(&self.rss, self.spec.rss_warmup)
+        rss_slope(&self.rss, self.spec.rss_warmup, |s| s.rss_bytes)
+    }
+
+    /// The same for the anonymous part of the RSS.
+    pub fn anon_slope_mb_per_min(&self) -> Option<f64> {
+        rss_slope(&self.rss, self.spec.rss_warmup, |s| s.anon_bytes)
     }
 
     /// The largest RSS seen, MB.
@@ -307,8 +315,11 @@ impl SoakOutcome {
             "rss": {
                 "samples": self.rss.len(),
                 "slope_mb_per_min": self.rss_slope_mb_per_min(),
+                "anon_slope_mb_per_min": self.anon_slope_mb_per_min(),
                 "max_mb": self.rss_max_mb(),
                 "per_run": rss_per_run(&self.rss, spec.rss_warmup),
+                "series_columns": ["s since the first sample", "run", "rss MB", "anon MB"],
+                "series": rss_series(&self.rss),
             },
             "verdict": self.verdict.to_json(),
             "problems": self.problems(),
@@ -433,11 +444,13 @@ pub fn run(
         }
         agent.ensure_running()?;
         if Instant::now() >= next_rss {
+            let (rss_bytes, anon_bytes) = resident(agent.pid())?;
             rss.push(RssSample {
                 mono_ns: monotonic_ns(),
                 run: runs - 1,
                 run_ready_mono_ns: ready,
-                rss_bytes: rss_bytes(agent.pid())?,
+                rss_bytes,
+                anon_bytes,
             });
             next_rss += spec.rss_every;
         }
@@ -462,8 +475,6 @@ pub fn run(
         }
         interrupt::sleep(TICK)?;
     };
-    // Stop the agent before the end of the load makes every node silent.
-    let agent_stopped = agent.stop(Signal::Term, AGENT_EXIT)?;
     if !load_status.success() {
         return Err(Error::Exited {
             name: "the load generator".to_owned(),
@@ -471,6 +482,17 @@ pub fn run(
             log: load.log_tail(20),
         });
     }
+    let mut load_report = read_json(&files.load_report)?;
+    let truth = GroundTruth::from_report(&load_report, &files.load_report)?;
+    // Watch the last pauses' downs, then stop the agent before the end of
+    // the load makes every node suspect.
+    let watch_until = truth.ended_mono_ns + Rules::watch_after_load(spec);
+    interrupt::sleep(Duration::from_nanos(
+        watch_until.saturating_sub(monotonic_ns()),
+    ))?;
+    agent.ensure_running()?;
+    let stopped_mono_ns = monotonic_ns();
+    let agent_stopped = agent.stop(Signal::Term, AGENT_EXIT)?;
     if !agent_stopped.success() {
         return Err(Error::Exited {
             name: format!("the agent (run {runs})"),
@@ -489,8 +511,6 @@ pub fn run(
     }
     progress("the load ended; analysing");
 
-    let mut load_report = read_json(&files.load_report)?;
-    let truth = GroundTruth::from_report(&load_report, &files.load_report)?;
     if let Some(report) = load_report.as_object_mut() {
         report.remove("pause_windows");
         report.remove("stopped");
@@ -498,7 +518,7 @@ pub fn run(
     let probe_report = read_json(&files.probe_report)?;
     let samples = probe_samples(&probe_report, &files.probe_report)?;
     let events = read_events(&files.events)?;
-    let rules = Rules::new(spec, &restarts, truth.ended_mono_ns);
+    let rules = Rules::new(spec, &restarts, truth.ended_mono_ns, stopped_mono_ns);
     let verdict = analyze(&truth, &events, &rules);
     let accepted = accepted_during(&samples, truth.started_mono_ns, truth.ended_mono_ns)
         .ok_or_else(|| Error::Invalid {
@@ -638,9 +658,10 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// The resident set of process `pid` (`VmRSS` in `/proc/<pid>/status`),
-/// bytes; refuses a process that is not `hb`.
-fn rss_bytes(pid: u32) -> Result<u64> {
+/// The resident set of process `pid` and its anonymous part (`VmRSS` and
+/// `RssAnon` in `/proc/<pid>/status`), bytes; refuses a process that is not
+/// `hb`.
+fn resident(pid: u32) -> Result<(u64, u64)> {
     let path = PathBuf::from(format!("/proc/{pid}/status"));
     let text = fs::read_to_string(&path).map_err(|source| Error::Io {
         op: "reading",
@@ -660,20 +681,28 @@ fn rss_bytes(pid: u32) -> Result<u64> {
     if field("Name:") != Some("hb") {
         return Err(invalid(format!("is {:?}, not hb", field("Name:"))));
     }
-    field("VmRSS:")
-        .and_then(|v| v.strip_suffix("kB"))
-        .and_then(|kb| kb.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| invalid("no VmRSS".to_owned()))
+    let bytes = |name: &str| {
+        field(name)
+            .and_then(|v| v.strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| invalid(format!("no {name}")))
+    };
+    Ok((bytes("VmRSS:")?, bytes("RssAnon:")?))
 }
 
-/// The least-squares slope of RSS over time within each run of the agent,
-/// pooled over the runs (each run its own intercept, one common slope),
-/// after `warmup` from each run's start, MB per minute; `None` with fewer
-/// than two samples in any run.
-pub fn rss_slope(samples: &[RssSample], warmup: Duration) -> Option<f64> {
+/// The least-squares slope over time of the memory `bytes` picks (the RSS
+/// or its anonymous part) within each run of the agent, pooled over the
+/// runs (each run its own intercept, one common slope), after `warmup` from
+/// each run's start, MB per minute; `None` with fewer than two samples in
+/// any run.
+pub fn rss_slope(
+    samples: &[RssSample],
+    warmup: Duration,
+    bytes: fn(&RssSample) -> u64,
+) -> Option<f64> {
     let (mut num, mut den) = (0.0, 0.0);
-    for run in runs_after_warmup(samples, warmup).values() {
+    for run in runs_after_warmup(samples, warmup, bytes).values() {
         let (n, t_mean, r_mean) = means(run);
         if n < 2.0 {
             continue;
@@ -686,30 +715,54 @@ pub fn rss_slope(samples: &[RssSample], warmup: Duration) -> Option<f64> {
     (den > 0.0).then(|| num / den)
 }
 
-/// Each run's slope (MB per minute), sample count and largest RSS (MB).
+/// Each run's slopes (MB per minute), sample count and largest RSS (MB).
 fn rss_per_run(samples: &[RssSample], warmup: Duration) -> Vec<Value> {
-    runs_after_warmup(samples, warmup)
+    let anon = runs_after_warmup(samples, warmup, |s| s.anon_bytes);
+    runs_after_warmup(samples, warmup, |s| s.rss_bytes)
         .iter()
         .map(|(run, points)| {
             json!({
                 "run": run,
                 "samples": points.len(),
                 "slope_mb_per_min": slope(points),
+                "anon_slope_mb_per_min": anon.get(run).and_then(|p| slope(p)),
                 "max_mb": points.iter().map(|p| p.1).fold(0.0, f64::max),
             })
         })
         .collect()
 }
 
+/// Every sample: seconds since the first, the run, RSS and anonymous MB
+/// (rounded to kB).
+fn rss_series(samples: &[RssSample]) -> Vec<Value> {
+    let first = samples.first().map_or(0, |s| s.mono_ns);
+    let mb = |bytes: u64| (bytes as f64 / 1024.0).round() / 1024.0;
+    samples
+        .iter()
+        .map(|s| {
+            json!([
+                ((s.mono_ns - first) as f64 / 1e6).round() / 1e3,
+                s.run,
+                mb(s.rss_bytes),
+                mb(s.anon_bytes),
+            ])
+        })
+        .collect()
+}
+
 /// The samples after warm-up, by run, as (minutes, MB).
-fn runs_after_warmup(samples: &[RssSample], warmup: Duration) -> BTreeMap<usize, Vec<(f64, f64)>> {
+fn runs_after_warmup(
+    samples: &[RssSample],
+    warmup: Duration,
+    bytes: fn(&RssSample) -> u64,
+) -> BTreeMap<usize, Vec<(f64, f64)>> {
     let mut runs: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
     let warmup = warmup.as_nanos() as u64;
     for s in samples {
         if s.mono_ns >= s.run_ready_mono_ns + warmup {
             runs.entry(s.run)
                 .or_default()
-                .push((s.mono_ns as f64 / 60e9, s.rss_bytes as f64 / MB));
+                .push((s.mono_ns as f64 / 60e9, bytes(s) as f64 / MB));
         }
     }
     runs
@@ -867,6 +920,7 @@ mod tests {
             run,
             run_ready_mono_ns: ready_s * S,
             rss_bytes: (mb * MB) as u64,
+            anon_bytes: (mb * MB / 2.0) as u64,
         };
         // Two runs, each growing 1 MB per minute after a warm-up jump; the
         // second starts lower (a restart).
@@ -875,13 +929,23 @@ mod tests {
             samples.push(sample(m * 60, 0, 0, 10.0 + m as f64));
             samples.push(sample(300 + m * 60, 1, 300, 8.0 + m as f64));
         }
-        let slope = rss_slope(&samples, Duration::from_secs(10)).unwrap();
+        let warmup = Duration::from_secs(10);
+        let slope = rss_slope(&samples, warmup, |s| s.rss_bytes).unwrap();
         assert!((slope - 1.0).abs() < 1e-9, "{slope}");
+        let anon = rss_slope(&samples, warmup, |s| s.anon_bytes).unwrap();
+        assert!((anon - 0.5).abs() < 1e-6, "{anon}");
         // Without the warm-up cut, the jump drags the slope down.
-        let raw = rss_slope(&samples, Duration::ZERO).unwrap();
+        let raw = rss_slope(&samples, Duration::ZERO, |s| s.rss_bytes).unwrap();
         assert!(raw < 0.5, "{raw}");
-        assert_eq!(rss_per_run(&samples, Duration::from_secs(10)).len(), 2);
-        assert_eq!(rss_slope(&samples[..1], Duration::ZERO), None);
+        let runs = rss_per_run(&samples, warmup);
+        assert_eq!(runs.len(), 2);
+        assert!((runs[1]["slope_mb_per_min"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(rss_series(&samples).len(), samples.len());
+        assert_eq!(rss_series(&samples)[1], json!([1.0, 0, 50.0, 25.0]));
+        assert_eq!(
+            rss_slope(&samples[..1], Duration::ZERO, |s| s.rss_bytes),
+            None
+        );
     }
 
     #[test]

@@ -144,12 +144,24 @@ pub struct Rules {
     /// the longest restart and 1 s of slack.
     pub up_margin_ns: u64,
     /// Events after this are not judged: the load's end plus the timeout
-    /// less two intervals, before the end of the load silences everybody.
+    /// less two intervals (before the end of the load makes everybody
+    /// suspect), or when the agent was stopped if that came first.
     pub cutoff_mono_ns: u64,
 }
 
 impl Rules {
-    pub fn new(spec: &SoakSpec, restarts: &[Restart], load_ended: u64) -> Self {
+    /// How long after the end of the load the agent is still watched, ns:
+    /// the timeout less two intervals, so that the last pauses' `down`s are
+    /// seen and no node has been silent long enough to be suspected for the
+    /// load's end.
+    pub fn watch_after_load(spec: &SoakSpec) -> u64 {
+        let interval = spec.interval.as_nanos() as u64;
+        (spec.timeout().as_nanos() as u64).saturating_sub(2 * interval)
+    }
+
+    /// The rules of a soak whose load ended at `load_ended` and whose last
+    /// agent was stopped at `agent_stopped` (`CLOCK_MONOTONIC` ns).
+    pub fn new(spec: &SoakSpec, restarts: &[Restart], load_ended: u64, agent_stopped: u64) -> Self {
         let longest_restart = restarts.iter().map(Restart::gap_ns).max().unwrap_or(0);
         let common =
             spec.sweep_period.as_nanos() as u64 + longest_restart + SLACK.as_nanos() as u64;
@@ -159,7 +171,7 @@ impl Rules {
             timeout_ns: timeout,
             down_margin_ns: common,
             up_margin_ns: u64::from(spec.rise + 2) * interval + common,
-            cutoff_mono_ns: load_ended + timeout.saturating_sub(2 * interval),
+            cutoff_mono_ns: (load_ended + Self::watch_after_load(spec)).min(agent_stopped),
         }
     }
 }
@@ -588,7 +600,7 @@ mod tests {
             killed_mono_ns: 30 * S,
             ready_mono_ns: 30 * S + 400_000_000,
         }];
-        Rules::new(&spec(), &restarts, 100 * S)
+        Rules::new(&spec(), &restarts, 100 * S, 200 * S)
     }
 
     #[test]
@@ -598,6 +610,14 @@ mod tests {
         assert_eq!(rules.down_margin_ns, 1_500_000_000);
         assert_eq!(rules.up_margin_ns, 5_500_000_000);
         assert_eq!(rules.cutoff_mono_ns, 104 * S);
+        // An agent stopped earlier is watched until then only: node 3's
+        // crash is then not seen, and not judged.
+        let early = Rules::new(&spec(), &[], 100 * S, 75 * S);
+        assert_eq!(early.cutoff_mono_ns, 75 * S);
+        let verdict = analyze(&truth(), &good_events(), &early);
+        assert!(verdict.problems().is_empty(), "{:?}", verdict.problems());
+        assert_eq!(verdict.crashes, 1);
+        assert_eq!(verdict.events_after_cutoff, 3);
         let verdict = analyze(&truth(), &good_events(), &rules);
         assert!(verdict.problems().is_empty(), "{:?}", verdict.problems());
         assert_eq!((verdict.windows, verdict.silences), (3, 3));

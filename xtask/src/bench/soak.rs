@@ -207,8 +207,10 @@ fn print_table(o: &SoakOutcome) {
         o.rss_slope_mb_per_min()
             .map_or_else(|| "-".to_owned(), |s| format!("{s:.3} MB/min")),
         format!(
-            "after {:?} of warm-up per run; {} samples, max {:.1} MB",
+            "after {:?} of warm-up per run; anonymous part {}; {} samples, max {:.1} MB",
             spec.rss_warmup,
+            o.anon_slope_mb_per_min()
+                .map_or_else(|| "-".to_owned(), |s| format!("{s:.3} MB/min")),
             o.rss.len(),
             o.rss_max_mb()
         ),
@@ -301,7 +303,10 @@ fn targets(o: &SoakOutcome) -> Vec<Target> {
             RSS_SLOPE_LIMIT,
         )
         .with_note(format!(
-            "least squares within each run of the agent, pooled; max RSS {:.1} MB",
+            "least squares within each run of the agent, pooled (anonymous part {}); max RSS \
+             {:.1} MB",
+            o.anon_slope_mb_per_min()
+                .map_or_else(|| "-".to_owned(), |s| format!("{s:.3} MB/min")),
             o.rss_max_mb()
         )),
         zero(
