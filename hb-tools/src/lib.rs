@@ -8,10 +8,13 @@
 //! - [`bench`](mod@bench): `hb-tools bench xdp-cost|sweep|state`, in-process
 //!   measurements.
 //! - [`frame`]: Ethernet frames for `BPF_PROG_TEST_RUN` (tests, benches).
+//! - [`probe`]: `hb-tools datapath-counters`, the pinned datapath's
+//!   counters sampled while no agent needs to run, and the blind window.
 //! - [`rng`]: the one seeded random number generator.
 
 pub mod bench;
 pub mod frame;
 pub mod hostile;
 pub mod loadgen;
+pub mod probe;
 pub mod rng;

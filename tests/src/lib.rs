@@ -15,7 +15,10 @@
 //!   heartbeats at a bounded rate ([`Attacker`]);
 //! - [`interrupt`]: Ctrl-C turns every wait into an [`Error::Interrupted`];
 //! - [`pins`]: the agent instance's pins in bpffs, removed on Drop
-//!   ([`PinGuard`]), and running an agent that shares the host's bpffs.
+//!   ([`PinGuard`]), and running an agent that shares the host's bpffs;
+//! - [`soak`]: a fleet with loss and pauses, the agent killed and restarted
+//!   throughout, checked against the load generator's ground truth (the
+//!   bench phase `soak` and its shortened test).
 
 pub mod attacker;
 pub mod config;
@@ -29,6 +32,7 @@ pub mod lab;
 pub mod netns;
 pub mod pins;
 pub mod process;
+pub mod soak;
 
 pub use attacker::{Attacker, Flood, Stream};
 pub use config::{ConfigOptions, TempDir, TestConfig, Timing};

@@ -20,6 +20,11 @@
 //!    under loss, pauses and an agent stall (false suspicions per
 //!    node-hour at the same median detection time).
 //!
+//! Only on request (`--only soak`, about 11 minutes): [`soak`], 100,000
+//! nodes for 10 minutes with loss and rolling crashes while the agent is
+//! killed with SIGKILL every 2 minutes, checked against the load
+//! generator's ground truth.
+//!
 //! Then a summary of every target (met, or missed by how much), and
 //! `bench/results/<date>.json` (every raw figure and the machine) with one
 //! SVG plot per curve, `bench/results/<date>-<name>.svg`. A `--quick` or
@@ -39,6 +44,7 @@ mod output;
 mod plot;
 mod quality;
 mod rig;
+mod soak;
 mod state;
 mod stats;
 mod sweep;
@@ -68,7 +74,7 @@ pub struct Options {
     /// Reduced sizes and durations: a smoke run of about a minute.
     #[arg(long)]
     quick: bool,
-    /// Run only this phase (repeatable).
+    /// Run only this phase (repeatable). `soak` runs only when named here.
     #[arg(long, value_enum, value_name = "PHASE")]
     only: Vec<Phase>,
 }
@@ -96,10 +102,13 @@ pub enum Phase {
     Detection,
     /// Detection quality, timeout vs phi: false suspicions, detection time.
     Quality,
+    /// The soak: 100k nodes, loss, rolling crashes and SIGKILL restarts of
+    /// the agent for 10 minutes (only with --only soak).
+    Soak,
 }
 
 impl Phase {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::XdpCost,
         Self::Hostile,
         Self::Sweep,
@@ -109,7 +118,14 @@ impl Phase {
         Self::Http,
         Self::Detection,
         Self::Quality,
+        Self::Soak,
     ];
+
+    /// Whether a run without `--only` has this phase (the soak's 10
+    /// minutes are asked for by name).
+    fn in_default_run(self) -> bool {
+        self != Self::Soak
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -122,6 +138,7 @@ impl Phase {
             Self::Http => "http",
             Self::Detection => "detection",
             Self::Quality => "quality",
+            Self::Soak => "soak",
         }
     }
 
@@ -136,6 +153,7 @@ impl Phase {
             Self::Http => "what the HTTP API costs at a million nodes",
             Self::Detection => "detection latency",
             Self::Quality => "detection quality, timeout vs phi",
+            Self::Soak => "the soak: nothing lost across SIGKILL restarts",
         }
     }
 
@@ -150,6 +168,7 @@ impl Phase {
             Self::Http => http::run(ctx),
             Self::Detection => detection::run(ctx),
             Self::Quality => quality::run(ctx),
+            Self::Soak => soak::run(ctx),
         }
     }
 }
@@ -212,7 +231,13 @@ pub fn run(options: &Options) -> Result<()> {
     let start = Instant::now();
     let phases: Vec<Phase> = Phase::ALL
         .into_iter()
-        .filter(|p| options.only.is_empty() || options.only.contains(p))
+        .filter(|p| {
+            if options.only.is_empty() {
+                p.in_default_run()
+            } else {
+                options.only.contains(p)
+            }
+        })
         .collect();
     let date = machine::utc_date();
     let stem = results_stem(&date, options, &phases);

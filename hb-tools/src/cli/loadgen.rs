@@ -62,6 +62,11 @@ pub struct LoadgenArgs {
     /// the pause ends.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pause_for: Option<Duration>,
+    /// List every pause in the report (`pause_windows`): the node, when the
+    /// pause began and ended, and when the node's last heartbeat before it
+    /// and its first after it were handed to the kernel.
+    #[arg(long, requires = "pause_for")]
+    report_pauses: bool,
     /// Seed of the choice of stopping nodes, of the phase jitter and of the
     /// injected loss and pauses.
     #[arg(long, default_value_t = 1)]
@@ -100,6 +105,7 @@ impl LoadgenArgs {
             burst_loss: self.burst_loss / 100.0,
             pause_every: self.pause_every,
             pause_for: self.pause_for,
+            report_pauses: self.report_pauses,
             seed: self.seed,
             leave_at_end: self.leave_at_end,
             report: self.report,

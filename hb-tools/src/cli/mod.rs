@@ -2,4 +2,5 @@
 //! doc comments are the help text) and how they run.
 
 pub mod bench;
+pub mod datapath_counters;
 pub mod loadgen;

@@ -18,6 +18,7 @@ use super::{
     batch::BatchSender,
     options::LoadgenOptions,
     pacing::{TimerSlack, wait_until},
+    pauses::PauseLog,
     plan::Plan,
     report::{Report, StoppedNode},
     schedule::{Fate, Schedule},
@@ -92,6 +93,9 @@ struct Run<'p> {
     /// (index in the batch, index in `plan.doomed`) of stopping nodes'
     /// heartbeats.
     batch_doomed: Vec<(usize, usize)>,
+    /// With `report_pauses`: the pause windows, and the (slot, due) of
+    /// every heartbeat in the batch, by index.
+    pauses: Option<(PauseLog, Vec<(u32, u64)>)>,
     heartbeats: u64,
     max_lag_ns: u64,
     late_batches: u64,
@@ -112,6 +116,12 @@ impl<'p> Run<'p> {
             sender,
             last_sent: vec![None; plan.doomed.len()],
             batch_doomed: Vec::with_capacity(plan.batch),
+            pauses: plan.report_pauses.then(|| {
+                (
+                    PauseLog::new(plan.first_id, plan.nodes, start),
+                    Vec::with_capacity(plan.batch),
+                )
+            }),
             heartbeats: 0,
             max_lag_ns: 0,
             late_batches: 0,
@@ -147,11 +157,18 @@ impl<'p> Run<'p> {
             }
             self.note_lag(now, due);
             self.fill_batch(first_due.max(now - self.start) + MAX_BATCH_SPAN_NS);
+            self.take_started_pauses();
             let (batch_doomed, last_sent) = (&self.batch_doomed, &mut self.last_sent);
+            let pauses = &mut self.pauses;
             self.sender.flush(self.end, Some(stop), |accepted, at| {
                 for &(index, doomed) in batch_doomed {
                     if accepted.contains(&index) {
                         last_sent[doomed] = Some(at);
+                    }
+                }
+                if let Some((log, beats)) = pauses {
+                    for &(slot, due) in &beats[accepted] {
+                        log.sent(slot, due, at);
                     }
                 }
             });
@@ -174,11 +191,24 @@ impl<'p> Run<'p> {
         }
     }
 
+    /// Hands the pauses the schedule started to the pause log (with
+    /// `report_pauses`).
+    fn take_started_pauses(&mut self) {
+        if let Some((log, _)) = &mut self.pauses {
+            for (slot, start, end) in self.schedule.started_pauses.drain(..) {
+                log.started(slot, start, end);
+            }
+        }
+    }
+
     /// Takes the heartbeats due by `limit` (offset from the start) off the
     /// schedule, up to a batch or the count, and puts the ones not lost in
     /// the batch.
     fn fill_batch(&mut self, limit: u64) {
         self.batch_doomed.clear();
+        if let Some((_, beats)) = &mut self.pauses {
+            beats.clear();
+        }
         while self.sender.len() < self.plan.batch && self.heartbeats < self.plan.count {
             match self.schedule.next_due() {
                 Some(due) if due <= limit => {}
@@ -192,6 +222,9 @@ impl<'p> Run<'p> {
             let index = self
                 .sender
                 .push(self.plan.first_id + beat.slot, beat.sequence, 0);
+            if let Some((_, beats)) = &mut self.pauses {
+                beats.push((beat.slot, beat.due));
+            }
             if self.schedule.doomed.get(beat.slot) {
                 let doomed = self
                     .plan
@@ -228,6 +261,8 @@ impl<'p> Run<'p> {
     /// Ends the run (the leaves, if asked for) and reports.
     fn finish(mut self, options: &LoadgenOptions, incarnation: u64, key_id: u8) -> Report {
         let plan = self.plan;
+        self.take_started_pauses();
+        let pause_windows = self.pauses.take().map(|(log, _)| log.finish());
         let (start, ended) = (self.start, monotonic_ns().min(self.end));
         let sent = self.sender.sent;
         // The schedule may have passed `stop_after` for a batch a signal then
@@ -276,6 +311,7 @@ impl<'p> Run<'p> {
             key_id,
             stopped,
             faults: self.schedule.faults_seen,
+            pause_windows,
         }
     }
 }
@@ -648,5 +684,63 @@ mod tests {
             summary.contains("lost ") && summary.contains("paused "),
             "{summary}"
         );
+    }
+
+    /// `--report-pauses` through the real sender: one window per pause,
+    /// the last heartbeat before it sent before it began, the first after
+    /// it at its end (none when the run ended first), and a gap in the
+    /// node's heartbeats on the wire for every window that hid a heartbeat.
+    #[test]
+    fn pause_windows_bracket_each_pause() {
+        let monitor = Monitor::bind();
+        let options = LoadgenOptions {
+            duration: Some(Duration::from_millis(600)),
+            pause_every: Some(Duration::from_millis(200)),
+            pause_for: Some(Duration::from_millis(60)),
+            report_pauses: true,
+            ..options(&monitor, 50, 20)
+        };
+        let report = run_to_end(&options);
+        let received = sequences(&monitor.drain());
+        let windows = report.pause_windows.as_ref().expect("windows asked for");
+        assert_eq!(windows.len() as u64, report.faults.pauses);
+        assert!(windows.len() > 50, "{} pauses", windows.len());
+        // A batch leaves up to MAX_BATCH_SPAN_NS before its last heartbeat
+        // is due.
+        let early = MAX_BATCH_SPAN_NS;
+        let mut open = 0;
+        for w in windows {
+            assert!(w.start_mono_ns < w.end_mono_ns, "{w:?}");
+            if let Some(before) = w.last_sent_before_mono_ns {
+                // Due before the start (sent then unless behind schedule).
+                assert!(before >= report.started_mono_ns, "{w:?}");
+                assert!(
+                    w.first_sent_after_mono_ns
+                        .is_none_or(|after| before < after)
+                );
+            }
+            match w.first_sent_after_mono_ns {
+                Some(after) => assert!(after + early >= w.end_mono_ns, "{w:?}"),
+                None => {
+                    // Only a pause the run's end cut.
+                    assert!(w.end_mono_ns + early >= report.ended_mono_ns, "{w:?}");
+                    open += 1;
+                }
+            }
+        }
+        assert!(open < windows.len() / 2, "{open} windows open");
+        // Without loss, each node's heartbeats arrive in sequence, one per
+        // sequence number: a pause delays them, it loses none.
+        for (id, seqs) in &received {
+            let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+            assert_eq!(seqs, &expected, "node {id}");
+        }
+        // Without the flag, no windows.
+        let plain = run_to_end(&LoadgenOptions {
+            report_pauses: false,
+            duration: Some(Duration::from_millis(100)),
+            ..options.clone()
+        });
+        assert!(plain.pause_windows.is_none());
     }
 }

@@ -36,7 +36,10 @@
 //!   SIGSTOP). At random moments, on average one per `pause_every` from one
 //!   pause's start to the next, a node stops for `pause_for`: no heartbeat is
 //!   due meanwhile, so its sequence does not advance, and it beats at once
-//!   when the pause ends, then on its usual schedule again.
+//!   when the pause ends, then on its usual schedule again. With
+//!   `--report-pauses`, the report lists every pause with the node's last
+//!   heartbeat before it and its first after it (the ground truth of a
+//!   crash and a recovery, for the soak).
 //!
 //! Each node draws its faults from its own stream of the seed (the tools'
 //! one seeded generator, [`crate::rng`]); the schedule decides every
@@ -52,6 +55,7 @@ mod batch;
 pub mod generate;
 pub mod options;
 mod pacing;
+mod pauses;
 mod plan;
 pub mod report;
 mod schedule;
@@ -71,7 +75,7 @@ pub use self::{
     generate::generate,
     options::{LoadgenOptions, MAX_BATCH, MAX_COUNT, MAX_DURATION, MAX_NODES, Pace},
     pacing::SPIN_NS,
-    report::{FaultReport, Report, StoppedNode},
+    report::{FaultReport, PauseWindow, Report, StoppedNode},
 };
 
 /// Runs the load generator on a blocking thread until its bound or a

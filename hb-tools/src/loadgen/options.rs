@@ -57,6 +57,11 @@ pub struct LoadgenOptions {
     /// How long a pause lasts (shorter than `pause_every`): no heartbeat is
     /// due, the sequence does not advance, and the node beats when it ends.
     pub pause_for: Option<Duration>,
+    /// List every pause in the report (`pause_windows`): the node, and when
+    /// its last heartbeat before the pause and its first after were handed
+    /// to the kernel. The ground truth of a soak; off by default, as the
+    /// list grows with the pauses.
+    pub report_pauses: bool,
     /// Seeds the choice of stopping nodes, the phase jitter and the faults.
     pub seed: u64,
     /// At the end, send a graceful-leave heartbeat for every running node
@@ -88,6 +93,7 @@ impl LoadgenOptions {
             burst_loss: 0.0,
             pause_every: None,
             pause_for: None,
+            report_pauses: false,
             seed: 1,
             leave_at_end: false,
             report: None,

@@ -65,6 +65,28 @@ pub struct Report {
     /// The faults injected (all zero in reports from before they existed).
     #[serde(default)]
     pub faults: FaultReport,
+    /// Every pause, in the order they were decided (`--report-pauses`;
+    /// absent without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_windows: Option<Vec<PauseWindow>>,
+}
+
+/// One pause of one node (`--report-pauses`): from the monitor's side, a
+/// crash at its last heartbeat before and a recovery at its first after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseWindow {
+    pub node_id: u32,
+    /// When the pause began, as scheduled.
+    pub start_mono_ns: u64,
+    /// When it ends, as scheduled (it may be past the end of the run).
+    pub end_mono_ns: u64,
+    /// When the `sendmmsg(2)` call that carried the node's last heartbeat
+    /// before the pause started; null if it had sent none.
+    pub last_sent_before_mono_ns: Option<u64>,
+    /// The same for its first heartbeat after the pause (which may be later
+    /// than the end, when the one due then was lost); null if the run ended
+    /// first.
+    pub first_sent_after_mono_ns: Option<u64>,
 }
 
 /// The faults a run injected into the running nodes' heartbeats.
@@ -188,6 +210,16 @@ impl Report {
             self.late_batches
         );
         out += &self.faults.summary(self.heartbeats);
+        if let Some(windows) = &self.pause_windows {
+            let closed = windows
+                .iter()
+                .filter(|w| w.first_sent_after_mono_ns.is_some())
+                .count();
+            out += &format!(
+                "  windows   {} pauses reported, {closed} of them ended by a heartbeat\n",
+                windows.len()
+            );
+        }
         out += &format!("  stopped   {} nodes\n", self.stopped.len());
         if self.leaves_sent > 0 {
             out += &format!("  leaves    {} datagrams\n", self.leaves_sent);
@@ -257,6 +289,7 @@ mod tests {
                 pauses: 3,
                 paused_ns: 1_500_000_000,
             },
+            pause_windows: None,
         };
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
         for key in [
@@ -325,5 +358,35 @@ mod tests {
         assert_eq!(old.faults, FaultReport::default());
         assert!(!old.summary().contains("lost"));
         assert!(!old.summary().contains("paused"));
+
+        // Pause windows only when asked for; both kinds of report read back.
+        assert!(json.get("pause_windows").is_none(), "{json}");
+        let with_windows = Report {
+            pause_windows: Some(vec![PauseWindow {
+                node_id: 2,
+                start_mono_ns: 100,
+                end_mono_ns: 300,
+                last_sent_before_mono_ns: Some(90),
+                first_sent_after_mono_ns: None,
+            }]),
+            ..report.clone()
+        };
+        let value = serde_json::to_value(&with_windows).unwrap();
+        assert_eq!(
+            value["pause_windows"],
+            serde_json::json!([{"node_id": 2, "start_mono_ns": 100, "end_mono_ns": 300,
+                "last_sent_before_mono_ns": 90, "first_sent_after_mono_ns": null}])
+        );
+        assert_eq!(
+            serde_json::from_value::<Report>(value).unwrap(),
+            with_windows
+        );
+        assert!(
+            with_windows
+                .summary()
+                .contains("windows   1 pauses reported, 0 of them ended by a heartbeat"),
+            "{}",
+            with_windows.summary()
+        );
     }
 }

@@ -89,6 +89,9 @@ pub(super) struct Schedule<'p> {
     next_is_resume: bool,
     /// The faults injected so far.
     pub(super) faults_seen: FaultReport,
+    /// The pauses started since the caller last took them, (slot, start,
+    /// end) as offsets from the start; only with `report_pauses`.
+    pub(super) started_pauses: Vec<(u32, u64, u64)>,
 }
 
 impl<'p> Schedule<'p> {
@@ -139,6 +142,7 @@ impl<'p> Schedule<'p> {
                 pause_for_ns: pauses.then_some(plan.pause_for_ns),
                 ..FaultReport::default()
             },
+            started_pauses: Vec::new(),
         }
     }
 
@@ -239,6 +243,9 @@ impl<'p> Schedule<'p> {
             let end = start + plan.pause_for_ns;
             self.faults_seen.pauses += 1;
             self.faults_seen.paused_ns += end.min(cut).saturating_sub(start);
+            if plan.report_pauses {
+                self.started_pauses.push((slot, start, end));
+            }
             node.paused_until = end;
             node.next_pause = end + exponential_ns(&mut node.rng, self.pause_gap_ns);
             if end > due {

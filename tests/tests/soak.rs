@@ -1,0 +1,98 @@
+//! The soak, shortened (root only): 1,000 nodes beating every 500 ms
+//! through the XDP datapath for 30 s, with 1% random loss and about 40
+//! pauses of 6 s (a crash and a recovery each), while the agent is killed
+//! with SIGKILL and restarted twice. Held against the load generator's
+//! ground truth by [`hb_tests::soak`]: every crash detected once, every
+//! recovery once, no false down, no transition lost or repeated across the
+//! restarts, every heartbeat the kernel took counted by the datapath, and
+//! no blind window. `cargo xtask bench --only soak` runs the full one.
+//!
+//! The timeout is 6 intervals (3 s): a false down needs 6 heartbeats of
+//! one node lost in a row, 1e-12 per heartbeat at 1% loss, against 60,000
+//! heartbeats here.
+//!
+//! Needs the `hb` binary (`$HB_BIN`, as `cargo xtask test` sets it) and
+//! `hb-tools` beside it (or `$HB_TOOLS_BIN`).
+
+use std::{path::PathBuf, time::Duration};
+
+use hb_tests::{
+    Hb, is_root,
+    soak::{self, SoakSpec},
+    unique_prefix,
+};
+
+/// `hb-tools`: `$HB_TOOLS_BIN`, else beside the `hb` binary.
+fn tools(hb: &Hb) -> Hb {
+    let path = std::env::var_os("HB_TOOLS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| hb.path().with_file_name("hb-tools"));
+    assert!(
+        path.is_file(),
+        "the hb-tools binary {} does not exist: build it with `cargo xtask build`, or set \
+         HB_TOOLS_BIN to its path",
+        path.display()
+    );
+    Hb::new(path)
+}
+
+/// The shortened soak.
+fn spec() -> SoakSpec {
+    let nodes = 1000;
+    let duration = Duration::from_secs(30);
+    SoakSpec {
+        nodes,
+        interval: Duration::from_millis(500),
+        timeout_multiplier: 6,
+        sweep_period: Duration::from_millis(100),
+        rise: 2,
+        duration,
+        loss_percent: 1.0,
+        pause_every: SoakSpec::pause_every_for(nodes, duration, 40),
+        pause_for: Duration::from_secs(6),
+        restart_every: Duration::from_secs(10),
+        rss_every: Duration::from_millis(500),
+        rss_warmup: Duration::from_secs(3),
+        probe_every: Duration::from_millis(100),
+        seed: 1,
+    }
+}
+
+#[test]
+fn a_short_soak_loses_nothing_across_sigkill_restarts() {
+    if !is_root() {
+        eprintln!("skipped: needs root (run `cargo xtask test` as root)");
+        return;
+    }
+    let hb = Hb::from_env();
+    let tools = tools(&hb);
+    let spec = spec();
+    assert_eq!(spec.restarts(), 2);
+    let outcome = soak::run(&hb, &tools, &unique_prefix(), &spec, |line| {
+        eprintln!("soak: {line}");
+    })
+    .unwrap_or_else(|e| panic!("the soak could not run: {e}"));
+    let figures = serde_json::to_string_pretty(&outcome.to_json()).unwrap();
+    eprintln!("soak: {figures}");
+    let problems = outcome.problems();
+    assert!(
+        problems.is_empty(),
+        "the soak found problems:\n{}\n(figures above)",
+        problems.join("\n")
+    );
+    let verdict = &outcome.verdict;
+    // Enough happened for the verdict to mean something.
+    assert!(verdict.crashes >= 10, "only {} crashes", verdict.crashes);
+    assert!(
+        verdict.recoveries >= 5,
+        "only {} recoveries",
+        verdict.recoveries
+    );
+    assert_eq!(outcome.restarts.len(), 2);
+    assert!(
+        outcome.sent > 50_000,
+        "only {} heartbeats sent",
+        outcome.sent
+    );
+    assert!(outcome.rss.len() >= 20, "{} RSS samples", outcome.rss.len());
+}
