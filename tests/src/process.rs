@@ -14,7 +14,9 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Error, NetNs, Result, interrupt, netns};
+use crate::{
+    Error, HEARTBEAT_PORT, Lab, NetNs, Result, TestConfig, config::humantime, interrupt, netns,
+};
 
 /// Signals the harness sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +262,49 @@ impl Hb {
         })?;
         let mut cmd = crate::pins::shared_bpffs_command(ns.name(), &self.path, &mountpoint);
         ChildGuard::spawn_logged(name, cmd.args(args), log)
+    }
+
+    /// `hb agent --config CONFIG` in the lab's monitor namespace, output in
+    /// `log`, returned once it answers `hb status` (at most `within`).
+    pub fn start_agent(
+        &self,
+        lab: &Lab,
+        config: &TestConfig,
+        log: &Path,
+        within: Duration,
+    ) -> Result<ChildGuard> {
+        let args = [
+            OsStr::new("agent"),
+            "--config".as_ref(),
+            config.path.as_os_str(),
+        ];
+        let mut agent = self.spawn_in(&lab.monitor, "agent", args, log)?;
+        self.wait_until_ready(&config.socket, &mut agent, within)?;
+        Ok(agent)
+    }
+
+    /// `hb send` for lab node `index`, to the monitor's address on its link,
+    /// every `interval` without jitter; output in `log`.
+    pub fn start_sender(
+        &self,
+        lab: &Lab,
+        index: u8,
+        interval: Duration,
+        log: &Path,
+    ) -> Result<ChildGuard> {
+        let node = lab.node(index);
+        let args = [
+            "send".to_owned(),
+            "--node-id".to_owned(),
+            index.to_string(),
+            "--to".to_owned(),
+            format!("{}:{HEARTBEAT_PORT}", node.monitor_address),
+            "--interval".to_owned(),
+            humantime(interval),
+            "--jitter".to_owned(),
+            "0".to_owned(),
+        ];
+        self.spawn_in(&node.ns, &format!("sender {index}"), args, log)
     }
 
     /// `hb detach --instance INSTANCE`, which must succeed; returns its

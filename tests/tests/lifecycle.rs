@@ -17,7 +17,6 @@
 //! its pins even when a test fails.
 
 use std::{
-    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -35,8 +34,8 @@ use hb_common::{
     table::NodeRecord,
 };
 use hb_tests::{
-    ChildGuard, HEARTBEAT_PORT, Hb, Lab, NetNs, PinGuard, Signal, TempDir, TestConfig, Timing,
-    config::humantime, is_root, unique_prefix, wait_for_event, wait_for_line,
+    HEARTBEAT_PORT, Hb, Lab, NetNs, PinGuard, Signal, TempDir, TestConfig, Timing, is_root,
+    unique_prefix, wait_for_event, wait_for_line,
 };
 
 const TIMING: Timing = Timing::FAST;
@@ -99,47 +98,6 @@ fn agent_command(hb: &Hb, lab: &Lab, config: &TestConfig, dir: &TempDir) -> Comm
     cmd
 }
 
-fn spawn_agent(hb: &Hb, lab: &Lab, config: &TestConfig, log: &Path) -> ChildGuard {
-    let mut agent = hb
-        .spawn_in(
-            &lab.monitor,
-            "agent",
-            [
-                "agent".as_ref(),
-                "--config".as_ref(),
-                config.path.as_os_str(),
-            ],
-            log,
-        )
-        .unwrap_or_else(|err| panic!("{err}"));
-    hb.wait_until_ready(&config.socket, &mut agent, READY_WITHIN)
-        .unwrap_or_else(|err| panic!("the agent did not become ready: {err}"));
-    agent
-}
-
-fn spawn_sender(hb: &Hb, lab: &Lab, dir: &TempDir, index: u8, interval: Duration) -> ChildGuard {
-    let node = lab.node(index);
-    let to = format!("{}:{HEARTBEAT_PORT}", node.monitor_address);
-    let args = [
-        "send".to_owned(),
-        "--node-id".to_owned(),
-        index.to_string(),
-        "--to".to_owned(),
-        to,
-        "--interval".to_owned(),
-        humantime(interval),
-        "--jitter".to_owned(),
-        "0".to_owned(),
-    ];
-    hb.spawn_in(
-        &node.ns,
-        &format!("sender {index}"),
-        args,
-        &dir.join(&format!("sender-{index}.log")),
-    )
-    .unwrap_or_else(|err| panic!("{err}"))
-}
-
 /// Polls `value` until `done` holds (at most `within`).
 fn wait_until<T: std::fmt::Debug>(
     what: &str,
@@ -177,8 +135,12 @@ fn restarts_leave_the_program_recording_and_detach_removes_it() {
     let interface = lab.node(1).monitor_interface.clone();
     let dir = TempDir::new("hb-lifecycle").unwrap_or_else(|err| panic!("{err}"));
     let config = TestConfig::write(&dir, &lab, TIMING).unwrap_or_else(|err| panic!("{err}"));
-    let mut agent = spawn_agent(&hb, &lab, &config, &dir.join("agent-1.log"));
-    let _sender = spawn_sender(&hb, &lab, &dir, 1, TIMING.interval);
+    let mut agent = hb
+        .start_agent(&lab, &config, &dir.join("agent-1.log"), READY_WITHIN)
+        .unwrap_or_else(|err| panic!("the agent did not become ready: {err}"));
+    let _sender = hb
+        .start_sender(&lab, 1, TIMING.interval, &dir.join("sender-1.log"))
+        .unwrap_or_else(|err| panic!("{err}"));
     wait_for_event(
         &config.events,
         |e| e.is("up", 1),
@@ -225,7 +187,9 @@ fn restarts_leave_the_program_recording_and_detach_removes_it() {
         );
 
         let log = dir.join(&format!("agent-{round}.log"));
-        agent = spawn_agent(&hb, &lab, &config, &log);
+        agent = hb
+            .start_agent(&lab, &config, &log, READY_WITHIN)
+            .unwrap_or_else(|err| panic!("the agent did not become ready: {err}"));
         wait_for_line(
             &log,
             0,
@@ -325,7 +289,14 @@ fn a_changed_program_replaces_the_running_one_keeping_the_maps() {
     });
     assert_eq!(linked_program(&instance, &interface), first);
 
-    let mut sender = spawn_sender(&hb, &lab, &dir, 1, Duration::from_millis(10));
+    let mut sender = hb
+        .start_sender(
+            &lab,
+            1,
+            Duration::from_millis(10),
+            &dir.join("sender-1.log"),
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
     let before = wait_until(
         "the first heartbeats",
         UP_WITHIN,

@@ -7,14 +7,13 @@
 
 use std::{
     collections::BTreeMap,
-    path::Path,
     thread,
     time::{Duration, Instant},
 };
 
 use hb_tests::{
-    ChildGuard, ConfigOptions, HEARTBEAT_PORT, Hb, Lab, Signal, TempDir, TestConfig, Timing,
-    config::humantime, events::read_events, is_root, unique_prefix, wait_for_event,
+    ChildGuard, ConfigOptions, Hb, Lab, Signal, TempDir, TestConfig, Timing, events::read_events,
+    is_root, unique_prefix, wait_for_event,
 };
 
 /// A timeout (2 s) long against the restart gap, so that a conviction a
@@ -55,9 +54,17 @@ fn restart_with_a_crash_in_the_gap(signal: Signal) {
     let dir = TempDir::new("hb-restart").unwrap_or_else(|err| panic!("{err}"));
     let config = TestConfig::write_with(&dir, &lab, TIMING, &ConfigOptions::default())
         .unwrap_or_else(|err| panic!("{err}"));
-    let mut agent = spawn_agent(&hb, &lab, &config, &dir.join("agent-1.log"));
+    let start_agent = |log: &str| {
+        hb.start_agent(&lab, &config, &dir.join(log), READY_WITHIN)
+            .unwrap_or_else(|err| panic!("the agent did not become ready: {err}"))
+    };
+    let mut agent = start_agent("agent-1.log");
     let mut senders: BTreeMap<u8, ChildGuard> = (1..=3)
-        .map(|i| (i, spawn_sender(&hb, &lab, &dir, i)))
+        .map(|i| {
+            let log = dir.join(&format!("sender-{i}.log"));
+            let sender = hb.start_sender(&lab, i, TIMING.interval, &log);
+            (i, sender.unwrap_or_else(|err| panic!("{err}")))
+        })
         .collect();
     for i in 1..=3u32 {
         wait_for_event(
@@ -81,7 +88,7 @@ fn restart_with_a_crash_in_the_gap(signal: Signal) {
         .unwrap_or_else(|err| panic!("{err}"));
     let crashed = Instant::now();
     thread::sleep(GAP);
-    let mut agent = spawn_agent(&hb, &lab, &config, &dir.join("agent-2.log"));
+    let mut agent = start_agent("agent-2.log");
 
     let limit = TIMING.timeout() + MARGIN;
     let (down, seen) = wait_for_event(
@@ -139,45 +146,4 @@ fn accepted(hb: &Hb, config: &TestConfig) -> u64 {
         .status_json(&config.socket)
         .unwrap_or_else(|err| panic!("hb status --json: {err}"));
     status["counters"]["accepted"].as_u64().unwrap_or(0)
-}
-
-fn spawn_agent(hb: &Hb, lab: &Lab, config: &TestConfig, log: &Path) -> ChildGuard {
-    let mut agent = hb
-        .spawn_in(
-            &lab.monitor,
-            "agent",
-            [
-                "agent".as_ref(),
-                "--config".as_ref(),
-                config.path.as_os_str(),
-            ],
-            log,
-        )
-        .unwrap_or_else(|err| panic!("{err}"));
-    hb.wait_until_ready(&config.socket, &mut agent, READY_WITHIN)
-        .unwrap_or_else(|err| panic!("the agent did not become ready: {err}"));
-    agent
-}
-
-fn spawn_sender(hb: &Hb, lab: &Lab, dir: &TempDir, index: u8) -> ChildGuard {
-    let node = lab.node(index);
-    let to = format!("{}:{HEARTBEAT_PORT}", node.monitor_address);
-    let args = [
-        "send".to_owned(),
-        "--node-id".to_owned(),
-        index.to_string(),
-        "--to".to_owned(),
-        to,
-        "--interval".to_owned(),
-        humantime(TIMING.interval),
-        "--jitter".to_owned(),
-        "0".to_owned(),
-    ];
-    hb.spawn_in(
-        &node.ns,
-        &format!("sender {index}"),
-        args,
-        &dir.join(&format!("sender-{index}.log")),
-    )
-    .unwrap_or_else(|err| panic!("{err}"))
 }
