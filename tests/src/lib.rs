@@ -47,6 +47,20 @@ pub use process::{ChildGuard, Hb, Signal};
 /// UDP port the agent listens on in every lab.
 pub const HEARTBEAT_PORT: u16 = 7979;
 
+/// `CLOCK_MONOTONIC` now, ns: the clock of the XDP program's arrival times,
+/// the agent's event log, the load generator's report and the pinned-counter
+/// probe.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives on our stack.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    assert_eq!(status, 0, "CLOCK_MONOTONIC is always readable");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// Whether this process runs as root (network namespaces and XDP need it).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -52,7 +52,7 @@ pub use self::analysis::{
 use crate::{
     ChildGuard, Error, HEARTBEAT_PORT, Hb, Lab, Result, Signal, TempDir,
     config::{humantime, toml_string},
-    interrupt,
+    interrupt, monotonic_ns,
 };
 
 /// How long the agent may take to answer `hb status` after a start.
@@ -105,6 +105,29 @@ pub struct SoakSpec {
 }
 
 impl SoakSpec {
+    /// The shortened soak of the tests (and of `cargo xtask bench --only
+    /// soak --quick`): 1,000 nodes every 500 ms for 30 s, about 40 pauses
+    /// of 6 s, a SIGKILL restart every 10 s (two in all).
+    pub fn short() -> Self {
+        let (nodes, duration) = (1000, Duration::from_secs(30));
+        SoakSpec {
+            nodes,
+            interval: Duration::from_millis(500),
+            timeout_multiplier: 6,
+            sweep_period: Duration::from_millis(100),
+            rise: 2,
+            duration,
+            loss_percent: 1.0,
+            pause_every: Self::pause_every_for(nodes, duration, 40),
+            pause_for: Duration::from_secs(6),
+            restart_every: Duration::from_secs(10),
+            rss_every: Duration::from_millis(500),
+            rss_warmup: Duration::from_secs(3),
+            probe_every: Duration::from_millis(100),
+            seed: 1,
+        }
+    }
+
     /// The silence after which a node is down.
     pub fn timeout(&self) -> Duration {
         self.interval * self.timeout_multiplier
@@ -643,19 +666,6 @@ fn load_args(spec: &SoakSpec, target: &str, report: &Path) -> Vec<String> {
     .iter()
     .map(|s| (*s).to_owned())
     .collect()
-}
-
-/// `CLOCK_MONOTONIC` now, ns: the clock of the event log, of the load
-/// generator's report and of the probe.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec, which lives on our stack.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    assert_eq!(status, 0, "CLOCK_MONOTONIC is always readable");
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The resident set of process `pid` and its anonymous part (`VmRSS` and

@@ -14,7 +14,7 @@
 //! Needs the `hb` binary (`$HB_BIN`, as `cargo xtask test` sets it) and
 //! `hb-tools` beside it (or `$HB_TOOLS_BIN`).
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use hb_tests::{
     Hb, is_root,
@@ -36,28 +36,6 @@ fn tools(hb: &Hb) -> Hb {
     Hb::new(path)
 }
 
-/// The shortened soak.
-fn spec() -> SoakSpec {
-    let nodes = 1000;
-    let duration = Duration::from_secs(30);
-    SoakSpec {
-        nodes,
-        interval: Duration::from_millis(500),
-        timeout_multiplier: 6,
-        sweep_period: Duration::from_millis(100),
-        rise: 2,
-        duration,
-        loss_percent: 1.0,
-        pause_every: SoakSpec::pause_every_for(nodes, duration, 40),
-        pause_for: Duration::from_secs(6),
-        restart_every: Duration::from_secs(10),
-        rss_every: Duration::from_millis(500),
-        rss_warmup: Duration::from_secs(3),
-        probe_every: Duration::from_millis(100),
-        seed: 1,
-    }
-}
-
 #[test]
 fn a_short_soak_loses_nothing_across_sigkill_restarts() {
     if !is_root() {
@@ -66,7 +44,7 @@ fn a_short_soak_loses_nothing_across_sigkill_restarts() {
     }
     let hb = Hb::from_env();
     let tools = tools(&hb);
-    let spec = spec();
+    let spec = SoakSpec::short();
     assert_eq!(spec.restarts(), 2);
     let outcome = soak::run(&hb, &tools, &unique_prefix(), &spec, |line| {
         eprintln!("soak: {line}");

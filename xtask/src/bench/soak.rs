@@ -46,23 +46,7 @@ const RSS_SLOPE_LIMIT: f64 = 0.1;
 /// The full soak, or the tests' shortened one with `--quick`.
 fn spec(quick: bool) -> SoakSpec {
     if quick {
-        let (nodes, duration) = (1000, Duration::from_secs(30));
-        return SoakSpec {
-            nodes,
-            interval: Duration::from_millis(500),
-            timeout_multiplier: 6,
-            sweep_period: Duration::from_millis(100),
-            rise: 2,
-            duration,
-            loss_percent: 1.0,
-            pause_every: SoakSpec::pause_every_for(nodes, duration, 40),
-            pause_for: Duration::from_secs(6),
-            restart_every: Duration::from_secs(10),
-            rss_every: Duration::from_millis(500),
-            rss_warmup: Duration::from_secs(3),
-            probe_every: Duration::from_millis(100),
-            seed: 1,
-        };
+        return SoakSpec::short();
     }
     let (nodes, duration) = (100_000, Duration::from_secs(600));
     SoakSpec {

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use hb_tests::{
     ChildGuard, HEARTBEAT_PORT, Hb, Signal,
     config::{humantime, toml_string},
-    netns,
+    monotonic_ns, netns,
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -211,19 +211,6 @@ impl Agent<'_> {
             })
             .collect()
     }
-}
-
-/// `CLOCK_MONOTONIC` now, ns: the clock of the event log and of the load
-/// generator's report.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec, which lives on our stack.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    assert_eq!(status, 0, "CLOCK_MONOTONIC is always readable");
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The fields of the agent's event log the bench reads
