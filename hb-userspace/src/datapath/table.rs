@@ -18,7 +18,7 @@ use std::{
 
 use hb_common::table::{NodeRecord, SLOT_CONFIGURED};
 
-use crate::sys;
+use crate::{detect::detector::TableView, sys};
 
 /// `len` values of `T` in shared memory, written concurrently by someone
 /// else (the kernel, or a receive thread). Access is by copy (volatile), or
@@ -199,6 +199,24 @@ impl NodeTable {
         self.records.set(id, NodeRecord::default());
         self.seen.set(id, 0);
         self.intervals.set(id, 0);
+    }
+}
+
+impl TableView for NodeTable {
+    fn seen_words(&self) -> &[AtomicU64] {
+        self.seen.atomics()
+    }
+
+    fn advertised_interval_ms(&self, node_id: u32) -> u32 {
+        self.records.get(node_id).interval_ms
+    }
+
+    fn interval_word(&self, node_id: u32) -> u64 {
+        self.intervals.get(node_id)
+    }
+
+    fn heartbeats(&self, node_id: u32) -> u64 {
+        self.records.get(node_id).heartbeats
     }
 }
 

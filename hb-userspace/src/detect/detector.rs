@@ -149,24 +149,6 @@ pub trait TableView {
     fn heartbeats(&self, node_id: u32) -> u64;
 }
 
-impl TableView for crate::datapath::table::NodeTable {
-    fn seen_words(&self) -> &[AtomicU64] {
-        self.seen.atomics()
-    }
-
-    fn advertised_interval_ms(&self, node_id: u32) -> u32 {
-        self.records.get(node_id).interval_ms
-    }
-
-    fn interval_word(&self, node_id: u32) -> u64 {
-        self.intervals.get(node_id)
-    }
-
-    fn heartbeats(&self, node_id: u32) -> u64 {
-        self.records.get(node_id).heartbeats
-    }
-}
-
 /// One state change found by a sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -297,6 +279,26 @@ impl Watch {
         u64::from(self.0 & Self::TIMEOUT_MASK) * 1_000_000
     }
 
+    /// Up or suspect: a node whose silence the sweep times.
+    #[inline(always)]
+    fn is_live(self) -> bool {
+        matches!(self.0 >> Self::STATE_SHIFT, Self::UP | Self::SUSPECT)
+    }
+
+    /// When the node needs its next look if it stays silent: its silence,
+    /// measured from its last heartbeat (`word`) or a later floor
+    /// ([`Detector::floors`]), reaches the watch word's timeout.
+    #[inline(always)]
+    fn look_at(self, word: u64, (heard_floor, unheard_floor): (u64, u64)) -> u64 {
+        let arrival = seen::arrival_ns(word);
+        let floor = if arrival == 0 {
+            unheard_floor
+        } else {
+            heard_floor
+        };
+        arrival.max(floor).saturating_add(self.timeout_ns())
+    }
+
     /// Whether a sweep can leave the node alone: an up node heard within
     /// its suspect deadline without a leave, a suspect one with nothing new
     /// and within its timeout, or any other node with nothing new.
@@ -337,6 +339,8 @@ pub struct Detector {
     candidates: Vec<u32>,
     /// When the previous sweep ran (0: none yet).
     last_sweep_ns: u64,
+    /// See [`next_look_ns`](Self::next_look_ns).
+    next_look_ns: u64,
     /// Down nodes heard again, on their way back up.
     rising: HashMap<u32, Rising>,
     /// Nodes that went down recently (flap damping).
@@ -418,6 +422,7 @@ impl Detector {
             started_ns: now_ns,
             candidates: Vec::new(),
             last_sweep_ns: 0,
+            next_look_ns: 0,
             rising: HashMap::new(),
             flaps: HashMap::new(),
             counts: [0; 6],
@@ -698,6 +703,8 @@ impl Detector {
         let words = table.seen_words();
         let new_since_ns = self.new_since_ns;
         let refresh_on_heartbeat = matches!(self.settings.rule, Rule::Phi { .. });
+        let floors = self.floors();
+        let mut next_look = u64::MAX;
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         for (id, (word, watch)) in words.iter().zip(&self.watches).enumerate() {
@@ -706,14 +713,42 @@ impl Detector {
                 || (refresh_on_heartbeat && word > new_since_ns && *watch != Watch::UNWATCHED)
             {
                 candidates.push(id as u32);
+            } else if watch.is_live() {
+                next_look = next_look.min(watch.look_at(word, floors));
             }
         }
         for &id in &candidates {
             self.examine(id, now_ns, table, out);
+            let watch = self.watches[id as usize];
+            if watch.is_live() {
+                let word = words[id as usize].load(Ordering::Relaxed);
+                next_look = next_look.min(watch.look_at(word, floors));
+            }
         }
         self.candidates = candidates;
         self.new_since_ns = now_ns.saturating_sub(STORE_MARGIN_NS);
+        self.next_look_ns = next_look;
         stalled
+    }
+
+    /// The earliest monotonic instant at which a node may change state
+    /// without a new heartbeat (an up node's suspect deadline, a suspect
+    /// one's timeout), as of the last sweep; `u64::MAX` if none can.
+    /// Heartbeats only ever move it later, so a sweep at this instant is
+    /// never late; what a new heartbeat changes (a down node heard, a
+    /// leave) waits for the next sweep.
+    pub fn next_look_ns(&self) -> u64 {
+        self.next_look_ns
+    }
+
+    /// The instants silence is measured from at the latest: for a node
+    /// heard (`.0`: the grace floor) and for one never heard (`.1`: the
+    /// grace floor, at the latest this detector's start).
+    fn floors(&self) -> (u64, u64) {
+        (
+            self.grace_floor_ns,
+            self.grace_floor_ns.max(self.started_ns),
+        )
     }
 
     /// The slow path for one node the fast pass set aside.
@@ -730,10 +765,11 @@ impl Detector {
         let deadlines = self.deadlines(id, table);
         // A restored up node may not have been heard yet (word 0): its
         // silence counts from the grace floor, at the latest from the start.
+        let (heard_floor, unheard_floor) = self.floors();
         let floor = if arrival == 0 {
-            self.grace_floor_ns.max(self.started_ns)
+            unheard_floor
         } else {
-            self.grace_floor_ns
+            heard_floor
         };
         let silence = now_ns.saturating_sub(arrival.max(floor));
         let heard = word > self.new_since_ns;

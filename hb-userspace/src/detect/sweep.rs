@@ -42,6 +42,10 @@ pub struct SweepOutcome {
     pub held_in_all: usize,
     /// What the brake decided about the cluster in this sweep.
     pub brake: BrakeNews,
+    /// The earliest monotonic instant at which a node may change state
+    /// with no new heartbeat ([`Detector::next_look_ns`]): the sweep need
+    /// not run before it unless something else may have changed.
+    pub next_look_ns: u64,
 }
 
 /// An action to run: a node's transition (or a released `down`).
@@ -139,6 +143,7 @@ impl Sweep {
             .actions
             .extend(self.released(now_ns, table, &decisions.release));
         outcome.held_in_all = self.brake.held();
+        outcome.next_look_ns = self.detector.next_look_ns();
         outcome.took = started.elapsed();
         outcome
     }
