@@ -280,6 +280,8 @@ pub struct SweepCost {
     pub memcpy_ns_min: u64,
     pub memcpy_ns_median: u64,
     pub rounds: u32,
+    /// The fast pass's implementation on this processor.
+    pub kernel: String,
 }
 
 /// Times the sweep of `nodes` up nodes, all heard recently (the steady
@@ -341,6 +343,7 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
         memcpy_ns_min,
         memcpy_ns_median,
         rounds,
+        kernel: hb::detect::scan::kernel().to_owned(),
     })
 }
 

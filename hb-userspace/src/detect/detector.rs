@@ -44,12 +44,14 @@
 //! nobody until every node has had a full timeout to be heard again, as
 //! after a restart.
 //!
-//! Built for millions of nodes: a sweep reads 12 bytes per node, front to
-//! back (the node's 8-byte seen word and a 4-byte `Watch` word of the
-//! detector's own), with no syscall, allocation or division. Only nodes
-//! that may change state (an up node past its timeout or with a leave, any
-//! other node with a heartbeat newer than the previous sweep) take the slow
-//! path, which reads the node's cold record.
+//! Built for millions of nodes: a sweep's fast pass ([`crate::detect::scan`])
+//! reads 12 bytes per node, front to back (the node's 8-byte seen word and
+//! a 4-byte watch word of the detector's own), with no syscall, allocation,
+//! division or branch per node. Only nodes that may change state (a live
+//! node past its deadline or with a leave, any other node with a heartbeat
+//! newer than the previous sweep) take the slow path, which reads the
+//! node's cold record. The pass also finds the earliest deadline of the
+//! others ([`Detector::next_look_ns`]): the sweep need not run before it.
 
 use std::{
     collections::HashMap,
@@ -59,7 +61,10 @@ use std::{
 use hb_common::table::{intervals, seen};
 use serde::{Deserialize, Serialize};
 
-use crate::detect::phi::PhiDetector;
+use crate::detect::{
+    phi::PhiDetector,
+    scan::{self, Pass, Watch},
+};
 
 /// Where a node stands, as far as this monitor knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,7 +109,7 @@ impl NodeState {
     }
 
     /// The state a watch word holds; an unwatched slot reads as unseen.
-    const fn from_bits(bits: u32) -> Self {
+    pub(super) const fn from_bits(bits: u32) -> Self {
         match bits & 7 {
             1 => NodeState::Up,
             2 => NodeState::Down,
@@ -247,83 +252,16 @@ pub const MAX_INTERVAL_NS: u64 = 3_600_000_000_000;
 /// timestamp by nanoseconds); the next sweep looks at it again.
 pub const STORE_MARGIN_NS: u64 = 1_000_000;
 
-/// The detector's 4 bytes per node: the state in the top 3 bits, below
-/// them in milliseconds (up to about 6 days) the silence after which the
-/// node next needs a look: its suspect deadline when up, its timeout when
-/// suspect.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Watch(u32);
-
-impl Watch {
-    const STATE_SHIFT: u32 = 29;
-    const TIMEOUT_MASK: u32 = (1 << Self::STATE_SHIFT) - 1;
-    const UP: u32 = NodeState::Up as u32;
-    const SUSPECT: u32 = NodeState::Suspect as u32;
-    /// The state bits of a slot no configured node uses: never examined,
-    /// never counted.
-    const UNWATCHED_BITS: u32 = 7;
-    const UNWATCHED: Watch = Watch(Self::UNWATCHED_BITS << Self::STATE_SHIFT);
-
-    fn new(state: NodeState, timeout_ns: u64) -> Self {
-        let ms = timeout_ns
-            .div_ceil(1_000_000)
-            .min(u64::from(Self::TIMEOUT_MASK)) as u32;
-        Watch((state as u32) << Self::STATE_SHIFT | ms)
-    }
-
-    fn state(self) -> NodeState {
-        NodeState::from_bits(self.0 >> Self::STATE_SHIFT)
-    }
-
-    fn timeout_ns(self) -> u64 {
-        u64::from(self.0 & Self::TIMEOUT_MASK) * 1_000_000
-    }
-
-    /// Up or suspect: a node whose silence the sweep times.
-    #[inline(always)]
-    fn is_live(self) -> bool {
-        matches!(self.0 >> Self::STATE_SHIFT, Self::UP | Self::SUSPECT)
-    }
-
-    /// When the node needs its next look if it stays silent: its silence,
-    /// measured from its last heartbeat (`word`) or a later floor
-    /// ([`Detector::floors`]), reaches the watch word's timeout.
-    #[inline(always)]
-    fn look_at(self, word: u64, (heard_floor, unheard_floor): (u64, u64)) -> u64 {
-        let arrival = seen::arrival_ns(word);
-        let floor = if arrival == 0 {
-            unheard_floor
-        } else {
-            heard_floor
-        };
-        arrival.max(floor).saturating_add(self.timeout_ns())
-    }
-
-    /// Whether a sweep can leave the node alone: an up node heard within
-    /// its suspect deadline without a leave, a suspect one with nothing new
-    /// and within its timeout, or any other node with nothing new.
-    #[inline(always)]
-    fn is_quiet(self, word: u64, now_ns: u64, new_since_ns: u64) -> bool {
-        let within = || {
-            !seen::is_leave(word)
-                && now_ns.saturating_sub(seen::arrival_ns(word)) <= self.timeout_ns()
-        };
-        match self.0 >> Self::STATE_SHIFT {
-            Self::UP => within(),
-            Self::SUSPECT => word <= new_since_ns && within(),
-            Self::UNWATCHED_BITS => true,
-            _ => word <= new_since_ns,
-        }
-    }
-}
-
 /// Runs every watched node through the state machine.
 #[derive(Debug)]
 pub struct Detector {
     settings: DetectorSettings,
-    /// One per node id (the table's size): unconfigured ids stay unseen
-    /// forever, since nothing records heartbeats for them.
+    /// One per node id (the table's size), what the fast pass reads:
+    /// [`Watch::UNWATCHED`] for ids no configured node uses.
     watches: Vec<Watch>,
+    /// One per node id: unconfigured ids stay unseen forever, since nothing
+    /// records heartbeats for them.
+    states: Vec<NodeState>,
     configured_interval_ns: HashMap<u32, u64>,
     /// Seen words above this are heartbeats no sweep has looked at yet.
     new_since_ns: u64,
@@ -416,6 +354,7 @@ impl Detector {
         let mut detector = Detector {
             settings,
             watches: vec![Watch::UNWATCHED; table_len as usize],
+            states: vec![NodeState::Unseen; table_len as usize],
             configured_interval_ns,
             new_since_ns: 0,
             grace_floor_ns: now_ns,
@@ -429,11 +368,7 @@ impl Detector {
         };
         detector.counts[NodeState::Unseen as usize] = nodes.len();
         for node in nodes {
-            let deadlines = detector.deadlines_for(node.node_id, 0, 0);
-            detector.watches[node.node_id as usize] = Watch::new(
-                NodeState::Unseen,
-                Self::look_after(NodeState::Unseen, deadlines),
-            );
+            detector.watches[node.node_id as usize] = detector.watch_word(NodeState::Unseen, 0);
         }
         detector
     }
@@ -446,7 +381,30 @@ impl Detector {
     /// follow the new settings from their next look (a heartbeat, or the
     /// deadline they have now).
     pub fn set_settings(&mut self, settings: DetectorSettings) {
+        let looked_at_new_up = self.looks_at_new_up();
         self.settings = settings;
+        if self.looks_at_new_up() != looked_at_new_up {
+            // The rule changed between timeout and phi: whether an up
+            // node's heartbeats need a look changes with it.
+            for id in 0..self.watches.len() {
+                if self.states[id] == NodeState::Up && self.watches[id] != Watch::UNWATCHED {
+                    let timeout = self.watches[id].timeout_ns();
+                    self.watches[id] = self.watch_word(NodeState::Up, timeout);
+                }
+            }
+        }
+    }
+
+    /// Whether every new heartbeat of an up node needs a look: the phi
+    /// rule recomputes the node's deadlines then.
+    fn looks_at_new_up(&self) -> bool {
+        matches!(self.settings.rule, Rule::Phi { .. })
+    }
+
+    /// The watch word of a node in `state` that needs a look after
+    /// `timeout_ns` of silence (if live).
+    fn watch_word(&self, state: NodeState, timeout_ns: u64) -> Watch {
+        Watch::new(state, timeout_ns, self.looks_at_new_up())
     }
 
     /// Starts watching a node added by a reload: unseen until heard, so it
@@ -458,25 +416,22 @@ impl Detector {
             None => self.configured_interval_ns.remove(&node.node_id),
         };
         if self.watches[node.node_id as usize] == Watch::UNWATCHED {
-            let deadlines = self.deadlines_for(node.node_id, 0, 0);
             self.counts[NodeState::Unseen as usize] += 1;
-            self.watches[node.node_id as usize] = Watch::new(
-                NodeState::Unseen,
-                Self::look_after(NodeState::Unseen, deadlines),
-            );
+            self.states[node.node_id as usize] = NodeState::Unseen;
+            self.watches[node.node_id as usize] = self.watch_word(NodeState::Unseen, 0);
         }
     }
 
     /// Stops watching a node removed by a reload: no event, no count, and
     /// whatever it sends from now on is never looked at.
     pub fn unwatch(&mut self, id: u32) {
-        let old = self.watches[id as usize];
-        if old == Watch::UNWATCHED {
+        if self.watches[id as usize] == Watch::UNWATCHED {
             return;
         }
-        let state = old.state() as usize;
+        let state = self.states[id as usize] as usize;
         self.counts[state] = self.counts[state].saturating_sub(1);
         self.watches[id as usize] = Watch::UNWATCHED;
+        self.states[id as usize] = NodeState::Unseen;
         self.configured_interval_ns.remove(&id);
         self.rising.remove(&id);
         self.flaps.remove(&id);
@@ -493,7 +448,7 @@ impl Detector {
         interval_word: u64,
     ) {
         let deadlines = self.deadlines_for(id, advertised_interval_ms, interval_word);
-        self.set(id, Watch::new(state, Self::look_after(state, deadlines)));
+        self.set(id, state, deadlines);
     }
 
     /// The table recorded heartbeats while no agent ran (a pinned XDP
@@ -559,22 +514,18 @@ impl Detector {
         self.counts[state as usize]
     }
 
-    /// Replaces node `id`'s watch word, keeping the state counts.
-    fn set(&mut self, id: u32, watch: Watch) {
-        let old = self.watches[id as usize].state();
+    /// Puts node `id` in state `to` with `deadlines`, keeping the state
+    /// counts.
+    fn set(&mut self, id: u32, to: NodeState, deadlines: Deadlines) {
+        let old = self.states[id as usize];
         self.counts[old as usize] = self.counts[old as usize].saturating_sub(1);
-        self.counts[watch.state() as usize] += 1;
-        self.watches[id as usize] = watch;
+        self.counts[to as usize] += 1;
+        self.states[id as usize] = to;
+        self.watches[id as usize] = self.watch_word(to, Self::look_after(to, deadlines));
     }
 
     pub fn state(&self, id: u32) -> NodeState {
-        self.watches[id as usize].state()
-    }
-
-    /// The silence (ms precision) after which node `id` next needs a look:
-    /// its suspect deadline when up, its timeout when suspect.
-    pub fn timeout_ns(&self, id: u32) -> u64 {
-        self.watches[id as usize].timeout_ns()
+        self.states[id as usize]
     }
 
     /// When node `id` will be declared down if it stays silent; `None` if it
@@ -701,28 +652,16 @@ impl Detector {
         }
         self.last_sweep_ns = now_ns;
         let words = table.seen_words();
-        let new_since_ns = self.new_since_ns;
-        let refresh_on_heartbeat = matches!(self.settings.rule, Rule::Phi { .. });
-        let floors = self.floors();
-        let mut next_look = u64::MAX;
+        let pass = Pass {
+            now_ns,
+            new_since_ns: self.new_since_ns,
+        };
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
-        for (id, (word, watch)) in words.iter().zip(&self.watches).enumerate() {
-            let word = word.load(Ordering::Relaxed);
-            if !watch.is_quiet(word, now_ns, new_since_ns)
-                || (refresh_on_heartbeat && word > new_since_ns && *watch != Watch::UNWATCHED)
-            {
-                candidates.push(id as u32);
-            } else if watch.is_live() {
-                next_look = next_look.min(watch.look_at(word, floors));
-            }
-        }
+        let mut next_look = scan::scan(words, &self.watches, pass, &mut candidates);
         for &id in &candidates {
-            self.examine(id, now_ns, table, out);
-            let watch = self.watches[id as usize];
-            if watch.is_live() {
-                let word = words[id as usize].load(Ordering::Relaxed);
-                next_look = next_look.min(watch.look_at(word, floors));
+            if let Some(look) = self.examine(id, now_ns, table, out) {
+                next_look = next_look.min(look);
             }
         }
         self.candidates = candidates;
@@ -751,17 +690,19 @@ impl Detector {
         )
     }
 
-    /// The slow path for one node the fast pass set aside.
+    /// The slow path for one node the fast pass set aside. Returns when
+    /// the node needs its next look if it stays silent (exactly), if it is
+    /// live.
     fn examine<T: TableView + ?Sized>(
         &mut self,
         id: u32,
         now_ns: u64,
         table: &T,
         out: &mut Vec<Transition>,
-    ) {
+    ) -> Option<u64> {
         let word = table.seen_words()[id as usize].load(Ordering::Relaxed);
         let arrival = seen::arrival_ns(word);
-        let from = self.watches[id as usize].state();
+        let from = self.states[id as usize];
         let deadlines = self.deadlines(id, table);
         // A restored up node may not have been heard yet (word 0): its
         // silence counts from the grace floor, at the latest from the start.
@@ -792,15 +733,22 @@ impl Detector {
             NodeState::Unseen | NodeState::Left if heard => NodeState::Up,
             other => other,
         };
-        self.set(id, Watch::new(to, Self::look_after(to, deadlines)));
-        let from = if from == NodeState::Up && to == NodeState::Down {
+        self.set(id, to, deadlines);
+        let reported_from = if from == NodeState::Up && to == NodeState::Down {
             NodeState::Suspect
         } else {
             from
         };
-        if to != from {
-            self.push(out, id, from, to, now_ns, arrival);
+        if to != reported_from {
+            self.push(out, id, reported_from, to, now_ns, arrival);
         }
+        // Silence strictly past the deadline changes the state.
+        to.is_live().then(|| {
+            arrival
+                .max(floor)
+                .saturating_add(Self::look_after(to, deadlines))
+                .saturating_add(1)
+        })
     }
 
     fn push(
@@ -1027,6 +975,91 @@ mod tests {
             },
             ..settings()
         }
+    }
+
+    /// Sweeps at the instants `next_look_ns` names, as the sweep thread
+    /// does, from `now` until `until`; the transitions and when they came.
+    fn follow_deadlines(fake: &mut Fake, until: u64) -> Vec<(u64, NodeState, NodeState)> {
+        let mut seen: Vec<_> = fake
+            .sweep()
+            .iter()
+            .map(|t| (fake.now, t.from, t.to))
+            .collect();
+        let mut wakes = 0;
+        while fake.now < until {
+            wakes += 1;
+            assert!(wakes < 100, "woken {wakes} times: a deadline in the past?");
+            let next = fake.detector.next_look_ns();
+            assert!(
+                next >= fake.now,
+                "next look {next} before the sweep at {}",
+                fake.now
+            );
+            fake.now = next.min(until);
+            seen.extend(fake.sweep().iter().map(|t| (fake.now, t.from, t.to)));
+        }
+        seen
+    }
+
+    #[test]
+    fn the_next_look_is_the_earliest_deadline_and_never_late() {
+        let mut fake = Fake::new(&nodes(&[1, 2]));
+        // Node 1 advertises 100 ms (suspect at 200 ms, down at 300 ms),
+        // node 2 advertises 50 ms (150 ms, 200 ms), both heard now.
+        let heard = fake.now;
+        fake.beat(1, 100, false);
+        fake.beat(2, 50, false);
+        assert_eq!(fake.advance_and_sweep(1).len(), 2, "both up");
+        let next = fake.detector.next_look_ns();
+        assert_eq!(
+            next,
+            heard + 100 * MS + 1,
+            "just past node 2's suspect deadline"
+        );
+        // A sweep that finds both quiet (the fast pass alone) may name it
+        // up to one watch unit (2^20 ns) early, never late.
+        fake.now += 10 * MS;
+        assert!(fake.sweep().is_empty());
+        let early = (heard + 100 * MS + 1) - fake.detector.next_look_ns();
+        assert!(early < 1 << 20, "{early} ns early");
+        // Swept only when the next look says, the transitions come at their
+        // deadlines to the nanosecond (silence strictly past them).
+        let seen = follow_deadlines(&mut fake, heard + 400 * MS);
+        assert_eq!(
+            seen,
+            vec![
+                (heard + 100 * MS + 1, Up, Suspect),
+                (heard + 150 * MS + 1, Suspect, Down),
+                (heard + 200 * MS + 1, Up, Suspect),
+                (heard + 300 * MS + 1, Suspect, Down),
+            ]
+            .into_iter()
+            .zip([2, 2, 1, 1])
+            .map(|((at, from, to), _)| (at, from, to))
+            .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            fake.detector.next_look_ns(),
+            u64::MAX,
+            "nothing left to time"
+        );
+    }
+
+    #[test]
+    fn the_next_look_waits_for_the_grace_period() {
+        // A restored up node never heard: a full timeout from the start,
+        // not a wake-up at every sweep until then.
+        let mut fake = Fake::new(&nodes(&[3]));
+        let start = fake.now;
+        fake.detector.restore(3, Up, 100, 0);
+        let seen = follow_deadlines(&mut fake, start + 1_000 * MS);
+        assert_eq!(
+            seen,
+            vec![
+                (start + 200 * MS + 1, Up, Suspect),
+                (start + 300 * MS + 1, Suspect, Down)
+            ]
+        );
     }
 
     #[test]
@@ -1278,17 +1311,24 @@ mod tests {
     }
 
     #[test]
-    fn watch_word_packs_state_and_timeout() {
-        for state in [Unseen, Up, Down, Left, Suspect, Flapping] {
-            let w = Watch::new(state, 300 * MS);
-            assert_eq!((w.state(), w.timeout_ns()), (state, 300 * MS));
+    fn watch_words_say_what_needs_a_look() {
+        let settings = settings();
+        let detector = Detector::new(settings, 1, &[], 0);
+        for state in [Unseen, Down, Left, Flapping] {
+            assert!(!detector.watch_word(state, 300 * MS).is_live(), "{state}");
         }
-        assert_eq!(Watch::new(Up, 1).timeout_ns(), MS, "rounded up to whole ms");
-        assert_eq!(
-            Watch::new(Left, u64::MAX).state(),
-            Left,
-            "a huge timeout saturates, not overflows"
+        for state in [Up, Suspect] {
+            let watch = detector.watch_word(state, 300 * MS);
+            assert!(watch.is_live(), "{state}");
+            let units = (300 * MS) >> 20;
+            assert_eq!(watch.timeout_ns(), units << 20, "rounded down, never late");
+            assert!(300 * MS - watch.timeout_ns() < 1 << 20);
+        }
+        assert!(
+            detector.watch_word(Up, u64::MAX).timeout_ns() > 10 * 24 * 3600 * 1_000_000_000,
+            "a huge timeout saturates at 13 days, not overflows"
         );
+        assert_ne!(detector.watch_word(Up, 0), Watch::UNWATCHED);
     }
 
     #[test]

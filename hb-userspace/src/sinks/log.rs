@@ -119,7 +119,8 @@ fn announce(node: &NodeInfo<'_>, transition: &Transition, cluster: &ClusterView<
     let id = node.id;
     match (transition.from, transition.to) {
         (_, NodeState::Down) => {
-            let timeout = Duration::from_nanos(cluster.detector.timeout_ns(id));
+            let timeout =
+                Duration::from_nanos(cluster.detector.deadlines(id, cluster.table).down_ns);
             tracing::warn!(node = name, id, silent_for = silent_for(transition), timeout = ?timeout, "node is DOWN: no heartbeat within its timeout")
         }
         (_, NodeState::Suspect) => tracing::info!(

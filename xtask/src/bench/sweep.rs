@@ -1,9 +1,11 @@
 //! Phase `sweep`: the agent's sweep over the memory-mapped node table vs
 //! the number of nodes, next to a memcpy of the same bytes (the floor), from
 //! `hb-tools bench sweep --nodes N` (three runs per size, the best kept).
-//! Targets: at most 1 ms per million nodes (median sweep), within 2x of
-//! memcpy at every size (best of each), and growing linearly (log-log slope
-//! of the median sweep time vs N at most 1.1).
+//! Targets, at every size from 100k to 16M nodes (10k is shown, not
+//! checked: a sweep of it is a few microseconds, mostly fixed costs):
+//! under 0.7 ms per million nodes (median sweep), within 1.5x of memcpy
+//! (best of each), and growing linearly (log-log slope of the median sweep
+//! time vs N at most 1.1).
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -17,10 +19,12 @@ use super::{
 };
 
 const PHASE: &str = "sweep";
-/// Nanoseconds per million nodes allowed (1 ms).
-const NS_PER_MILLION_LIMIT: f64 = 1e6;
+/// Nanoseconds per million nodes allowed (0.7 ms).
+const NS_PER_MILLION_LIMIT: f64 = 0.7e6;
 /// Sweep / memcpy allowed.
-const MEMCPY_RATIO_LIMIT: f64 = 2.0;
+const MEMCPY_RATIO_LIMIT: f64 = 1.5;
+/// The targets hold from this many nodes up.
+const CHECKED_FROM: u32 = 100_000;
 /// Log-log slope allowed: 1 is linear.
 const SLOPE_LIMIT: f64 = 1.1;
 /// Runs of `hb-tools bench sweep` per size, each a fresh process; the one with
@@ -38,6 +42,9 @@ struct SweepCost {
     memcpy_ns_min: u64,
     memcpy_ns_median: u64,
     rounds: u32,
+    /// The fast pass's implementation: avx512, avx2 or scalar.
+    #[serde(default)]
+    kernel: String,
 }
 
 impl SweepCost {
@@ -97,10 +104,10 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             Series::new("sweep (median)", points(|r| r.sweep_ns_median), 0),
             Series::new("memcpy (median)", points(|r| r.memcpy_ns_median), 1),
             Series::dashed(
-                "target: 1 ms per million nodes",
+                "target: 0.7 ms per million nodes",
                 results
                     .iter()
-                    .map(|r| (f64::from(r.nodes), f64::from(r.nodes)))
+                    .map(|r| (f64::from(r.nodes), f64::from(r.nodes) * 0.7))
                     .collect(),
                 2,
             ),
@@ -191,14 +198,13 @@ fn print_table(results: &[SweepCost]) {
 /// Time per million nodes and sweep / memcpy at the worst size, and the
 /// growth with N.
 fn targets(results: &[SweepCost], sweep_slope: f64, memcpy_slope: f64) -> Vec<Target> {
-    let worst_per_million = results
-        .iter()
+    let checked = || results.iter().filter(|r| r.nodes >= CHECKED_FROM);
+    let worst_per_million = checked()
         .max_by(|a, b| a.ns_per_million().total_cmp(&b.ns_per_million()))
-        .expect("at least one size");
-    let worst_ratio = results
-        .iter()
+        .expect("at least one size from 100k");
+    let worst_ratio = checked()
         .max_by(|a, b| a.ratio_min().total_cmp(&b.ratio_min()))
-        .expect("at least one size");
+        .expect("at least one size from 100k");
     vec![
         Target::new(
             PHASE,
@@ -209,8 +215,9 @@ fn targets(results: &[SweepCost], sweep_slope: f64, memcpy_slope: f64) -> Vec<Ta
             NS_PER_MILLION_LIMIT / 1e6,
         )
         .with_note(format!(
-            "median sweep at {} nodes",
-            si(f64::from(worst_per_million.nodes))
+            "median sweep at {} nodes, {} fast pass",
+            si(f64::from(worst_per_million.nodes)),
+            worst_per_million.kernel
         )),
         Target::new(
             PHASE,
