@@ -170,6 +170,9 @@ pub struct Detection {
     pub missed: usize,
     /// `down`s of the node outside a fault, or a second one in a fault.
     pub false_downs: usize,
+    /// When each false down came, ns after the last SIGCONT before it
+    /// (none: before the first fault).
+    pub false_downs_after_continue_ns: Vec<Option<u64>>,
     /// Sorted detection latencies (down - stop), ns.
     pub latencies_ns: Vec<u64>,
     pub p50_ns: Option<u64>,
@@ -196,20 +199,30 @@ impl Detection {
             .filter(|e| e.node_id == NODE && e.event == "down")
             .map(|e| e.mono_ns)
             .collect();
-        let mut matched = 0;
+        let first_in = |fault: &Fault| {
+            downs
+                .iter()
+                .copied()
+                .filter(|&at| at >= fault.stopped_ns && at < fault.continued_ns)
+                .min()
+        };
         let records: Vec<FaultRecord> = faults
             .iter()
-            .map(|&fault| {
-                let first = downs
+            .map(|fault| FaultRecord {
+                fault: *fault,
+                latency_ns: first_in(fault).map(|at| at - fault.stopped_ns),
+            })
+            .collect();
+        let matched: Vec<u64> = faults.iter().filter_map(first_in).collect();
+        let false_downs_after_continue_ns: Vec<Option<u64>> = downs
+            .iter()
+            .filter(|at| !matched.contains(at))
+            .map(|&at| {
+                faults
                     .iter()
-                    .copied()
-                    .filter(|&at| at >= fault.stopped_ns && at < fault.continued_ns)
-                    .min();
-                matched += usize::from(first.is_some());
-                FaultRecord {
-                    fault,
-                    latency_ns: first.map(|at| at - fault.stopped_ns),
-                }
+                    .filter(|f| f.continued_ns <= at)
+                    .map(|f| at - f.continued_ns)
+                    .min()
             })
             .collect();
         let mut latencies: Vec<u64> = records.iter().filter_map(|r| r.latency_ns).collect();
@@ -218,7 +231,8 @@ impl Detection {
             faults: faults.len(),
             detected: latencies.len(),
             missed: faults.len() - latencies.len(),
-            false_downs: downs.len() - matched,
+            false_downs: false_downs_after_continue_ns.len(),
+            false_downs_after_continue_ns,
             p50_ns: percentile(&latencies, 0.5),
             p99_ns: percentile(&latencies, 0.99),
             max_ns: latencies.last().copied(),
@@ -236,13 +250,15 @@ impl Detection {
     /// `median 24.1 ms, p99 29.8 ms, max 29.8 ms (40 faults)`.
     pub fn summary(&self) -> String {
         format!(
-            "median {} ms, p99 {} ms, max {} ms, min {} ms ({} of {} faults detected)",
+            "median {} ms, p99 {} ms, max {} ms, min {} ms ({} of {} faults detected, {} false \
+             downs)",
             ms(self.p50_ns),
             ms(self.p99_ns),
             ms(self.max_ns),
             ms(self.min_ns),
             self.detected,
-            self.faults
+            self.faults,
+            self.false_downs
         )
     }
 }
@@ -331,6 +347,7 @@ mod tests {
         assert_eq!(d.latencies_ns, vec![25, 30]);
         assert_eq!((d.faults, d.detected, d.missed), (3, 2, 1));
         assert_eq!(d.false_downs, 3);
+        assert_eq!(d.false_downs_after_continue_ns, vec![None, None, Some(500)]);
         assert_eq!(
             (d.p50_ns, d.p99_ns, d.max_ns, d.min_ns),
             (Some(25), Some(30), Some(30), Some(25))

@@ -99,13 +99,7 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         }),
         targets,
         plots: vec![path],
-        facts: vec![format!(
-            "single: {:.0} sweep wake-ups per second with {} nodes beating every 10 ms \
-             (sweep_period 10 ms); machine {:.0}% busy in the window (other load included)",
-            fleet.wake_ups_per_s,
-            si(f64::from(FLEET)),
-            100.0 * fleet.window.machine_busy
-        )],
+        facts: fleet.facts(),
     })
 }
 
@@ -326,6 +320,28 @@ impl Fleet {
         ));
     }
 
+    /// The wake-ups per second, and whether the load kept its schedule.
+    fn facts(&self) -> Vec<String> {
+        let mut facts = vec![format!(
+            "single: {:.0} sweep wake-ups per second with {} nodes beating every 10 ms \
+             (sweep_period 10 ms); machine {:.0}% busy in the window (other load included)",
+            self.wake_ups_per_s,
+            si(f64::from(self.nodes)),
+            100.0 * self.window.machine_busy
+        )];
+        let slack = INTERVAL * (MULTIPLIER - 1);
+        if self.load.max_lag_ns >= slack.as_nanos() as u64 {
+            facts.push(format!(
+                "single: the load generator fell up to {:.1} ms behind its schedule ({} batches \
+                 over 1 ms late): gaps past the timeout, so downs while it ran may be the \
+                 load's, not the agent's",
+                self.load.max_lag_ns as f64 / 1e6,
+                self.load.late_batches
+            ));
+        }
+        facts
+    }
+
     fn targets(&self) -> Vec<Target> {
         let nodes = si(f64::from(self.nodes));
         vec![
@@ -367,9 +383,11 @@ impl Fleet {
                 0.0,
             )
             .with_note(format!(
-                "{} down events while the load ran; {} nodes up at the check",
+                "{} down events while the load ran; {} nodes up at the check; the load's max \
+                 lag {:.1} ms",
                 self.false_downs,
-                self.count("up")
+                self.count("up"),
+                self.load.max_lag_ns as f64 / 1e6
             )),
         ]
     }
