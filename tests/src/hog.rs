@@ -216,12 +216,17 @@ fn spin(stop: &AtomicBool, deadline: Instant) {
 
 /// The CPUs this process may run on (its affinity mask), ascending.
 pub fn allowed_cpus() -> Result<Vec<usize>> {
+    affinity(0)
+}
+
+/// The CPUs thread `pid` (0: the calling one) may run on, ascending.
+pub fn affinity(pid: libc::pid_t) -> Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain old data; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
-    // SAFETY: pid 0 is this thread; the kernel writes at most the size passed.
-    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) } != 0 {
+    // SAFETY: the kernel writes at most the size passed into `set`.
+    if unsafe { libc::sched_getaffinity(pid, size_of::<libc::cpu_set_t>(), &raw mut set) } != 0 {
         return Err(Error::Net {
-            op: "reading this process's CPU affinity".to_owned(),
+            op: format!("reading the CPU affinity of thread {pid}"),
             source: io::Error::last_os_error(),
         });
     }

@@ -16,8 +16,8 @@
 //! - [`hog`]: busy loops competing with the agent for the CPUs, SCHED_OTHER
 //!   or SCHED_FIFO, bounded in time and stopped on Drop ([`Hogs`]), and the
 //!   kernel's RT throttling;
-//! - [`sender`]: `hb send` for one lab node, optionally SCHED_FIFO, frozen
-//!   with SIGSTOP and thawed with SIGCONT ([`Sender`]);
+//! - [`sender`]: `hb send` for one lab node, optionally SCHED_FIFO and
+//!   pinned to CPUs, frozen with SIGSTOP and thawed with SIGCONT ([`Sender`]);
 //! - [`interrupt`]: Ctrl-C turns every wait into an [`Error::Interrupted`];
 //! - [`pins`]: the agent instance's pins in bpffs, removed on Drop
 //!   ([`PinGuard`]), and running an agent that shares the host's bpffs;
@@ -51,7 +51,7 @@ pub use lab::{Lab, Node, unique_prefix};
 pub use netns::NetNs;
 pub use pins::PinGuard;
 pub use process::{ChildGuard, Hb, Signal};
-pub use sender::Sender;
+pub use sender::{Sched, Sender};
 
 /// UDP port the agent listens on in every lab.
 pub const HEARTBEAT_PORT: u16 = 7979;

@@ -1,8 +1,8 @@
 //! A node the harness can freeze: `hb send` for one lab node, optionally at
-//! real-time priority (under `chrt`, so every thread of it is SCHED_FIFO
-//! from its first instruction), stopped with SIGSTOP (to its monitor, a
-//! node that hangs) and continued with SIGCONT. Killed on Drop, stopped or
-//! not.
+//! real-time priority and on chosen CPUs (under `chrt` and `taskset`, so
+//! every thread of it has them from its first instruction), stopped with
+//! SIGSTOP (to its monitor, a node that hangs) and continued with SIGCONT.
+//! Killed on Drop, stopped or not.
 
 use std::{
     fs, io,
@@ -15,47 +15,83 @@ use crate::{ChildGuard, Error, Hb, Lab, Result, Signal, interrupt, monotonic_ns}
 /// How long `ip netns exec` and `chrt` may take to exec `hb`.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How `hb send` is scheduled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sched {
+    /// SCHED_FIFO at this priority (`chrt -f`); none: SCHED_OTHER.
+    pub fifo: Option<u8>,
+    /// Only on these CPUs (`taskset -c`); none: on any.
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl Sched {
+    /// `SCHED_FIFO 45 on CPUs 0`, `SCHED_OTHER`.
+    pub fn describe(&self) -> String {
+        let policy = self
+            .fifo
+            .map_or_else(|| "SCHED_OTHER".to_owned(), |p| format!("SCHED_FIFO {p}"));
+        match &self.cpus {
+            Some(cpus) => format!("{policy} on CPUs {}", cpu_list(cpus)),
+            None => policy,
+        }
+    }
+}
+
+/// `0,2,3`.
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A running `hb send`.
 #[derive(Debug)]
 pub struct Sender {
     guard: ChildGuard,
-    fifo: Option<u8>,
+    sched: Sched,
     stopped: bool,
 }
 
 impl Sender {
     /// Starts `hb send` for lab node `index` every `interval` without
-    /// jitter, as SCHED_FIFO at `fifo` if given; output in `log`. Returns
-    /// once the process is `hb` itself, with the policy checked.
+    /// jitter, scheduled as `sched` says; output in `log`. Returns once the
+    /// process is `hb` itself, with its policy and CPUs checked.
     pub fn start(
         hb: &Hb,
         lab: &Lab,
         index: u8,
         interval: Duration,
-        fifo: Option<u8>,
+        sched: &Sched,
         log: &Path,
     ) -> Result<Self> {
+        // ip netns exec [taskset -c CPUS] [chrt -f PRIORITY] hb send ...,
+        // each exec'ing the next.
+        let mut chain: Vec<String> = Vec::new();
+        if let Some(cpus) = &sched.cpus {
+            chain.extend(["taskset".to_owned(), "-c".to_owned(), cpu_list(cpus)]);
+        }
+        if let Some(priority) = sched.fifo {
+            chain.extend(["chrt".to_owned(), "-f".to_owned(), priority.to_string()]);
+        }
         let ns = &lab.node(index).ns;
-        let args = Hb::send_args(lab, index, interval);
-        let mut cmd = match fifo {
-            Some(priority) => {
-                let mut cmd = ns.command("chrt");
-                cmd.args(["-f", &priority.to_string()]).arg(hb.path());
+        let mut cmd = match chain.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = ns.command(program);
+                cmd.args(rest).arg(hb.path());
                 cmd
             }
             None => ns.command(hb.path()),
         };
-        cmd.args(args);
+        cmd.args(Hb::send_args(lab, index, interval));
         let guard = ChildGuard::spawn_logged(format!("sender {index}"), &mut cmd, log)?;
         let mut sender = Self {
             guard,
-            fifo,
+            sched: sched.clone(),
             stopped: false,
         };
         sender.wait_for_exec(hb.path())?;
-        if let Some(priority) = fifo {
-            sender.check_policy(priority)?;
-        }
+        sender.check_sched()?;
         Ok(sender)
     }
 
@@ -64,9 +100,9 @@ impl Sender {
         self.guard.pid()
     }
 
-    /// The SCHED_FIFO priority it runs at, if any.
-    pub fn fifo(&self) -> Option<u8> {
-        self.fifo
+    /// How it is scheduled.
+    pub fn sched(&self) -> &Sched {
+        &self.sched
     }
 
     /// Waits until the child is `hb` itself, so that a signal reaches it
@@ -91,13 +127,26 @@ impl Sender {
         }
     }
 
-    /// Fails unless the process runs as SCHED_FIFO at `priority`.
-    fn check_policy(&self, priority: u8) -> Result<()> {
+    /// Fails unless the process is scheduled as asked.
+    fn check_sched(&self) -> Result<()> {
         let pid = libc::pid_t::try_from(self.pid()).map_err(|_| Error::Invalid {
             what: "pid",
             value: self.pid().to_string(),
             reason: "out of range".to_owned(),
         })?;
+        if let Some(cpus) = &self.sched.cpus {
+            let allowed = crate::hog::affinity(pid)?;
+            if &allowed != cpus {
+                return Err(Error::Invalid {
+                    what: "sender CPUs",
+                    value: cpu_list(&allowed),
+                    reason: format!("`taskset -c {}` should have set them", cpu_list(cpus)),
+                });
+            }
+        }
+        let Some(priority) = self.sched.fifo else {
+            return Ok(());
+        };
         // SAFETY: sched_getscheduler has no memory-safety preconditions;
         // the pid is our own unreaped child.
         let policy = unsafe { libc::sched_getscheduler(pid) };

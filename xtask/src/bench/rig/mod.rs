@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use hb_tests::{HEARTBEAT_PORT, Hb, Lab, Sender, netns};
+use hb_tests::{HEARTBEAT_PORT, Hb, Lab, Sched, Sender, netns};
 use serde_json::Value;
 
 use self::agent::AgentFiles;
@@ -167,11 +167,11 @@ impl<'a> Rig<'a> {
     }
 
     /// Starts `hb send` as node 1 in the sender namespace, every `interval`
-    /// without jitter, as SCHED_FIFO at `fifo` if given.
-    pub fn start_sender(&self, interval: Duration, fifo: Option<u8>) -> Result<Sender> {
+    /// without jitter, scheduled as `sched` says.
+    pub fn start_sender(&self, interval: Duration, sched: &Sched) -> Result<Sender> {
         let run = self.next_run();
         let log = self.dir.join(format!("sender-{run}.log"));
-        Ok(Sender::start(self.hb, &self.lab, 1, interval, fifo, &log)?)
+        Ok(Sender::start(self.hb, &self.lab, 1, interval, sched, &log)?)
     }
 
     /// Starts `hb-tools loadgen` in the sender namespace.
