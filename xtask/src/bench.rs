@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: measures hb against its performance targets, in one
-//! go (root; about 10 minutes, `--quick` about 3).
+//! go (root; about 12 minutes, `--quick` about 4).
 //!
 //! Builds hb (release), then runs the phases, each printing a table:
 //!
