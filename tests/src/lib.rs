@@ -13,6 +13,11 @@
 //!   forging heartbeats ([`TestKey`]);
 //! - [`attacker`]: a thread inside a lab namespace sending crafted
 //!   heartbeats at a bounded rate ([`Attacker`]);
+//! - [`hog`]: busy loops competing with the agent for the CPUs, SCHED_OTHER
+//!   or SCHED_FIFO, bounded in time and stopped on Drop ([`Hogs`]), and the
+//!   kernel's RT throttling;
+//! - [`sender`]: `hb send` for one lab node, optionally SCHED_FIFO and
+//!   pinned to CPUs, frozen with SIGSTOP and thawed with SIGCONT ([`Sender`]);
 //! - [`interrupt`]: Ctrl-C turns every wait into an [`Error::Interrupted`];
 //! - [`pins`]: the agent instance's pins in bpffs, removed on Drop
 //!   ([`PinGuard`]), and running an agent that shares the host's bpffs;
@@ -25,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod haproxy;
+pub mod hog;
 pub mod http;
 pub mod interrupt;
 pub mod keys;
@@ -32,17 +38,20 @@ pub mod lab;
 pub mod netns;
 pub mod pins;
 pub mod process;
+pub mod sender;
 pub mod soak;
 
 pub use attacker::{Attacker, Flood, Stream};
 pub use config::{ConfigOptions, TempDir, TestConfig, Timing};
 pub use error::{Error, Result};
 pub use events::{Event, wait_for_event, wait_for_line};
+pub use hog::{Hog, Hogs, Policy};
 pub use keys::TestKey;
 pub use lab::{Lab, Node, unique_prefix};
 pub use netns::NetNs;
 pub use pins::PinGuard;
 pub use process::{ChildGuard, Hb, Signal};
+pub use sender::{Sched, Sender};
 
 /// UDP port the agent listens on in every lab.
 pub const HEARTBEAT_PORT: u16 = 7979;

@@ -27,6 +27,10 @@ pub enum Signal {
     Kill,
     /// SIGINT: Ctrl-C.
     Int,
+    /// SIGSTOP: the process hangs (it cannot catch or ignore it).
+    Stop,
+    /// SIGCONT: a stopped process goes on.
+    Cont,
 }
 
 impl Signal {
@@ -35,6 +39,8 @@ impl Signal {
             Self::Term => libc::SIGTERM,
             Self::Kill => libc::SIGKILL,
             Self::Int => libc::SIGINT,
+            Self::Stop => libc::SIGSTOP,
+            Self::Cont => libc::SIGCONT,
         }
     }
 
@@ -44,6 +50,8 @@ impl Signal {
             Self::Term => "SIGTERM",
             Self::Kill => "SIGKILL",
             Self::Int => "SIGINT",
+            Self::Stop => "SIGSTOP",
+            Self::Cont => "SIGCONT",
         }
     }
 }
@@ -293,18 +301,28 @@ impl Hb {
         log: &Path,
     ) -> Result<ChildGuard> {
         let node = lab.node(index);
-        let args = [
+        self.spawn_in(
+            &node.ns,
+            &format!("sender {index}"),
+            Self::send_args(lab, index, interval),
+            log,
+        )
+    }
+
+    /// The arguments of `hb send` for lab node `index`: to the monitor's
+    /// address on its link, every `interval` without jitter.
+    pub fn send_args(lab: &Lab, index: u8, interval: Duration) -> [String; 9] {
+        [
             "send".to_owned(),
             "--node-id".to_owned(),
             index.to_string(),
             "--to".to_owned(),
-            format!("{}:{HEARTBEAT_PORT}", node.monitor_address),
+            format!("{}:{HEARTBEAT_PORT}", lab.node(index).monitor_address),
             "--interval".to_owned(),
             humantime(interval),
             "--jitter".to_owned(),
             "0".to_owned(),
-        ];
-        self.spawn_in(&node.ns, &format!("sender {index}"), args, log)
+        ]
     }
 
     /// `hb detach --instance INSTANCE`, which must succeed; returns its

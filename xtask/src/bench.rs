@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: measures hb against its performance targets, in one
-//! go (root; about 10 minutes, `--quick` about 3).
+//! go (root; about 12 minutes, `--quick` about 4).
 //!
 //! Builds hb (release), then runs the phases, each printing a table:
 //!
@@ -16,9 +16,14 @@
 //! 7. [`http`]: the same, without and with clients of the HTTP API (an
 //!    event stream and a scrape of `/metrics` every second);
 //! 8. [`detection`]: detection latency of crashed nodes;
-//! 9. [`quality`]: detection quality of the `timeout` and `phi` detectors
-//!    under loss, pauses and an agent stall (false suspicions per
-//!    node-hour at the same median detection time).
+//! 9. [`single`]: one node at 10 ms x 3 stopped with SIGSTOP 40 times
+//!    (detection median and max), and the agent's CPU, per second and per
+//!    sweep wake-up, with 1,000 nodes beating every 10 ms;
+//! 10. [`starved`]: the same detection with busy loops on every CPU or a
+//!     SCHED_FIFO one on one CPU, with and without `sweep_priority`;
+//! 11. [`quality`]: detection quality of the `timeout` and `phi` detectors
+//!     under loss, pauses and an agent stall (false suspicions per
+//!     node-hour at the same median detection time).
 //!
 //! Only on request (`--only soak`, about 11 minutes): [`soak`], 100,000
 //! nodes for 10 minutes with loss and rolling crashes while the agent is
@@ -44,7 +49,10 @@ mod output;
 mod plot;
 mod quality;
 mod rig;
+mod sigstop;
+mod single;
 mod soak;
+mod starved;
 mod state;
 mod stats;
 mod sweep;
@@ -100,6 +108,12 @@ pub enum Phase {
     Http,
     /// Detection latency of crashed nodes.
     Detection,
+    /// One node at 10 ms x 3: detection of SIGSTOP faults, and the
+    /// agent's CPU with 1,000 nodes at that pace.
+    Single,
+    /// One node's detection under busy loops, with and without
+    /// sweep_priority.
+    Starved,
     /// Detection quality, timeout vs phi: false suspicions, detection time.
     Quality,
     /// The soak: 100k nodes, loss, rolling crashes and SIGKILL restarts of
@@ -108,7 +122,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 12] = [
         Self::XdpCost,
         Self::Hostile,
         Self::Sweep,
@@ -117,6 +131,8 @@ impl Phase {
         Self::Held,
         Self::Http,
         Self::Detection,
+        Self::Single,
+        Self::Starved,
         Self::Quality,
         Self::Soak,
     ];
@@ -137,6 +153,8 @@ impl Phase {
             Self::Held => "held",
             Self::Http => "http",
             Self::Detection => "detection",
+            Self::Single => "single",
+            Self::Starved => "starved",
             Self::Quality => "quality",
             Self::Soak => "soak",
         }
@@ -152,6 +170,8 @@ impl Phase {
             Self::Held => "a million nodes beating once a second",
             Self::Http => "what the HTTP API costs at a million nodes",
             Self::Detection => "detection latency",
+            Self::Single => "one node at 10 ms: detection and the agent's cost",
+            Self::Starved => "one node's detection under CPU starvation",
             Self::Quality => "detection quality, timeout vs phi",
             Self::Soak => "the soak: nothing lost across SIGKILL restarts",
         }
@@ -167,6 +187,8 @@ impl Phase {
             Self::Held => held::run(ctx),
             Self::Http => http::run(ctx),
             Self::Detection => detection::run(ctx),
+            Self::Single => single::run(ctx),
+            Self::Starved => starved::run(ctx),
             Self::Quality => quality::run(ctx),
             Self::Soak => soak::run(ctx),
         }

@@ -20,8 +20,8 @@
 //! clients at most 1.2x without; sweep p99 with clients in the same or a
 //! lower bucket.
 
-mod clients;
-mod histogram;
+pub(super) mod clients;
+pub(super) mod histogram;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 

@@ -1,7 +1,8 @@
 //! The machine the figures come from, and CPU time as Linux accounts it in
 //! /proc: the whole machine's softirq time (the `cpu` line of /proc/stat)
 //! and one process's user + system time, all its threads included
-//! (/proc/<pid>/stat). Both count clock ticks (`USER_HZ`).
+//! (/proc/<pid>/stat). Both count clock ticks (`USER_HZ`); a process's CPU
+//! clock ([`process_cpu_ns`]) counts nanoseconds.
 
 use std::{
     fs,
@@ -146,6 +147,32 @@ pub fn process_ticks(pid: u32) -> Result<u64> {
     parse_process_ticks(&read(&format!("/proc/{pid}/stat"))?)
 }
 
+/// CPU time of process `pid` so far, all its threads (those that exited
+/// included), ns: its `CLOCK_PROCESS_CPUTIME_ID` read from outside
+/// (`clock_getcpuclockid`), which the scheduler keeps to the nanosecond,
+/// where /proc's utime + stime count ticks of 10 ms.
+pub fn process_cpu_ns(pid: u32) -> Result<u64> {
+    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clockid_t, which lives on our
+    // stack.
+    let status = unsafe { libc::clock_getcpuclockid(pid, &raw mut clock) };
+    if status != 0 {
+        return Err(std::io::Error::from_raw_os_error(status))
+            .with_context(|| format!("the CPU clock of process {pid}"));
+    }
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives on our stack.
+    if unsafe { libc::clock_gettime(clock, &raw mut now) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the CPU clock of process {pid}"));
+    }
+    Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+}
+
 /// CPU counters at one instant: the machine's and one process's.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSample {
@@ -248,6 +275,17 @@ mod tests {
                     2 3";
         assert_eq!(parse_process_ticks(stat).unwrap(), 1234 + 567);
         assert!(parse_process_ticks("4242 (hb) S 1").is_err());
+    }
+
+    #[test]
+    fn reads_a_process_cpu_clock() {
+        let pid = std::process::id();
+        let before = process_cpu_ns(pid).unwrap();
+        let mut x = 0u64;
+        for i in 0..1_000_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i));
+        }
+        assert!(process_cpu_ns(pid).unwrap() > before, "{x}");
     }
 
     #[test]

@@ -54,7 +54,14 @@ impl AgentSetup {
         self.interval * self.timeout_multiplier
     }
 
-    pub(super) fn render(&self, interfaces: &[String], files: &AgentFiles) -> String {
+    /// The configuration: `defaults` holds more `[defaults]` lines (such
+    /// as [`Realtime::lines`]), empty for none.
+    pub(super) fn render(
+        &self,
+        interfaces: &[String],
+        files: &AgentFiles,
+        defaults: &str,
+    ) -> String {
         let interfaces: Vec<String> = interfaces.iter().map(|name| toml_string(name)).collect();
         let path = |p: &Path| toml_string(&p.to_string_lossy());
         format!(
@@ -71,6 +78,7 @@ impl AgentSetup {
              interval = \"{interval}\"\n\
              timeout_multiplier = {multiplier}\n\
              sweep_period = \"{sweep}\"\n\
+             {defaults}\
              \n\
              [[node_ranges]]\n\
              first_id = 1\n\
@@ -87,6 +95,38 @@ impl AgentSetup {
             multiplier = self.timeout_multiplier,
             sweep = humantime(self.sweep_period),
             nodes = self.nodes,
+        )
+    }
+}
+
+/// The sweep thread at real-time priority and the agent's memory locked:
+/// `defaults.sweep_priority` (SCHED_FIFO 1..=99) and `defaults.lock_memory`
+/// (mlockall).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Realtime {
+    pub sweep_priority: u8,
+    pub lock_memory: bool,
+}
+
+impl Realtime {
+    /// The `[defaults]` lines.
+    pub fn lines(&self) -> String {
+        format!(
+            "sweep_priority = {}\nlock_memory = {}\n",
+            self.sweep_priority, self.lock_memory
+        )
+    }
+
+    /// `sweep_priority 50, lock_memory`.
+    pub fn describe(&self) -> String {
+        format!(
+            "sweep_priority {}{}",
+            self.sweep_priority,
+            if self.lock_memory {
+                ", lock_memory"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -133,6 +173,32 @@ impl Agent<'_> {
         let status = self.status()?;
         serde_json::from_value(status["states"].clone())
             .with_context(|| format!("no states in `hb status --json`: {status}"))
+    }
+
+    /// `Err` if the agent has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        Ok(self.guard.ensure_running()?)
+    }
+
+    /// The agent's CPU time so far, ns (exact: its CPU clock).
+    pub fn cpu_ns(&mut self) -> Result<u64> {
+        self.guard.ensure_running()?;
+        crate::bench::machine::process_cpu_ns(self.guard.pid())
+    }
+
+    /// A reader of the event log's new records, from its current end.
+    pub fn tail(&self) -> Result<EventTail> {
+        let offset = match fs::metadata(&self.events) {
+            Ok(meta) => meta.len(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(err) => {
+                return Err(err).with_context(|| format!("reading {}", self.events.display()));
+            }
+        };
+        Ok(EventTail {
+            path: self.events.clone(),
+            offset,
+        })
     }
 
     /// The machine's softirq time and the agent's CPU time, now.
@@ -213,6 +279,45 @@ impl Agent<'_> {
     }
 }
 
+/// Reads what the agent appends to its event log: each call returns the
+/// records completed since the previous one (the agent flushes once per
+/// sweep; a line without its newline yet waits for the next call).
+pub struct EventTail {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl EventTail {
+    /// The records appended since the last call.
+    pub fn read(&mut self) -> Result<Vec<EventRecord>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match fs::File::open(&self.path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => {
+                return Err(err).with_context(|| format!("opening {}", self.path.display()));
+            }
+        };
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(self.offset))
+            .and_then(|_| file.read_to_end(&mut bytes))
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else {
+            return Ok(Vec::new());
+        };
+        self.offset += end as u64 + 1;
+        String::from_utf8_lossy(&bytes[..end])
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line).with_context(|| {
+                    format!("{}: not an event record: {line}", self.path.display())
+                })
+            })
+            .collect()
+    }
+}
+
 /// The fields of the agent's event log the bench reads
 /// (`hb::event_log::EventRecord`).
 #[derive(Debug, Clone, Deserialize)]
@@ -244,7 +349,7 @@ mod tests {
             events: "/tmp/b/agent 1.events.jsonl".into(),
             log: "/tmp/b/agent-1.log".into(),
         };
-        let text = setup.render(&["hbbenchm1".to_owned()], &files);
+        let text = setup.render(&["hbbenchm1".to_owned()], &files, "");
         assert!(text.contains("datapath = \"socket\"\n"), "{text}");
         assert!(text.contains("max_nodes = 131072\n"), "{text}");
         assert!(
@@ -254,6 +359,19 @@ mod tests {
         assert!(text.contains("count = 100000\n"), "{text}");
         assert!(text.contains("interval = \"60000ms\"\n"), "{text}");
         assert_eq!(setup.timeout(), Duration::from_secs(180));
+        assert!(!text.contains("sweep_priority"), "{text}");
+        let realtime = Realtime {
+            sweep_priority: 50,
+            lock_memory: true,
+        };
+        let text = setup.render(&["hbbenchm1".to_owned()], &files, &realtime.lines());
+        assert!(
+            text.contains(
+                "sweep_period = \"100ms\"\nsweep_priority = 50\nlock_memory = true\n\n[[node_ranges]]"
+            ),
+            "{text}"
+        );
+        assert_eq!(realtime.describe(), "sweep_priority 50, lock_memory");
         let million = AgentSetup {
             nodes: 1_000_000,
             ..setup

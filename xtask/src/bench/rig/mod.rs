@@ -2,7 +2,8 @@
 //! and one sender namespace joined by a veth pair (`hbbench-mon` at
 //! 198.18.1.1, `hbbench-n1` at 198.18.1.2), the agent running in the
 //! monitor namespace with a generated configuration, and `hb-tools loadgen`
-//! running in the sender namespace, always bounded by `--duration`.
+//! running in the sender namespace, always bounded by `--duration`, or
+//! `hb send` as node 1 there ([`Rig::start_sender`]).
 //! Everything is a guard: the namespaces, the processes and the files go
 //! away on Drop, also on error or Ctrl-C.
 
@@ -19,14 +20,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use hb_tests::{HEARTBEAT_PORT, Hb, Lab, netns};
+use hb_tests::{HEARTBEAT_PORT, Hb, Lab, Sched, Sender, netns};
 use serde_json::Value;
 
 use self::agent::AgentFiles;
 #[cfg(test)]
 pub use self::load::StoppedNode;
 pub use self::{
-    agent::{Agent, AgentSetup, EventRecord},
+    agent::{Agent, AgentSetup, EventRecord, EventTail, Realtime},
     load::{Faults, Load, LoadReport, Pace, RunningLoad},
 };
 
@@ -113,6 +114,17 @@ impl<'a> Rig<'a> {
     /// As [`Rig::start_agent`], with `extra` (TOML: whole tables, such as a
     /// `[detector]` section) appended to the configuration.
     pub fn start_agent_with(&self, setup: &AgentSetup, extra: &str) -> Result<Agent<'a>> {
+        self.start_agent_tuned(setup, None, extra)
+    }
+
+    /// As [`Rig::start_agent_with`], with the sweep thread at real-time
+    /// priority and the memory locked if `realtime` says so.
+    pub fn start_agent_tuned(
+        &self,
+        setup: &AgentSetup,
+        realtime: Option<Realtime>,
+        extra: &str,
+    ) -> Result<Agent<'a>> {
         let run = self.next_run();
         let files = AgentFiles {
             config: self.dir.join(format!("agent-{run}.toml")),
@@ -121,7 +133,8 @@ impl<'a> Rig<'a> {
             events: self.dir.join(format!("agent-{run}.events.jsonl")),
             log: self.dir.join(format!("agent-{run}.log")),
         };
-        let mut config = setup.render(&self.lab.monitor_interfaces(), &files);
+        let defaults = realtime.map(|r| r.lines()).unwrap_or_default();
+        let mut config = setup.render(&self.lab.monitor_interfaces(), &files, &defaults);
         // The lab's own instance, and each run from nothing pinned: an XDP
         // program a previous run left attached would take the heartbeats
         // of a socket run, and one of another size would be refused.
@@ -151,6 +164,14 @@ impl<'a> Rig<'a> {
             socket: files.socket,
             events: files.events,
         })
+    }
+
+    /// Starts `hb send` as node 1 in the sender namespace, every `interval`
+    /// without jitter, scheduled as `sched` says.
+    pub fn start_sender(&self, interval: Duration, sched: &Sched) -> Result<Sender> {
+        let run = self.next_run();
+        let log = self.dir.join(format!("sender-{run}.log"));
+        Ok(Sender::start(self.hb, &self.lab, 1, interval, sched, &log)?)
     }
 
     /// Starts `hb-tools loadgen` in the sender namespace.
