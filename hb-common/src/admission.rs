@@ -18,9 +18,8 @@
 //! step 5 compares and never trusts).
 
 use crate::{
-    auth::{self, TagCheck},
+    auth::{self, TagCheck, TagKey},
     counters::Counter,
-    siphash::Key,
     table::NodeRecord,
     wire::RawHeartbeat,
 };
@@ -33,20 +32,22 @@ pub enum Unauthenticated {
 }
 
 /// Decides whether `heartbeat`, from `src_addr` (IPv6 or v4-mapped, network
-/// byte order), may be recorded in `record` (`None`: beyond the table).
-/// `Ok(authenticated)` if so, else the counter saying why not.
+/// byte order), may be recorded in `record` (`None`: beyond the table);
+/// `key_of` gives what a key id's tags are verified with (a key, or the
+/// datapaths' [`auth::KeyState`]). `Ok(authenticated)` if so, else the
+/// counter saying why not.
 #[inline(always)]
-pub fn admit<'k>(
+pub fn admit<'k, K: TagKey + 'k>(
     heartbeat: &RawHeartbeat,
     src_addr: &[u8; 16],
     record: Option<&NodeRecord>,
     unauthenticated: Unauthenticated,
-    key_of: impl FnOnce(u8) -> Option<&'k Key>,
+    key_of: impl FnOnce(u8) -> Option<&'k K>,
 ) -> Result<bool, Counter> {
     if !heartbeat.is_well_formed() {
         return Err(Counter::Malformed);
     }
-    let authenticated = match auth::check(heartbeat.as_bytes(), key_of) {
+    let authenticated = match auth::check_with(heartbeat.as_bytes(), key_of) {
         TagCheck::Authenticated => true,
         TagCheck::Unauthenticated if unauthenticated == Unauthenticated::Accept => false,
         TagCheck::Unauthenticated => return Err(Counter::Unauthenticated),
@@ -73,6 +74,7 @@ mod tests {
     use super::*;
     use crate::{
         auth,
+        siphash::Key,
         table::{SLOT_CONFIGURED, SLOT_PINNED},
         wire::{HEARTBEAT_LEN, Heartbeat, flags},
     };
