@@ -1,14 +1,15 @@
-//! The node table: three arrays indexed by node id, all `BPF_F_MMAPABLE`,
+//! The node table: two arrays indexed by node id, both `BPF_F_MMAPABLE`,
 //! that the XDP program writes and the agent reads through shared memory
-//! mappings (no syscall per node), all sized at load time to `max_nodes`.
+//! mappings (no syscall per node), both sized at load time to `max_nodes`.
 //!
 //! - `HB_SEEN`, the *hot* array: one 8-byte [seen word](seen) per node, the
 //!   only thing the agent's sweep reads on every pass. 8 MB per million
 //!   nodes, read front to back.
-//! - `HB_NODES`, the *cold* array: one 56-byte [`NodeRecord`] per node, read
-//!   only when a node changes state or is shown by `hb status`.
-//! - `HB_INTERVALS`: one 8-byte [interval word](intervals) per node, the
-//!   measured time between its heartbeats.
+//! - `HB_NODES`, the *cold* array: one 64-byte [`NodeSlot`] per node (one
+//!   cache line, one lookup for the datapath): the node's 56-byte
+//!   [`NodeRecord`], read only when a node changes state or is shown by
+//!   `hb status`, and its 8-byte [interval word](intervals), the measured
+//!   time between its heartbeats.
 //!
 //! 72 bytes of kernel memory per node in all. Ownership: the agent writes
 //! [`NodeRecord::slot_flags`] and, for a pinned node, `src_addr` (and, when it
@@ -59,7 +60,7 @@ pub mod seen {
     }
 }
 
-/// The interval word (`HB_INTERVALS`, one `u64` per node): a running
+/// The interval word ([`NodeSlot::interval`], one `u64` per node): a running
 /// estimate of the time between a node's heartbeats, updated by the datapath
 /// on every accepted heartbeat and read by the agent's phi-accrual detector
 /// when the node's arrival time changes. The mean in the low half, the mean
@@ -184,6 +185,26 @@ pub struct NodeRecord {
     pub slot_flags: u8,
 }
 
+/// One entry of `HB_NODES`: a node's record and its interval word, 64 bytes
+/// (a cache line). The agent maps the two parts as two views of the same
+/// memory (records with a stride of 64 bytes, interval words at offset 56),
+/// so writing a record never touches the interval word and the reverse.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeSlot {
+    pub record: NodeRecord,
+    /// The node's [interval word](intervals).
+    pub interval: u64,
+}
+
+const _: () = assert!(size_of::<NodeSlot>() == 64);
+const _: () = assert!(core::mem::offset_of!(NodeSlot, interval) == size_of::<NodeRecord>());
+
+#[cfg(feature = "user")]
+// SAFETY: `NodeSlot` is `repr(C)`, has no padding (asserted above) and every
+// bit pattern is a valid value.
+unsafe impl aya::Pod for NodeSlot {}
+
 /// The 16 bytes [`NodeRecord::src_addr`] holds for `addr`: IPv6 as is,
 /// IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
 pub fn src_octets(addr: IpAddr) -> [u8; 16] {
@@ -204,7 +225,6 @@ pub fn src_ip(octets: [u8; 16]) -> IpAddr {
 }
 
 const _: () = assert!(size_of::<NodeRecord>() == 56);
-const _: () = assert!(size_of::<NodeRecord>() + size_of::<u64>() <= 64);
 
 impl NodeRecord {
     /// Whether the agent marked this slot as a configured node.
