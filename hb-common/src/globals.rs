@@ -31,6 +31,14 @@ pub const PROGRAM: &str = "hb_xdp";
 /// message, and writes the result (little-endian) into the slot. Run through BPF_PROG_TEST_RUN to
 /// check the kernel side against the reference vectors.
 pub const SIPHASH_PROGRAM: &str = "hb_siphash";
+/// Bench-only XDP programs, never attached (object `hb-floor`): the floor
+/// under `hb_xdp`'s cost per packet, timed by `hb-tools bench xdp-cost` the
+/// same way. An empty program: BPF_PROG_TEST_RUN's own cost per run.
+pub const FLOOR_EMPTY_PROGRAM: &str = "hb_floor_empty";
+/// One `bpf_ktime_get_ns` (what every accepted heartbeat reads).
+pub const FLOOR_CLOCK_PROGRAM: &str = "hb_floor_clock";
+/// One array lookup and an increment of the value.
+pub const FLOOR_LOOKUP_PROGRAM: &str = "hb_floor_lookup";
 
 /// The version of what the agent pins in bpffs beside the program: the set
 /// of maps above and the layout of their values ([`crate::table::NodeSlot`],

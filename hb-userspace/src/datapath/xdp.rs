@@ -89,6 +89,11 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub static SIPHASH_TEST_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-siphash"));
 
+/// The bench-only object with the floor programs (`hb_floor_empty`,
+/// `hb_floor_clock`, `hb_floor_lookup`: what every accepted heartbeat costs
+/// at least), for `hb-tools bench xdp-cost`. The agent never loads it.
+pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-floor"));
+
 /// A test-only build of `hb-xdp` that differs from [`EBPF_OBJECT`] in code
 /// only (built with `--cfg hb_variant`: same maps, same behaviour), for the
 /// upgrade test: opening it over a running instance replaces the program
