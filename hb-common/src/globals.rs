@@ -31,6 +31,13 @@ pub const PROGRAM: &str = "hb_xdp";
 /// message, and writes the result (little-endian) into the slot. Run through BPF_PROG_TEST_RUN to
 /// check the kernel side against the reference vectors.
 pub const SIPHASH_PROGRAM: &str = "hb_siphash";
+/// Test-only, beside [`SIPHASH_PROGRAM`]: SipHash-2-4 from a precomputed
+/// [`crate::siphash::Prefix`] (the path `hb_xdp` verifies tags by), over a
+/// packet laid out as the prefix (40 bytes: v0..v3 then the first word,
+/// little-endian), an 8-byte result slot, the message length (1 byte, 0 to
+/// 63), then the message; XDP_PASS with the result written, XDP_DROP if the
+/// prefix refuses the message.
+pub const SIPHASH_PREFIX_PROGRAM: &str = "hb_siphash_prefix";
 /// Bench-only XDP programs, never attached (object `hb-floor`): the floor
 /// under `hb_xdp`'s cost per packet, timed by `hb-tools bench xdp-cost` the
 /// same way. An empty program: BPF_PROG_TEST_RUN's own cost per run.
