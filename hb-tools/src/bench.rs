@@ -271,7 +271,7 @@ fn floor_costs(
             let median = min_median(runs).1 as f64;
             let repeated = run(program, &frame, repeat, Some(2))?.as_nanos() as f64;
             Ok(PacketCost {
-                case: *case,
+                case,
                 ns_per_packet: median - single_run_overhead,
                 method: format!(
                     "{distinct} single runs (median {median:.0} ns) minus the single-run timing \
