@@ -174,6 +174,37 @@ mod tests {
     }
 
     #[test]
+    fn key_states_admit_exactly_what_keys_admit() {
+        use crate::auth::{KeySlot, KeyState};
+        let states: [KeyState; 3] =
+            core::array::from_fn(|id| KeyState::of(id as u8, &KeySlot::with_key(KEY)));
+        let by_state = |id: u8| (id == 1).then_some(&states[1]);
+        // A signed and an unsigned payload, then the signed one with each
+        // bit flipped.
+        let payload_n = |n: usize| match n {
+            0 => payload(5, 1),
+            1 => payload(5, 0),
+            n => {
+                let (bit, mut flipped) = (n - 2, payload(5, 1));
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                flipped
+            }
+        };
+        for policy in [Unauthenticated::Accept, Unauthenticated::Refuse] {
+            for n in 0..2 + HEARTBEAT_LEN * 8 {
+                let bytes = payload_n(n);
+                let heartbeat = RawHeartbeat::view(&bytes);
+                let record = configured();
+                assert_eq!(
+                    admit(heartbeat, &HOME, Some(&record), policy, by_state),
+                    admit(heartbeat, &HOME, Some(&record), policy, keys),
+                    "payload {n}, {policy:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_pinned_node_is_heard_only_from_its_address() {
         let mut record = NodeRecord {
             slot_flags: SLOT_CONFIGURED | SLOT_PINNED,
