@@ -174,7 +174,8 @@ pub mod intervals {
     }
 }
 
-/// What the kernel knows about one node besides its seen word. 56 bytes, no
+/// What the kernel knows about one node besides its seen and interval words
+/// (it lies in a [`NodeSlot`], beside the interval word). 56 bytes, no
 /// padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
