@@ -29,8 +29,8 @@ use std::{
 
 use anyhow::{Context, bail};
 
-/// The eBPF package; each of its binaries is an object (`hb-xdp`, and the
-/// test-only `hb-siphash`).
+/// The eBPF package; each of its binaries is an object (`hb-xdp`, the
+/// test-only `hb-siphash` and the bench-only `hb-floor`).
 const PACKAGE: &str = "hb-ebpf";
 const TARGET: &str = "bpfel-unknown-none";
 

@@ -18,9 +18,8 @@
 //! step 5 compares and never trusts).
 
 use crate::{
-    auth::{self, TagCheck},
+    auth::{self, TagCheck, TagKey},
     counters::Counter,
-    siphash::Key,
     table::NodeRecord,
     wire::RawHeartbeat,
 };
@@ -33,20 +32,22 @@ pub enum Unauthenticated {
 }
 
 /// Decides whether `heartbeat`, from `src_addr` (IPv6 or v4-mapped, network
-/// byte order), may be recorded in `record` (`None`: beyond the table).
-/// `Ok(authenticated)` if so, else the counter saying why not.
+/// byte order), may be recorded in `record` (`None`: beyond the table);
+/// `key_of` gives what a key id's tags are verified with (a key, or the
+/// datapaths' [`auth::KeyState`]). `Ok(authenticated)` if so, else the
+/// counter saying why not.
 #[inline(always)]
-pub fn admit<'k>(
+pub fn admit<'k, K: TagKey + 'k>(
     heartbeat: &RawHeartbeat,
     src_addr: &[u8; 16],
     record: Option<&NodeRecord>,
     unauthenticated: Unauthenticated,
-    key_of: impl FnOnce(u8) -> Option<&'k Key>,
+    key_of: impl FnOnce(u8) -> Option<&'k K>,
 ) -> Result<bool, Counter> {
     if !heartbeat.is_well_formed() {
         return Err(Counter::Malformed);
     }
-    let authenticated = match auth::check(heartbeat.as_bytes(), key_of) {
+    let authenticated = match auth::check_with(heartbeat.as_bytes(), key_of) {
         TagCheck::Authenticated => true,
         TagCheck::Unauthenticated if unauthenticated == Unauthenticated::Accept => false,
         TagCheck::Unauthenticated => return Err(Counter::Unauthenticated),
@@ -73,6 +74,7 @@ mod tests {
     use super::*;
     use crate::{
         auth,
+        siphash::Key,
         table::{SLOT_CONFIGURED, SLOT_PINNED},
         wire::{HEARTBEAT_LEN, Heartbeat, flags},
     };
@@ -169,6 +171,37 @@ mod tests {
         );
         assert_eq!(record.sequence, 1, "nothing refused was recorded");
         assert_eq!(run(&payload(2, 1), HOME, &mut record, Refuse), Ok(true));
+    }
+
+    #[test]
+    fn key_states_admit_exactly_what_keys_admit() {
+        use crate::auth::{KeySlot, KeyState};
+        let states: [KeyState; 3] =
+            core::array::from_fn(|id| KeyState::of(id as u8, &KeySlot::with_key(KEY)));
+        let by_state = |id: u8| (id == 1).then_some(&states[1]);
+        // A signed and an unsigned payload, then the signed one with each
+        // bit flipped.
+        let payload_n = |n: usize| match n {
+            0 => payload(5, 1),
+            1 => payload(5, 0),
+            n => {
+                let (bit, mut flipped) = (n - 2, payload(5, 1));
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                flipped
+            }
+        };
+        for policy in [Unauthenticated::Accept, Unauthenticated::Refuse] {
+            for n in 0..2 + HEARTBEAT_LEN * 8 {
+                let bytes = payload_n(n);
+                let heartbeat = RawHeartbeat::view(&bytes);
+                let record = configured();
+                assert_eq!(
+                    admit(heartbeat, &HOME, Some(&record), policy, by_state),
+                    admit(heartbeat, &HOME, Some(&record), policy, keys),
+                    "payload {n}, {policy:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! `sum(outcomes) == passed + dropped == packets seen`. Outcomes after
 //! `malformed` are well-formed heartbeats that were refused, one counter per
 //! reason, in the order the checks are made.
+//!
+//! The XDP program keeps them in one [`CounterBlock`] per CPU (`HB_COUNTERS`
+//! has a single entry): one map lookup per packet for both counters.
 
-/// Index of a counter in the `HB_COUNTERS` per-CPU array.
+/// A counter: its index in a [`CounterBlock`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -96,6 +99,42 @@ impl Counter {
 /// receive threads).
 pub type CounterValues = [u64; Counter::COUNT as usize];
 
+/// The value of `HB_COUNTERS`' only entry, one per CPU: every counter,
+/// indexed by [`Counter`], in a power-of-two array so that an index masked
+/// with [`CounterBlock::MASK`] is in bounds for the compiler and the
+/// verifier alike; the slots past [`Counter::COUNT`] stay zero. 128 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterBlock {
+    pub slots: [u64; CounterBlock::SLOTS],
+}
+
+const _: () = assert!(size_of::<CounterBlock>() == 128);
+const _: () = assert!(Counter::COUNT as usize <= CounterBlock::SLOTS);
+
+impl CounterBlock {
+    /// Slots in a block (at least [`Counter::COUNT`], a power of two).
+    pub const SLOTS: usize = 16;
+    /// `SLOTS - 1`.
+    pub const MASK: usize = Self::SLOTS - 1;
+
+    /// Adds one to `counter`.
+    #[inline(always)]
+    pub fn bump(&mut self, counter: Counter) {
+        self.slots[counter as usize & Self::MASK] += 1;
+    }
+
+    /// The counters' values in [`Counter::ALL`] order.
+    pub fn values(&self) -> CounterValues {
+        core::array::from_fn(|i| self.slots[i])
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `CounterBlock` is `repr(C)`, has no padding (an array of u64) and
+// every bit pattern is a valid value.
+unsafe impl aya::Pod for CounterBlock {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +144,22 @@ mod tests {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
         }
+    }
+
+    #[test]
+    fn a_block_counts_each_counter_in_its_slot() {
+        let mut block = CounterBlock::default();
+        for (n, counter) in Counter::ALL.iter().enumerate() {
+            for _ in 0..=n {
+                block.bump(*counter);
+            }
+        }
+        let values = block.values();
+        assert!(values.iter().enumerate().all(|(n, v)| *v == n as u64 + 1));
+        assert!(
+            block.slots[Counter::COUNT as usize..]
+                .iter()
+                .all(|v| *v == 0)
+        );
     }
 }

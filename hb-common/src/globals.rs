@@ -13,14 +13,13 @@ pub const ACCEPT_UNAUTHENTICATED: &str = "HB_ACCEPT_UNAUTHENTICATED";
 /// ([`crate::table::seen`]) indexed by node id, sized to `max_nodes`.
 pub const SEEN_MAP: &str = "HB_SEEN";
 /// The cold half of the node table: a `BPF_F_MMAPABLE` array of
-/// [`crate::table::NodeRecord`] indexed by node id, sized to `max_nodes`.
+/// [`crate::table::NodeSlot`] (record and interval word) indexed by node
+/// id, sized to `max_nodes`.
 pub const NODES_MAP: &str = "HB_NODES";
-/// Interval estimates ([`crate::table::intervals`]): a `BPF_F_MMAPABLE`
-/// array of `u64` indexed by node id, sized to `max_nodes`.
-pub const INTERVALS_MAP: &str = "HB_INTERVALS";
-/// The per-CPU outcome counters, indexed by [`crate::counters::Counter`].
+/// The per-CPU outcome counters: one entry, a
+/// [`crate::counters::CounterBlock`] per CPU.
 pub const COUNTERS_MAP: &str = "HB_COUNTERS";
-/// The monitor's keys: an array of [`crate::auth::KeySlot`] indexed by key
+/// The monitor's keys: an array of [`crate::auth::KeyState`] indexed by key
 /// id, [`crate::auth::KEY_SLOTS`] entries, written by the agent at start and
 /// on reload.
 pub const KEYS_MAP: &str = "HB_KEYS";
@@ -32,11 +31,30 @@ pub const PROGRAM: &str = "hb_xdp";
 /// message, and writes the result (little-endian) into the slot. Run through BPF_PROG_TEST_RUN to
 /// check the kernel side against the reference vectors.
 pub const SIPHASH_PROGRAM: &str = "hb_siphash";
+/// Test-only, beside [`SIPHASH_PROGRAM`]: SipHash-2-4 from a precomputed
+/// [`crate::siphash::Prefix`] (the path `hb_xdp` verifies tags by), over a
+/// packet laid out as the prefix (40 bytes: v0..v3 then the first word,
+/// little-endian), an 8-byte result slot, the message length (1 byte, 0 to
+/// 63), then the message; XDP_PASS with the result written, XDP_DROP if the
+/// prefix refuses the message.
+pub const SIPHASH_PREFIX_PROGRAM: &str = "hb_siphash_prefix";
+/// Bench-only XDP programs, never attached (object `hb-floor`): the floor
+/// under `hb_xdp`'s cost per packet, timed by `hb-tools bench xdp-cost` the
+/// same way. An empty program: BPF_PROG_TEST_RUN's own cost per run.
+pub const FLOOR_EMPTY_PROGRAM: &str = "hb_floor_empty";
+/// One `bpf_ktime_get_ns` (what every accepted heartbeat reads).
+pub const FLOOR_CLOCK_PROGRAM: &str = "hb_floor_clock";
+/// One array lookup and an increment of the value.
+pub const FLOOR_LOOKUP_PROGRAM: &str = "hb_floor_lookup";
 
 /// The version of what the agent pins in bpffs beside the program: the set
-/// of maps above and the layout of their values ([`crate::table::NodeRecord`],
-/// the seen and interval words, [`crate::auth::KeySlot`], the counters).
+/// of maps above and the layout of their values ([`crate::table::NodeSlot`],
+/// the seen and interval words, [`crate::auth::KeyState`], the counters).
 /// A starting agent adopts pinned maps only of this version, so bump it
 /// whenever any of them changes; a program that differs only in code keeps
 /// the maps (it replaces the pinned one in place).
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// 2: the interval words moved into `HB_NODES` (`HB_INTERVALS` is gone),
+/// `HB_COUNTERS` is one [`crate::counters::CounterBlock`] per CPU, and
+/// `HB_KEYS` holds [`crate::auth::KeyState`]s instead of keys.
+pub const LAYOUT_VERSION: u32 = 2;

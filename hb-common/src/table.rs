@@ -1,14 +1,15 @@
-//! The node table: three arrays indexed by node id, all `BPF_F_MMAPABLE`,
+//! The node table: two arrays indexed by node id, both `BPF_F_MMAPABLE`,
 //! that the XDP program writes and the agent reads through shared memory
-//! mappings (no syscall per node), all sized at load time to `max_nodes`.
+//! mappings (no syscall per node), both sized at load time to `max_nodes`.
 //!
 //! - `HB_SEEN`, the *hot* array: one 8-byte [seen word](seen) per node, the
 //!   only thing the agent's sweep reads on every pass. 8 MB per million
 //!   nodes, read front to back.
-//! - `HB_NODES`, the *cold* array: one 56-byte [`NodeRecord`] per node, read
-//!   only when a node changes state or is shown by `hb status`.
-//! - `HB_INTERVALS`: one 8-byte [interval word](intervals) per node, the
-//!   measured time between its heartbeats.
+//! - `HB_NODES`, the *cold* array: one 64-byte [`NodeSlot`] per node (one
+//!   cache line, one lookup for the datapath): the node's 56-byte
+//!   [`NodeRecord`], read only when a node changes state or is shown by
+//!   `hb status`, and its 8-byte [interval word](intervals), the measured
+//!   time between its heartbeats.
 //!
 //! 72 bytes of kernel memory per node in all. Ownership: the agent writes
 //! [`NodeRecord::slot_flags`] and, for a pinned node, `src_addr` (and, when it
@@ -59,7 +60,7 @@ pub mod seen {
     }
 }
 
-/// The interval word (`HB_INTERVALS`, one `u64` per node): a running
+/// The interval word ([`NodeSlot::interval`], one `u64` per node): a running
 /// estimate of the time between a node's heartbeats, updated by the datapath
 /// on every accepted heartbeat and read by the agent's phi-accrual detector
 /// when the node's arrival time changes. The mean in the low half, the mean
@@ -118,16 +119,33 @@ pub mod intervals {
         {
             return None;
         }
-        let gap = sequence - previous_sequence;
-        if gap > MAX_GAP {
-            return None;
-        }
-        let us = (arrival_ns - previous_arrival_ns) / gap / 1_000;
+        let elapsed_ns = arrival_ns - previous_arrival_ns;
+        let us = ns_to_us(match sequence - previous_sequence {
+            // No heartbeat lost (the usual case): no division.
+            1 => elapsed_ns,
+            gap @ 2..=MAX_GAP => elapsed_ns / gap,
+            _ => return None,
+        });
         Some(if us > u32::MAX as u64 {
             u32::MAX
         } else {
             us as u32
         })
+    }
+
+    /// `ns / 1000`, by a multiplication below 2^35 ns (34 s, every interval
+    /// worth measuring): the BPF instruction set has no multiply-high, so the
+    /// compiler cannot turn a division by a constant into one, and a 64-bit
+    /// division is the slowest instruction of the XDP program's accepted
+    /// path. `n / 125 == n * 0x1062_4DD3 >> 35` for every `n < 2^32`, and
+    /// `ns / 1000 == (ns / 8) / 125`.
+    #[inline(always)]
+    pub const fn ns_to_us(ns: u64) -> u64 {
+        if ns < 1 << 35 {
+            ((ns >> 3) * 0x1062_4DD3) >> 35
+        } else {
+            ns / 1_000
+        }
     }
 
     /// `word` updated with one sample. The first sample sets the mean and a
@@ -156,7 +174,8 @@ pub mod intervals {
     }
 }
 
-/// What the kernel knows about one node besides its seen word. 56 bytes, no
+/// What the kernel knows about one node besides its seen and interval words
+/// (it lies in a [`NodeSlot`], beside the interval word). 56 bytes, no
 /// padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -184,6 +203,26 @@ pub struct NodeRecord {
     pub slot_flags: u8,
 }
 
+/// One entry of `HB_NODES`: a node's record and its interval word, 64 bytes
+/// (a cache line). The agent maps the two parts as two views of the same
+/// memory (records with a stride of 64 bytes, interval words at offset 56),
+/// so writing a record never touches the interval word and the reverse.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeSlot {
+    pub record: NodeRecord,
+    /// The node's [interval word](intervals).
+    pub interval: u64,
+}
+
+const _: () = assert!(size_of::<NodeSlot>() == 64);
+const _: () = assert!(core::mem::offset_of!(NodeSlot, interval) == size_of::<NodeRecord>());
+
+#[cfg(feature = "user")]
+// SAFETY: `NodeSlot` is `repr(C)`, has no padding (asserted above) and every
+// bit pattern is a valid value.
+unsafe impl aya::Pod for NodeSlot {}
+
 /// The 16 bytes [`NodeRecord::src_addr`] holds for `addr`: IPv6 as is,
 /// IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
 pub fn src_octets(addr: IpAddr) -> [u8; 16] {
@@ -204,7 +243,6 @@ pub fn src_ip(octets: [u8; 16]) -> IpAddr {
 }
 
 const _: () = assert!(size_of::<NodeRecord>() == 56);
-const _: () = assert!(size_of::<NodeRecord>() + size_of::<u64>() <= 64);
 
 impl NodeRecord {
     /// Whether the agent marked this slot as a configured node.
@@ -327,6 +365,31 @@ mod tests {
             Some(u32::MAX),
             "saturates"
         );
+    }
+
+    #[test]
+    fn ns_to_us_divides_by_1000() {
+        use intervals::ns_to_us;
+        let check = |ns: u64| assert_eq!(ns_to_us(ns), ns / 1_000, "{ns}");
+        for ns in (0..3_000_000).chain((1 << 35) - 3_000_000..(1 << 35) + 3_000) {
+            check(ns);
+        }
+        for shift in 0..64 {
+            for delta in [0, 1, 999, 1_000, 1_001] {
+                check((1u64 << shift).wrapping_sub(delta));
+                check((1u64 << shift).wrapping_add(delta));
+            }
+        }
+        // Every 8-aligned block boundary a multiplication could slip on:
+        // n = ns / 8 near multiples of 125, over the whole range.
+        let mut n: u64 = 1;
+        while n < 1 << 32 {
+            for ns in [n * 1_000 - 1, n * 1_000, n * 1_000 + 7] {
+                check(ns);
+            }
+            n = n * 3 / 2 + 1;
+        }
+        check(u64::MAX);
     }
 
     #[test]

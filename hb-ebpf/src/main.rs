@@ -6,14 +6,18 @@
 //! tag under one of the monitor's keys (`HB_KEYS`, by key id) unless
 //! unauthenticated heartbeats are accepted, a configured node, the pinned
 //! source address if any, and an (incarnation, sequence) that moves forward.
-//! Recording updates the node's interval estimate (`HB_INTERVALS`, from the
-//! time since its previous heartbeat), its cold record (`HB_NODES`), then its
-//! seen word
-//! (`HB_SEEN`: the kernel's monotonic arrival time and the leave flag, one
-//! 8-byte store, the only thing the agent's sweep reads). Heartbeats, recorded
-//! or refused, are consumed (XDP_DROP) unless the agent asked to pass them on;
-//! every other packet is passed on untouched. Each packet bumps one outcome
-//! and one verdict counter, at a single exit point.
+//! Recording updates the node's slot in `HB_NODES` (one cache line: its
+//! interval estimate, from the time since its previous heartbeat, and its
+//! cold record), then its seen word (`HB_SEEN`: the kernel's monotonic
+//! arrival time and the leave flag, one 8-byte store, the only thing the
+//! agent's sweep reads). Heartbeats, recorded or refused, are consumed
+//! (XDP_DROP) unless the agent asked to pass them on; every other packet is
+//! passed on untouched. Each packet bumps one outcome and one verdict
+//! counter, at a single exit point, with one lookup of its CPU's counters.
+//!
+//! Per accepted heartbeat: three array lookups (node slot, seen word,
+//! counters; four with the key state of an authenticated one), one clock
+//! read.
 #![no_std]
 #![no_main]
 
@@ -28,9 +32,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use hb_common::{
     admission::{Unauthenticated, admit},
-    auth::{KEY_SLOTS, KeySlot},
-    counters::Counter,
-    table::{NodeRecord, intervals, seen},
+    auth::{KEY_SLOTS, KeyState},
+    counters::{Counter, CounterBlock},
+    table::{NodeSlot, intervals, seen},
     wire::{DEFAULT_PORT, HEARTBEAT_LEN, RawHeartbeat},
 };
 use hb_ebpf::parse::{ParseError, UDP_HLEN, parse_udp, ptr_at};
@@ -48,28 +52,25 @@ static HB_PASS_HEARTBEATS: Global<u8> = Global::new(0);
 #[unsafe(no_mangle)]
 static HB_ACCEPT_UNAUTHENTICATED: Global<u8> = Global::new(1);
 
-/// The monitor's keys, indexed by key id; written by the agent.
+/// What each key id's tags are verified with (the SipHash state of its key
+/// after each possible first word), indexed by key id; written by the agent.
 #[map]
-static HB_KEYS: Array<KeySlot> = Array::with_max_entries(KEY_SLOTS, 0);
+static HB_KEYS: Array<KeyState> = Array::with_max_entries(KEY_SLOTS, 0);
 
 /// Seen words (arrival time | leave flag) indexed by node id; resized to
 /// `max_nodes` at load time and memory-mapped by the agent.
 #[map]
 static HB_SEEN: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
 
-/// Cold per-node records indexed by node id; resized to `max_nodes` at load
-/// time and memory-mapped by the agent.
-#[map]
-static HB_NODES: Array<NodeRecord> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
-
-/// Interval estimates (mean and mean absolute deviation) indexed by node id;
+/// Cold per-node slots (record and interval estimate) indexed by node id;
 /// resized to `max_nodes` at load time and memory-mapped by the agent.
 #[map]
-static HB_INTERVALS: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
+static HB_NODES: Array<NodeSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
 
-/// Outcome and verdict counters, indexed by `Counter`.
+/// Outcome and verdict counters: one entry, a block of every counter per
+/// CPU.
 #[map]
-static HB_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+static HB_COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn hb_xdp(ctx: XdpContext) -> u32 {
@@ -87,22 +88,18 @@ pub fn hb_xdp(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_PASS
     };
-    count(outcome);
-    count(if verdict == xdp_action::XDP_DROP {
-        Counter::Dropped
-    } else {
-        Counter::Passed
-    });
-    verdict
-}
-
-#[inline(always)]
-fn count(counter: Counter) {
-    if let Some(value) = HB_COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: a per-CPU slot is only touched by this CPU, and the pointer
-        // came from a successful lookup.
-        unsafe { *value += 1 };
+    if let Some(block) = HB_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value is only touched by this CPU, and the
+        // pointer came from a successful lookup.
+        let block = unsafe { &mut *block };
+        block.bump(outcome);
+        block.bump(if verdict == xdp_action::XDP_DROP {
+            Counter::Dropped
+        } else {
+            Counter::Passed
+        });
     }
+    verdict
 }
 
 /// Decides what a packet is and, for an accepted heartbeat, records it.
@@ -125,7 +122,7 @@ fn classify(ctx: &XdpContext) -> Counter {
     // RawHeartbeat has alignment 1 and every bit pattern is valid.
     let heartbeat = unsafe { &*heartbeat };
     let node_id = heartbeat.node_id();
-    let record = HB_NODES.get_ptr_mut(node_id);
+    let slot = HB_NODES.get_ptr_mut(node_id);
     let policy = if HB_ACCEPT_UNAUTHENTICATED.load() != 0 {
         Unauthenticated::Accept
     } else {
@@ -136,23 +133,26 @@ fn classify(ctx: &XdpContext) -> Counter {
         &udp.src_addr,
         // SAFETY: the pointer came from a successful array lookup; the
         // reference ends with this call.
-        record.map(|record| unsafe { &*record }),
+        slot.map(|slot| unsafe { &(*slot).record }),
         policy,
-        |key_id| HB_KEYS.get(u32::from(key_id)).and_then(KeySlot::key),
+        |key_id| {
+            HB_KEYS
+                .get(u32::from(key_id))
+                .filter(|state| state.is_in_use())
+        },
     ) {
         Ok(authenticated) => authenticated,
         Err(refused) => return refused,
     };
-    let (Some(record), Some(seen_word), Some(interval_word)) = (
-        record,
-        HB_SEEN.get_ptr_mut(node_id),
-        HB_INTERVALS.get_ptr_mut(node_id),
-    ) else {
+    let (Some(slot), Some(seen_word)) = (slot, HB_SEEN.get_ptr_mut(node_id)) else {
         return Counter::UnknownNode;
     };
     // SAFETY: the pointer came from a successful array lookup; the agent only
     // reads the records while the program runs.
-    let record = unsafe { &mut *record };
+    let NodeSlot {
+        record,
+        interval: interval_word,
+    } = unsafe { &mut *slot };
     if record.heartbeats != 0 && heartbeat.incarnation() != record.incarnation {
         // Debug level: a fleet-wide restart would otherwise log a line per
         // node; the agent enables it only when its own log is at debug.
@@ -165,9 +165,8 @@ fn classify(ctx: &XdpContext) -> Counter {
     }
     // SAFETY: a BPF helper with no arguments.
     let arrival = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the pointers came from successful array lookups.
-    let (previous_arrival, interval_word) =
-        unsafe { (seen::arrival_ns(*seen_word), &mut *interval_word) };
+    // SAFETY: the pointer came from a successful array lookup.
+    let previous_arrival = seen::arrival_ns(unsafe { *seen_word });
     if let Some(sample) = intervals::sample_us(
         previous_arrival,
         arrival,

@@ -19,6 +19,9 @@ const IPV6_HLEN: usize = 40;
 pub const UDP_HLEN: usize = 8;
 /// At most this many stacked VLAN tags (802.1Q, 802.1ad/QinQ) are skipped.
 pub const VLAN_MAX_DEPTH: usize = 2;
+/// Bytes 8..12 of an IPv4-mapped IPv6 address (`0 0 ff ff`), as the low
+/// half of the little-endian word of bytes 8..16.
+const V4_MAPPED_HIGH: u64 = 0xffff_0000;
 /// IPv4 "more fragments" flag and fragment offset bits.
 const IPV4_FRAGMENT_MASK: u16 = 0x3FFF;
 
@@ -84,7 +87,9 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
         offset += VLAN_HLEN;
     }
 
-    let mut src_addr = [0u8; 16];
+    // The source address as the two little-endian words of its 16 bytes:
+    // built and compared whole, not byte by byte.
+    let (src_low, src_high): (u64, u64);
     match ether_type {
         ETH_P_IPV4 => {
             let version_ihl = read_u8(ctx, offset)?;
@@ -102,14 +107,11 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
                 return Err(ParseError::NotUdp);
             }
             let saddr: *const [u8; 4] = ptr_at(ctx, offset + 12)?;
-            src_addr[10] = 0xff;
-            src_addr[11] = 0xff;
             // SAFETY: ptr_at checked the bounds.
             let saddr = unsafe { *saddr };
-            src_addr[12] = saddr[0];
-            src_addr[13] = saddr[1];
-            src_addr[14] = saddr[2];
-            src_addr[15] = saddr[3];
+            // `::ffff:a.b.c.d`: bytes 8..16 are 0 0 ff ff a b c d.
+            src_low = 0;
+            src_high = V4_MAPPED_HIGH | u64::from(u32::from_le_bytes(saddr)) << 32;
             offset += ihl;
         }
         ETH_P_IPV6 => {
@@ -121,19 +123,21 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
             if read_u8(ctx, offset + 6)? != IPPROTO_UDP {
                 return Err(ParseError::NotUdp);
             }
-            let saddr: *const [u8; 16] = ptr_at(ctx, offset + 8)?;
+            let saddr: *const [[u8; 8]; 2] = ptr_at(ctx, offset + 8)?;
             // SAFETY: ptr_at checked the bounds.
-            src_addr = unsafe { *saddr };
+            let [low, high] = unsafe { *saddr };
+            (src_low, src_high) = (u64::from_le_bytes(low), u64::from_le_bytes(high));
             // An IPv4-mapped source is how IPv4 senders are recorded: an
             // IPv6 packet claiming one would pass a pinned IPv4 source. The
             // kernel's IPv6 stack drops such packets too.
-            if is_v4_mapped(&src_addr) {
+            if src_low == 0 && src_high as u32 == V4_MAPPED_HIGH as u32 {
                 return Err(ParseError::NotUdp);
             }
             offset += IPV6_HLEN;
         }
         _ => return Err(ParseError::NotUdp),
     }
+    let src_addr = (u128::from(src_high) << 64 | u128::from(src_low)).to_le_bytes();
 
     // The whole 8-byte UDP header must be there: a packet cut inside it is
     // not a heartbeat, whatever its ports say.
@@ -147,10 +151,4 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
         udp_len: u16::from_be_bytes([udp[4], udp[5]]),
         src_addr,
     })
-}
-
-/// `::ffff:a.b.c.d`.
-#[inline(always)]
-fn is_v4_mapped(addr: &[u8; 16]) -> bool {
-    addr[..10].iter().all(|&byte| byte == 0) && addr[10] == 0xff && addr[11] == 0xff
 }

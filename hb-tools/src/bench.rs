@@ -4,7 +4,8 @@
 //! - `xdp-cost`: the XDP program's cost per packet through
 //!   `BPF_PROG_TEST_RUN`, for an accepted heartbeat without and with
 //!   authentication, a replay, a bad tag, an unknown node and packets that
-//!   are not heartbeats.
+//!   are not heartbeats; and the floor under it (an empty program, one clock
+//!   read, one array lookup, timed the same way).
 //! - `sweep`: one sweep of N nodes over the real memory-mapped BPF table,
 //!   next to a plain memcpy of the bytes the sweep reads (the floor).
 //! - [`state`](mod@state): the agent's state file at N nodes, before (JSON)
@@ -18,17 +19,21 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
 use bytes::BufMut;
 use hb::{
     clock::monotonic_ns,
-    datapath::xdp::{LoadOptions, XdpDatapath},
+    datapath::xdp::{FLOOR_OBJECT, LoadOptions, XdpDatapath},
     detect::detector::{Detector, DetectorSettings, NodeState, WatchedNode},
 };
 use hb_common::{
     admission::Unauthenticated,
     auth::{self, KEY_SLOTS, KeySlot},
     counters::Counter,
+    globals,
     siphash::Key,
     table::{NodeRecord, seen},
     wire::{DEFAULT_PORT, Heartbeat},
@@ -172,6 +177,8 @@ pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
     let unknown = repeated_cost(&mut plain, frame, 1)?;
     let other_port = repeated_cost(&mut plain, ipv4_udp_frame(53, &[0u8; 56]), 2)?;
 
+    let floors = floor_costs(distinct, repeat, single_run_overhead)?;
+
     let repeated = format!("kernel-timed over {repeat} repeats of one packet");
     let single = |median: f64| {
         format!(
@@ -203,8 +210,77 @@ pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
             case("unknown node", unknown, repeated.clone()),
             case("UDP to another port", other_port, repeated.clone()),
             case("ARP (not IP)", arp_repeated, repeated),
-        ],
+        ]
+        .into_iter()
+        .chain(floors)
+        .collect(),
     })
+}
+
+/// The floor cases: the bench-only programs of `hb-floor` (an empty
+/// program, one clock read, one array lookup), timed like an accepted
+/// heartbeat (`distinct` single runs, interleaved, their median minus
+/// `single_run_overhead`), with their repeated-run time in the method.
+fn floor_costs(
+    distinct: u32,
+    repeat: u32,
+    single_run_overhead: f64,
+) -> anyhow::Result<Vec<PacketCost>> {
+    const FLOORS: [(&str, &str); 3] = [
+        (
+            "floor: empty program (BPF_PROG_TEST_RUN itself)",
+            globals::FLOOR_EMPTY_PROGRAM,
+        ),
+        (
+            "floor: one clock read (bpf_ktime_get_ns)",
+            globals::FLOOR_CLOCK_PROGRAM,
+        ),
+        (
+            "floor: one array lookup and increment",
+            globals::FLOOR_LOOKUP_PROGRAM,
+        ),
+    ];
+    let mut ebpf = Ebpf::load(FLOOR_OBJECT).context("loading the floor programs")?;
+    for (_, name) in FLOORS {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in the floor object"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+    }
+    let programs: Vec<&Xdp> = FLOORS
+        .iter()
+        .map(|(_, name)| {
+            ebpf.program(name)
+                .and_then(|p| <&Xdp>::try_from(p).ok())
+                .with_context(|| format!("program {name}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let frame = arp_frame();
+    let mut singles = vec![Vec::with_capacity(distinct as usize); FLOORS.len()];
+    for _ in 0..distinct {
+        for (program, runs) in programs.iter().zip(&mut singles) {
+            runs.push(run(program, &frame, 1, Some(2))?.as_nanos() as u64);
+        }
+    }
+    FLOORS
+        .iter()
+        .zip(programs)
+        .zip(&mut singles)
+        .map(|(((case, _), program), runs)| {
+            let median = min_median(runs).1 as f64;
+            let repeated = run(program, &frame, repeat, Some(2))?.as_nanos() as f64;
+            Ok(PacketCost {
+                case,
+                ns_per_packet: median - single_run_overhead,
+                method: format!(
+                    "{distinct} single runs (median {median:.0} ns) minus the single-run timing \
+                     overhead ({single_run_overhead:.1} ns), as an accepted heartbeat; \
+                     {repeated:.1} ns per run over {repeat} repeats"
+                ),
+            })
+        })
+        .collect()
 }
 
 /// ARP's time per run over `repeat` runs of one packet, and the kernel's

@@ -25,9 +25,12 @@ use std::{
 
 use anyhow::{Context, bail};
 use aya::maps::{Map, MapData, PerCpuArray};
-use hb::{clock::monotonic_ns, datapath::pins::InstanceDir};
+use hb::{
+    clock::monotonic_ns,
+    datapath::{pins::InstanceDir, xdp::sum_blocks},
+};
 use hb_common::{
-    counters::{Counter, CounterValues},
+    counters::{Counter, CounterBlock, CounterValues},
     globals,
 };
 use serde::{Deserialize, Serialize};
@@ -44,17 +47,12 @@ pub fn read_pinned(instance: &str) -> anyhow::Result<CounterValues> {
     let path = InstanceDir::new(instance)?.map_pin(globals::COUNTERS_MAP);
     let map = MapData::from_pin(&path)
         .with_context(|| format!("opening the pinned counters {}", path.display()))?;
-    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(map))
+    let counters: PerCpuArray<MapData, CounterBlock> = PerCpuArray::try_from(Map::PerCpuArray(map))
         .with_context(|| format!("{} is not the counters' per-CPU array", path.display()))?;
-    let mut values = [0; Counter::COUNT as usize];
-    for counter in Counter::ALL {
-        values[counter as usize] = counters
-            .get(&(counter as u32), 0)
-            .with_context(|| format!("reading counter {} of {}", counter.name(), path.display()))?
-            .iter()
-            .sum();
-    }
-    Ok(values)
+    let blocks = counters
+        .get(&0, 0)
+        .with_context(|| format!("reading the counters of {}", path.display()))?;
+    Ok(sum_blocks(blocks.iter()))
 }
 
 /// One sample: when, and the `accepted` count (null: the pin could not be

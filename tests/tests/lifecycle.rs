@@ -29,9 +29,9 @@ use hb::datapath::{
 };
 use hb_common::{
     admission::Unauthenticated,
-    counters::Counter,
+    counters::{Counter, CounterBlock},
     globals::{self, LAYOUT_VERSION},
-    table::NodeRecord,
+    table::{NodeRecord, NodeSlot},
 };
 use hb_tests::{
     HEARTBEAT_PORT, Hb, Lab, NetNs, PinGuard, Signal, TempDir, TestConfig, Timing, is_root,
@@ -66,11 +66,13 @@ fn pinned_accepted(instance: &str) -> u64 {
         .unwrap()
         .map_pin(globals::COUNTERS_MAP);
     let map = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(Map::PerCpuArray(map)).unwrap();
+    let counters: PerCpuArray<_, CounterBlock> =
+        PerCpuArray::try_from(Map::PerCpuArray(map)).unwrap();
     counters
-        .get(&(Counter::Accepted as u32), 0)
+        .get(&0, 0)
         .unwrap()
         .iter()
+        .map(|block| block.values()[Counter::Accepted as usize])
         .sum()
 }
 
@@ -80,8 +82,8 @@ fn pinned_record(instance: &str, id: u32) -> NodeRecord {
         .unwrap()
         .map_pin(globals::NODES_MAP);
     let map = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let records: Array<_, NodeRecord> = Array::try_from(Map::Array(map)).unwrap();
-    records.get(&id, 0).unwrap()
+    let slots: Array<_, NodeSlot> = Array::try_from(Map::Array(map)).unwrap();
+    slots.get(&id, 0).unwrap().record
 }
 
 /// `hb agent --config CONFIG` in the monitor's namespace, seeing the

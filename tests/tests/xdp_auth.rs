@@ -22,7 +22,7 @@ use hb_common::{
     auth::{self, KEY_SLOTS, KeySlot, KeySlots},
     counters::Counter,
     globals,
-    siphash::{Key, REFERENCE_VECTORS, siphash24},
+    siphash::{Key, Prefix, REFERENCE_VECTORS, siphash24},
     table::{NodeRecord, SLOT_AUTHENTICATED, SLOT_PINNED, seen, src_octets},
     wire::{HEARTBEAT_LEN, Heartbeat, flags},
 };
@@ -167,7 +167,8 @@ impl Harness {
     }
 }
 
-/// Loads the test-only object with its one program, `hb_siphash`.
+/// Loads the test-only object with its programs, `hb_siphash` and
+/// `hb_siphash_prefix`.
 fn siphash_program() -> aya::Ebpf {
     // Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore
     // it, so a refusal (no CAP_SYS_RESOURCE, as in some containers) is only
@@ -178,13 +179,53 @@ fn siphash_program() -> aya::Ebpf {
     let mut ebpf = EbpfLoader::new()
         .load(SIPHASH_TEST_OBJECT)
         .expect("loading the eBPF object (are we root?)");
-    let program: &mut Xdp = ebpf
-        .program_mut(globals::SIPHASH_PROGRAM)
-        .expect("hb_siphash in the object")
-        .try_into()
-        .expect("an XDP program");
-    program.load().expect("verifying hb_siphash");
+    for name in [globals::SIPHASH_PROGRAM, globals::SIPHASH_PREFIX_PROGRAM] {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("{name} in the object"))
+            .try_into()
+            .expect("an XDP program");
+        program
+            .load()
+            .unwrap_or_else(|e| panic!("verifying {name}: {e}"));
+    }
     ebpf
+}
+
+/// SipHash-2-4 of `message` from `prefix`, computed by the kernel-side code
+/// `hb_xdp` verifies tags with; `None` if the prefix refuses the message.
+fn kernel_prefix_siphash(ebpf: &mut aya::Ebpf, prefix: &Prefix, message: &[u8]) -> Option<u64> {
+    let program: &mut Xdp = ebpf
+        .program_mut(globals::SIPHASH_PREFIX_PROGRAM)
+        .expect("hb_siphash_prefix")
+        .try_into()
+        .expect("XDP");
+    let mut data: Vec<u8> = prefix
+        .state
+        .iter()
+        .chain([&prefix.word])
+        .flat_map(|word| word.to_le_bytes())
+        .collect();
+    data.extend_from_slice(&[0; 8]);
+    data.push(message.len() as u8);
+    data.extend_from_slice(message);
+    let mut out = vec![0u8; data.len()];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(&data),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("test run of {} message bytes: {e:?}", message.len()));
+    match result.return_value {
+        XDP_PASS => Some(u64::from_le_bytes(out[40..48].try_into().expect("8 bytes"))),
+        XDP_DROP => None,
+        other => panic!(
+            "hb_siphash_prefix returned {other} for {} message bytes",
+            message.len()
+        ),
+    }
 }
 
 /// SipHash-2-4 of `message` under `key`, computed by the kernel-side code.
@@ -237,6 +278,40 @@ fn kernel_siphash_matches_the_reference_vectors() {
             kernel_siphash(&mut ebpf, &key, &message),
             siphash24(&key, &message),
             "round {round}"
+        );
+    }
+}
+
+#[test]
+fn kernel_siphash_from_a_prefix_matches_the_reference_vectors() {
+    let mut ebpf = siphash_program();
+    let key: Key = core::array::from_fn(|i| i as u8);
+    let message: Vec<u8> = (0..64).map(|i| i as u8).collect();
+    let prefix = Prefix::new(&key, [0, 1, 2, 3, 4, 5, 6, 7]);
+    for (len, expected) in REFERENCE_VECTORS.iter().enumerate() {
+        let expected = (len >= 8).then_some(*expected);
+        assert_eq!(
+            kernel_prefix_siphash(&mut ebpf, &prefix, &message[..len]),
+            expected,
+            "kernel SipHash from a prefix, reference vector {len}"
+        );
+    }
+    // Agrees with userspace, and refuses a message of another first word.
+    let mut rng = rng::seeded(0x2545_F491_4F6C_DD1D);
+    for round in 0..200 {
+        let key: Key = rng.random();
+        let mut message: Vec<u8> = (0..(8 + round % 56)).map(|_| rng.random()).collect();
+        let prefix = Prefix::new(&key, message[..8].try_into().expect("8 bytes"));
+        assert_eq!(
+            kernel_prefix_siphash(&mut ebpf, &prefix, &message),
+            Some(siphash24(&key, &message)),
+            "round {round}"
+        );
+        message[round % 8] ^= 1 << (round % 7);
+        assert_eq!(
+            kernel_prefix_siphash(&mut ebpf, &prefix, &message),
+            None,
+            "round {round}: another first word"
         );
     }
 }

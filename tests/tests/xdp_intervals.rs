@@ -1,5 +1,5 @@
-//! The XDP program's interval estimates (`HB_INTERVALS`), through
-//! `BPF_PROG_TEST_RUN` with real pauses between runs (needs root): samples
+//! The XDP program's interval estimates (the interval words of `HB_NODES`),
+//! through `BPF_PROG_TEST_RUN` with real pauses between runs (needs root): samples
 //! are divided by the sequence gap, and replays, restarts and outages give
 //! none. Arrival times are the kernel's clock, so bounds are generous.
 

@@ -1,6 +1,7 @@
-//! The node table as the agent sees it: the hot array of seen words, the
-//! cold array of [`NodeRecord`]s and the array of interval estimates (layout
-//! in `hb_common::table`), each a shared memory [`Mapping`].
+//! The node table as the agent sees it: the hot array of seen words and the
+//! cold array of [`NodeSlot`]s (layout in `hb_common::table`), shared memory
+//! [`Mapping`]s. The slots are seen through two views: the [`NodeRecord`]s
+//! and the interval words, each strided over the same memory.
 //!
 //! In the XDP datapath the mappings are the kernel's `BPF_F_MMAPABLE` maps,
 //! written by the XDP program; in the socket datapath they are anonymous
@@ -10,28 +11,51 @@
 use std::{
     io,
     marker::PhantomData,
+    mem::offset_of,
     net::IpAddr,
     os::fd::{AsRawFd, BorrowedFd},
     ptr::{self, NonNull},
-    sync::atomic::AtomicU64,
+    sync::{Arc, atomic::AtomicU64},
 };
 
-use hb_common::table::{NodeRecord, SLOT_CONFIGURED};
+use hb_common::table::{NodeRecord, NodeSlot, SLOT_CONFIGURED};
 
 use crate::{detect::detector::TableView, sys};
 
+/// A shared memory mapping, unmapped when its last view goes.
+struct Region {
+    base: NonNull<u8>,
+    bytes: usize,
+}
+
+// SAFETY: the region is plain shared memory, only unmapped on drop.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `Mapping::map` mapped; every view of
+        // it holds this region, so none outlives it.
+        unsafe { sys::unmap(self.base.cast(), self.bytes) };
+    }
+}
+
 /// `len` values of `T` in shared memory, written concurrently by someone
-/// else (the kernel, or a receive thread). Access is by copy (volatile), or
-/// for the seen words through atomics.
+/// else (the kernel, or a receive thread), `stride` bytes apart (one field
+/// of a larger value: see [`Mapping::field`]). Access is by copy
+/// (volatile), or for the seen words through atomics.
 pub struct Mapping<T> {
+    region: Arc<Region>,
     base: NonNull<T>,
+    stride: usize,
     len: u32,
-    mapped_bytes: usize,
     _values: PhantomData<T>,
 }
 
 // SAFETY: the mapping is plain shared memory; every access is a volatile or
-// atomic copy of a `T: Copy` valid for every bit pattern (u64, NodeRecord).
+// atomic copy of a `T: Copy` valid for every bit pattern (u64, NodeRecord,
+// NodeSlot).
 unsafe impl<T: Copy + Send> Send for Mapping<T> {}
 // SAFETY: as above.
 unsafe impl<T: Copy + Sync> Sync for Mapping<T> {}
@@ -60,11 +84,35 @@ impl<T: Copy> Mapping<T> {
         // an anonymous mapping has no precondition.
         let base = unsafe { sys::map_shared(mapped_bytes, fd) }?;
         Ok(Mapping {
+            region: Arc::new(Region {
+                base: base.cast(),
+                bytes: mapped_bytes,
+            }),
             base: base.cast(),
+            stride: size_of::<T>(),
             len,
-            mapped_bytes,
             _values: PhantomData,
         })
+    }
+
+    /// The field at `offset` bytes into each value, as a mapping of its own
+    /// over the same memory (sharing it: the memory stays mapped while either
+    /// lives).
+    ///
+    /// # Safety
+    /// `F` must lie at `offset` in `T` (in bounds, aligned) and be valid for
+    /// every bit pattern.
+    pub unsafe fn field<F: Copy>(&self, offset: usize) -> Mapping<F> {
+        debug_assert!(offset + size_of::<F>() <= size_of::<T>());
+        debug_assert_eq!(offset % align_of::<F>(), 0);
+        Mapping {
+            region: Arc::clone(&self.region),
+            // SAFETY: within the first value (the caller's promise).
+            base: unsafe { self.base.byte_add(offset) }.cast(),
+            stride: self.stride,
+            len: self.len,
+            _values: PhantomData,
+        }
     }
 
     /// Number of values.
@@ -76,9 +124,25 @@ impl<T: Copy> Mapping<T> {
         self.len == 0
     }
 
-    /// Bytes mapped (whole pages).
+    /// Bytes mapped (whole pages), shared by every view of the memory.
     pub fn mapped_bytes(&self) -> usize {
-        self.mapped_bytes
+        self.region.bytes
+    }
+
+    /// The address of value `index`.
+    ///
+    /// # Panics
+    /// If `index >= len()`.
+    #[inline]
+    fn at(&self, index: u32) -> *mut T {
+        assert!(
+            index < self.len,
+            "index {index} is outside the table of {} slots",
+            self.len
+        );
+        // SAFETY: in bounds (checked above) of a live mapping of `len`
+        // values `stride` bytes apart.
+        unsafe { self.base.as_ptr().byte_add(index as usize * self.stride) }
     }
 
     /// A copy of value `index`.
@@ -87,14 +151,9 @@ impl<T: Copy> Mapping<T> {
     /// If `index >= len()`.
     #[inline]
     pub fn get(&self, index: u32) -> T {
-        assert!(
-            index < self.len,
-            "index {index} is outside the table of {} slots",
-            self.len
-        );
-        // SAFETY: in bounds (checked above) of a live mapping; volatile since
-        // another writer may store concurrently.
-        unsafe { ptr::read_volatile(self.base.as_ptr().add(index as usize)) }
+        // SAFETY: in bounds of a live mapping; volatile since another writer
+        // may store concurrently.
+        unsafe { ptr::read_volatile(self.at(index)) }
     }
 
     /// Overwrites value `index`.
@@ -103,34 +162,26 @@ impl<T: Copy> Mapping<T> {
     /// If `index >= len()`.
     #[inline]
     pub fn set(&self, index: u32, value: T) {
-        assert!(
-            index < self.len,
-            "index {index} is outside the table of {} slots",
-            self.len
-        );
         // SAFETY: in bounds of a live, writable mapping.
-        unsafe { ptr::write_volatile(self.base.as_ptr().add(index as usize), value) }
+        unsafe { ptr::write_volatile(self.at(index), value) }
     }
 }
 
 impl Mapping<u64> {
     /// The values as atomics: what the sweep scans. Relaxed loads compile to
     /// plain loads, and make concurrent stores by the kernel well defined.
+    ///
+    /// # Panics
+    /// If the values are not back to back (a [`field`](Mapping::field)
+    /// view).
     pub fn atomics(&self) -> &[AtomicU64] {
+        assert_eq!(self.stride, size_of::<u64>(), "not a contiguous array");
         // SAFETY: `AtomicU64` has the size and alignment of `u64`; the
-        // mapping is page-aligned and holds `len` values; it lives as long as
-        // the returned borrow of `self`.
+        // mapping is page-aligned and holds `len` values back to back; it
+        // lives as long as the returned borrow of `self`.
         unsafe {
             std::slice::from_raw_parts(self.base.as_ptr().cast::<AtomicU64>(), self.len as usize)
         }
-    }
-}
-
-impl<T> Drop for Mapping<T> {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped; no borrow of it
-        // outlives `self`.
-        unsafe { sys::unmap(self.base.cast(), self.mapped_bytes) };
     }
 }
 
@@ -138,14 +189,44 @@ impl<T> Drop for Mapping<T> {
 pub struct NodeTable {
     /// Seen words (`hb_common::table::seen`): read by every sweep.
     pub seen: Mapping<u64>,
-    /// Cold records: read on state changes and for `hb status`.
+    /// Cold records (the [`NodeSlot`]s' records): read on state changes and
+    /// for `hb status`.
     pub records: Mapping<NodeRecord>,
-    /// Interval estimates (`hb_common::table::intervals`): read when a
-    /// node's arrival time changes.
+    /// Interval estimates (`hb_common::table::intervals`, the
+    /// [`NodeSlot`]s' interval words): read when a node's arrival time
+    /// changes. Each is one aligned 8-byte word, read and written whole.
     pub intervals: Mapping<u64>,
 }
 
 impl NodeTable {
+    /// The table over `seen` words and node `slots` (of the same length).
+    pub fn new(seen: Mapping<u64>, slots: &Mapping<NodeSlot>) -> Self {
+        debug_assert_eq!(seen.len(), slots.len());
+        // SAFETY: `NodeSlot` is `repr(C)` with a `NodeRecord` at offset 0
+        // and the interval `u64` at its offset; both are valid for every
+        // bit pattern.
+        let (records, intervals) = unsafe {
+            (
+                slots.field(offset_of!(NodeSlot, record)),
+                slots.field(offset_of!(NodeSlot, interval)),
+            )
+        };
+        NodeTable {
+            seen,
+            records,
+            intervals,
+        }
+    }
+
+    /// A table of `len` zeroed slots in anonymous memory (the socket
+    /// datapath's, and the tests').
+    pub fn anonymous(len: u32) -> io::Result<Self> {
+        Ok(Self::new(
+            Mapping::anonymous(len)?,
+            &Mapping::<NodeSlot>::anonymous(len)?,
+        ))
+    }
+
     /// Number of slots (`max_nodes`).
     pub fn len(&self) -> u32 {
         self.seen.len()
@@ -243,5 +324,36 @@ mod tests {
     fn out_of_range_access_panics() {
         let records = Mapping::<NodeRecord>::anonymous(4).unwrap();
         records.get(4);
+    }
+
+    #[test]
+    fn records_and_interval_words_are_views_of_the_slots() {
+        let slots = Mapping::<NodeSlot>::anonymous(100).unwrap();
+        let table = NodeTable::new(Mapping::anonymous(100).unwrap(), &slots);
+        let record = NodeRecord {
+            incarnation: 1,
+            sequence: u64::MAX,
+            slot_flags: 0xff,
+            ..NodeRecord::default()
+        };
+        table.records.set(99, record);
+        table.intervals.set(99, 42);
+        table.intervals.set(98, u64::MAX);
+        assert_eq!(
+            slots.get(99),
+            NodeSlot {
+                record,
+                interval: 42
+            }
+        );
+        assert_eq!(slots.get(98).record, NodeRecord::default());
+        // Writing a record leaves its interval word alone, and the reverse.
+        table.records.set(98, NodeRecord::default());
+        assert_eq!(table.intervals.get(98), u64::MAX);
+        assert_eq!(table.records.get(99), record);
+        drop(slots);
+        // The views keep the memory mapped.
+        assert_eq!(table.intervals.get(99), 42);
+        assert_eq!(table.records.mapped_bytes(), table.intervals.mapped_bytes());
     }
 }

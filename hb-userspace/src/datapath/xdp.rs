@@ -52,11 +52,11 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use hb_common::{
     admission::Unauthenticated,
-    auth::{KEY_SLOTS, KeySlot, KeySlots},
-    counters::{Counter, CounterValues},
+    auth::{KEY_SLOTS, KeySlots, KeyState, key_states},
+    counters::{CounterBlock, CounterValues},
     globals::{self, LAYOUT_VERSION},
     siphash::{Key, siphash24},
-    table::NodeRecord,
+    table::NodeSlot,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -88,6 +88,11 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 #[cfg(feature = "test-programs")]
 pub static SIPHASH_TEST_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-siphash"));
+
+/// The bench-only object with the floor programs (`hb_floor_empty`,
+/// `hb_floor_clock`, `hb_floor_lookup`: what every accepted heartbeat costs
+/// at least), for `hb-tools bench xdp-cost`. The agent never loads it.
+pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb-floor"));
 
 /// A test-only build of `hb-xdp` that differs from [`EBPF_OBJECT`] in code
 /// only (built with `--cfg hb_variant`: same maps, same behaviour), for the
@@ -370,8 +375,7 @@ impl Globals {
             )
             .override_global(AYA_LOG_LEVEL, &self.log_level, false)
             .map_max_entries(globals::SEEN_MAP, max_nodes)
-            .map_max_entries(globals::NODES_MAP, max_nodes)
-            .map_max_entries(globals::INTERVALS_MAP, max_nodes);
+            .map_max_entries(globals::NODES_MAP, max_nodes);
         loader
     }
 
@@ -390,11 +394,10 @@ impl Globals {
     }
 }
 
-/// The five maps, before they are wrapped.
+/// The four maps, before they are wrapped.
 struct Maps {
     seen: MapData,
-    records: MapData,
-    intervals: MapData,
+    slots: MapData,
     counters: MapData,
     keys: MapData,
 }
@@ -426,10 +429,9 @@ impl Maps {
         };
         Ok(Self {
             seen: take(globals::SEEN_MAP, max_nodes, size_of::<u64>())?,
-            records: take(globals::NODES_MAP, max_nodes, size_of::<NodeRecord>())?,
-            intervals: take(globals::INTERVALS_MAP, max_nodes, size_of::<u64>())?,
-            counters: take(globals::COUNTERS_MAP, Counter::COUNT, size_of::<u64>())?,
-            keys: take(globals::KEYS_MAP, KEY_SLOTS, size_of::<KeySlot>())?,
+            slots: take(globals::NODES_MAP, max_nodes, size_of::<NodeSlot>())?,
+            counters: take(globals::COUNTERS_MAP, 1, size_of::<CounterBlock>())?,
+            keys: take(globals::KEYS_MAP, KEY_SLOTS, size_of::<KeyState>())?,
         })
     }
 
@@ -444,8 +446,7 @@ impl Maps {
         };
         Ok(Self {
             seen: open(globals::SEEN_MAP)?,
-            records: open(globals::NODES_MAP)?,
-            intervals: open(globals::INTERVALS_MAP)?,
+            slots: open(globals::NODES_MAP)?,
             counters: open(globals::COUNTERS_MAP)?,
             keys: open(globals::KEYS_MAP)?,
         })
@@ -455,9 +456,9 @@ impl Maps {
 /// The expected (entries, value size) of pinned map `name`.
 fn expected_size(name: &str, max_nodes: u32) -> (u32, usize) {
     match name {
-        globals::NODES_MAP => (max_nodes, size_of::<NodeRecord>()),
-        globals::COUNTERS_MAP => (Counter::COUNT, size_of::<u64>()),
-        globals::KEYS_MAP => (KEY_SLOTS, size_of::<KeySlot>()),
+        globals::NODES_MAP => (max_nodes, size_of::<NodeSlot>()),
+        globals::COUNTERS_MAP => (1, size_of::<CounterBlock>()),
+        globals::KEYS_MAP => (KEY_SLOTS, size_of::<KeyState>()),
         _ => (max_nodes, size_of::<u64>()),
     }
 }
@@ -483,11 +484,7 @@ fn check_pinned_map(
     if value_size as usize == expected_value_size && entries == expected_entries {
         return Ok(());
     }
-    let table = [
-        globals::SEEN_MAP,
-        globals::NODES_MAP,
-        globals::INTERVALS_MAP,
-    ];
+    let table = [globals::SEEN_MAP, globals::NODES_MAP];
     if value_size as usize == expected_value_size && table.contains(&name) {
         return Err(XdpError::PinnedTableSize {
             dir: dir.layout_dir(LAYOUT_VERSION),
@@ -512,11 +509,11 @@ fn check_pinned_map(
 pub struct XdpDatapath {
     // Field order matters for Drop: the table mappings go before the maps.
     table: NodeTable,
-    _table_maps: [MapData; 3],
-    counters: PerCpuArray<MapData, u64>,
-    keys: Array<MapData, KeySlot>,
+    _table_maps: [MapData; 2],
+    counters: PerCpuArray<MapData, CounterBlock>,
+    keys: Array<MapData, KeyState>,
     /// What `keys` holds, so that `set_keys` writes only what changes.
-    installed_keys: Box<KeySlots>,
+    installed_keys: Box<[KeyState; KEY_SLOTS as usize]>,
     attachments: Vec<Attachment>,
     program: Program,
     pins: Option<Pins>,
@@ -655,24 +652,21 @@ impl XdpDatapath {
     ) -> Result<Self, XdpError> {
         let Maps {
             seen,
-            records,
-            intervals,
+            slots,
             counters,
             keys,
         } = maps;
         let mmap = |map: &'static str, e| XdpError::Mmap { map, source: e };
-        // SAFETY: the three maps are BPF_F_MMAPABLE arrays of `max_nodes`
-        // entries whose value types are u64, NodeRecord and u64 (hb-ebpf's
+        // SAFETY: the two maps are BPF_F_MMAPABLE arrays of `max_nodes`
+        // entries whose value types are u64 and NodeSlot (hb-ebpf's
         // definitions; their sizes were checked when they were opened).
         let table = unsafe {
-            NodeTable {
-                seen: Mapping::of_bpf_array(seen.fd().as_fd(), max_nodes)
+            NodeTable::new(
+                Mapping::of_bpf_array(seen.fd().as_fd(), max_nodes)
                     .map_err(|e| mmap(globals::SEEN_MAP, e))?,
-                records: Mapping::<NodeRecord>::of_bpf_array(records.fd().as_fd(), max_nodes)
+                &Mapping::<NodeSlot>::of_bpf_array(slots.fd().as_fd(), max_nodes)
                     .map_err(|e| mmap(globals::NODES_MAP, e))?,
-                intervals: Mapping::of_bpf_array(intervals.fd().as_fd(), max_nodes)
-                    .map_err(|e| mmap(globals::INTERVALS_MAP, e))?,
-            }
+            )
         };
         let counters =
             PerCpuArray::try_from(Map::PerCpuArray(counters)).map_err(|e| XdpError::Map {
@@ -685,7 +679,7 @@ impl XdpDatapath {
         })?;
         // A pinned key table holds the keys of the previous agent: start
         // from what it holds, so that `set_keys` writes only the changes.
-        let mut installed_keys = Box::new([KeySlot::default(); KEY_SLOTS as usize]);
+        let mut installed_keys = Box::new([KeyState::default(); KEY_SLOTS as usize]);
         for (id, slot) in (0..KEY_SLOTS).zip(installed_keys.iter_mut()) {
             *slot = keys.get(&id, 0).map_err(|e| XdpError::Map {
                 op: "reading the key table",
@@ -694,7 +688,7 @@ impl XdpDatapath {
         }
         Ok(XdpDatapath {
             table,
-            _table_maps: [seen, records, intervals],
+            _table_maps: [seen, slots],
             counters,
             keys,
             installed_keys,
@@ -1009,42 +1003,49 @@ impl XdpDatapath {
     /// Installs the keys heartbeats are verified with, from the next packet
     /// on. Slots that gain or change a key are written before slots that
     /// lose one, so during a rotation the old and the new key are both
-    /// accepted at every instant.
+    /// accepted at every instant. The program is given each key as its
+    /// [`KeyState`] (the SipHash states after an authenticated heartbeat's
+    /// first word), computed here.
     pub fn set_keys(&mut self, keys: &KeySlots) -> Result<(), XdpError> {
+        let states = key_states(keys);
         let changed: Vec<u32> = (0..KEY_SLOTS)
-            .filter(|&id| keys[id as usize] != self.installed_keys[id as usize])
+            .filter(|&id| states[id as usize] != self.installed_keys[id as usize])
             .collect();
         let (gaining, losing): (Vec<u32>, Vec<u32>) = changed
             .into_iter()
-            .partition(|&id| keys[id as usize].key().is_some());
+            .partition(|&id| states[id as usize].is_in_use());
         for id in gaining.into_iter().chain(losing) {
             self.keys
-                .set(id, keys[id as usize], 0)
+                .set(id, states[id as usize], 0)
                 .map_err(|e| XdpError::Map {
                     op: "writing the key table",
                     source: Box::new(e),
                 })?;
-            self.installed_keys[id as usize] = keys[id as usize];
+            self.installed_keys[id as usize] = states[id as usize];
         }
         Ok(())
     }
 
-    /// Current value of every counter, summed over CPUs, in [`Counter::ALL`]
-    /// order.
+    /// Current value of every counter, summed over CPUs, in
+    /// [`Counter::ALL`](hb_common::counters::Counter::ALL) order.
     pub fn counters(&self) -> Result<CounterValues, XdpError> {
-        let mut out = CounterValues::default();
-        for (slot, counter) in out.iter_mut().zip(Counter::ALL) {
-            let per_cpu = self
-                .counters
-                .get(&(counter as u32), 0)
-                .map_err(|e| XdpError::Map {
-                    op: "reading counters",
-                    source: Box::new(e),
-                })?;
-            *slot = per_cpu.iter().sum();
-        }
-        Ok(out)
+        let per_cpu = self.counters.get(&0, 0).map_err(|e| XdpError::Map {
+            op: "reading counters",
+            source: Box::new(e),
+        })?;
+        Ok(sum_blocks(per_cpu.iter()))
     }
+}
+
+/// Every counter summed over per-CPU [`CounterBlock`]s.
+pub fn sum_blocks<'a>(blocks: impl IntoIterator<Item = &'a CounterBlock>) -> CounterValues {
+    let mut out = CounterValues::default();
+    for block in blocks {
+        for (total, value) in out.iter_mut().zip(block.values()) {
+            *total += value;
+        }
+    }
+    out
 }
 
 fn raise_memlock_limit() {

@@ -42,7 +42,7 @@ use std::{
 
 use hb_common::{
     admission::{Unauthenticated, admit},
-    auth::{KeySlot, KeySlots},
+    auth::{KeySlots, KeyState, KeyStates, key_states},
     counters::{Counter, CounterValues},
     table::{intervals, seen},
     wire::{HEARTBEAT_LEN, RawHeartbeat},
@@ -51,11 +51,7 @@ use thiserror::Error;
 
 pub use self::batch::BATCH;
 use self::batch::{Batch, Datagram};
-use crate::{
-    clock,
-    datapath::table::{Mapping, NodeTable},
-    sys,
-};
+use crate::{clock, datapath::table::NodeTable, sys};
 
 /// Receive buffer asked for per socket: 8 MiB holds about 10^4 queued
 /// heartbeats (the kernel charges each one's skb, not just its 56 bytes).
@@ -147,7 +143,7 @@ pub struct SocketDatapath {
 struct Shared {
     table: NodeTable,
     /// The keys heartbeats are verified with; replaced whole by `set_keys`.
-    keys: RwLock<Arc<KeySlots>>,
+    keys: RwLock<Arc<KeyStates>>,
     unauthenticated: Unauthenticated,
     record_locks: [Mutex<()>; RECORD_LOCKS],
     stop: AtomicBool,
@@ -176,12 +172,7 @@ impl SocketDatapath {
                 source,
             }
         };
-        let table = NodeTable {
-            seen: Mapping::anonymous(options.max_nodes).map_err(table_error("seen words"))?,
-            records: Mapping::anonymous(options.max_nodes).map_err(table_error("records"))?,
-            intervals: Mapping::anonymous(options.max_nodes)
-                .map_err(table_error("interval estimates"))?,
-        };
+        let table = NodeTable::anonymous(options.max_nodes).map_err(table_error("node table"))?;
         let mut opened = Vec::with_capacity(options.interfaces.len());
         for interface in &options.interfaces {
             let (socket, receive_buffer) = open_socket(interface, options.port)?;
@@ -208,7 +199,7 @@ impl SocketDatapath {
             shared: Arc::new(Shared {
                 table,
                 keys: RwLock::new(Arc::new(
-                    [KeySlot::default(); hb_common::auth::KEY_SLOTS as usize],
+                    [KeyState::default(); hb_common::auth::KEY_SLOTS as usize],
                 )),
                 unauthenticated: options.unauthenticated,
                 record_locks: std::array::from_fn(|_| Mutex::new(())),
@@ -227,14 +218,15 @@ impl SocketDatapath {
         &self.shared.table
     }
 
-    /// Replaces the keys heartbeats are verified with; each receive thread
-    /// uses the new keys from its next batch on.
+    /// Replaces the keys heartbeats are verified with (as the XDP program
+    /// does: each key as its [`KeyState`]); each receive thread uses the new
+    /// keys from its next batch on.
     pub fn set_keys(&self, keys: &KeySlots) {
         *self
             .shared
             .keys
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(*keys);
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(key_states(keys));
     }
 
     /// Starts one receive thread per socket. On error, the threads started
@@ -449,7 +441,7 @@ impl ErrorLog {
 
 /// Applies the XDP program's rules to one datagram and, for an accepted
 /// heartbeat, records it: the cold record first, then the seen word.
-fn record(shared: &Shared, keys: &KeySlots, datagram: &Datagram<'_>, clock: &Clock) -> Counter {
+fn record(shared: &Shared, keys: &KeyStates, datagram: &Datagram<'_>, clock: &Clock) -> Counter {
     let Ok(payload) = <&[u8; HEARTBEAT_LEN]>::try_from(datagram.payload) else {
         return Counter::Malformed;
     };
@@ -470,7 +462,7 @@ fn record(shared: &Shared, keys: &KeySlots, datagram: &Datagram<'_>, clock: &Clo
         &datagram.src_addr,
         record.as_ref(),
         shared.unauthenticated,
-        |key_id| keys[usize::from(key_id)].key(),
+        |key_id| Some(&keys[usize::from(key_id)]).filter(|state| state.is_in_use()),
     ) {
         Ok(authenticated) => authenticated,
         Err(refused) => return refused,
@@ -886,8 +878,8 @@ mod tests {
         let counters = wait_for(&datapath, 1);
         assert_eq!(counters[Counter::UnknownKey as usize], 1);
 
-        let mut keys = [KeySlot::default(); auth::KEY_SLOTS as usize];
-        keys[5] = KeySlot::with_key(key);
+        let mut keys = [auth::KeySlot::default(); auth::KEY_SLOTS as usize];
+        keys[5] = auth::KeySlot::with_key(key);
         datapath.set_keys(&keys);
         sender
             .send_to(&signed(1), (Ipv6Addr::LOCALHOST, port))
@@ -1066,20 +1058,16 @@ mod tests {
 
     /// What a receive thread shares, without sockets, node 1 configured,
     /// unauthenticated heartbeats accepted; and an empty key table.
-    fn unstarted_with_node_1() -> (Shared, KeySlots) {
+    fn unstarted_with_node_1() -> (Shared, KeyStates) {
         let shared = Shared {
-            table: NodeTable {
-                seen: Mapping::anonymous(MAX_NODES).unwrap(),
-                records: Mapping::anonymous(MAX_NODES).unwrap(),
-                intervals: Mapping::anonymous(MAX_NODES).unwrap(),
-            },
-            keys: RwLock::new(Arc::new([KeySlot::default(); auth::KEY_SLOTS as usize])),
+            table: NodeTable::anonymous(MAX_NODES).unwrap(),
+            keys: RwLock::new(Arc::new([KeyState::default(); auth::KEY_SLOTS as usize])),
             unauthenticated: Unauthenticated::Accept,
             record_locks: std::array::from_fn(|_| Mutex::new(())),
             stop: AtomicBool::new(false),
         };
         shared.table.configure(1, NodeRecord::default());
-        (shared, [KeySlot::default(); auth::KEY_SLOTS as usize])
+        (shared, [KeyState::default(); auth::KEY_SLOTS as usize])
     }
 
     #[test]
