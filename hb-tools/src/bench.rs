@@ -27,7 +27,10 @@ use bytes::BufMut;
 use hb::{
     clock::monotonic_ns,
     datapath::xdp::{FLOOR_OBJECT, LoadOptions, XdpDatapath},
-    detect::detector::{Detector, DetectorSettings, NodeState, WatchedNode},
+    detect::{
+        detector::{Detector, DetectorSettings, NodeState, Rule, WatchedNode},
+        phi::{PhiDetector, PhiSettings},
+    },
 };
 use hb_common::{
     admission::Unauthenticated,
@@ -35,7 +38,7 @@ use hb_common::{
     counters::Counter,
     globals,
     siphash::Key,
-    table::{NodeRecord, seen},
+    table::{NodeRecord, intervals, seen},
     wire::{DEFAULT_PORT, Heartbeat},
 };
 use serde::Serialize;
@@ -360,9 +363,12 @@ pub struct SweepCost {
     pub kernel: String,
 }
 
-/// Times the sweep of `nodes` up nodes, all heard recently (the steady
-/// state: nothing to do but check), over the real mmapped BPF table.
-pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
+/// Times the sweep of `nodes` up nodes over the real mmapped BPF table.
+/// With `phi_heard` 0: all heard recently, the timeout rule (the steady
+/// state: nothing to do but check). Otherwise the phi rule, every node with
+/// an interval estimate, and that share of them heard anew before each
+/// sweep (their deadlines are recomputed: the slow path).
+pub fn sweep(nodes: u32, rounds: u32, phi_heard: f64) -> anyhow::Result<SweepCost> {
     let datapath = XdpDatapath::load(LoadOptions {
         port: DEFAULT_PORT,
         max_nodes: nodes,
@@ -370,7 +376,21 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
         unauthenticated: Unauthenticated::Accept,
     })?;
     let table = datapath.table();
-    let settings = DetectorSettings::plain_timeout(1_000_000_000, 3);
+    let settings = if phi_heard > 0.0 {
+        DetectorSettings {
+            rule: Rule::Phi {
+                detector: PhiDetector::default(),
+                suspect: PhiDetector::new(PhiSettings {
+                    threshold: PhiSettings::default().threshold / 2.0,
+                    ..PhiSettings::default()
+                })?,
+                acceptable_pause_ns: None,
+            },
+            ..DetectorSettings::plain_timeout(1_000_000_000, 3)
+        }
+    } else {
+        DetectorSettings::plain_timeout(1_000_000_000, 3)
+    };
     let watched: Vec<_> = (0..nodes)
         .map(|node_id| WatchedNode {
             node_id,
@@ -380,21 +400,38 @@ pub fn sweep(nodes: u32, rounds: u32) -> anyhow::Result<SweepCost> {
     let start = monotonic_ns();
     let mut detector = Detector::new(settings, nodes, &watched, start);
     drop(watched);
+    // A mean of 1 s, a deviation of 20 ms.
+    let estimate = intervals::word(1_000_000, 20_000);
     for id in 0..nodes {
         table.configure(
             id,
             NodeRecord {
                 interval_ms: 1000,
+                heartbeats: 100,
                 ..Default::default()
             },
         );
+        table.intervals.set(id, estimate);
         table.seen.set(id, seen::word(start, false));
-        detector.restore(id, NodeState::Up, 1000, 0);
+        detector.restore(id, NodeState::Up, 1000, estimate);
     }
+    // The nodes heard before each sweep: every `step`-th, from a rotating
+    // offset.
+    let step = if phi_heard > 0.0 {
+        (1.0 / phi_heard).round().max(1.0) as u32
+    } else {
+        0
+    };
 
     let mut transitions = Vec::new();
     let mut sweeps = Vec::with_capacity(rounds as usize);
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        if step > 0 {
+            let heard = monotonic_ns();
+            for id in (round % step..nodes).step_by(step as usize) {
+                table.seen.set(id, seen::word(heard, false));
+            }
+        }
         let now = monotonic_ns();
         let t = Instant::now();
         detector.sweep(now, table, &mut transitions);

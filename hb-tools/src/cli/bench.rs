@@ -24,6 +24,13 @@ pub enum BenchCommand {
         nodes: u32,
         #[arg(long, default_value_t = 20)]
         rounds: u32,
+        /// With the phi rule, this share of the nodes is heard anew before
+        /// every sweep (0.1: a million nodes beating once a second, swept
+        /// every 100 ms), so each of them takes the slow path once; with
+        /// 0 (the default), the timeout rule and no heartbeat: nothing to do
+        /// but check.
+        #[arg(long, default_value_t = 0.0)]
+        phi_heard: f64,
     },
     /// The agent's state file at N nodes, before (format 1, JSON) and after
     /// (format 2, binary snapshot; the journal): save and load time, size.
@@ -59,8 +66,16 @@ impl BenchCommand {
             BenchCommand::XdpCost { distinct, repeat } => {
                 print_json(&hb_tools::bench::xdp_cost(distinct, repeat)?)
             }
-            BenchCommand::Sweep { nodes, rounds } => {
-                print_json(&hb_tools::bench::sweep(nodes, rounds.max(1))?)
+            BenchCommand::Sweep {
+                nodes,
+                rounds,
+                phi_heard,
+            } => {
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&phi_heard),
+                    "--phi-heard is a share of the nodes, from 0 to 1"
+                );
+                print_json(&hb_tools::bench::sweep(nodes, rounds.max(1), phi_heard)?)
             }
             BenchCommand::State { nodes, rounds, dir } => {
                 print_json(&hb_tools::bench::state::state(nodes, rounds, &dir)?)

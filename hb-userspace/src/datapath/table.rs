@@ -145,6 +145,22 @@ impl<T: Copy> Mapping<T> {
         unsafe { self.base.as_ptr().byte_add(index as usize * self.stride) }
     }
 
+    /// A hint that value `index` will be read soon (no effect where the
+    /// processor has no such hint, or `index` is out of range).
+    #[inline]
+    pub fn prefetch(&self, index: u32) {
+        if index >= self.len {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch never faults, and the address is in the
+        // mapping anyway.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(self.at(index).cast::<i8>());
+        }
+    }
+
     /// A copy of value `index`.
     ///
     /// # Panics
@@ -298,6 +314,11 @@ impl TableView for NodeTable {
 
     fn heartbeats(&self, node_id: u32) -> u64 {
         self.records.get(node_id).heartbeats
+    }
+
+    fn prefetch(&self, node_id: u32) {
+        // The record and the interval word share the node's 64-byte slot.
+        self.records.prefetch(node_id);
     }
 }
 

@@ -152,6 +152,8 @@ pub trait TableView {
     fn interval_word(&self, node_id: u32) -> u64;
     /// How many heartbeats of the node were accepted.
     fn heartbeats(&self, node_id: u32) -> u64;
+    /// A hint that the node's record and interval word will be read soon.
+    fn prefetch(&self, _node_id: u32) {}
 }
 
 /// One state change found by a sweep.
@@ -251,6 +253,10 @@ pub const MAX_INTERVAL_NS: u64 = 3_600_000_000_000;
 /// have been stored when the sweep read its node (the store follows the
 /// timestamp by nanoseconds); the next sweep looks at it again.
 pub const STORE_MARGIN_NS: u64 = 1_000_000;
+
+/// The slow path asks for the record of the node this many candidates
+/// ahead.
+const PREFETCH_AHEAD: usize = 8;
 
 /// Runs every watched node through the state machine.
 #[derive(Debug)]
@@ -659,7 +665,12 @@ impl Detector {
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         let mut next_look = scan::scan(words, &self.watches, pass, &mut candidates);
-        for &id in &candidates {
+        for (k, &id) in candidates.iter().enumerate() {
+            // Most of a slow path is the wait for the node's record: ask
+            // for the ones a few nodes ahead now.
+            if let Some(&ahead) = candidates.get(k + PREFETCH_AHEAD) {
+                table.prefetch(ahead);
+            }
             if let Some(look) = self.examine(id, now_ns, table, out) {
                 next_look = next_look.min(look);
             }
@@ -713,6 +724,18 @@ impl Detector {
             heard_floor
         };
         let silence = now_ns.saturating_sub(arrival.max(floor));
+        if from == NodeState::Up && !seen::is_leave(word) && silence <= deadlines.suspect_ns {
+            // Still up, heard (the phi rule recomputes its deadlines then)
+            // or looked at early (the watch word's timeout is rounded
+            // down): only its next look moves.
+            self.watches[id as usize] = self.watch_word(NodeState::Up, deadlines.suspect_ns);
+            return Some(
+                arrival
+                    .max(floor)
+                    .saturating_add(deadlines.suspect_ns)
+                    .saturating_add(1),
+            );
+        }
         let heard = word > self.new_since_ns;
         let to = match from {
             _ if seen::is_leave(word) => NodeState::Left,

@@ -331,8 +331,20 @@ impl PhiDetector {
             return None;
         }
         let ns = self.effective_mean_ns(mean_us) + self.y_threshold.max(0.0) * self.sd_ns(mad_us);
-        // `as` saturates at u64::MAX.
-        Some(ns.ceil() as u64)
+        Some(ceil_u64(ns))
+    }
+}
+
+/// `x` rounded up, saturating at `u64::MAX` (`as` does). Without a call:
+/// `f64::ceil` is a library call on the baseline x86-64 target, and this is
+/// on the sweep's slow path, once per new heartbeat of every up node.
+#[inline]
+fn ceil_u64(x: f64) -> u64 {
+    let truncated = x as u64;
+    if (truncated as f64) < x {
+        truncated.saturating_add(1)
+    } else {
+        truncated
     }
 }
 
@@ -702,6 +714,17 @@ mod tests {
         }
         assert_eq!(phi_of_y(f64::NEG_INFINITY), 0.0);
         assert_eq!(phi_of_y(f64::INFINITY), f64::INFINITY);
+    }
+
+    #[test]
+    fn ceil_rounds_up_and_saturates() {
+        for x in [0.0, 0.5, 1.0, 1.000_001, 2.5e9, 1e18 + 0.5, 7.999_999_999] {
+            assert_eq!(ceil_u64(x), x.ceil() as u64, "{x}");
+        }
+        assert_eq!(ceil_u64(f64::MAX), u64::MAX);
+        assert_eq!(ceil_u64(f64::INFINITY), u64::MAX);
+        assert_eq!(ceil_u64(-3.5), 0);
+        assert_eq!(ceil_u64(f64::NAN), 0);
     }
 
     #[test]
