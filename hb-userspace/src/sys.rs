@@ -1,5 +1,7 @@
 //! The one place for raw system calls that std does not wrap: socket
-//! options, socket addresses, the memlock limit, shared memory mappings.
+//! options, socket addresses, the memlock limit, shared memory mappings,
+//! and what the sweep thread needs (an absolute-time sleep others can cut
+//! short, real-time scheduling, locked memory).
 //! Each wrapper checks the call's result and returns an `io::Result`; the
 //! callers add what they were doing.
 
@@ -9,6 +11,7 @@ use std::{
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd, RawFd},
     ptr::{self, NonNull},
+    sync::atomic::AtomicU32,
 };
 
 /// `setsockopt(2)` with any value type (an int, a struct, a byte string).
@@ -148,6 +151,116 @@ pub unsafe fn map_shared(bytes: usize, fd: Option<RawFd>) -> io::Result<NonNull<
 pub unsafe fn unmap(addr: NonNull<c_void>, bytes: usize) {
     // SAFETY: the caller's guarantee.
     unsafe { libc::munmap(addr.as_ptr(), bytes) };
+}
+
+/// How a [`sleep_until`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Woken {
+    /// The deadline passed.
+    Deadline,
+    /// Someone called [`wake`] (or had, before the sleep began), or a
+    /// signal interrupted the sleep: look at what changed, then sleep again.
+    Early,
+}
+
+/// Sleeps until `CLOCK_MONOTONIC` reads `deadline_ns` (an absolute time, so
+/// a late wake-up never drifts the next one), unless `word` no longer holds
+/// `seen` or [`wake`] is called on it meanwhile: `futex(FUTEX_WAIT_BITSET)`,
+/// whose absolute timeout is measured on `CLOCK_MONOTONIC` like
+/// `clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)` (the same hrtimer and
+/// timer slack), but which another thread can end early without a signal:
+/// the check of `word` and the sleep are one step, so no wake-up is lost.
+/// A deadline already past returns at once.
+pub fn sleep_until(word: &AtomicU32, seen: u32, deadline_ns: u64) -> io::Result<Woken> {
+    let deadline = libc::timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `word` is a live, aligned 32-bit word for the whole call;
+    // `deadline` is a valid timespec read by the kernel during the call;
+    // the second address is unused by FUTEX_WAIT_BITSET.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            &raw const deadline,
+            ptr::null::<u32>(),
+            libc::FUTEX_BITSET_MATCH_ANY,
+        )
+    };
+    if result == 0 {
+        return Ok(Woken::Early);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ETIMEDOUT) => Ok(Woken::Deadline),
+        Some(libc::EAGAIN | libc::EINTR) => Ok(Woken::Early),
+        _ => Err(error),
+    }
+}
+
+/// Wakes every thread in [`sleep_until`] on `word`; the caller changes
+/// `word` first, so that a thread about to sleep does not.
+pub fn wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned 32-bit word; FUTEX_WAKE only reads
+    // its address. It cannot fail on a valid private futex address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            libc::c_int::MAX,
+        )
+    };
+}
+
+/// Puts `thread` in the `SCHED_FIFO` class at `priority` (1..=99):
+/// `pthread_setschedparam(3)`, which needs `CAP_SYS_NICE` or an
+/// `RLIMIT_RTPRIO` of at least `priority` (EPERM otherwise), and which
+/// cgroup v1 real-time group scheduling refuses in a group without a
+/// real-time budget.
+pub fn set_fifo_priority(thread: libc::pthread_t, priority: u8) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: libc::c_int::from(priority),
+    };
+    // SAFETY: `thread` is a live thread of this process (its JoinHandle is
+    // held by the caller); `param` is a valid struct read during the call.
+    let result = unsafe { libc::pthread_setschedparam(thread, libc::SCHED_FIFO, &param) };
+    // pthread functions return the error number instead of setting errno.
+    match result {
+        0 => Ok(()),
+        error => Err(io::Error::from_raw_os_error(error)),
+    }
+}
+
+/// The scheduling class and priority of `thread`: `(SCHED_*, priority)`.
+pub fn scheduling_of(thread: libc::pthread_t) -> io::Result<(libc::c_int, libc::c_int)> {
+    let mut policy = 0;
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `thread` is a live thread of this process; both out-pointers
+    // are valid for writes.
+    let result = unsafe { libc::pthread_getschedparam(thread, &mut policy, &mut param) };
+    match result {
+        0 => Ok((policy, param.sched_priority)),
+        error => Err(io::Error::from_raw_os_error(error)),
+    }
+}
+
+/// Locks every page of the process in memory, now and from now on
+/// (`mlockall(MCL_CURRENT | MCL_FUTURE)`), so that no page fault (a page
+/// swapped out, or code dropped from the page cache) can stall it. Needs
+/// `CAP_IPC_LOCK` or an `RLIMIT_MEMLOCK` above what the process maps.
+pub fn lock_all_memory() -> io::Result<()> {
+    // SAFETY: mlockall takes flags only.
+    check(unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) })
+}
+
+/// Undoes [`lock_all_memory`] (`munlockall`).
+pub fn unlock_all_memory() -> io::Result<()> {
+    // SAFETY: munlockall takes no argument.
+    check(unsafe { libc::munlockall() })
 }
 
 fn check(result: libc::c_int) -> io::Result<()> {
