@@ -66,6 +66,11 @@ pub struct Shared {
     metrics: Arc<Metrics>,
     /// The longest agent-side hold of the core's lock so far, ns.
     longest_hold_ns: AtomicU64,
+    /// Tests: the thread's kernel id, and a panic on demand.
+    #[cfg(test)]
+    pub(super) tid: std::sync::atomic::AtomicI32,
+    #[cfg(test)]
+    pub(super) panic_at_next_sweep: AtomicBool,
 }
 
 /// What the lock guards: the detector and the brake, and how many outcomes
@@ -90,6 +95,10 @@ impl Shared {
             last_sweep_ns: AtomicU64::new(0),
             metrics,
             longest_hold_ns: AtomicU64::new(0),
+            #[cfg(test)]
+            tid: std::sync::atomic::AtomicI32::new(0),
+            #[cfg(test)]
+            panic_at_next_sweep: AtomicBool::new(false),
         }
     }
 
@@ -148,7 +157,7 @@ impl Shared {
     }
 
     /// Ends the thread's sleep: it sweeps now (or stops, if told to).
-    fn wake(&self) {
+    pub(super) fn wake(&self) {
         self.wake.fetch_add(1, Ordering::Release);
         sys::wake(&self.wake);
     }
@@ -256,6 +265,11 @@ impl Drop for SweepThread {
 /// The thread's body: sleep, sweep, tell, until told to stop (or the agent
 /// is gone).
 fn sweep_loop(shared: &Shared, outcomes: &mpsc::UnboundedSender<SweepOutcome>) {
+    #[cfg(test)]
+    // SAFETY: gettid has no preconditions.
+    shared
+        .tid
+        .store(unsafe { libc::gettid() }, Ordering::Release);
     let mut wake_at = 0;
     loop {
         let seen = shared.wake.load(Ordering::Acquire);
@@ -270,6 +284,11 @@ fn sweep_loop(shared: &Shared, outcomes: &mpsc::UnboundedSender<SweepOutcome>) {
             return;
         }
         let now = monotonic_ns();
+        #[cfg(test)]
+        if shared.panic_at_next_sweep.load(Ordering::Acquire) {
+            let _core = lock(&shared.core);
+            panic!("a panic on demand (test)");
+        }
         let outcome = {
             let mut core = lock(&shared.core);
             let datapath = shared.datapath();
