@@ -55,7 +55,7 @@ use crate::{
         ClusterView, Roster, Sinks,
         actions::{ActionRunner, webhook},
         event_log::EventLog,
-        log,
+        log::{self, LogView},
         metrics::{Format, Metrics, NodeSample, Scrape},
         state_file::{self, StateSaver, Verdicts},
         stream::{EventStream, Summary},
@@ -269,18 +269,25 @@ impl Agent {
         self.shut_down(ended).await
     }
 
-    /// Hands one outcome to the log (which reads the detector, under the
-    /// sweep's lock) and to the other sinks (without it).
+    /// Hands one outcome to the log and the other sinks. Only the timeouts
+    /// of the nodes the log announces down are read under the sweep's lock.
     fn consume(&mut self, outcome: &SweepOutcome) {
         let nodes = &self.nodes;
-        self.shared.with("log", |core, datapath| {
-            let cluster = ClusterView {
+        let timeouts = if outcome.transitions.is_empty() {
+            Vec::new()
+        } else {
+            self.shared.with("the log's timeouts", |core, _| {
+                log::timeouts(outcome, core.sweep.detector())
+            })
+        };
+        log::sweep(
+            outcome,
+            &LogView {
                 nodes,
-                table: datapath.table(),
-                detector: core.sweep.detector(),
-            };
-            log::sweep(outcome, &cluster, core.sweep.brake());
-        });
+                timeouts: &timeouts,
+                brake_window: self.config.brake.settings().window,
+            },
+        );
         let datapath = self.shared.datapath();
         let roster = Roster {
             nodes,

@@ -307,3 +307,205 @@ fn an_invalid_sweep_priority_is_a_config_error_naming_the_key() {
         "{message}"
     );
 }
+
+/// The agent's longest holds of the sweep's lock at a million nodes (and,
+/// for scale, one sweep), on a table of mostly up nodes with a brake
+/// episode and flap history in memory. A measurement, not a check: run it
+/// built for release,
+/// `cargo test --release -p hb-userspace --lib -- --ignored --nocapture lock_holds_at_a_million_nodes`.
+#[test]
+#[ignore = "a measurement; run it built for release"]
+fn lock_holds_at_a_million_nodes() {
+    use crate::{
+        agent::{query, startup, status},
+        datapath::table::{Mapping, NodeTable},
+        detect::{detector::Transition, sweep::SweepOutcome},
+        keys::Keyring,
+        nodes::NodeDirectory,
+        sinks::{
+            ClusterView, log,
+            state_file::{SavedNode, SavedState, Verdicts, snapshot_of},
+        },
+    };
+    const NODES: u32 = 1_000_000;
+    let config = Config::parse(
+        &format!(
+            "interfaces = [\"lo\"]\nmax_nodes = {}\n[[node_ranges]]\nfirst_id = 1\ncount = \
+             {NODES}\nname_prefix = \"n\"\n",
+            NODES + 1
+        ),
+        "bench.toml",
+    )
+    .expect("a config");
+    let nodes = NodeDirectory::owned(&config.nodes, &config.node_ranges);
+    let len = NODES + 1;
+    let table = NodeTable {
+        seen: Mapping::anonymous(len).expect("memory"),
+        records: Mapping::anonymous(len).expect("memory"),
+        intervals: Mapping::anonymous(len).expect("memory"),
+    };
+    // 90% up, 5% suspect, 5% down (each with a flap history); the brake
+    // remembers the 10% silent ones and holds the downs.
+    let now = monotonic_ns();
+    let state_of = |id: u32| match id % 20 {
+        0 => NodeState::Down,
+        1 => NodeState::Suspect,
+        _ => NodeState::Up,
+    };
+    let mut saved = SavedState {
+        nodes: (1..=NODES)
+            .map(|id| SavedNode {
+                id,
+                state: state_of(id),
+                heartbeats: 10,
+                ..SavedNode::default()
+            })
+            .collect(),
+        ..SavedState::default()
+    };
+    saved.flaps = (1..=NODES)
+        .filter(|&id| state_of(id) == NodeState::Down)
+        .map(|id| crate::detect::detector::FlapHistory {
+            id,
+            downs_ns: vec![now - 1_000 * MS],
+            ..Default::default()
+        })
+        .collect();
+    let silent: Vec<(u32, u64)> = (1..=NODES)
+        .filter(|&id| state_of(id) != NodeState::Up)
+        .map(|id| (id, now - u64::from(id)))
+        .collect();
+    saved.brake.engaged_since_ns = Some(now - 2_000 * MS);
+    saved.brake.held = silent
+        .iter()
+        .copied()
+        .filter(|&(id, _)| state_of(id) == NodeState::Down)
+        .collect();
+    saved.brake.silent = silent;
+    let mut sweep = startup::restore(
+        (
+            config.detector_settings().expect("settings"),
+            config.brake.settings(),
+        ),
+        &nodes,
+        &saved,
+        &Keyring::default(),
+        &table,
+        startup::Continuity {
+            table_kept: false,
+            recorded_throughout: false,
+        },
+    );
+    let time = |what: &str, f: &mut dyn FnMut()| {
+        let runs = 5;
+        let (mut shortest, mut longest) = (Duration::MAX, Duration::ZERO);
+        for _ in 0..runs {
+            let started = Instant::now();
+            f();
+            let took = started.elapsed();
+            (shortest, longest) = (shortest.min(took), longest.max(took));
+        }
+        eprintln!("{what}: {shortest:.2?} to {longest:.2?} ({runs} runs)");
+    };
+    // Every node heard a second ago (restored nodes are otherwise never
+    // heard, and examined by every sweep); the first sweep examines them
+    // all, time the next ones.
+    let heard = hb_common::table::seen::word(monotonic_ns() - 1_000 * MS, false);
+    for id in nodes.ids() {
+        table.seen.set(id, heard);
+    }
+    sweep.run(monotonic_ns(), &table);
+    time("sweep (for scale)", &mut || {
+        std::hint::black_box(sweep.run(monotonic_ns(), &table));
+    });
+    let cluster = ClusterView {
+        nodes: &nodes,
+        table: &table,
+        detector: sweep.detector(),
+    };
+    time("hold: copying the verdicts to save", &mut || {
+        std::hint::black_box(Verdicts::copy(&nodes, sweep.detector(), sweep.brake()));
+    });
+    time("  of which the states", &mut || {
+        std::hint::black_box(
+            nodes
+                .ids()
+                .map(|id| sweep.detector().state(id))
+                .collect::<Vec<_>>(),
+        );
+    });
+    time("  of which the flap history", &mut || {
+        std::hint::black_box(sweep.detector().flap_history());
+    });
+    time("  of which the brake's memory", &mut || {
+        std::hint::black_box(sweep.brake().memory());
+    });
+    time("no hold: building the snapshot from them", &mut || {
+        let verdicts = Verdicts::copy(&nodes, sweep.detector(), sweep.brake());
+        std::hint::black_box(snapshot_of(&nodes, verdicts, &table, (0, Vec::new())));
+    });
+    time("before: the snapshot built under the lock", &mut || {
+        std::hint::black_box(state_file::snapshot(
+            &nodes,
+            sweep.detector(),
+            sweep.brake(),
+            &table,
+            (0, Vec::new()),
+        ));
+    });
+    time("hold: a status report (limit 1000)", &mut || {
+        std::hint::black_box(status::report(&cluster, 1000));
+    });
+    let page = query::PageRequest {
+        state: Some(NodeState::Down),
+        limit: Some(query::MAX_PAGE),
+        after: None,
+    };
+    let sorted_ids = nodes.sorted_ids();
+    time("hold: a page of 10,000 down nodes", &mut || {
+        std::hint::black_box(query::node_page(&cluster, &sorted_ids, page, now));
+    });
+    let mass = SweepOutcome {
+        now_ns: now,
+        transitions: (1..=NODES)
+            .map(|node_id| Transition {
+                node_id,
+                from: NodeState::Up,
+                to: NodeState::Suspect,
+                since_last_heartbeat_ns: Some(1),
+            })
+            .collect(),
+        ..SweepOutcome::default()
+    };
+    time(
+        "before: the log of a million transitions, under the lock",
+        &mut || {
+            let timeouts = log::timeouts(&mass, sweep.detector());
+            let view = log::LogView {
+                nodes: &nodes,
+                timeouts: &timeouts,
+                brake_window: Duration::from_secs(10),
+            };
+            log::sweep(&mass, &view);
+        },
+    );
+    time(
+        "hold: the log's timeouts, of a million transitions",
+        &mut || {
+            std::hint::black_box(log::timeouts(&mass, sweep.detector()));
+        },
+    );
+    let downs = SweepOutcome {
+        transitions: mass.transitions[..50]
+            .iter()
+            .map(|t| Transition {
+                to: NodeState::Down,
+                ..*t
+            })
+            .collect(),
+        ..SweepOutcome::default()
+    };
+    time("hold: the log's timeouts, of 50 downs", &mut || {
+        std::hint::black_box(log::timeouts(&downs, sweep.detector()));
+    });
+}
