@@ -189,12 +189,14 @@ impl Agent {
             sweeper::lock_memory()?;
         }
         datapath.start()?;
-        let shared = Arc::new(Shared::new(
+        let shared = Shared::new(
             sweep,
             datapath,
             config.defaults.sweep_period,
             Arc::clone(&sinks.metrics),
-        ));
+        )
+        .context("creating the sweep's lock")?;
+        let shared = Arc::new(shared);
         let (tell, outcomes) = mpsc::unbounded_channel();
         let sweeper = SweepThread::start(&shared, tell, config.defaults.sweep_priority())?;
         let (ask, queries) = mpsc::channel(QUERY_QUEUE);

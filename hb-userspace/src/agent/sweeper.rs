@@ -13,7 +13,8 @@
 //! readiness (sweeps so far, the last one's time) too.
 //!
 //! The detector and the brake ([`Core`]) are shared with the agent's loop
-//! (queries, reloads, the log, the state snapshot) behind a mutex, and the
+//! (queries, reloads, the log, the state snapshot) behind a mutex with
+//! priority inheritance ([`PiMutex`]), and the
 //! datapath (whose node table the sweep reads) behind a read-write lock
 //! that only installing keys takes for writing. Lock order: the core, then
 //! the datapath. The agent keeps its holds short ([`Shared::with`] logs any
@@ -28,7 +29,7 @@
 use std::{
     io,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -42,7 +43,7 @@ use crate::{
     datapath::Datapath,
     detect::sweep::{Sweep, SweepOutcome},
     sinks::metrics::Metrics,
-    sys::{self, Woken},
+    sys::{self, PiMutex, Woken},
 };
 
 /// The thread's name, as `ps -L` and `top -H` show it.
@@ -53,7 +54,8 @@ const LONG_HOLD: Duration = Duration::from_millis(1);
 
 /// What the sweep thread and the agent's loop share.
 pub struct Shared {
-    core: Mutex<Core>,
+    /// With priority inheritance: see [`PiMutex`].
+    core: PiMutex<Core>,
     datapath: RwLock<Datapath>,
     /// `defaults.sweep_period`, ns: the longest the thread sleeps.
     period_ns: AtomicU64,
@@ -84,9 +86,14 @@ pub struct Core {
 }
 
 impl Shared {
-    pub fn new(sweep: Sweep, datapath: Datapath, period: Duration, metrics: Arc<Metrics>) -> Self {
-        Shared {
-            core: Mutex::new(Core { sweep, told: 0 }),
+    pub fn new(
+        sweep: Sweep,
+        datapath: Datapath,
+        period: Duration,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
+        Ok(Shared {
+            core: PiMutex::new(Core { sweep, told: 0 })?,
             datapath: RwLock::new(datapath),
             period_ns: AtomicU64::new(duration_ns(period)),
             wake: AtomicU32::new(0),
@@ -99,15 +106,14 @@ impl Shared {
             tid: std::sync::atomic::AtomicI32::new(0),
             #[cfg(test)]
             panic_at_next_sweep: AtomicBool::new(false),
-        }
+        })
     }
 
     /// Runs `f` with the core and the datapath, holding the core's lock:
     /// the agent's way in. `what` names the hold in the debug log of holds
-    /// over [`LONG_HOLD`]. A panic of the sweep thread while it held the
-    /// lock leaves it poisoned: the agent still reads it (on its way out).
+    /// over [`LONG_HOLD`].
     pub fn with<R>(&self, what: &'static str, f: impl FnOnce(&mut Core, &Datapath) -> R) -> R {
-        let mut core = lock(&self.core);
+        let mut core = self.core.lock();
         let started = Instant::now();
         let result = f(&mut core, &self.datapath());
         let held = started.elapsed();
@@ -286,24 +292,23 @@ fn sweep_loop(shared: &Shared, outcomes: &mpsc::UnboundedSender<SweepOutcome>) {
         let now = monotonic_ns();
         #[cfg(test)]
         if shared.panic_at_next_sweep.load(Ordering::Acquire) {
-            let _core = lock(&shared.core);
+            let _core = shared.core.lock();
             panic!("a panic on demand (test)");
         }
-        let outcome = {
-            let mut core = lock(&shared.core);
+        let (outcome, tell) = {
+            let mut core = shared.core.lock();
             let datapath = shared.datapath();
             let outcome = core.sweep.run(now, datapath.table());
-            if worth_telling(&outcome) {
-                core.told += 1;
-            }
-            outcome
+            let tell = worth_telling(&outcome);
+            core.told += u64::from(tell);
+            (outcome, tell)
         };
         shared.sweeps.fetch_add(1, Ordering::Release);
         shared.last_sweep_ns.store(now, Ordering::Relaxed);
         shared.metrics.record_sweep(&outcome);
         let period_ns = shared.period_ns.load(Ordering::Relaxed);
         wake_at = next_wake(now, outcome.next_look_ns, period_ns);
-        if worth_telling(&outcome) && outcomes.send(outcome).is_err() {
+        if tell && outcomes.send(outcome).is_err() {
             return;
         }
     }
@@ -328,11 +333,6 @@ pub fn worth_telling(outcome: &SweepOutcome) -> bool {
         || brake.partition_suspected
         || brake.partition_cleared.is_some()
         || brake.released > 0
-}
-
-/// Locks `mutex` even if a panic poisoned it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn duration_ns(duration: Duration) -> u64 {
