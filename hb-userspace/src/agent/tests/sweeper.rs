@@ -135,6 +135,12 @@ async fn a_node_is_convicted_at_its_deadline_not_a_sweep_period_later() {
         })
         .collect();
     let events: Vec<&str> = after.iter().map(|(event, _)| event.as_str()).collect();
+    for (event, late) in &after {
+        eprintln!(
+            "{event} {:.1} ms after the last heartbeat left",
+            *late as f64 / MS as f64
+        );
+    }
     assert_eq!(events, ["suspect", "down"], "{after:?}");
     // The sweep's time is at least the deadline after the heartbeat left
     // (it arrived a little later), and at most a small margin past it.
