@@ -111,7 +111,7 @@ impl Shared {
 
     /// Runs `f` with the core and the datapath, holding the core's lock:
     /// the agent's way in. `what` names the hold in the debug log of holds
-    /// over [`LONG_HOLD`].
+    /// over a millisecond.
     pub fn with<R>(&self, what: &'static str, f: impl FnOnce(&mut Core, &Datapath) -> R) -> R {
         let mut core = self.core.lock();
         let started = Instant::now();

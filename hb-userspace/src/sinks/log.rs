@@ -27,7 +27,7 @@ pub struct LogView<'a, 'n> {
 }
 
 /// The timeouts the log shows for a sweep's downs, when it announces each
-/// node (at most [`LOG_EACH_UP_TO`] transitions): the little of the
+/// node (at most `LOG_EACH_UP_TO` transitions): the little of the
 /// detector it reads, copied under the sweep's lock.
 pub fn timeouts(outcome: &SweepOutcome, detector: &Detector) -> Vec<(u32, u64)> {
     if outcome.transitions.len() > LOG_EACH_UP_TO {
