@@ -1,22 +1,28 @@
 //! `hb agent`: the pipeline put together and run. [`Agent::start`] checks
 //! the configuration against the machine, loads the keys, prepares the
-//! datapath (the XDP program, or a UDP socket), restores the node states and
-//! starts receiving; [`Agent::run`] is one loop whose every tick sweeps the
-//! node table ([`Sweep`]) and hands the outcome to the [`Sinks`] (log, event
-//! log, failover actions, state file), while it answers `hb status` and
-//! reloads the keys when told to. The caller owns the signals: it sends
+//! datapath (the XDP program, or a UDP socket), restores the node states,
+//! starts receiving and starts the sweep thread ([`sweeper`]), which sweeps
+//! the node table ([`Sweep`]) when a node may change state and at least
+//! every `sweep_period`. [`Agent::run`] is one loop that hands each outcome
+//! the sweep thread tells it to the sinks (log, event log, failover
+//! actions, state file), answers `hb status` and the HTTP API, and reloads
+//! the configuration when told to. The caller owns the signals: it sends
 //! [`Control`] messages (`hb agent` maps SIGHUP to [`Control::Reload`],
 //! SIGINT and SIGTERM to [`Control::Shutdown`]).
 //!
 //! The loop never waits on an action (actions run in their own tasks) or on
-//! the state file (saved in a blocking task), and never makes a syscall per
-//! node (the table is memory-mapped).
+//! the state file (saved in a blocking task), and between outcomes and
+//! questions it sleeps: no timer runs but the event stream's summary (while
+//! it has subscribers) and the next state save (while one is due). The
+//! sweep thread never makes a syscall per node (the table is memory-mapped)
+//! and, when nothing changed, none but its sleep.
 
 pub mod http;
 pub mod query;
 mod reload;
 mod startup;
 pub mod status;
+pub mod sweeper;
 #[cfg(test)]
 mod tests;
 
@@ -27,32 +33,34 @@ use std::{
 
 use anyhow::Context;
 use hb_common::{admission::Unauthenticated, counters::Counter, table::seen};
-use tokio::{
-    sync::mpsc,
-    task::JoinHandle,
-    time::{Interval, MissedTickBehavior},
-};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use self::{
     http::SharedToken,
     query::Query,
     status::{AuthStatus, BrakeStatus, StatusReport},
+    sweeper::{Shared, SweepThread},
 };
 use crate::{
     clock::{self, monotonic_ns},
     config::{Config, Overrides},
     datapath::Datapath,
-    detect::{detector::NodeState, sweep::Sweep},
+    detect::{
+        detector::NodeState,
+        sweep::{Sweep, SweepOutcome},
+    },
     keys::{self, Keyring},
     nodes::NodeDirectory,
     sinks::{
-        ClusterView, Sinks,
+        ClusterView, Roster, Sinks,
         actions::{ActionRunner, webhook},
         event_log::EventLog,
+        log::{self, LogView},
         metrics::{Format, Metrics, NodeSample, Scrape},
-        state_file::{self, StateSaver},
+        state_file::{self, StateSaver, Verdicts},
         stream::{EventStream, Summary},
     },
+    sys,
 };
 
 /// On shutdown, running actions get at most this long to finish.
@@ -81,8 +89,8 @@ pub async fn run(
     Agent::start(config, overrides)?.run(control).await
 }
 
-/// A running agent: the datapath receiving, the sweep, the sinks, and the
-/// status socket.
+/// A running agent: the datapath receiving, the sweep thread, the sinks,
+/// and the status socket.
 pub struct Agent {
     config: Config,
     overrides: Overrides,
@@ -93,24 +101,38 @@ pub struct Agent {
     http: Option<JoinHandle<()>>,
     /// How the status socket and the HTTP API reach the loop.
     ask: mpsc::Sender<Query>,
-    datapath: Datapath,
-    sweep: Sweep,
+    /// The detector, the brake and the datapath, shared with the sweep
+    /// thread.
+    shared: Arc<Shared>,
+    sweeper: SweepThread,
+    /// What the sweep thread tells, in sweep order.
+    outcomes: mpsc::UnboundedReceiver<SweepOutcome>,
+    /// Outcomes handed to the sinks so far (see [`sweeper::Core::told`]).
+    consumed: u64,
     sinks: Sinks,
     queries: mpsc::Receiver<Query>,
     auth: AuthStatus,
     started: Instant,
     /// Every configured id, ascending: the HTTP API's node pages.
     sorted_ids: Vec<u32>,
-    /// Sweeps so far, and when the last one ran (monotonic ns): readiness.
-    sweeps: u64,
-    last_sweep_ns: u64,
     last_summary: Instant,
+    /// `defaults.lock_memory` was applied (undone when the agent ends).
+    memory_locked: bool,
+}
+
+/// Why the loop ended.
+enum Ended {
+    /// A shutdown, or the owner went away.
+    Told,
+    /// The sweep thread ended on its own: it panicked.
+    SweepThreadGone,
 }
 
 impl Agent {
-    /// Sets everything up and starts receiving heartbeats. On error the
-    /// socket datapath is stopped; a pinned XDP datapath stays as it was
-    /// found or made (it outlives agents by design; `hb detach` removes it).
+    /// Sets everything up, starts receiving heartbeats and starts the sweep
+    /// thread. On error the socket datapath is stopped; a pinned XDP
+    /// datapath stays as it was found or made (it outlives agents by
+    /// design; `hb detach` removes it).
     pub fn start(config: Config, overrides: Overrides) -> anyhow::Result<Self> {
         config.check_interfaces_exist()?;
         state_file::check_writable(&config.state_file)?;
@@ -148,7 +170,10 @@ impl Agent {
         let sinks = open_sinks(&config, saver)?;
         sinks.resume(
             &remembered.pending,
-            &cluster_view(&nodes, &datapath, &sweep),
+            Roster {
+                nodes: &nodes,
+                table: datapath.table(),
+            },
         );
         let token = config
             .http
@@ -157,7 +182,23 @@ impl Agent {
             .map(keys::read_token)
             .transpose()?;
         let token: SharedToken = Arc::new(RwLock::new(token));
+        let memory_locked = config.defaults.lock_memory;
+        if memory_locked {
+            // After the table is mapped, before anything runs: what the
+            // sweep reads is resident from its first sweep on.
+            sweeper::lock_memory()?;
+        }
         datapath.start()?;
+        let shared = Shared::new(
+            sweep,
+            datapath,
+            config.defaults.sweep_period,
+            Arc::clone(&sinks.metrics),
+        )
+        .context("creating the sweep's lock")?;
+        let shared = Arc::new(shared);
+        let (tell, outcomes) = mpsc::unbounded_channel();
+        let sweeper = SweepThread::start(&shared, tell, config.defaults.sweep_priority())?;
         let (ask, queries) = mpsc::channel(QUERY_QUEUE);
         status::listen(&config.status_socket, ask.clone())?;
         let http = config
@@ -170,11 +211,16 @@ impl Agent {
             datapath = config.datapath.as_str(),
             port = config.port,
             sweep_period = ?config.defaults.sweep_period,
+            sweep_priority = config.defaults.sweep_priority(),
+            lock_memory = memory_locked,
             status_socket = %config.status_socket.display(),
             "agent running"
         );
         Ok(Agent {
-            sweep,
+            shared,
+            sweeper,
+            outcomes,
+            consumed: 0,
             auth: AuthStatus {
                 key_ids: keyring.ids(),
                 accept_unauthenticated: config.auth.unauthenticated() == Unauthenticated::Accept,
@@ -184,75 +230,141 @@ impl Agent {
             token,
             http,
             ask,
-            datapath,
             sinks,
             queries,
             sorted_ids: nodes.sorted_ids(),
             nodes,
-            sweeps: 0,
-            last_sweep_ns: 0,
             last_summary: Instant::now(),
             started,
+            memory_locked,
         })
     }
 
-    /// The loop: sweep on every tick, answer status requests, obey
-    /// `control`; then shut down.
+    /// The loop: hand the sweep thread's outcomes to the sinks, answer
+    /// questions, obey `control`, summarize for event subscribers and save
+    /// the state when due; then shut down.
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
-        let mut ticker = sweep_ticker(self.config.defaults.sweep_period);
-        loop {
+        let ended = loop {
+            let summary_at = self
+                .sinks
+                .stream
+                .has_subscribers()
+                .then(|| self.last_summary + SUMMARY_EVERY);
+            let save_at = self.sinks.save_due_at();
             tokio::select! {
-                _ = ticker.tick() => self.tick(),
+                swept = self.outcomes.recv() => match swept {
+                    Some(outcome) => {
+                        self.consume(&outcome);
+                        self.save_if_due();
+                    }
+                    None => break Ended::SweepThreadGone,
+                },
                 Some(query) = self.queries.recv() => self.answer(query),
                 command = control.recv() => match command {
-                    Some(Control::Reload) => {
-                        let period = self.config.defaults.sweep_period;
-                        self.reload();
-                        if self.config.defaults.sweep_period != period {
-                            ticker = sweep_ticker(self.config.defaults.sweep_period);
-                        }
-                    }
-                    Some(Control::Shutdown) | None => break,
+                    Some(Control::Reload) => self.reload(),
+                    Some(Control::Shutdown) | None => break Ended::Told,
                 },
+                () = at(summary_at) => self.summarize(),
+                () = at(save_at) => self.save_if_due(),
             }
-        }
-        self.shut_down().await
+        };
+        self.shut_down(ended).await
     }
 
-    /// Sweeps the table and hands the outcome to the sinks.
-    fn tick(&mut self) {
-        let now = monotonic_ns();
-        let outcome = self.sweep.run(now, self.datapath.table());
-        let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
-        self.sinks.consume(&outcome, &cluster, self.sweep.brake());
-        (self.sweeps, self.last_sweep_ns) = (self.sweeps + 1, now);
-        if self.sinks.stream.has_subscribers() && self.last_summary.elapsed() >= SUMMARY_EVERY {
-            self.last_summary = Instant::now();
-            self.sinks.stream.summarize(self.summary());
+    /// Hands one outcome to the log and the other sinks. Only the timeouts
+    /// of the nodes the log announces down are read under the sweep's lock.
+    fn consume(&mut self, outcome: &SweepOutcome) {
+        let nodes = &self.nodes;
+        let timeouts = if outcome.transitions.is_empty() {
+            Vec::new()
+        } else {
+            self.shared.with("the log's timeouts", |core, datapath| {
+                log::timeouts(outcome, core.sweep.detector(), datapath.table())
+            })
+        };
+        log::sweep(
+            outcome,
+            &LogView {
+                nodes,
+                timeouts: &timeouts,
+                brake_window: self.config.brake.settings().window,
+            },
+        );
+        let datapath = self.shared.datapath();
+        let roster = Roster {
+            nodes,
+            table: datapath.table(),
+        };
+        self.sinks.consume(outcome, roster);
+        self.consumed += 1;
+    }
+
+    /// Saves the node states if due and every outcome told so far has been
+    /// consumed (else after the next one is).
+    fn save_if_due(&mut self) {
+        if self
+            .sinks
+            .save_due_at()
+            .is_none_or(|at| at > Instant::now())
+        {
+            return;
         }
+        let Some(verdicts) = self.verdicts() else {
+            return;
+        };
+        let datapath = self.shared.datapath();
+        let roster = Roster {
+            nodes: &self.nodes,
+            table: datapath.table(),
+        };
+        self.sinks.save_if_due(roster, verdicts);
+    }
+
+    /// What a snapshot keeps of the detector and the brake, copied under
+    /// the sweep's lock; `None` while outcomes the detector already
+    /// reflects wait to be journaled.
+    fn verdicts(&self) -> Option<Verdicts> {
+        let (nodes, consumed) = (&self.nodes, self.consumed);
+        self.shared
+            .with("copying the node states to save", |core, _| {
+                (core.told == consumed)
+                    .then(|| Verdicts::copy(nodes, core.sweep.detector(), core.sweep.brake()))
+            })
     }
 
     /// Answers one question from the status socket or the HTTP API. A
     /// client that gave up meanwhile is no error.
     fn answer(&self, query: Query) {
-        let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
+        let nodes = &self.nodes;
         let now = monotonic_ns();
         match query {
             Query::Status { limit, reply } => {
-                let _ = reply.send(self.status_report(&cluster, limit));
+                let _ = reply.send(self.status_report(limit));
             }
             Query::Nodes { page, reply } => {
-                let _ = reply.send(query::node_page(&cluster, &self.sorted_ids, page, now));
+                let sorted_ids = &self.sorted_ids;
+                let page = self.shared.with("a page of nodes", |core, datapath| {
+                    let cluster = cluster_view(nodes, datapath, &core.sweep);
+                    query::node_page(&cluster, sorted_ids, page, now)
+                });
+                let _ = reply.send(page);
             }
             Query::Node { key, reply } => {
-                let detail = query::node_detail(&cluster, &self.sinks.stream, &key, now);
+                let stream = &self.sinks.stream;
+                let detail = self.shared.with("a node", |core, datapath| {
+                    let cluster = cluster_view(nodes, datapath, &core.sweep);
+                    query::node_detail(&cluster, stream, &key, now)
+                });
                 let _ = reply.send(detail);
             }
             Query::Ready { reply } => {
-                let stall_ns = self.sweep.detector().settings().stall_ns;
+                let (sweeps, last_sweep_ns) = self.shared.readiness();
+                let stall_ns = self.shared.with("readiness", |core, _| {
+                    core.sweep.detector().settings().stall_ns
+                });
                 let _ = reply.send(query::readiness(
-                    self.sweeps,
-                    self.last_sweep_ns,
+                    sweeps,
+                    last_sweep_ns,
                     now,
                     stall_ns,
                     &self.sinks.saver.health(),
@@ -262,116 +374,189 @@ impl Agent {
                 let _ = reply.send(self.sinks.stream.subscribe(since));
             }
             Query::Metrics { format, reply } => {
-                let _ = reply.send(self.scrape(&cluster, format, now));
+                let _ = reply.send(self.scrape(format, now));
             }
         }
     }
 
-    /// One `/metrics` scrape: the levels read now, the rest recorded as it
-    /// happened. Per-node series only within `[http] per_node_metrics`.
-    fn scrape(
-        &self,
-        cluster: &ClusterView<'_, '_>,
-        format: Format,
-        now: u64,
-    ) -> Result<String, std::fmt::Error> {
-        let detector = cluster.detector;
-        let states = NodeState::ALL.map(|s| (s, detector.count(s) as u64));
-        let counters = self.datapath.counters().unwrap_or_else(|e| {
+    /// One `/metrics` scrape: the levels read now (under the sweep's lock,
+    /// only what is the detector's and the brake's), the rest recorded as
+    /// it happened; encoded after the lock is let go. Per-node series only
+    /// within `[http] per_node_metrics`.
+    fn scrape(&self, format: Format, now: u64) -> Result<String, std::fmt::Error> {
+        let limit = self.config.http.per_node_metrics as usize;
+        let per_node = limit > 0 && self.sorted_ids.len() <= limit;
+        let (nodes, sorted_ids) = (&self.nodes, &self.sorted_ids);
+        let (states, brake, samples) = self.shared.with("a scrape", |core, datapath| {
+            let (detector, brake) = (core.sweep.detector(), core.sweep.brake());
+            let states = NodeState::ALL.map(|s| (s, detector.count(s) as u64));
+            let table = datapath.table();
+            let samples: Vec<(String, bool, Option<f64>)> = if per_node {
+                sorted_ids
+                    .iter()
+                    .filter_map(|&id| {
+                        let name = nodes.get(id)?.name.into_owned();
+                        let arrival = seen::arrival_ns(table.seen.get(id));
+                        let heard =
+                            (arrival != 0).then(|| now.saturating_sub(arrival) as f64 / 1e9);
+                        Some((name, detector.state(id).is_live(), heard))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (states, (brake.engaged(), brake.held() as u64), samples)
+        });
+        let counters = self.shared.datapath().counters().unwrap_or_else(|e| {
             tracing::error!("{:#}", anyhow::Error::from(e));
             Default::default()
         });
-        let limit = self.config.http.per_node_metrics as usize;
-        let names: Vec<(u32, String)> = if limit > 0 && self.sorted_ids.len() <= limit {
-            self.sorted_ids
-                .iter()
-                .filter_map(|&id| Some((id, cluster.nodes.get(id)?.name.into_owned())))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let samples: Vec<NodeSample<'_>> = names
+        let samples: Vec<NodeSample<'_>> = samples
             .iter()
-            .map(|(id, name)| {
-                let arrival = seen::arrival_ns(cluster.table.seen.get(*id));
-                NodeSample {
-                    name,
-                    up: detector.state(*id).is_live(),
-                    last_heard_seconds: (arrival != 0)
-                        .then(|| now.saturating_sub(arrival) as f64 / 1e9),
-                }
+            .map(|(name, up, heard)| NodeSample {
+                name,
+                up: *up,
+                last_heard_seconds: *heard,
             })
             .collect();
-        let brake = self.sweep.brake();
         self.sinks.metrics.encode(
             &Scrape {
                 states: &states,
                 counters: &counters,
-                brake_engaged: brake.engaged(),
-                brake_held: brake.held() as u64,
+                brake_engaged: brake.0,
+                brake_held: brake.1,
                 state_saving: &self.sinks.saver.health(),
-                per_node: (!names.is_empty()).then_some(&samples[..]),
+                per_node: per_node.then_some(&samples[..]),
             },
             format,
         )
     }
 
-    /// The status report: the cluster's part, and what only the agent knows.
-    fn status_report(&self, cluster: &ClusterView<'_, '_>, limit: usize) -> StatusReport {
+    /// The status report: the cluster's part (under the sweep's lock), the
+    /// datapath's and what only the agent knows.
+    fn status_report(&self, limit: usize) -> StatusReport {
+        let nodes = &self.nodes;
+        let (cluster_part, brake) = self.shared.with("a status report", |core, datapath| {
+            let cluster = cluster_view(nodes, datapath, &core.sweep);
+            (
+                status::report(&cluster, limit),
+                BrakeStatus::from(core.sweep.brake()),
+            )
+        });
         StatusReport {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             actions: self.sinks.actions.stats(),
             auth: self.auth.clone(),
-            brake: BrakeStatus::from(self.sweep.brake()),
+            brake,
             state_file: self.sinks.saver.health(),
-            ..status::report(cluster, &self.datapath, limit)
+            ..status::with_datapath(cluster_part, &self.shared.datapath())
         }
     }
 
-    /// Counts by state and the datapath counters, for the event stream.
-    fn summary(&self) -> Summary {
-        let counters = self.datapath.counters().unwrap_or_default();
-        Summary {
+    /// Sends the event stream's subscribers counts by state and the
+    /// datapath counters.
+    fn summarize(&mut self) {
+        self.last_summary = Instant::now();
+        if !self.sinks.stream.has_subscribers() {
+            return;
+        }
+        let states = self.shared.with("a summary", |core, _| {
+            NodeState::ALL.map(|s| (s, core.sweep.detector().count(s) as u64))
+        });
+        let counters = self.shared.datapath().counters().unwrap_or_default();
+        self.sinks.stream.summarize(Summary {
             unix_ms: clock::unix_ns() / 1_000_000,
             cursor: self.sinks.stream.last_cursor(),
-            states: NodeState::ALL
+            states: states
                 .iter()
-                .map(|&s| (s.name().to_owned(), self.sweep.detector().count(s) as u64))
+                .map(|&(s, n)| (s.name().to_owned(), n))
                 .collect(),
             counters: Counter::ALL
                 .iter()
                 .zip(counters)
                 .map(|(c, v)| (c.name().to_owned(), v))
                 .collect(),
-        }
+        });
     }
 
     /// SIGHUP: the whole configuration again (the `reload` module says what
-    /// is applied and what needs a restart).
+    /// is applied and what needs a restart); the sweep thread sweeps at
+    /// once with what changed.
     fn reload(&mut self) {
         reload::reload(self);
     }
 
-    /// Gives queued and running actions a little time, saves the state
+    /// Stops the sweep thread and hands what it told last to the sinks;
+    /// gives queued and running actions a little time, saves the state
     /// (with the runs that did not start, for the next agent), and stops
-    /// the datapath.
-    async fn shut_down(mut self) -> anyhow::Result<()> {
+    /// the datapath. After a panic of the sweep thread, no snapshot is
+    /// saved (the detector may be half-way through a sweep): the journal
+    /// has every change, as after a crash, and the agent ends with an
+    /// error so that its supervisor restarts it.
+    async fn shut_down(mut self, ended: Ended) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         if let Some(http) = self.http.take() {
             http.abort();
         }
+        let joined = self.sweeper.stop().await;
+        while let Ok(outcome) = self.outcomes.try_recv() {
+            self.consume(&outcome);
+        }
         // Queued runs start (and all get a little time to end) first; the
         // save then keeps what still did not start for the next agent.
         self.sinks.actions.wait_idle(SHUTDOWN_ACTION_WAIT).await;
-        let cluster = cluster_view(&self.nodes, &self.datapath, &self.sweep);
-        self.sinks.save(&cluster, self.sweep.brake()).await;
-        self.datapath.stop()?;
+        let result = match joined {
+            Ok(()) => {
+                if let Some(verdicts) = self.verdicts() {
+                    let (shared, nodes) = (&self.shared, &self.nodes);
+                    self.sinks
+                        .save(|journal| {
+                            let datapath = shared.datapath();
+                            state_file::snapshot_of(nodes, verdicts, datapath.table(), journal)
+                        })
+                        .await;
+                }
+                if let Ended::SweepThreadGone = ended {
+                    Err(anyhow::anyhow!("the sweep thread ended unexpectedly"))
+                } else {
+                    Ok(())
+                }
+            }
+            Err(panic) => {
+                self.sinks.events.flush();
+                tracing::error!(
+                    "the sweep thread panicked ({panic}): the agent stops so that its supervisor \
+                     restarts it; node states are in the state file's journal, and a pinned XDP \
+                     datapath keeps recording meanwhile"
+                );
+                Err(anyhow::anyhow!("the sweep thread panicked: {panic}"))
+            }
+        };
+        tracing::debug!(
+            longest_hold_us = self.shared.longest_hold().as_micros() as u64,
+            "the longest hold of the sweep's lock by the agent"
+        );
+        self.shared.datapath_mut().stop()?;
         let _ = std::fs::remove_file(&self.config.status_socket);
-        Ok(())
+        if self.memory_locked
+            && let Err(e) = sys::unlock_all_memory()
+        {
+            tracing::warn!("munlockall: {e}");
+        }
+        result
     }
 }
 
-/// What the sinks and the status report read: built from the fields, not
+/// Sleeps until `when`, or for ever without one (a `select!` branch that
+/// never fires).
+async fn at(when: Option<Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the sinks and the status report read: built from the pieces, not
 /// from `&self`, so that the sinks can be borrowed mutably beside it.
 fn cluster_view<'a, 'n>(
     nodes: &'a NodeDirectory<'n>,
@@ -401,11 +586,4 @@ fn open_sinks(config: &Config, saver: StateSaver) -> anyhow::Result<Sinks> {
         metrics,
         saver,
     })
-}
-
-/// Ticks every sweep period; a late tick is not made up for with a burst.
-fn sweep_ticker(period: Duration) -> Interval {
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticker
 }

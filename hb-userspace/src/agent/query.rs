@@ -1,8 +1,9 @@
 //! The questions the agent's loop answers, from the status socket and the
 //! HTTP API alike (one code path per answer), and the answers' shapes.
 //!
-//! Every question carries a oneshot reply; the loop answers between sweeps,
-//! from the state it owns, so nothing is shared or locked.
+//! Every question carries a oneshot reply; the loop answers it from the
+//! state it owns and, for the detector's verdicts, under the sweep's lock
+//! (held for the reading only: the answer is serialized after).
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;

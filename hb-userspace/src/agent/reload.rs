@@ -13,7 +13,10 @@
 //! brake's settings, the keys, the HTTP token and address (bound before the
 //! old one is let go), the event log. Node states,
 //! sequence numbers and interval estimates of the nodes that stay are kept,
-//! and the XDP program stays attached. Every change is logged.
+//! and the XDP program stays attached. Every change is logged, and the sweep
+//! thread sweeps at once with it (a new `sweep_period` bounds its sleeps
+//! from then on). Restart-only: `defaults.sweep_priority` and
+//! `defaults.lock_memory`, applied once at start.
 
 use std::sync::Arc;
 
@@ -23,7 +26,8 @@ use tokio::net::TcpListener;
 use super::{Agent, http};
 use crate::{
     config::{Config, ReloadPlan, reload_plan},
-    detect::detector::WatchedNode,
+    datapath::table::NodeTable,
+    detect::{detector::WatchedNode, sweep::Sweep},
     keys::{self, HttpToken, Keyring},
     nodes::NodeDirectory,
     sinks::{actions::webhook, event_log::EventLog},
@@ -49,7 +53,11 @@ pub(super) fn reload(agent: &mut Agent) {
             return;
         }
     };
-    if let Err(e) = agent.datapath.set_keys(&prepared.keyring.slots()) {
+    if let Err(e) = agent
+        .shared
+        .datapath_mut()
+        .set_keys(&prepared.keyring.slots())
+    {
         tracing::error!(
             "SIGHUP: installing the keys: {:#}; the running configuration stays",
             anyhow::Error::from(e)
@@ -116,15 +124,19 @@ fn apply(agent: &mut Agent, prepared: Prepared) {
         listener,
     } = prepared;
     let nodes = NodeDirectory::owned(&config.nodes, &config.node_ranges);
-    forget_nodes(agent, &plan.removed);
-    watch_nodes(agent, &nodes, &plan);
-    if let Ok(settings) = config.detector_settings() {
-        agent.sweep.detector_mut().set_settings(settings);
-    }
-    agent
-        .sweep
-        .brake_mut()
-        .set_settings(config.brake.settings());
+    let detector_settings = config.detector_settings().ok();
+    let brake_settings = config.brake.settings();
+    agent.shared.with("a reload", |core, datapath| {
+        let (sweep, table) = (&mut core.sweep, datapath.table());
+        forget_nodes(sweep, table, &plan.removed);
+        watch_nodes(sweep, table, &nodes, &plan);
+        if let Some(settings) = detector_settings {
+            sweep.detector_mut().set_settings(settings);
+        }
+        sweep.brake_mut().set_settings(brake_settings);
+    });
+    agent.shared.set_period(config.defaults.sweep_period);
+    agent.sweeper.wake();
     agent.sinks.actions.set_actions(config.actions.clone());
     if let Some(events) = events {
         agent.sinks.events = events;
@@ -159,18 +171,17 @@ fn apply(agent: &mut Agent, prepared: Prepared) {
 
 /// Removed nodes: the datapath stops recording them (they count as
 /// `unknown_node` again) and the detector forgets them, without an event.
-fn forget_nodes(agent: &mut Agent, removed: &[u32]) {
+fn forget_nodes(sweep: &mut Sweep, table: &NodeTable, removed: &[u32]) {
     for &id in removed {
-        agent.datapath.table().unconfigure(id);
-        agent.sweep.detector_mut().unwatch(id);
+        table.unconfigure(id);
+        sweep.detector_mut().unwatch(id);
     }
 }
 
 /// Added nodes are configured in the table (unseen until heard) and
 /// watched; changed ones get their source pin and interval again, keeping
 /// their record and seen word.
-fn watch_nodes(agent: &mut Agent, nodes: &NodeDirectory<'_>, plan: &ReloadPlan) {
-    let table = agent.datapath.table();
+fn watch_nodes(sweep: &mut Sweep, table: &NodeTable, nodes: &NodeDirectory<'_>, plan: &ReloadPlan) {
     for &id in &plan.added {
         let mut record = NodeRecord::default();
         record.pin_to(nodes.source_of(id));
@@ -181,7 +192,7 @@ fn watch_nodes(agent: &mut Agent, nodes: &NodeDirectory<'_>, plan: &ReloadPlan) 
     }
     for &id in plan.added.iter().chain(&plan.changed) {
         let interval = nodes.get(id).and_then(|node| node.interval);
-        agent.sweep.detector_mut().watch(WatchedNode {
+        sweep.detector_mut().watch(WatchedNode {
             node_id: id,
             interval_ns: interval.map(|d| d.as_nanos() as u64),
         });

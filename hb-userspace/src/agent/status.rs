@@ -246,10 +246,27 @@ pub fn listen(path: &Path, queries: mpsc::Sender<Query>) -> anyhow::Result<()> {
 }
 
 /// The report's view of the cluster: every node counted by state, at most
-/// `limit` listed (those not up first), and the datapath's interfaces and
-/// counters. The agent adds what only it knows (uptime, actions, keys,
-/// brake).
-pub fn report(cluster: &ClusterView<'_, '_>, datapath: &Datapath, limit: usize) -> StatusReport {
+/// `limit` listed (those not up first). [`with_datapath`] adds the
+/// datapath's interfaces and counters (read without the sweep's lock), the
+/// agent what only it knows (uptime, actions, keys, brake).
+pub fn report(cluster: &ClusterView<'_, '_>, limit: usize) -> StatusReport {
+    let detector = cluster.detector;
+    let states: BTreeMap<String, u64> = NodeState::ALL
+        .iter()
+        .map(|&state| (state, detector.count(state) as u64))
+        .filter(|&(_, count)| count > 0)
+        .map(|(state, count)| (state.name().to_owned(), count))
+        .collect();
+    StatusReport {
+        states,
+        nodes_total: cluster.nodes.len() as u64,
+        nodes: listed_nodes(cluster, limit),
+        ..StatusReport::default()
+    }
+}
+
+/// `report` with the datapath's interfaces and counters.
+pub fn with_datapath(report: StatusReport, datapath: &Datapath) -> StatusReport {
     let counters = match datapath.counters() {
         Ok(values) => Counter::ALL
             .iter()
@@ -261,20 +278,10 @@ pub fn report(cluster: &ClusterView<'_, '_>, datapath: &Datapath, limit: usize) 
             BTreeMap::new()
         }
     };
-    let detector = cluster.detector;
-    let mut states: BTreeMap<String, u64> = BTreeMap::new();
-    for id in cluster.nodes.ids() {
-        *states
-            .entry(detector.state(id).name().to_owned())
-            .or_default() += 1;
-    }
     StatusReport {
         interfaces: datapath.receiving().into_iter().map(Into::into).collect(),
         counters,
-        states,
-        nodes_total: cluster.nodes.len() as u64,
-        nodes: listed_nodes(cluster, limit),
-        ..StatusReport::default()
+        ..report
     }
 }
 

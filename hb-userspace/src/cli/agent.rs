@@ -113,8 +113,15 @@ fn check(config: &Config) -> anyhow::Result<String> {
         Some(address) => format!("HTTP API on {address}"),
         None => "HTTP API off".to_owned(),
     };
+    let mut sweep = match config.defaults.sweep_priority() {
+        Some(priority) => format!("sweep thread at SCHED_FIFO {priority}"),
+        None => "sweep thread at normal priority".to_owned(),
+    };
+    if config.defaults.lock_memory {
+        sweep.push_str(", memory locked");
+    }
     Ok(format!(
-        "config OK: {nodes} nodes, {} actions, datapath {}, {http}",
+        "config OK: {nodes} nodes, {} actions, datapath {}, {http}, {sweep}",
         config.actions.len(),
         config.datapath.as_str(),
     ))

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use super::{MAX_INTERVAL, MAX_NODES_LIMIT, MAX_PER_NODE_METRICS, MIN_INTERVAL};
+use super::{MAX_INTERVAL, MAX_NODES_LIMIT, MAX_PER_NODE_METRICS, MIN_INTERVAL, SWEEP_PRIORITY};
 
 /// Everything that can be wrong with a configuration. Every message names
 /// the offending field and says how to fix it.
@@ -71,6 +71,10 @@ pub enum ConfigError {
         sweep_period: Duration,
         interval: Duration,
     },
+    #[error(
+        "`defaults.sweep_priority` is {priority}: give a SCHED_FIFO priority from {} to {} (low numbers suffice: the sweep thread only needs to run before ordinary threads), or remove it for normal scheduling", SWEEP_PRIORITY.start(), SWEEP_PRIORITY.end()
+    )]
+    SweepPriorityOutOfRange { priority: i64 },
     #[error("node id {id}: `name` is empty: give every node a name")]
     EmptyNodeName { id: u32 },
     #[error(

@@ -6,8 +6,10 @@
 //!
 //! Needing a restart: what the XDP program or the datapath was built with
 //! (`port`, `max_nodes`, `datapath`, `interfaces`, `xdp_mode`, `instance`,
-//! `pass_heartbeats`, whether unauthenticated heartbeats are accepted), and
-//! what the agent bound or opened at start (`status_socket`, `state_file`).
+//! `pass_heartbeats`, whether unauthenticated heartbeats are accepted),
+//! what the agent bound or opened at start (`status_socket`, `state_file`),
+//! and how the sweep thread was set up at start
+//! (`defaults.sweep_priority`, `defaults.lock_memory`).
 //! Everything else is reloadable, `[http] listen` included (the agent binds
 //! the new address before it lets go of the old one). Nodes are compared id
 //! by id (a range counts by id), without a string per ranged node and
@@ -147,7 +149,7 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
 
 /// The settings that differ and need a restart, in the file's order.
 fn needs_restart(running: &Config, new: &Config) -> Vec<NeedsRestart> {
-    let values = |c: &Config| -> [(&'static str, String); 9] {
+    let values = |c: &Config| -> [(&'static str, String); 11] {
         [
             ("interfaces", format!("{:?}", c.interfaces)),
             ("port", c.port.to_string()),
@@ -158,6 +160,13 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<NeedsRestart> {
             ("instance", c.instance.clone()),
             ("status_socket", c.status_socket.display().to_string()),
             ("state_file", c.state_file.display().to_string()),
+            (
+                "defaults.sweep_priority",
+                c.defaults
+                    .sweep_priority
+                    .map_or("none".to_owned(), |p| p.to_string()),
+            ),
+            ("defaults.lock_memory", c.defaults.lock_memory.to_string()),
         ]
     };
     let mut settings: Vec<NeedsRestart> = values(running)

@@ -105,9 +105,18 @@ pub struct Defaults {
     pub interval: Duration,
     /// A node is down after `timeout_multiplier` x its interval of silence.
     pub timeout_multiplier: u32,
-    /// How often the node table is swept.
+    /// The longest the sweep thread sleeps: it wakes at the earliest
+    /// deadline of any node, and at least this often (to see heartbeats of
+    /// nodes coming back, first heartbeats and leaves).
     #[serde(with = "humantime_serde")]
     pub sweep_period: Duration,
+    /// `SCHED_FIFO` priority of the sweep thread (1..=99, checked by
+    /// validation; an integer here so that any out-of-range value gets the
+    /// message that names the range). `None`: normal scheduling.
+    pub sweep_priority: Option<i64>,
+    /// Lock the agent's memory (`mlockall`) so that no page fault stalls a
+    /// sweep.
+    pub lock_memory: bool,
 }
 
 impl Default for Defaults {
@@ -116,9 +125,24 @@ impl Default for Defaults {
             interval: DEFAULT_INTERVAL,
             timeout_multiplier: DEFAULT_TIMEOUT_MULTIPLIER,
             sweep_period: DEFAULT_SWEEP_PERIOD,
+            sweep_priority: None,
+            lock_memory: false,
         }
     }
 }
+
+impl Defaults {
+    /// The sweep thread's `SCHED_FIFO` priority, if one is configured and
+    /// valid (validation refuses any other).
+    pub fn sweep_priority(&self) -> Option<u8> {
+        self.sweep_priority
+            .and_then(|p| u8::try_from(p).ok())
+            .filter(|p| SWEEP_PRIORITY.contains(p))
+    }
+}
+
+/// The `SCHED_FIFO` priorities `defaults.sweep_priority` may take.
+pub const SWEEP_PRIORITY: std::ops::RangeInclusive<u8> = 1..=99;
 
 /// Which rule decides that a silent node is down.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

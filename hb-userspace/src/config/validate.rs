@@ -140,6 +140,8 @@ impl Config {
             interval,
             timeout_multiplier,
             sweep_period,
+            sweep_priority,
+            lock_memory: _,
         } = self.defaults;
         if timeout_multiplier < 2 {
             return Err(ConfigError::TimeoutMultiplierTooSmall {
@@ -157,6 +159,11 @@ impl Config {
                 sweep_period,
                 interval,
             });
+        }
+        if let Some(priority) = sweep_priority
+            && self.defaults.sweep_priority().is_none()
+        {
+            return Err(ConfigError::SweepPriorityOutOfRange { priority });
         }
         Ok(())
     }
@@ -563,6 +570,29 @@ mod tests {
         parse(&format!("{BASE}[defaults]\nsweep_period = \"2s\"\n"))
             .validate()
             .expect("sweep == interval is allowed");
+    }
+
+    #[test]
+    fn sweep_priority_out_of_range() {
+        for value in ["0", "100", "-5", "1000"] {
+            let err = validate_err(&format!("{BASE}[defaults]\nsweep_priority = {value}\n"));
+            assert!(
+                matches!(err, ConfigError::SweepPriorityOutOfRange { priority } if priority.to_string() == value),
+                "{err:?}"
+            );
+            assert_mentions(&err, &["`defaults.sweep_priority`", "1 to 99", "remove it"]);
+        }
+        for value in [1, 50, 99] {
+            let config = parse(&format!(
+                "{BASE}[defaults]\nsweep_priority = {value}\nlock_memory = true\n"
+            ));
+            config.validate().expect("1..=99 is allowed");
+            assert_eq!(config.defaults.sweep_priority(), Some(value));
+            assert!(config.defaults.lock_memory);
+        }
+        let plain = parse(BASE);
+        assert_eq!(plain.defaults.sweep_priority(), None);
+        assert!(!plain.defaults.lock_memory, "off by default");
     }
 
     #[test]

@@ -2,25 +2,55 @@
 //! at a glance (or a summary line per kind of change when there are many),
 //! the agent's own stalls, and the brake engaging, holding and letting go
 //! (the `partition-suspected` and `partition-cleared` events).
+//!
+//! It reads no detector state but the timeouts of the nodes it announces
+//! down, which the agent copies under the sweep's lock ([`timeouts`]): the
+//! log itself, O(transitions), runs without it.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use crate::{
     detect::{
-        brake::Brake,
-        detector::{NodeState, Transition},
+        detector::{Detector, NodeState, TableView, Transition},
         sweep::SweepOutcome,
     },
-    nodes::NodeInfo,
-    sinks::ClusterView,
+    nodes::{NodeDirectory, NodeInfo},
 };
+
+/// What the log reads besides the outcome.
+pub struct LogView<'a, 'n> {
+    pub nodes: &'a NodeDirectory<'n>,
+    /// The timeout of each node the log announces down ([`timeouts`]).
+    pub timeouts: &'a [(u32, u64)],
+    /// The brake's window, for the partition line.
+    pub brake_window: Duration,
+}
+
+/// The timeouts the log shows for a sweep's downs, when it announces each
+/// node (at most `LOG_EACH_UP_TO` transitions): the little of the
+/// detector it reads, copied under the sweep's lock.
+pub fn timeouts(
+    outcome: &SweepOutcome,
+    detector: &Detector,
+    table: &impl TableView,
+) -> Vec<(u32, u64)> {
+    if outcome.transitions.len() > LOG_EACH_UP_TO {
+        return Vec::new();
+    }
+    outcome
+        .transitions
+        .iter()
+        .filter(|t| t.to == NodeState::Down)
+        .map(|t| (t.node_id, detector.deadlines(t.node_id, table).down_ns))
+        .collect()
+}
 
 /// A sweep with more transitions than this logs a summary line per kind of
 /// change (and each node at debug level) instead of one line per node.
 const LOG_EACH_UP_TO: usize = 50;
 
 /// Logs what one sweep found, in the order it happened.
-pub fn sweep(outcome: &SweepOutcome, cluster: &ClusterView<'_, '_>, brake: &Brake) {
+pub fn sweep(outcome: &SweepOutcome, view: &LogView<'_, '_>) {
     if let Some(stalled) = outcome.stalled_ns {
         tracing::warn!(
             stalled_ms = stalled / 1_000_000,
@@ -29,8 +59,8 @@ pub fn sweep(outcome: &SweepOutcome, cluster: &ClusterView<'_, '_>, brake: &Brak
             stalled as f64 / 1e9
         );
     }
-    brake_news(outcome, brake);
-    transitions(&outcome.transitions, cluster);
+    brake_news(outcome, view.brake_window);
+    transitions(&outcome.transitions, view);
     if !outcome.held.is_empty() {
         tracing::warn!(
             held = outcome.held.len(),
@@ -39,14 +69,14 @@ pub fn sweep(outcome: &SweepOutcome, cluster: &ClusterView<'_, '_>, brake: &Brak
         );
     }
     for action in outcome.actions.iter().filter(|a| a.released) {
-        if let Some(node) = cluster.nodes.get(action.node_id) {
+        if let Some(node) = view.nodes.get(action.node_id) {
             tracing::warn!(node = %node.name, id = node.id, "held down actions released");
         }
     }
 }
 
 /// The brake engaging and clearing.
-fn brake_news(outcome: &SweepOutcome, brake: &Brake) {
+fn brake_news(outcome: &SweepOutcome, window: Duration) {
     let news = &outcome.brake;
     if news.partition_suspected {
         tracing::error!(
@@ -56,7 +86,7 @@ fn brake_news(outcome: &SweepOutcome, brake: &Brake) {
              this monitor's side (its link, a partition, a pause): down actions are held",
             news.silent,
             news.population,
-            brake.settings().window
+            window
         );
     }
     if let Some(cause) = news.partition_cleared {
@@ -71,11 +101,11 @@ fn brake_news(outcome: &SweepOutcome, brake: &Brake) {
 }
 
 /// Each transition, or a summary per kind of change when there are many.
-fn transitions(transitions: &[Transition], cluster: &ClusterView<'_, '_>) {
+fn transitions(transitions: &[Transition], view: &LogView<'_, '_>) {
     let each = transitions.len() <= LOG_EACH_UP_TO;
     let mut kinds: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for transition in transitions {
-        let Some(node) = cluster.nodes.get(transition.node_id) else {
+        let Some(node) = view.nodes.get(transition.node_id) else {
             tracing::error!(
                 id = transition.node_id,
                 "a node that is not configured changed state"
@@ -83,7 +113,7 @@ fn transitions(transitions: &[Transition], cluster: &ClusterView<'_, '_>) {
             continue;
         };
         if each {
-            announce(&node, transition, cluster);
+            announce(&node, transition, view);
         } else {
             tracing::debug!(node = %node.name, id = node.id, from = %transition.from, to = %transition.to);
             *kinds
@@ -114,13 +144,17 @@ fn silent_for(transition: &Transition) -> String {
 }
 
 /// Logs a transition in words an operator reads at a glance.
-fn announce(node: &NodeInfo<'_>, transition: &Transition, cluster: &ClusterView<'_, '_>) {
+fn announce(node: &NodeInfo<'_>, transition: &Transition, view: &LogView<'_, '_>) {
     let name = node.name.as_ref();
     let id = node.id;
     match (transition.from, transition.to) {
         (_, NodeState::Down) => {
-            let timeout =
-                Duration::from_nanos(cluster.detector.deadlines(id, cluster.table).down_ns);
+            let timeout_ns = view
+                .timeouts
+                .iter()
+                .find_map(|&(node, ns)| (node == id).then_some(ns))
+                .unwrap_or_default();
+            let timeout = Duration::from_nanos(timeout_ns);
             tracing::warn!(node = name, id, silent_for = silent_for(transition), timeout = ?timeout, "node is DOWN: no heartbeat within its timeout")
         }
         (_, NodeState::Suspect) => tracing::info!(

@@ -1,16 +1,20 @@
 //! The Prometheus metrics of `GET /metrics`, with the `prometheus-client`
-//! crate. Nothing here costs per heartbeat: the agent records each sweep
-//! ([`Metrics::record_sweep`], O(transitions)), the action runner each
-//! finished run ([`ActionMetrics`]), and what is a level rather than an
-//! event (node counts, the datapath's counters, the brake, per-node series)
-//! is read at scrape time from a [`Scrape`].
+//! crate. Nothing here costs per heartbeat: the sweep thread records each
+//! sweep ([`Metrics::record_sweep`]: atomics only when nothing changed,
+//! O(transitions) otherwise), the action runner each finished run
+//! ([`ActionMetrics`]), and what is a level rather than an event (node
+//! counts, the datapath's counters, the brake, per-node series) is read at
+//! scrape time from a [`Scrape`].
 //!
 //! No per-node label by default: a million nodes would be a million series.
 //! `hb_node_up{node}` and `hb_node_last_heard_seconds{node}` exist only when
 //! built with a per-node limit and the cluster is within it.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::AtomicU64},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -18,7 +22,8 @@ use hb_common::counters::{Counter, CounterValues};
 use prometheus_client::{
     collector::Collector,
     encoding::{
-        DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, prometheus_text, text,
+        DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+        prometheus_text, text,
     },
     metrics::{
         MetricType,
@@ -229,7 +234,7 @@ pub struct Metrics {
     nodes: Family<StateLabels, Gauge>,
     transitions: Family<TransitionLabels, PromCounter>,
     detection: Histogram,
-    sweep_duration: Histogram,
+    sweep_duration: AtomicHistogram<{ SWEEP_BUCKETS.len() }>,
     stalls: PromCounter,
     brake_engaged: Gauge,
     brake_held: Gauge,
@@ -264,7 +269,7 @@ impl Metrics {
             Unit::Seconds,
             detection.clone(),
         );
-        let sweep_duration = Histogram::new(SWEEP_BUCKETS);
+        let sweep_duration = AtomicHistogram::new(SWEEP_BUCKETS);
         registry.register_with_unit(
             "sweep_duration",
             "Wall time of one sweep of the node table",
@@ -338,12 +343,17 @@ impl Metrics {
         }
     }
 
-    /// Called once per sweep by the agent, with the sweep's wall time:
-    /// O(transitions), with one family lookup per distinct (from, to).
+    /// Called once per sweep by the sweep thread, with the sweep's wall
+    /// time. A sweep that changed nothing touches atomics only (no lock a
+    /// scrape could hold); transitions cost one family lookup per distinct
+    /// (from, to), downs one observation of the detection histogram.
     pub fn record_sweep(&self, outcome: &SweepOutcome) {
-        self.sweep_duration.observe(outcome.took.as_secs_f64());
+        self.sweep_duration.observe(outcome.took);
         if outcome.stalled_ns.is_some() {
             self.stalls.inc();
+        }
+        if outcome.transitions.is_empty() {
+            return;
         }
         let mut tally = [[0u64; 6]; 6];
         for transition in &outcome.transitions {
@@ -514,6 +524,84 @@ impl Collector for DatapathCounters {
             }
         }
         Ok(())
+    }
+}
+
+/// A histogram of durations kept in atomics: observed without a lock, so
+/// that the sweep thread never waits on a scrape (the crate's `Histogram`
+/// is behind a mutex the encoder holds). `N` finite buckets (upper bounds
+/// in seconds, ascending) and the `+Inf` one; the sum is kept in
+/// nanoseconds. A scrape reads each atomic once, so one taken during an
+/// observation may see it in its bucket and not yet in the sum (the next
+/// scrape is whole). Cheap to clone: the cells are shared.
+#[derive(Clone, Debug)]
+pub struct AtomicHistogram<const N: usize>(Arc<Cells<N>>);
+
+#[derive(Debug)]
+struct Cells<const N: usize> {
+    bounds_ns: [u64; N],
+    bounds: [f64; N],
+    /// Per bucket, not cumulative.
+    buckets: [AtomicU64; N],
+    /// Above the last bound (`+Inf`).
+    over: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl<const N: usize> AtomicHistogram<N> {
+    /// Buckets with these upper bounds, in seconds, ascending.
+    pub fn new(bounds: [f64; N]) -> Self {
+        AtomicHistogram(Arc::new(Cells {
+            bounds_ns: bounds.map(|b| (b * 1e9) as u64),
+            bounds,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            over: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }))
+    }
+
+    /// Counts one duration.
+    pub fn observe(&self, took: Duration) {
+        let cells = &*self.0;
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = cells
+            .bounds_ns
+            .iter()
+            .position(|&bound| ns <= bound)
+            .map_or(&cells.over, |i| &cells.buckets[i]);
+        bucket.fetch_add(1, Ordering::Relaxed);
+        cells.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Durations observed so far.
+    pub fn count(&self) -> u64 {
+        let cells = &*self.0;
+        cells
+            .buckets
+            .iter()
+            .chain([&cells.over])
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl<const N: usize> EncodeMetric for AtomicHistogram<N> {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let cells = &*self.0;
+        let mut buckets: Vec<(f64, u64)> = cells
+            .bounds
+            .iter()
+            .zip(&cells.buckets)
+            .map(|(&bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        buckets.push((f64::INFINITY, cells.over.load(Ordering::Relaxed)));
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = cells.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 

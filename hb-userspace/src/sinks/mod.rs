@@ -2,7 +2,10 @@
 //! lines of state changes), the [`stream`] (recent events and the HTTP API's
 //! live stream), the [`actions`] (failover commands, bounded and timed out)
 //! and the [`state_file`] (node states kept across restarts).
-//! [`Sinks::consume`] hands one [`SweepOutcome`] to each of them.
+//! [`Sinks::consume`] hands one [`SweepOutcome`] to each of them but the
+//! log and the metrics: the agent logs it ([`log::sweep`], which reads the
+//! detector, under the sweep's lock), and the sweep thread records the
+//! [`metrics`] itself.
 
 pub mod actions;
 pub mod event_log;
@@ -24,13 +27,12 @@ use self::{
     actions::{ActionEvent, ActionRunner, Event},
     event_log::{EventLog, EventRecord},
     metrics::Metrics,
-    state_file::{PendingRun, StateSaver},
+    state_file::{PendingRun, SavedState, StateSaver, Verdicts},
     stream::EventStream,
 };
 use crate::{
     datapath::table::NodeTable,
     detect::{
-        brake::Brake,
         detector::{Detector, NodeState},
         sweep::{DueAction, SweepOutcome},
     },
@@ -45,7 +47,31 @@ pub struct ClusterView<'a, 'n> {
     pub detector: &'a Detector,
 }
 
-impl ClusterView<'_, '_> {
+impl<'a, 'n> ClusterView<'a, 'n> {
+    /// The configured address of a node, else where its last heartbeat came
+    /// from.
+    pub fn address(&self, node: &NodeInfo<'_>) -> Option<IpAddr> {
+        self.roster().address(node)
+    }
+
+    /// The part that is not the detector's.
+    pub fn roster(&self) -> Roster<'a, 'n> {
+        Roster {
+            nodes: self.nodes,
+            table: self.table,
+        }
+    }
+}
+
+/// Who the nodes are and what the datapath recorded about them: what the
+/// sinks read without the detector (so without the sweep's lock).
+#[derive(Clone, Copy)]
+pub struct Roster<'a, 'n> {
+    pub nodes: &'a NodeDirectory<'n>,
+    pub table: &'a NodeTable,
+}
+
+impl Roster<'_, '_> {
     /// The configured address of a node, else where its last heartbeat came
     /// from.
     pub fn address(&self, node: &NodeInfo<'_>) -> Option<IpAddr> {
@@ -68,40 +94,33 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Hands one sweep's outcome to the log, the event log and the action
-    /// runner, and saves the node states when due.
-    pub fn consume(
-        &mut self,
-        outcome: &SweepOutcome,
-        cluster: &ClusterView<'_, '_>,
-        brake: &Brake,
-    ) {
-        log::sweep(outcome, cluster, brake);
-        self.metrics.record_sweep(outcome);
-        if outcome.changed() {
-            // On disk before any action starts: a restart never repeats an
-            // event nor forgets one.
-            let seqs = self.saver.journal(outcome);
-            for transition in &outcome.transitions {
-                if let Some(node) = cluster.nodes.get(transition.node_id) {
-                    let record = EventRecord::new(outcome.now_ns, &node.name, transition);
-                    self.events.record(&record);
-                    self.stream.publish(record);
-                }
-            }
-            self.events.flush();
-            self.dispatch(outcome, &seqs, cluster);
+    /// Hands one sweep's changes to the journal, then the event log, the
+    /// live stream and the action runner, in that order. Reads nothing of
+    /// the detector: the agent calls it without the sweep's lock. A sweep
+    /// that changed nothing (a stall, brake news alone) costs nothing here.
+    pub fn consume(&mut self, outcome: &SweepOutcome, roster: Roster<'_, '_>) {
+        if !outcome.changed() {
+            return;
         }
-        self.saver.save_if_due(|seq| {
-            state_file::snapshot(cluster.nodes, cluster.detector, brake, cluster.table, seq)
-        });
+        // On disk before any action starts: a restart never repeats an
+        // event nor forgets one.
+        let seqs = self.saver.journal(outcome);
+        for transition in &outcome.transitions {
+            if let Some(node) = roster.nodes.get(transition.node_id) {
+                let record = EventRecord::new(outcome.now_ns, &node.name, transition);
+                self.events.record(&record);
+                self.stream.publish(record);
+            }
+        }
+        self.events.flush();
+        self.dispatch(outcome, &seqs, roster);
     }
 
     /// Hands one sweep's due transitions to the action runner, in one call
     /// and in order, so batch actions run once per sweep and each node's
     /// events stay in order. `seqs`: the journal entries of the outcome's
     /// transitions, then of its releases.
-    fn dispatch(&self, outcome: &SweepOutcome, seqs: &[u64], cluster: &ClusterView<'_, '_>) {
+    fn dispatch(&self, outcome: &SweepOutcome, seqs: &[u64], roster: Roster<'_, '_>) {
         let (of_transitions, of_releases) = seqs.split_at(outcome.transitions.len());
         let seq_of: HashMap<(u32, NodeState), u64> = outcome
             .transitions
@@ -119,7 +138,7 @@ impl Sinks {
                 } else {
                     seq_of.get(&(action.node_id, action.to)).copied()
                 };
-                action_event(action, cluster, seq.unwrap_or(0))
+                action_event(action, roster, seq.unwrap_or(0))
             })
             .collect();
         self.actions.dispatch_sweep(events);
@@ -128,7 +147,7 @@ impl Sinks {
     /// Starts the action runs a previous agent decided and did not start
     /// (oldest first), each for its own action only. Runs of nodes no
     /// longer configured are dropped.
-    pub fn resume(&self, pending: &[PendingRun], cluster: &ClusterView<'_, '_>) {
+    pub fn resume(&self, pending: &[PendingRun], roster: Roster<'_, '_>) {
         if pending.is_empty() {
             return;
         }
@@ -138,13 +157,13 @@ impl Sinks {
         );
         let mut by_action: BTreeMap<&str, Vec<ActionEvent>> = BTreeMap::new();
         for run in pending {
-            let Some(node) = cluster.nodes.get(run.node_id) else {
+            let Some(node) = roster.nodes.get(run.node_id) else {
                 continue;
             };
             by_action.entry(&run.action).or_default().push(ActionEvent {
                 event: run.event,
                 node_id: node.id,
-                node_address: cluster.address(&node).map(|a| a.to_string()),
+                node_address: roster.address(&node).map(|a| a.to_string()),
                 node_name: node.name.into_owned(),
                 previous_state: run.previous.name(),
                 since_last_heartbeat: run.since_ms.map(|ms| Duration::from_millis(ms.into())),
@@ -156,29 +175,36 @@ impl Sinks {
         }
     }
 
-    /// At shutdown: flushes the event log and saves the node states now.
-    pub async fn save(&mut self, cluster: &ClusterView<'_, '_>, brake: &Brake) {
-        self.events.flush();
+    /// When the node states are next due to be saved, if they are.
+    pub fn save_due_at(&self) -> Option<std::time::Instant> {
+        self.saver.due_at()
+    }
+
+    /// Saves the node states in a blocking task if due, from `verdicts`
+    /// copied under the sweep's lock when every outcome so far was
+    /// consumed (so that the snapshot and the journal agree).
+    pub fn save_if_due(&mut self, roster: Roster<'_, '_>, verdicts: Verdicts) {
         self.saver
-            .save_now(|seq| {
-                state_file::snapshot(cluster.nodes, cluster.detector, brake, cluster.table, seq)
-            })
-            .await;
+            .save_if_due(|seq| state_file::snapshot_of(roster.nodes, verdicts, roster.table, seq));
+    }
+
+    /// At shutdown: flushes the event log and saves the node states now,
+    /// as `snapshot` builds them from the journal's last entry and the
+    /// runs not started.
+    pub async fn save(&mut self, snapshot: impl FnOnce((u64, Vec<PendingRun>)) -> SavedState) {
+        self.events.flush();
+        self.saver.save_now(snapshot).await;
     }
 }
 
 /// The action event of one due transition; `None` for an unknown node or
 /// a state no action can subscribe to.
-fn action_event(
-    action: &DueAction,
-    cluster: &ClusterView<'_, '_>,
-    seq: u64,
-) -> Option<ActionEvent> {
-    let node = cluster.nodes.get(action.node_id)?;
+fn action_event(action: &DueAction, roster: Roster<'_, '_>, seq: u64) -> Option<ActionEvent> {
+    let node = roster.nodes.get(action.node_id)?;
     Some(ActionEvent {
         event: Event::of_state(action.to)?,
         node_id: node.id,
-        node_address: cluster.address(&node).map(|a| a.to_string()),
+        node_address: roster.address(&node).map(|a| a.to_string()),
         node_name: node.name.into_owned(),
         previous_state: action.from.name(),
         since_last_heartbeat: action.since_last_heartbeat_ns.map(Duration::from_nanos),

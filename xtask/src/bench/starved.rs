@@ -12,8 +12,7 @@
 //!
 //! "With `sweep_priority`" is `defaults.sweep_priority = 50` (the sweep
 //! thread SCHED_FIFO 50) and `defaults.lock_memory = true` (mlockall), set
-//! only in those runs, and only when [`REALTIME_KEYS`] says the agent knows
-//! them. The busy loops are threads of the bench, started once the node is
+//! only in those runs. The busy loops are threads of the bench, started once the node is
 //! up, bounded in time and stopped when the scenario ends.
 //!
 //! RT throttling must be on (checked at the start): with
@@ -54,11 +53,6 @@ use super::{
 };
 
 const PHASE: &str = "starved";
-/// Whether the agent knows `defaults.sweep_priority` and
-/// `defaults.lock_memory` (the sweep thread woken by deadlines, issue 12).
-/// Until it does it refuses them as unknown keys, so the "with
-/// `sweep_priority`" runs run without them, and say so.
-pub const REALTIME_KEYS: bool = false;
 const REALTIME: Realtime = Realtime {
     sweep_priority: 50,
     lock_memory: true,
@@ -87,7 +81,7 @@ enum Starvation {
 struct Scenario {
     name: &'static str,
     starvation: Starvation,
-    /// Asks for `sweep_priority` (applied if [`REALTIME_KEYS`]).
+    /// Runs with `sweep_priority` and `lock_memory`.
     priority: bool,
     /// Checked against the targets.
     judged: bool,
@@ -128,8 +122,6 @@ struct Outcome {
     busy_loops: String,
     /// `sweep_priority 50, lock_memory`, or none.
     realtime: Option<String>,
-    /// Asked for `sweep_priority` but the agent does not know it yet.
-    priority_not_applied: bool,
     /// `SCHED_FIFO 45`, `SCHED_FIFO 45 on CPUs 0`.
     sender: String,
     judged: bool,
@@ -138,10 +130,9 @@ struct Outcome {
 
 impl Outcome {
     fn label(&self) -> String {
-        let priority = match (&self.realtime, self.priority_not_applied) {
-            (Some(r), _) => r.clone(),
-            (None, true) => "sweep_priority NOT applied".to_owned(),
-            (None, false) => "no sweep_priority".to_owned(),
+        let priority = match &self.realtime {
+            Some(r) => r.clone(),
+            None => "no sweep_priority".to_owned(),
         };
         let name = if self.name == "idle" {
             "idle".to_owned()
@@ -168,12 +159,6 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
             "  RT throttling is off (sched_rt_runtime_us = -1): a SCHED_FIFO busy loop would keep \
              its CPU, so scenario (b) is skipped"
         ),
-    }
-    if !REALTIME_KEYS {
-        println!(
-            "  REALTIME_KEYS is off: this agent does not know defaults.sweep_priority and \
-             lock_memory yet, so no run sets them"
-        );
     }
     let rig = Rig::build(ctx.hb, ctx.tools, ctx.work.join(PHASE))?;
     println!("  {}", rig.describe());
@@ -210,20 +195,12 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
         .filter(|o| !o.judged)
         .map(|o| format!("starved {}: {}", o.label(), o.detection.summary()))
         .collect();
-    if !REALTIME_KEYS {
-        facts.push(
-            "starved: sweep_priority and lock_memory were not set (REALTIME_KEYS off: the agent \
-             does not know them yet); the \"with priority\" figures are without"
-                .to_owned(),
-        );
-    }
     if throttle.is_none() {
         facts.push("starved: RT throttling is off; scenario (b) was skipped".to_owned());
     }
     Ok(PhaseOutput {
         json: json!({
             "interval_ms": INTERVAL.as_secs_f64() * 1e3,
-            "realtime_keys": REALTIME_KEYS,
             "rt_throttle": throttle.map(|t: RtThrottle| json!({
                 "sched_rt_runtime_us": t.runtime_us,
                 "sched_rt_period_us": t.period_us,
@@ -246,7 +223,7 @@ fn measure(
     cpus: &[usize],
     progress: &Progress,
 ) -> Result<Outcome> {
-    let realtime = (scenario.priority && REALTIME_KEYS).then_some(REALTIME);
+    let realtime = scenario.priority.then_some(REALTIME);
     let label = match scenario.starvation {
         Starvation::Idle => "idle".to_owned(),
         _ => format!("({})", scenario.name),
@@ -301,7 +278,6 @@ fn measure(
         name: scenario.name,
         busy_loops,
         realtime: realtime.map(|r| r.describe()),
-        priority_not_applied: scenario.priority && realtime.is_none(),
         sender: sched.describe(),
         judged: scenario.judged,
         detection,
@@ -342,15 +318,7 @@ fn print_table(outcomes: &[Outcome]) {
 /// p99 within the limit, and no false down or missed fault.
 fn targets(o: &Outcome) -> [Target; 2] {
     let d = &o.detection;
-    let name = format!(
-        "({}){}",
-        o.name,
-        if o.priority_not_applied {
-            " [sweep_priority not applied]"
-        } else {
-            ""
-        }
-    );
+    let name = format!("({})", o.name);
     [
         Target::new(
             PHASE,

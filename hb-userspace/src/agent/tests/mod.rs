@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 mod restart;
+mod sweeper;
 
 use super::{Control, run, status};
 use crate::{

@@ -55,6 +55,11 @@ fn every_setting_built_into_the_datapath_or_bound_at_start_needs_a_restart() {
             "[auth]\naccept_unauthenticated = false\n",
             "auth.accept_unauthenticated",
         ),
+        (
+            "[defaults]\nsweep_priority = 10\n",
+            "defaults.sweep_priority",
+        ),
+        ("[defaults]\nlock_memory = true\n", "defaults.lock_memory"),
     ] {
         let err = refused("", change);
         assert_eq!(err.settings.len(), 1, "{change}: {err}");

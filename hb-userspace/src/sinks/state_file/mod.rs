@@ -39,7 +39,11 @@ use self::{
 use crate::{
     clock,
     datapath::table::NodeTable,
-    detect::{brake::Brake, detector::Detector, sweep::SweepOutcome},
+    detect::{
+        brake::{Brake, BrakeMemory},
+        detector::{Detector, FlapHistory, NodeState},
+        sweep::SweepOutcome,
+    },
     nodes::NodeDirectory,
 };
 
@@ -49,6 +53,9 @@ pub const LEGACY_DEFAULT_PATH: &str = "/var/lib/hb/state.json";
 
 /// State is saved at most this often while nodes change state.
 pub const SAVE_EVERY: Duration = Duration::from_secs(2);
+/// A save found still in progress when the next is due is looked at again
+/// this much later.
+const BUSY_RECHECK: Duration = Duration::from_millis(100);
 
 /// Each message includes its cause (so the cause is not also a `source`,
 /// which would print it twice in an error chain).
@@ -185,21 +192,60 @@ pub fn snapshot(
     detector: &Detector,
     brake: &Brake,
     table: &NodeTable,
+    journal: (u64, Vec<PendingRun>),
+) -> SavedState {
+    snapshot_of(
+        nodes,
+        Verdicts::copy(nodes, detector, brake),
+        table,
+        journal,
+    )
+}
+
+/// What a snapshot keeps of the detector and the brake, copied apart from
+/// the node table: the agent copies it while it holds the sweep's lock
+/// (one byte per node, no table read), and builds the snapshot
+/// ([`snapshot_of`]) after letting go.
+pub struct Verdicts {
+    /// In `nodes.ids()` order.
+    states: Vec<NodeState>,
+    swept_until_ns: u64,
+    flaps: Vec<FlapHistory>,
+    brake: BrakeMemory,
+}
+
+impl Verdicts {
+    pub fn copy(nodes: &NodeDirectory<'_>, detector: &Detector, brake: &Brake) -> Self {
+        Verdicts {
+            states: nodes.ids().map(|id| detector.state(id)).collect(),
+            swept_until_ns: detector.swept_until_ns(),
+            flaps: detector.flap_history(),
+            brake: brake.memory(),
+        }
+    }
+}
+
+/// [`snapshot`] from verdicts copied earlier, for the same `nodes`.
+pub fn snapshot_of(
+    nodes: &NodeDirectory<'_>,
+    verdicts: Verdicts,
+    table: &NodeTable,
     (journal_seq, pending): (u64, Vec<PendingRun>),
 ) -> SavedState {
     SavedState {
         boot_id: clock::boot_id(),
         saved_monotonic_ns: clock::monotonic_ns(),
         saved_unix_ns: clock::unix_ns(),
-        swept_until_ns: detector.swept_until_ns(),
+        swept_until_ns: verdicts.swept_until_ns,
         journal_seq,
         nodes: nodes
             .ids()
-            .map(|id| {
+            .zip(verdicts.states)
+            .map(|(id, state)| {
                 let record = table.records.get(id);
                 SavedNode {
                     id,
-                    state: detector.state(id),
+                    state,
                     heartbeats: record.heartbeats,
                     incarnation: record.incarnation,
                     sequence: record.sequence,
@@ -212,8 +258,8 @@ pub fn snapshot(
                 }
             })
             .collect(),
-        flaps: detector.flap_history(),
-        brake: brake.memory(),
+        flaps: verdicts.flaps,
+        brake: verdicts.brake,
         pending,
     }
 }
@@ -351,6 +397,22 @@ impl StateSaver {
         self.last_save = Instant::now();
     }
 
+    /// When [`save_if_due`](Self::save_if_due) will next have something to
+    /// do: `None` while nothing is unsaved (the agent sets no timer then).
+    /// While a save is in progress, a little later than now.
+    pub fn due_at(&self) -> Option<Instant> {
+        let due = self.unsaved || self.health.lock().expect("never poisoned").error.is_some();
+        if !due {
+            return None;
+        }
+        let busy = self.saving.as_ref().is_some_and(|task| !task.is_finished());
+        Some(if busy {
+            Instant::now() + BUSY_RECHECK
+        } else {
+            self.last_save + SAVE_EVERY
+        })
+    }
+
     /// At shutdown: no action run starts any more (those not started are
     /// saved as pending, for the next agent); waits for a save in progress,
     /// then saves `snapshot` and empties the journal it covers.
@@ -394,7 +456,6 @@ fn failed(health: &Mutex<SaveHealth>, error: &StateFileError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::detector::NodeState;
 
     fn temp_path(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("hb-state-test-{}-{name}", std::process::id()))
