@@ -314,13 +314,11 @@ fn sweep_loop(shared: &Shared, outcomes: &mpsc::UnboundedSender<SweepOutcome>) {
     }
 }
 
-/// When to sweep next after a sweep at `now`: just past the earliest
-/// instant a node may change state (at `next_look_ns` itself it has not
-/// yet: deadlines are exceeded, not reached), and at most a period later.
+/// When to sweep next after a sweep at `now`: the first instant a node may
+/// change state (`next_look_ns`, just past a deadline: deadlines are
+/// exceeded, not reached), and at most a period later.
 pub fn next_wake(now: u64, next_look_ns: u64, period_ns: u64) -> u64 {
-    next_look_ns
-        .saturating_add(1)
-        .min(now.saturating_add(period_ns))
+    next_look_ns.min(now.saturating_add(period_ns))
 }
 
 /// Whether a sweep's outcome has anything for the sinks: a transition or an
@@ -360,14 +358,15 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     #[test]
-    fn the_next_wake_is_just_past_the_earliest_deadline_within_a_period() {
-        // A deadline within the period: just past it.
-        assert_eq!(next_wake(1_000 * MS, 1_040 * MS, 100 * MS), 1_040 * MS + 1);
+    fn the_next_wake_is_the_next_look_within_a_period() {
+        // A next look (already just past a deadline) within the period.
+        assert_eq!(
+            next_wake(1_000 * MS, 1_040 * MS + 1, 100 * MS),
+            1_040 * MS + 1
+        );
         // None within the period (or none at all): a period after the sweep.
         assert_eq!(next_wake(1_000 * MS, 1_500 * MS, 100 * MS), 1_100 * MS);
         assert_eq!(next_wake(1_000 * MS, u64::MAX, 100 * MS), 1_100 * MS);
-        // A deadline at the sweep itself: 1 ns later, not a spin.
-        assert_eq!(next_wake(1_000 * MS, 1_000 * MS, 100 * MS), 1_000 * MS + 1);
         assert_eq!(next_wake(u64::MAX - 5, u64::MAX, u64::MAX), u64::MAX);
     }
 
