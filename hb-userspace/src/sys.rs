@@ -203,6 +203,19 @@ pub fn sleep_until(word: &AtomicU32, seen: u32, deadline_ns: u64) -> io::Result<
     }
 }
 
+/// Sets the calling thread's timer slack: how late the kernel may end its
+/// timed sleeps to group wake-ups (50 µs by default for a normal thread;
+/// real-time threads have none). `prctl(PR_SET_TIMERSLACK)`.
+pub fn set_timer_slack_ns(ns: u64) -> io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer and touches no memory.
+    let result = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Wakes every thread in [`sleep_until`] on `word`; the caller changes
 /// `word` first, so that a thread about to sleep does not.
 pub fn wake(word: &AtomicU32) {

@@ -276,20 +276,30 @@ fn sweep_loop(shared: &Shared, outcomes: &mpsc::UnboundedSender<SweepOutcome>) {
     shared
         .tid
         .store(unsafe { libc::gettid() }, Ordering::Release);
+    // A deadline is kept to the microsecond, not to the default 50 µs of
+    // slack a normal thread's timed sleep gets (a real-time one has none).
+    if let Err(e) = sys::set_timer_slack_ns(1) {
+        tracing::warn!("the sweep thread keeps the default timer slack: {e}");
+    }
     let mut wake_at = 0;
     loop {
         let seen = shared.wake.load(Ordering::Acquire);
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
-        match sys::sleep_until(&shared.wake, seen, wake_at) {
-            Ok(Woken::Deadline | Woken::Early) => {}
+        let woken = match sys::sleep_until(&shared.wake, seen, wake_at) {
+            Ok(woken) => woken,
             Err(e) => panic!("the sweep thread cannot sleep (futex): {e}"),
-        }
+        };
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
         let now = monotonic_ns();
+        if woken == Woken::Deadline && wake_at != 0 {
+            shared
+                .metrics
+                .record_wake_lateness(now.saturating_sub(wake_at));
+        }
         #[cfg(test)]
         if shared.panic_at_next_sweep.load(Ordering::Acquire) {
             let _core = shared.core.lock();

@@ -70,6 +70,13 @@ const SWEEP_BUCKETS: [f64; 16] = [
     1.0,
 ];
 
+/// `hb_sweep_lateness_seconds` buckets: 10 µs to 1 s. A sweep woken on
+/// time is late by the scheduler's wake-up latency, tens of microseconds;
+/// milliseconds mean a starved or stalled agent.
+const LATENESS_BUCKETS: [f64; 15] = [
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// The text format a scrape is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -235,6 +242,7 @@ pub struct Metrics {
     transitions: Family<TransitionLabels, PromCounter>,
     detection: Histogram,
     sweep_duration: AtomicHistogram<{ SWEEP_BUCKETS.len() }>,
+    sweep_lateness: AtomicHistogram<{ LATENESS_BUCKETS.len() }>,
     stalls: PromCounter,
     brake_engaged: Gauge,
     brake_held: Gauge,
@@ -275,6 +283,14 @@ impl Metrics {
             "Wall time of one sweep of the node table",
             Unit::Seconds,
             sweep_duration.clone(),
+        );
+        let sweep_lateness = AtomicHistogram::new(LATENESS_BUCKETS);
+        registry.register_with_unit(
+            "sweep_lateness",
+            "How long after its planned instant (a node's deadline, or a sweep period) a sweep \
+             woke",
+            Unit::Seconds,
+            sweep_lateness.clone(),
         );
         let stalls = PromCounter::default();
         registry.register(
@@ -330,6 +346,7 @@ impl Metrics {
             transitions,
             detection,
             sweep_duration,
+            sweep_lateness,
             stalls,
             brake_engaged,
             brake_held,
@@ -347,6 +364,11 @@ impl Metrics {
     /// time. A sweep that changed nothing touches atomics only (no lock a
     /// scrape could hold); transitions cost one family lookup per distinct
     /// (from, to), downs one observation of the detection histogram.
+    /// How late a sweep woke after the instant it was planned for.
+    pub fn record_wake_lateness(&self, late_ns: u64) {
+        self.sweep_lateness.observe(Duration::from_nanos(late_ns));
+    }
+
     pub fn record_sweep(&self, outcome: &SweepOutcome) {
         self.sweep_duration.observe(outcome.took);
         if outcome.stalled_ns.is_some() {

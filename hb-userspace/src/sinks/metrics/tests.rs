@@ -7,7 +7,7 @@ use super::*;
 use crate::detect::detector::Transition;
 
 /// Every family but the per-node ones, as the classic format names them.
-const FAMILIES: [(&str, &str); 15] = [
+const FAMILIES: [(&str, &str); 16] = [
     ("hb_nodes", "gauge"),
     ("hb_transitions_total", "counter"),
     ("hb_packets_total", "counter"),
@@ -16,6 +16,7 @@ const FAMILIES: [(&str, &str); 15] = [
     ("hb_action_duration_seconds", "histogram"),
     ("hb_detection_seconds", "histogram"),
     ("hb_sweep_duration_seconds", "histogram"),
+    ("hb_sweep_lateness_seconds", "histogram"),
     ("hb_agent_stalls_total", "counter"),
     ("hb_brake_engaged", "gauge"),
     ("hb_brake_held_actions", "gauge"),
@@ -296,6 +297,28 @@ fn record_sweep_counts_transitions_detection_and_stalls() {
     expect(&text, "hb_agent_stalls_total", 1.0);
     expect(&text, "hb_sweep_duration_seconds_count", 2.0);
     expect(&text, "hb_sweep_duration_seconds_sum", 0.0025);
+}
+
+#[test]
+fn sweep_lateness_is_a_histogram_of_wake_ups() {
+    let metrics = Metrics::new(0);
+    metrics.record_wake_lateness(40_000);
+    metrics.record_wake_lateness(3_000_000);
+    let counters = counters();
+    let text = metrics
+        .encode(&scrape(&counters, None), Format::Prometheus)
+        .expect("encode");
+    expect(&text, "hb_sweep_lateness_seconds_count", 2.0);
+    expect(
+        &text,
+        r#"hb_sweep_lateness_seconds_bucket{le="5e-05"}"#,
+        1.0,
+    );
+    expect(
+        &text,
+        r#"hb_sweep_lateness_seconds_bucket{le="0.005"}"#,
+        2.0,
+    );
 }
 
 #[test]
