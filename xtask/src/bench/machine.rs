@@ -6,7 +6,8 @@
 
 use std::{
     fs,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
@@ -252,6 +253,51 @@ fn date_of(secs: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The floor under a timed wake-up on this machine: a thread of the bench
+/// that does nothing but sleep to an absolute `CLOCK_MONOTONIC` deadline
+/// every `period` (`clock_nanosleep(TIMER_ABSTIME)`, 1 ns timer slack, as
+/// the agent's sweep thread sleeps) for `window`, and the CPU time it took
+/// per wake-up (its own `CLOCK_THREAD_CPUTIME_ID`), ns. Run beside a
+/// measured agent, it says what any wake-up costs here, whatever it does.
+pub fn bare_wake_up_cost(period: Duration, window: Duration) -> JoinHandle<Result<f64>> {
+    std::thread::spawn(move || {
+        let clock = |id: libc::clockid_t| -> Result<u64> {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec on our stack.
+            if unsafe { libc::clock_gettime(id, &raw mut now) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("clock_gettime");
+            }
+            Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+        };
+        // SAFETY: PR_SET_TIMERSLACK takes one integer.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+        let wakes = (window.as_nanos() / period.as_nanos().max(1)) as u64;
+        let cpu_start = clock(libc::CLOCK_THREAD_CPUTIME_ID)?;
+        let mut deadline = clock(libc::CLOCK_MONOTONIC)?;
+        for _ in 0..wakes {
+            deadline += period.as_nanos() as u64;
+            let at = libc::timespec {
+                tv_sec: (deadline / 1_000_000_000) as libc::time_t,
+                tv_nsec: (deadline % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: `at` is a valid timespec; no remainder is asked for.
+            unsafe {
+                libc::clock_nanosleep(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TIMER_ABSTIME,
+                    &raw const at,
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+        let cpu = clock(libc::CLOCK_THREAD_CPUTIME_ID)? - cpu_start;
+        Ok(cpu as f64 / wakes.max(1) as f64)
+    })
 }
 
 #[cfg(test)]

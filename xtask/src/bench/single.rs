@@ -35,7 +35,7 @@ use super::{
         clients::{get, in_netns},
         histogram::SweepHistogram,
     },
-    machine::CpuSpent,
+    machine::{self, CpuSpent},
     output::{Bound, Progress, Table, Target, duration_ns, ms, si},
     rig::{AgentSetup, Load, LoadReport, Pace, Rig},
     sigstop::{self, Detection, INTERVAL, MULTIPLIER, SWEEP},
@@ -188,6 +188,9 @@ struct Fleet {
     sweeps: u64,
     wake_ups_per_s: f64,
     cpu_per_wake_up_ns: Option<f64>,
+    /// What a bare timed wake-up costs on this machine, measured beside
+    /// the agent in the same window ([`machine::bare_wake_up_cost`]), ns.
+    bare_wake_up_ns: f64,
     /// The sweeps' own mean duration (the histogram's `_sum / _count`).
     sweep_mean_ns: Option<f64>,
     sweep_histogram: SweepHistogram,
@@ -221,8 +224,12 @@ fn fleet_cost(rig: &Rig<'_>, window: Duration, progress: &Progress) -> Result<Fl
     let netns = rig.monitor_netns();
     let first = scrape(&netns)?;
     let (cpu_start, sample_start) = (agent.cpu_ns()?, agent.sample()?);
+    let floor = machine::bare_wake_up_cost(INTERVAL, window);
     interrupt::sleep(window)?;
     let (cpu_end, sample_end) = (agent.cpu_ns()?, agent.sample()?);
+    let bare_wake_up_ns = floor
+        .join()
+        .map_err(|_| anyhow::anyhow!("the bare wake-up thread panicked"))??;
     let last = scrape(&netns)?;
     let states = agent.states()?;
     progress.step("waiting for the load generator to finish");
@@ -245,6 +252,7 @@ fn fleet_cost(rig: &Rig<'_>, window: Duration, progress: &Progress) -> Result<Fl
         sweeps,
         wake_ups_per_s: sweeps as f64 / wall_s.max(1e-9),
         cpu_per_wake_up_ns: (sweeps > 0).then(|| agent_cpu_ns as f64 / sweeps as f64),
+        bare_wake_up_ns,
         sweep_mean_ns: histogram.mean_s().map(|s| s * 1e9),
         sweep_histogram: histogram,
         states_at_check: states,
@@ -297,6 +305,10 @@ impl Fleet {
                 format!("{:.1}", self.wake_ups_per_s),
             ),
             ("agent CPU per wake-up", per_wake_up),
+            (
+                "floor: a bare timed wake-up here (same window)",
+                duration_ns(self.bare_wake_up_ns),
+            ),
             (
                 "mean sweep (its own histogram)",
                 self.sweep_mean_ns
@@ -372,8 +384,13 @@ impl Fleet {
                 WAKE_UP_LIMIT_US,
             )
             .with_note(format!(
-                "{} sweeps in {:.1} s ({:.0} wake-ups/s); all of the agent's CPU divided by them",
-                self.sweeps, self.wall_s, self.wake_ups_per_s
+                "{} sweeps in {:.1} s ({:.0} wake-ups/s); all of the agent's CPU divided by them. \
+                 The floor here: a bare thread that only sleeps to an absolute deadline every \
+                 10 ms, beside it, took {:.1} µs per wake-up; the agent's own work is the rest",
+                self.sweeps,
+                self.wall_s,
+                self.wake_ups_per_s,
+                self.bare_wake_up_ns / 1e3
             )),
             Target::new(
                 PHASE,
