@@ -300,22 +300,27 @@ impl NodeTable {
 }
 
 impl TableView for NodeTable {
+    #[inline]
     fn seen_words(&self) -> &[AtomicU64] {
         self.seen.atomics()
     }
 
+    #[inline]
     fn advertised_interval_ms(&self, node_id: u32) -> u32 {
         self.records.get(node_id).interval_ms
     }
 
+    #[inline]
     fn interval_word(&self, node_id: u32) -> u64 {
         self.intervals.get(node_id)
     }
 
+    #[inline]
     fn heartbeats(&self, node_id: u32) -> u64 {
         self.records.get(node_id).heartbeats
     }
 
+    #[inline]
     fn prefetch(&self, node_id: u32) {
         // The record and the interval word share the node's 64-byte slot.
         self.records.prefetch(node_id);

@@ -256,7 +256,7 @@ pub const STORE_MARGIN_NS: u64 = 1_000_000;
 
 /// The slow path asks for the record of the node this many candidates
 /// ahead.
-const PREFETCH_AHEAD: usize = 8;
+const PREFETCH_AHEAD: usize = 16;
 
 /// Runs every watched node through the state machine.
 #[derive(Debug)]
@@ -403,12 +403,14 @@ impl Detector {
 
     /// Whether every new heartbeat of an up node needs a look: the phi
     /// rule recomputes the node's deadlines then.
+    #[inline]
     fn looks_at_new_up(&self) -> bool {
         matches!(self.settings.rule, Rule::Phi { .. })
     }
 
     /// The watch word of a node in `state` that needs a look after
     /// `timeout_ns` of silence (if live).
+    #[inline]
     fn watch_word(&self, state: NodeState, timeout_ns: u64) -> Watch {
         Watch::new(state, timeout_ns, self.looks_at_new_up())
     }
@@ -547,6 +549,7 @@ impl Detector {
     }
 
     /// Node `id`'s deadlines from what the table says about it now.
+    #[inline]
     pub fn deadlines<T: TableView + ?Sized>(&self, id: u32, table: &T) -> Deadlines {
         match self.settings.rule {
             Rule::Timeout => self.deadlines_for(id, table.advertised_interval_ms(id), 0),
@@ -565,6 +568,7 @@ impl Detector {
     /// Node `id`'s deadlines when it advertises `advertised_ms` and its
     /// measured interval is `interval_word`, by the detector's rule. The
     /// timeout rule suspects a node one interval before its timeout.
+    #[inline]
     pub fn deadlines_for(&self, id: u32, advertised_ms: u32, interval_word: u64) -> Deadlines {
         if let Rule::Phi {
             detector,
@@ -634,6 +638,7 @@ impl Detector {
     }
 
     /// The silence the watch word keeps for a node in `state`.
+    #[inline]
     fn look_after(state: NodeState, deadlines: Deadlines) -> u64 {
         match state {
             NodeState::Up => deadlines.suspect_ns,
@@ -694,6 +699,7 @@ impl Detector {
     /// The instants silence is measured from at the latest: for a node
     /// heard (`.0`: the grace floor) and for one never heard (`.1`: the
     /// grace floor, at the latest this detector's start).
+    #[inline]
     fn floors(&self) -> (u64, u64) {
         (
             self.grace_floor_ns,

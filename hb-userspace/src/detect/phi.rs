@@ -289,11 +289,13 @@ impl PhiDetector {
 
     /// The standard deviation (ns) phi uses for a mean absolute deviation of
     /// `mad_us`: [`sd_from_mad`], floored at `min_std_dev`. Above 0.
+    #[inline]
     pub fn sd_ns(&self, mad_us: u32) -> f64 {
         sd_from_mad(f64::from(mad_us) * 1_000.0).max(self.min_std_dev_ns)
     }
 
     /// `mean + acceptable_pause` (ns).
+    #[inline]
     fn effective_mean_ns(&self, mean_us: u32) -> f64 {
         f64::from(mean_us) * 1_000.0 + self.acceptable_pause_ns
     }
@@ -326,6 +328,7 @@ impl PhiDetector {
     /// datapath seeds the deviation at a quarter of the first interval) is
     /// the caller's decision, as is the fallback (such as the fixed
     /// `timeout_multiplier × interval`).
+    #[inline]
     pub fn deadline_ns(&self, mean_us: u32, mad_us: u32) -> Option<u64> {
         if mean_us == 0 {
             return None;

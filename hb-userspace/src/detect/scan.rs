@@ -59,6 +59,7 @@ impl Watch {
     /// The watch word of a node in `state` that needs a look after
     /// `timeout_ns` of silence (if live). `look_at_new_up`: every new
     /// heartbeat of an up node needs a look too (the phi rule).
+    #[inline]
     pub(super) fn new(state: NodeState, timeout_ns: u64, look_at_new_up: bool) -> Self {
         let flags = match state {
             NodeState::Up if look_at_new_up => Self::LIVE | Self::ON_NEW,
