@@ -456,7 +456,7 @@ pub fn sweep(nodes: u32, rounds: u32, phi_heard: f64) -> anyhow::Result<SweepCos
         memcpy_ns_min,
         memcpy_ns_median,
         rounds,
-        kernel: hb::detect::scan::kernel().to_owned(),
+        kernel: hb::detect::fast_pass_kernel().to_owned(),
     })
 }
 

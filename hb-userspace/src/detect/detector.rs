@@ -44,7 +44,7 @@
 //! nobody until every node has had a full timeout to be heard again, as
 //! after a restart.
 //!
-//! Built for millions of nodes: a sweep's fast pass ([`crate::detect::scan`])
+//! Built for millions of nodes: a sweep's fast pass (`detect/scan.rs`)
 //! reads 12 bytes per node, front to back (the node's 8-byte seen word and
 //! a 4-byte watch word of the detector's own), with no syscall, allocation,
 //! division or branch per node. Only nodes that may change state (a live

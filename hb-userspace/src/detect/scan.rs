@@ -181,6 +181,16 @@ fn unaligned_head(words: &[AtomicU64]) -> usize {
     }
 }
 
+/// Appends the ids of a block's nodes that need a look: bit `k` of `needs`
+/// is node `first_id + k`.
+#[cfg(target_arch = "x86_64")]
+fn push_candidates(candidates: &mut Vec<u32>, first_id: usize, mut needs: u64) {
+    while needs != 0 {
+        candidates.push(first_id as u32 + needs.trailing_zeros());
+        needs &= needs - 1;
+    }
+}
+
 /// One node at a time: the fallback, and the vector loop's ends.
 mod scalar {
     use super::*;
@@ -284,10 +294,7 @@ mod avx2 {
                 ));
                 i += 4;
             }
-            while needs != 0 {
-                candidates.push(block as u32 + needs.trailing_zeros());
-                needs &= needs - 1;
-            }
+            push_candidates(candidates, block, needs);
             block = block_end;
         }
         let mut lanes = [0u64; 4];
@@ -398,10 +405,7 @@ mod avx512 {
                 earliest = _mm512_mask_min_epu64(earliest, is_live & !need, earliest, look_at);
                 i += 8;
             }
-            while needs != 0 {
-                candidates.push(block as u32 + needs.trailing_zeros());
-                needs &= needs - 1;
-            }
+            push_candidates(candidates, block, needs);
             block = block_end;
         }
         next.min(_mm512_reduce_min_epu64(earliest))

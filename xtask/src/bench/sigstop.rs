@@ -23,7 +23,7 @@ use hb_tests::{Sender, interrupt, monotonic_ns};
 use serde::Serialize;
 
 use super::{
-    output::{Progress, ms},
+    output::{Bound, Progress, Target, ms},
     plot::{self, Series},
     rig::{Agent, AgentSetup, EventRecord, EventTail},
     stats::percentile,
@@ -192,6 +192,23 @@ pub struct FaultRecord {
 }
 
 impl Detection {
+    /// The target every run of faults is held to: no false down, no fault
+    /// missed.
+    pub fn errors_target(&self, phase: &'static str, name: String) -> Target {
+        Target::new(
+            phase,
+            name,
+            (self.false_downs + self.missed) as f64,
+            "",
+            Bound::AtMost,
+            0.0,
+        )
+        .with_note(format!(
+            "{} false downs, {} of {} faults missed",
+            self.false_downs, self.missed, self.faults
+        ))
+    }
+
     /// Judges `faults` by the agent's whole event log.
     pub fn analyse(faults: &[Fault], events: &[EventRecord]) -> Self {
         let downs: Vec<u64> = events

@@ -329,17 +329,6 @@ fn targets(o: &Outcome) -> [Target; 2] {
             P99_LIMIT_MS,
         )
         .with_note(format!("{}; {}", o.busy_loops, d.summary())),
-        Target::new(
-            PHASE,
-            format!("false downs + missed, starved {name}"),
-            (d.false_downs + d.missed) as f64,
-            "",
-            Bound::AtMost,
-            0.0,
-        )
-        .with_note(format!(
-            "{} false downs, {} of {} faults missed",
-            d.false_downs, d.missed, d.faults
-        )),
+        d.errors_target(PHASE, format!("false downs + missed, starved {name}")),
     ]
 }
