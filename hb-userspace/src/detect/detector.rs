@@ -686,9 +686,9 @@ impl Detector {
         stalled
     }
 
-    /// The earliest monotonic instant at which a node may change state
-    /// without a new heartbeat (an up node's suspect deadline, a suspect
-    /// one's timeout), as of the last sweep; `u64::MAX` if none can.
+    /// The first monotonic instant at which a node may change state
+    /// without a new heartbeat (just past an up node's suspect deadline, a
+    /// suspect one's timeout), as of the last sweep; `u64::MAX` if none can.
     /// Heartbeats only ever move it later, so a sweep at this instant is
     /// never late; what a new heartbeat changes (a down node heard, a
     /// leave) waits for the next sweep.
@@ -729,18 +729,17 @@ impl Detector {
         } else {
             heard_floor
         };
-        let silence = now_ns.saturating_sub(arrival.max(floor));
+        let silent_since = arrival.max(floor);
+        let silence = now_ns.saturating_sub(silent_since);
+        // Silence strictly past a deadline changes the state: the next look
+        // is the first instant past it.
+        let past = |deadline_ns: u64| silent_since.saturating_add(deadline_ns).saturating_add(1);
         if from == NodeState::Up && !seen::is_leave(word) && silence <= deadlines.suspect_ns {
             // Still up, heard (the phi rule recomputes its deadlines then)
             // or looked at early (the watch word's timeout is rounded
             // down): only its next look moves.
             self.watches[id as usize] = self.watch_word(NodeState::Up, deadlines.suspect_ns);
-            return Some(
-                arrival
-                    .max(floor)
-                    .saturating_add(deadlines.suspect_ns)
-                    .saturating_add(1),
-            );
+            return Some(past(deadlines.suspect_ns));
         }
         let heard = word > self.new_since_ns;
         let to = match from {
@@ -771,13 +770,7 @@ impl Detector {
         if to != reported_from {
             self.push(out, id, reported_from, to, now_ns, arrival);
         }
-        // Silence strictly past the deadline changes the state.
-        to.is_live().then(|| {
-            arrival
-                .max(floor)
-                .saturating_add(Self::look_after(to, deadlines))
-                .saturating_add(1)
-        })
+        to.is_live().then(|| past(Self::look_after(to, deadlines)))
     }
 
     fn push(
