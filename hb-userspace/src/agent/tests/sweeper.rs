@@ -72,8 +72,8 @@ fn events_of_node_1(dir: &Path) -> Vec<Value> {
 }
 
 /// Node 1's heartbeats every `interval` from a thread of its own, sequence
-/// numbers from 1, until `stop` is set; returns the monotonic time its last
-/// heartbeat left.
+/// numbers from 1, until `stop` is set; returns the monotonic time just
+/// before its last heartbeat was sent.
 fn beat_steadily(port: u16, interval: Duration, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
     thread::spawn(move || {
         let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("a sender socket");
@@ -92,10 +92,13 @@ fn beat_steadily(port: u16, interval: Duration, stop: Arc<AtomicBool>) -> thread
                 sent_unix_ns: 0,
                 auth_tag: [0; 16],
             };
+            // Read before the send: over loopback the datagram is
+            // received (and stamped) within `send_to`, so a time read after
+            // it is later than the arrival the deadline counts from.
+            last_sent = monotonic_ns();
             sender
                 .send_to(&heartbeat.encode(), (Ipv4Addr::LOCALHOST, port))
                 .expect("sending a heartbeat over loopback");
-            last_sent = monotonic_ns();
             thread::sleep(interval);
         }
         last_sent
