@@ -21,6 +21,9 @@
 //! - [`interrupt`]: Ctrl-C turns every wait into an [`Error::Interrupted`];
 //! - [`pins`]: the agent instance's pins in bpffs, removed on Drop
 //!   ([`PinGuard`]), and running an agent that shares the host's bpffs;
+//! - [`etcd`]: a real etcd cluster, one member per namespace joined by a
+//!   bridge, whose members can be killed, restarted and cut off
+//!   ([`EtcdCluster`]);
 //! - [`soak`]: a fleet with loss and pauses, the agent killed and restarted
 //!   throughout, checked against the load generator's ground truth (the
 //!   bench phase `soak` and its shortened test).
@@ -28,6 +31,7 @@
 pub mod attacker;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod events;
 pub mod haproxy;
 pub mod hog;
@@ -44,6 +48,7 @@ pub mod soak;
 pub use attacker::{Attacker, Flood, Stream};
 pub use config::{ConfigOptions, TempDir, TestConfig, Timing};
 pub use error::{Error, Result};
+pub use etcd::EtcdCluster;
 pub use events::{Event, wait_for_event, wait_for_line};
 pub use hog::{Hog, Hogs, Policy};
 pub use keys::TestKey;

@@ -12,7 +12,22 @@
 //!    service here);
 //! 5. Debian's `haproxy` package, for the HAProxy action's network-namespace
 //!    test (a real load balancer that hb takes a crashed backend out of;
-//!    apt never starts its service here).
+//!    apt never starts its service here);
+//! 6. Debian's `etcd-server` and `etcd-client` packages (`etcd`, `etcdctl`),
+//!    for the monitor groups of issue 13: the tests run a real etcd cluster,
+//!    one member per lab namespace (apt never starts its service here);
+//! 7. Debian's `protobuf-compiler` and `libprotobuf-dev`: the `etcd-client`
+//!    crate's build script runs `protoc`, which it does not bundle, and its
+//!    `.proto` files import the well-known types that only `libprotobuf-dev`
+//!    ships (it is merely a Recommends of `protobuf-compiler`, which
+//!    `--no-install-recommends` skips, so both are named). Installed here
+//!    rather than through the `protoc-bin-vendored` crate because a build
+//!    script cannot hand `PROTOC` to another crate's build script: only the
+//!    environment of every cargo command could, and a `protoc` on `PATH`
+//!    makes `cargo build`, `cargo test` and `cargo clippy` work as they are.
+//!    Nothing xtask itself builds needs it (the crate is a dev-dependency of
+//!    the tests), so a fresh clone's `cargo xtask test` installs it before
+//!    the first build that does.
 
 use std::{
     fs,
@@ -27,7 +42,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::paths::{on_path, run_inherited, stdout_of, tools_dir};
 
-const STEPS: usize = 5;
+const STEPS: usize = 7;
 
 /// Run every step (skipping those already done), one line per step.
 pub fn run() -> Result<()> {
@@ -39,6 +54,10 @@ pub fn run() -> Result<()> {
         apt_package("promtool", "prometheus")
     })?;
     step(5, "haproxy", || apt_package("haproxy", "haproxy"))?;
+    step(6, "etcd", || {
+        apt_packages(&[("etcd", "etcd-server"), ("etcdctl", "etcd-client")])
+    })?;
+    step(7, "protoc and the well-known .proto files", protoc)?;
     println!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -240,22 +259,83 @@ static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 /// Installs Debian's `package` with apt-get when `binary` is not on `PATH`,
 /// without its recommends (they are not needed for what we run).
 fn apt_package(binary: &str, package: &str) -> Result<String> {
-    if let Some(path) = on_path(binary) {
-        return Ok(format!("already installed ({})", path.display()));
+    apt_packages(&[(binary, package)])
+}
+
+/// Installs, in one apt-get run, the Debian package of every (binary,
+/// package) pair whose binary is not on `PATH`.
+fn apt_packages(pairs: &[(&str, &str)]) -> Result<String> {
+    let missing: Vec<&str> = pairs
+        .iter()
+        .filter(|(binary, _)| on_path(binary).is_none())
+        .map(|&(_, package)| package)
+        .collect();
+    let found = || -> Option<String> {
+        let paths = pairs
+            .iter()
+            .map(|(binary, _)| Some(on_path(binary)?.display().to_string()))
+            .collect::<Option<Vec<_>>>()?;
+        Some(paths.join(", "))
+    };
+    if missing.is_empty() {
+        let paths = found().context("a binary vanished from PATH while looking")?;
+        return Ok(format!("already installed ({paths})"));
     }
+    apt_install(&missing)?;
+    let paths = found().with_context(|| {
+        format!(
+            "apt-get installed {} but {} is still not on PATH",
+            missing.join(" "),
+            pairs
+                .iter()
+                .map(|(binary, _)| format!("`{binary}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )
+    })?;
+    Ok(format!("installed ({paths})"))
+}
+
+/// One of the well-known types that `etcd-client`'s `.proto` files import
+/// (with `google/protobuf/struct.proto`).
+const WELL_KNOWN_PROTO: &str = "/usr/include/google/protobuf/descriptor.proto";
+
+/// `protoc` and the well-known `.proto` files, for `etcd-client`'s build.
+fn protoc() -> Result<String> {
+    let mut missing = Vec::new();
+    if on_path("protoc").is_none() {
+        missing.push("protobuf-compiler");
+    }
+    if !Path::new(WELL_KNOWN_PROTO).is_file() {
+        missing.push("libprotobuf-dev");
+    }
+    if missing.is_empty() {
+        let version = stdout_of("protoc", &["--version"]).unwrap_or_default();
+        return Ok(format!("already installed ({version})"));
+    }
+    apt_install(&missing)?;
+    let version = stdout_of("protoc", &["--version"])
+        .context("apt-get installed protobuf-compiler but `protoc --version` fails")?;
+    if !Path::new(WELL_KNOWN_PROTO).is_file() {
+        bail!("apt-get installed libprotobuf-dev but {WELL_KNOWN_PROTO} does not exist");
+    }
+    Ok(format!("installed {} ({version})", missing.join(" and ")))
+}
+
+/// `apt-get install --no-install-recommends PACKAGES` (after one `apt-get
+/// update` per run), as root.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let list = packages.join(" ");
     if !hb_tests::is_root() {
         bail!(
-            "`{binary}` ({package}) not found and installing it with apt-get needs root: not \
-             root. Run `cargo xtask setup` as root, or install {package} by hand"
+            "{list} not installed, and installing with apt-get needs root: not root. Run \
+             `cargo xtask setup` as root, or install {list} by hand"
         );
     }
     if on_path("apt-get").is_none() {
-        bail!(
-            "`{binary}` ({package}) not found and apt-get is not available: install {package} \
-             by hand"
-        );
+        bail!("{list} not installed and apt-get is not available: install {list} by hand");
     }
-    let failed = format!("apt-get failed: install {package} by hand");
+    let failed = format!("apt-get failed: install {list} by hand");
     if !APT_UPDATED.swap(true, Ordering::SeqCst) {
         run_inherited(
             Command::new("apt-get")
@@ -266,12 +346,9 @@ fn apt_package(binary: &str, package: &str) -> Result<String> {
     }
     run_inherited(
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", package])
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         &failed,
-    )?;
-    let path = on_path(binary).with_context(|| {
-        format!("apt-get installed {package} but `{binary}` is still not on PATH")
-    })?;
-    Ok(format!("installed ({})", path.display()))
+    )
 }
