@@ -192,20 +192,16 @@ fn siphash_program() -> aya::Ebpf {
     ebpf
 }
 
-/// SipHash-2-4 of `message` from `prefix`, computed by the kernel-side code
-/// `hb_xdp` verifies tags with; `None` if the prefix refuses the message.
-fn kernel_prefix_siphash(ebpf: &mut aya::Ebpf, prefix: &Prefix, message: &[u8]) -> Option<u64> {
+/// Runs the test program `name` once on a packet laid out as `header`
+/// (the key, or a prefix's state and word), an 8-byte slot for the result,
+/// the message length and the message; its XDP verdict and the slot.
+fn run_hash_program(ebpf: &mut aya::Ebpf, name: &str, header: &[u8], message: &[u8]) -> (u32, u64) {
     let program: &mut Xdp = ebpf
-        .program_mut(globals::SIPHASH_PREFIX_PROGRAM)
-        .expect("hb_siphash_prefix")
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("{name} in the object"))
         .try_into()
         .expect("XDP");
-    let mut data: Vec<u8> = prefix
-        .state
-        .iter()
-        .chain([&prefix.word])
-        .flat_map(|word| word.to_le_bytes())
-        .collect();
+    let mut data = header.to_vec();
     data.extend_from_slice(&[0; 8]);
     data.push(message.len() as u8);
     data.extend_from_slice(message);
@@ -217,11 +213,32 @@ fn kernel_prefix_siphash(ebpf: &mut aya::Ebpf, prefix: &Prefix, message: &[u8]) 
             repeat: 1,
             ..Default::default()
         })
-        .unwrap_or_else(|e| panic!("test run of {} message bytes: {e:?}", message.len()));
-    match result.return_value {
-        XDP_PASS => Some(u64::from_le_bytes(out[40..48].try_into().expect("8 bytes"))),
-        XDP_DROP => None,
-        other => panic!(
+        .unwrap_or_else(|e| {
+            panic!(
+                "test run of {name} on {} message bytes: {e:?}",
+                message.len()
+            )
+        });
+    let slot = &out[header.len()..header.len() + 8];
+    (
+        result.return_value,
+        u64::from_le_bytes(slot.try_into().expect("8 bytes")),
+    )
+}
+
+/// SipHash-2-4 of `message` from `prefix`, computed by the kernel-side code
+/// `hb_xdp` verifies tags with; `None` if the prefix refuses the message.
+fn kernel_prefix_siphash(ebpf: &mut aya::Ebpf, prefix: &Prefix, message: &[u8]) -> Option<u64> {
+    let header: Vec<u8> = prefix
+        .state
+        .iter()
+        .chain([&prefix.word])
+        .flat_map(|word| word.to_le_bytes())
+        .collect();
+    match run_hash_program(ebpf, globals::SIPHASH_PREFIX_PROGRAM, &header, message) {
+        (XDP_PASS, hash) => Some(hash),
+        (XDP_DROP, _) => None,
+        (other, _) => panic!(
             "hb_siphash_prefix returned {other} for {} message bytes",
             message.len()
         ),
@@ -230,31 +247,14 @@ fn kernel_prefix_siphash(ebpf: &mut aya::Ebpf, prefix: &Prefix, message: &[u8]) 
 
 /// SipHash-2-4 of `message` under `key`, computed by the kernel-side code.
 fn kernel_siphash(ebpf: &mut aya::Ebpf, key: &Key, message: &[u8]) -> u64 {
-    let program: &mut Xdp = ebpf
-        .program_mut(globals::SIPHASH_PROGRAM)
-        .expect("hb_siphash")
-        .try_into()
-        .expect("XDP");
-    let mut data = key.to_vec();
-    data.extend_from_slice(&[0; 8]);
-    data.push(message.len() as u8);
-    data.extend_from_slice(message);
-    let mut out = vec![0u8; data.len()];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(&data),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("test run of {} message bytes: {e:?}", message.len()));
+    let (verdict, hash) = run_hash_program(ebpf, globals::SIPHASH_PROGRAM, key, message);
     assert_eq!(
-        result.return_value,
+        verdict,
         XDP_PASS,
         "hb_siphash refused {} message bytes",
         message.len()
     );
-    u64::from_le_bytes(out[16..24].try_into().expect("8 bytes"))
+    hash
 }
 
 #[test]
