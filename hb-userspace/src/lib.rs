@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod datapath;
 pub mod detect;
+pub mod group;
 pub mod keys;
 pub mod nodes;
 pub mod sender;

@@ -49,6 +49,7 @@ use crate::{
         detector::NodeState,
         sweep::{Sweep, SweepOutcome},
     },
+    group::{Decision, GroupHandle, GroupMetrics},
     keys::{self, Keyring},
     nodes::NodeDirectory,
     sinks::{
@@ -118,6 +119,9 @@ pub struct Agent {
     last_summary: Instant,
     /// `defaults.lock_memory` was applied (undone when the agent ends).
     memory_locked: bool,
+    /// In a monitor group: the incidents this monitor recorded as leader,
+    /// whose actions it runs.
+    decisions: Option<mpsc::UnboundedReceiver<Vec<Decision>>>,
 }
 
 /// Why the loop ended.
@@ -167,14 +171,35 @@ impl Agent {
                 (remembered.journal_seq, remembered.pending.clone()),
             ),
         )?;
-        let sinks = open_sinks(&config, saver)?;
-        sinks.resume(
-            &remembered.pending,
-            Roster {
-                nodes: &nodes,
-                table: datapath.table(),
-            },
-        );
+        let (mut sinks, group_metrics) = open_sinks(&config, saver)?;
+        let decisions = match (&config.group, group_metrics) {
+            (Some(group), Some(metrics)) => {
+                if !remembered.pending.is_empty() {
+                    tracing::info!(
+                        runs = remembered.pending.len(),
+                        "action runs decided alone before the restart are not started: in a \
+                         group, the leader runs actions for the group's verdicts"
+                    );
+                }
+                let initial = startup::opinions(&nodes, sweep.detector(), sweep.brake());
+                let join_after = group
+                    .join_after
+                    .unwrap_or_else(|| startup::longest_timeout(&config, &nodes));
+                let (handle, decisions) = GroupHandle::start(group, join_after, initial, metrics)?;
+                sinks.group = Some(handle);
+                Some(decisions)
+            }
+            _ => {
+                sinks.resume(
+                    &remembered.pending,
+                    Roster {
+                        nodes: &nodes,
+                        table: datapath.table(),
+                    },
+                );
+                None
+            }
+        };
         let token = config
             .http
             .token_file
@@ -237,6 +262,7 @@ impl Agent {
             last_summary: Instant::now(),
             started,
             memory_locked,
+            decisions,
         })
     }
 
@@ -260,6 +286,9 @@ impl Agent {
                     None => break Ended::SweepThreadGone,
                 },
                 Some(query) = self.queries.recv() => self.answer(query),
+                Some(decisions) = next_decisions(&mut self.decisions) => {
+                    self.act_for_group(&decisions);
+                }
                 command = control.recv() => match command {
                     Some(Control::Reload) => self.reload(),
                     Some(Control::Shutdown) | None => break Ended::Told,
@@ -297,6 +326,17 @@ impl Agent {
         };
         self.sinks.consume(outcome, roster);
         self.consumed += 1;
+    }
+
+    /// Runs the actions of incidents this monitor recorded as its group's
+    /// leader.
+    fn act_for_group(&self, decisions: &[Decision]) {
+        let datapath = self.shared.datapath();
+        let roster = Roster {
+            nodes: &self.nodes,
+            table: datapath.table(),
+        };
+        self.sinks.act_for_group(decisions, roster, monotonic_ns());
     }
 
     /// Saves the node states if due and every outcome told so far has been
@@ -449,6 +489,13 @@ impl Agent {
             auth: self.auth.clone(),
             brake,
             state_file: self.sinks.saver.health(),
+            group: self.sinks.group.as_ref().map(|group| {
+                group.status(|id| {
+                    nodes
+                        .get(id)
+                        .map_or_else(|| id.to_string(), |n| n.name.into_owned())
+                })
+            }),
             ..status::with_datapath(cluster_part, &self.shared.datapath())
         }
     }
@@ -502,6 +549,17 @@ impl Agent {
         while let Ok(outcome) = self.outcomes.try_recv() {
             self.consume(&outcome);
         }
+        // Leaving the group hands the lead over at once; incidents recorded
+        // before it left still run here (they are recorded: nobody else
+        // will run them).
+        if let Some(group) = self.sinks.group.take() {
+            group.stop().await;
+        }
+        if let Some(mut decisions) = self.decisions.take() {
+            while let Ok(decisions) = decisions.try_recv() {
+                self.act_for_group(&decisions);
+            }
+        }
         // Queued runs start (and all get a little time to end) first; the
         // save then keeps what still did not start for the next agent.
         self.sinks.actions.wait_idle(SHUTDOWN_ACTION_WAIT).await;
@@ -547,6 +605,16 @@ impl Agent {
     }
 }
 
+/// The next batch of incidents to act on; never, outside a group.
+async fn next_decisions(
+    decisions: &mut Option<mpsc::UnboundedReceiver<Vec<Decision>>>,
+) -> Option<Vec<Decision>> {
+    match decisions {
+        Some(decisions) => decisions.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `when`, or for ever without one (a `select!` branch that
 /// never fires).
 async fn at(when: Option<Instant>) {
@@ -570,20 +638,34 @@ fn cluster_view<'a, 'n>(
     }
 }
 
-/// The event log, the action runner and the state saver.
-fn open_sinks(config: &Config, saver: StateSaver) -> anyhow::Result<Sinks> {
+/// The event log, the action runner and the state saver; with `[group]`,
+/// the group's metrics (the session itself starts once the node states are
+/// restored). In a group the runner keeps no ledger: the group's incident
+/// records are what says whether an action started.
+fn open_sinks(config: &Config, saver: StateSaver) -> anyhow::Result<(Sinks, Option<GroupMetrics>)> {
     let events = EventLog::open(config.event_log.as_deref()).with_context(|| {
         let path = config.event_log.as_deref().unwrap_or("".as_ref());
         format!("opening the event log {}", path.display())
     })?;
-    let metrics = Arc::new(Metrics::new(config.http.per_node_metrics));
-    Ok(Sinks {
-        events,
-        stream: EventStream::default(),
-        actions: ActionRunner::new(config.actions.clone(), config.max_concurrent_actions)
-            .with_metrics(metrics.actions())
-            .with_ledger(saver.ledger()),
-        metrics,
-        saver,
-    })
+    let mut metrics = Metrics::new(config.http.per_node_metrics);
+    let group_metrics = config.group.is_some().then(|| metrics.register_group());
+    let metrics = Arc::new(metrics);
+    let actions = ActionRunner::new(config.actions.clone(), config.max_concurrent_actions)
+        .with_metrics(metrics.actions());
+    let actions = if config.group.is_some() {
+        actions
+    } else {
+        actions.with_ledger(saver.ledger())
+    };
+    Ok((
+        Sinks {
+            events,
+            stream: EventStream::default(),
+            actions,
+            metrics,
+            saver,
+            group: None,
+        },
+        group_metrics,
+    ))
 }

@@ -23,6 +23,7 @@ use crate::{
         detector::{Detector, DetectorSettings, WatchedNode},
         sweep::Sweep,
     },
+    group::Opinion,
     keys::Keyring,
     nodes::NodeDirectory,
     sinks::{
@@ -216,6 +217,37 @@ pub fn restore(
     let mut brake = Brake::new(settings.1);
     brake.restore(state.brake.clone(), now);
     Sweep::new(detector, brake)
+}
+
+/// This monitor's opinions for its group at start: the nodes it restored
+/// down (or flapping) whose actions its brake does not hold, and those that
+/// left.
+pub fn opinions(
+    nodes: &NodeDirectory<'_>,
+    detector: &Detector,
+    brake: &Brake,
+) -> Vec<(u32, Opinion)> {
+    nodes
+        .ids()
+        .filter_map(|id| {
+            let opinion = Opinion::of_state(detector.state(id))?;
+            let held = opinion == Opinion::Down && brake.is_held(id);
+            (opinion != Opinion::Up && !held).then_some((id, opinion))
+        })
+        .collect()
+}
+
+/// The longest silence any configured node is allowed: how long a monitor
+/// that just started listens before it votes in its group (by then it has
+/// heard every live node).
+pub fn longest_timeout(config: &Config, nodes: &NodeDirectory<'_>) -> std::time::Duration {
+    let longest = nodes
+        .intervals()
+        .filter_map(|(_, interval)| interval)
+        .max()
+        .unwrap_or_default()
+        .max(config.defaults.interval);
+    longest * config.defaults.timeout_multiplier
 }
 
 /// In a table that outlived the previous run, slots of nodes no longer

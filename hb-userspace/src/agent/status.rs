@@ -45,6 +45,9 @@ pub struct StatusReport {
     /// How saving the state file goes.
     #[serde(default)]
     pub state_file: SaveHealth,
+    /// The monitor group, with `[group]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::group::GroupStatus>,
     /// Number of configured nodes in each state.
     pub states: BTreeMap<String, u64>,
     /// Number of configured nodes.

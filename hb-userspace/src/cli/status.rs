@@ -9,6 +9,7 @@ use clap::Args;
 use crate::{
     agent::status::{self, NodeStatus, StatusReport},
     config,
+    group::GroupStatus,
 };
 
 #[derive(Args)]
@@ -69,6 +70,67 @@ fn render_counters(out: &mut String, counters: &BTreeMap<String, u64>) {
         c.is_heartbeat() && c != Counter::Accepted
     });
     line(out, "verdicts:", &|c| !c.is_outcome());
+}
+
+/// The monitor group: this monitor's role, the members, the disputed
+/// nodes with each voter's opinion.
+fn render_group(out: &mut String, group: &GroupStatus) {
+    let leader = group.leader.as_deref().unwrap_or("none known");
+    if group.quorum {
+        let _ = writeln!(
+            out,
+            "group {}: monitor {} is {}; leader {leader}; {} incidents recorded here",
+            group.name,
+            group.monitor,
+            group.role.as_str(),
+            group.incidents_recorded
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "group {}: NO QUORUM: monitor {} cannot renew its etcd lease and runs no group action{}",
+            group.name,
+            group.monitor,
+            group
+                .last_error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    let members: Vec<String> = group
+        .members
+        .iter()
+        .map(|m| {
+            let joining = if m.voting { "" } else { ", joining" };
+            format!("{} (lease {}{joining})", m.monitor, m.lease)
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "members: {}; this monitor holds {} nodes down or left",
+        if members.is_empty() {
+            "none known".to_owned()
+        } else {
+            members.join(", ")
+        },
+        group.holding_down
+    );
+    for node in &group.disputed {
+        let opinions: Vec<String> = node
+            .opinions
+            .iter()
+            .map(|(monitor, opinion)| format!("{monitor}={opinion}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "disputed: {} (id {}) group verdict {}: {}",
+            node.node,
+            node.id,
+            node.verdict,
+            opinions.join(" ")
+        );
+    }
 }
 
 /// Formats the report as the table `hb status` prints.
@@ -190,6 +252,9 @@ fn render_footer(out: &mut String, report: &StatusReport) {
             "refused"
         }
     );
+    if let Some(group) = &report.group {
+        render_group(out, group);
+    }
     let a = &report.actions;
     let _ = writeln!(
         out,
@@ -237,6 +302,32 @@ mod tests {
                 error: Some("writing state file /var/lib/hb/state: disk full".into()),
                 ..SaveHealth::default()
             },
+            group: Some(GroupStatus {
+                name: "prod".into(),
+                monitor: "m2".into(),
+                quorum: true,
+                role: crate::group::Role::Follower,
+                leader: Some("m1".into()),
+                lease: Some("7a".into()),
+                members: vec![crate::group::MemberStatus {
+                    monitor: "m1".into(),
+                    lease: "79".into(),
+                    voting: true,
+                }],
+                disputed: vec![crate::group::DisputedStatus {
+                    node: "db".into(),
+                    id: 7,
+                    verdict: crate::group::Opinion::Up,
+                    opinions: [
+                        ("m1".to_owned(), crate::group::Opinion::Up),
+                        ("m2".to_owned(), crate::group::Opinion::Down),
+                    ]
+                    .into(),
+                }],
+                holding_down: 1,
+                incidents_recorded: 0,
+                last_error: None,
+            }),
             states: [("up".to_owned(), 1)].into(),
             nodes_total: 1,
             nodes: vec![NodeStatus {
@@ -270,6 +361,9 @@ mod tests {
             "   0.4  198.18.0.7",
             "BRAKE ENGAGED: partition suspected, 60 nodes silent, down actions of 58 nodes held",
             "STATE FILE NOT SAVED (3 failures): writing state file /var/lib/hb/state: disk full",
+            "group prod: monitor m2 is follower; leader m1",
+            "members: m1 (lease 79); this monitor holds 1 nodes down or left",
+            "disputed: db (id 7) group verdict up: m1=up m2=down",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }

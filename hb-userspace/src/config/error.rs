@@ -25,6 +25,16 @@ pub enum ConfigError {
         cause: toml::de::Error,
     },
     #[error(
+        "`actions`: action {action:?} runs on suspect or flapping, which stay each monitor's own view in a group (only up, down and left are group verdicts): remove those events from its `on`, or run the agent without [group]"
+    )]
+    GroupLocalEvent { action: String },
+    /// `[group]`: which key is wrong and how to fix it.
+    #[error("`group.{field}`: {problem}")]
+    Group {
+        field: &'static str,
+        problem: String,
+    },
+    #[error(
         "`interfaces` is empty: name at least one network interface, e.g. interfaces = [\"eth0\"], or pass --interface"
     )]
     NoInterfaces,

@@ -63,6 +63,7 @@ struct RawConfig {
     brake: BrakeConfig,
     actions: Vec<RawAction>,
     http: RawHttp,
+    group: Option<super::group::GroupConfig>,
 }
 
 impl Default for RawConfig {
@@ -88,6 +89,7 @@ impl Default for RawConfig {
             brake: c.brake,
             actions: Vec::new(),
             http: RawHttp::default(),
+            group: None,
         }
     }
 }
@@ -263,6 +265,7 @@ impl Config {
             brake: raw.brake,
             actions,
             http: raw.http.into_config()?,
+            group: raw.group,
             loaded_from: None,
         })
     }

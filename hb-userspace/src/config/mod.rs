@@ -10,6 +10,7 @@
 //! - `http`: the `[http]` section's parsing and checks (where the API
 //!   listens, and that it is never open to the network without a token).
 //! - `error`: [`ConfigError`], whose messages say how to fix the file.
+//! - `group`: the `[group]` section (etcd, names, TLS) and its checks.
 //! - `reload`: what a reload would change ([`reload_plan`]), or why it is
 //!   refused.
 //! - `example.toml`: the commented example, `hb example-config`.
@@ -22,6 +23,7 @@
 //! them from the file and re-exports them here.
 
 mod error;
+mod group;
 mod http;
 mod load;
 mod reload;
@@ -33,6 +35,7 @@ mod validate;
 
 pub use self::{
     error::ConfigError,
+    group::{DEFAULT_LEASE_TTL, DEFAULT_REQUEST_TIMEOUT, GroupConfig, MIN_LEASE_TTL},
     http::MAX_PER_NODE_METRICS,
     load::Overrides,
     reload::{NeedsRestart, ReloadPlan, ReloadRefused, reload_plan},

@@ -9,7 +9,8 @@
 //! `pass_heartbeats`, whether unauthenticated heartbeats are accepted),
 //! what the agent bound or opened at start (`status_socket`, `state_file`),
 //! and how the sweep thread was set up at start
-//! (`defaults.sweep_priority`, `defaults.lock_memory`).
+//! (`defaults.sweep_priority`, `defaults.lock_memory`), and `[group]` (the
+//! etcd session is opened at start).
 //! Everything else is reloadable, `[http] listen` included (the agent binds
 //! the new address before it lets go of the old one). Nodes are compared id
 //! by id (a range counts by id), without a string per ranged node and
@@ -122,6 +123,8 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
                 token_file,
                 per_node_metrics,
             },
+        // Needs a restart: the group's session is built at start.
+        group: _,
         loaded_from: _,
     } = new;
     let refused = needs_restart(running, new);
@@ -179,6 +182,17 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<NeedsRestart> {
             new,
         })
         .collect();
+    if running.group != new.group {
+        let describe = |g: &Option<super::GroupConfig>| match g {
+            Some(g) => format!("{g:?}"),
+            None => "none".to_owned(),
+        };
+        settings.push(NeedsRestart {
+            setting: "group",
+            running: describe(&running.group),
+            new: describe(&new.group),
+        });
+    }
     // Compared as the datapath applies it, described as written.
     if running.auth.unauthenticated() != new.auth.unauthenticated() {
         settings.push(NeedsRestart {

@@ -61,6 +61,9 @@ pub struct Config {
     pub brake: BrakeConfig,
     pub actions: Vec<ActionConfig>,
     pub http: HttpConfig,
+    /// Several monitors agreeing through etcd (`[group]`); none: this
+    /// monitor decides alone.
+    pub group: Option<super::group::GroupConfig>,
     /// The file this configuration was loaded from (by [`Config::load`]),
     /// re-read for the keys on SIGHUP.
     pub loaded_from: Option<PathBuf>,
@@ -90,6 +93,7 @@ impl Default for Config {
             brake: BrakeConfig::default(),
             actions: Vec::new(),
             http: HttpConfig::default(),
+            group: None,
             loaded_from: None,
         }
     }

@@ -54,7 +54,8 @@ impl Config {
             .settings()
             .check()
             .map_err(|problem| ConfigError::Brake { problem })?;
-        self.validate_actions()
+        self.validate_actions()?;
+        self.validate_group()
     }
 
     fn validate_detector(&self) -> Result<(), ConfigError> {

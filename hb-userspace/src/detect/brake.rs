@@ -409,6 +409,11 @@ impl Brake {
         self.held.len()
     }
 
+    /// Whether node `id`'s `down` actions are held.
+    pub fn is_held(&self, id: u32) -> bool {
+        self.held.contains_key(&id)
+    }
+
     /// How many nodes are in the recent silent set (the episode while
     /// engaged).
     pub fn silent(&self) -> usize {

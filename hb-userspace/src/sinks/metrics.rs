@@ -402,6 +402,12 @@ impl Metrics {
         }
     }
 
+    /// Registers the monitor group's series (`hb_group_*`); only an agent
+    /// with `[group]` has them.
+    pub fn register_group(&mut self) -> crate::group::GroupMetrics {
+        crate::group::GroupMetrics::register(&mut self.registry)
+    }
+
     /// A handle the action runner records finished runs with.
     pub fn actions(&self) -> ActionMetrics {
         self.actions.clone()

@@ -6,6 +6,10 @@
 //! log and the metrics: the agent logs it ([`log::sweep`], which reads the
 //! detector, under the sweep's lock), and the sweep thread records the
 //! [`metrics`] itself.
+//!
+//! In a monitor group ([`crate::group`]) the due actions become this
+//! monitor's opinions, published to the group; the actions run on the
+//! leader, for the group's verdicts ([`Sinks::act_for_group`]).
 
 pub mod actions;
 pub mod event_log;
@@ -36,6 +40,7 @@ use crate::{
         detector::{Detector, NodeState},
         sweep::{DueAction, SweepOutcome},
     },
+    group::{Decision, GroupHandle, Opinion},
     nodes::{NodeDirectory, NodeInfo},
 };
 
@@ -91,6 +96,9 @@ pub struct Sinks {
     pub metrics: Arc<Metrics>,
     pub actions: ActionRunner,
     pub saver: StateSaver,
+    /// The monitor group, if configured: due actions go there as opinions
+    /// instead of to `actions`.
+    pub group: Option<GroupHandle>,
 }
 
 impl Sinks {
@@ -113,7 +121,34 @@ impl Sinks {
             }
         }
         self.events.flush();
-        self.dispatch(outcome, &seqs, roster);
+        match &self.group {
+            Some(group) => group.opine(opinions(outcome)),
+            None => self.dispatch(outcome, &seqs, roster),
+        }
+    }
+
+    /// Runs the actions of incidents this monitor recorded as the group's
+    /// leader, in one call (batch actions run once). The event is the
+    /// group's verdict; the silence is this monitor's own view.
+    pub fn act_for_group(&self, decisions: &[Decision], roster: Roster<'_, '_>, now_ns: u64) {
+        let events: Vec<ActionEvent> = decisions
+            .iter()
+            .filter_map(|decision| {
+                let node = roster.nodes.get(decision.node_id)?;
+                let arrival = hb_common::table::seen::arrival_ns(roster.table.seen.get(node.id));
+                Some(ActionEvent {
+                    event: Event::of_state(decision.verdict.state())?,
+                    node_id: node.id,
+                    node_address: roster.address(&node).map(|a| a.to_string()),
+                    node_name: node.name.into_owned(),
+                    previous_state: decision.previous.state().name(),
+                    since_last_heartbeat: (arrival != 0)
+                        .then(|| Duration::from_nanos(now_ns.saturating_sub(arrival))),
+                    seq: 0,
+                })
+            })
+            .collect();
+        self.actions.dispatch_sweep(events);
     }
 
     /// Hands one sweep's due transitions to the action runner, in one call
@@ -195,6 +230,16 @@ impl Sinks {
         self.events.flush();
         self.saver.save_now(snapshot).await;
     }
+}
+
+/// What a sweep changes of this monitor's opinions in its group: the due
+/// actions' new states, suspicion left out (it stays local).
+fn opinions(outcome: &SweepOutcome) -> Vec<(u32, Opinion)> {
+    outcome
+        .actions
+        .iter()
+        .filter_map(|action| Some((action.node_id, Opinion::of_state(action.to)?)))
+        .collect()
 }
 
 /// The action event of one due transition; `None` for an unknown node or

@@ -431,3 +431,40 @@ fn promtool_accepts_the_prometheus_text() {
         );
     }
 }
+
+#[test]
+fn a_group_member_has_the_group_series() {
+    let mut metrics = Metrics::new(0);
+    let group = metrics.register_group();
+    group.quorum.set(1);
+    group.voters.set(3);
+    group.writes.inc_by(4);
+    group.incidents.inc();
+    let counters = counters();
+    let text = metrics
+        .encode(&scrape(&counters, None), Format::Prometheus)
+        .expect("encode");
+    for (name, kind) in [
+        ("hb_group_quorum", "gauge"),
+        ("hb_group_leader", "gauge"),
+        ("hb_group_members", "gauge"),
+        ("hb_group_voters", "gauge"),
+        ("hb_group_disputed_nodes", "gauge"),
+        ("hb_group_holding_down", "gauge"),
+        ("hb_group_etcd_writes_total", "counter"),
+        ("hb_group_etcd_write_ops_total", "counter"),
+        ("hb_group_incidents_total", "counter"),
+        ("hb_group_lease_losses_total", "counter"),
+    ] {
+        assert_family(&text, name, kind);
+    }
+    expect(&text, "hb_group_quorum", 1.0);
+    expect(&text, "hb_group_voters", 3.0);
+    expect(&text, "hb_group_etcd_writes_total", 4.0);
+    expect(&text, "hb_group_incidents_total", 1.0);
+    // An agent alone has none of them.
+    let alone = Metrics::new(0)
+        .encode(&scrape(&counters, None), Format::Prometheus)
+        .expect("encode");
+    assert!(!alone.contains("hb_group_"), "{alone}");
+}
