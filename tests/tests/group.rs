@@ -34,6 +34,11 @@ const LEASE_TTL: Duration = Duration::from_secs(2);
 const MARGIN: Duration = Duration::from_secs(3);
 /// From the agents' start to every node heard and a leader elected.
 const READY_WITHIN: Duration = Duration::from_secs(20);
+/// From a monitor losing etcd (cut off, or etcd's majority gone) to its
+/// status saying `quorum: false`. The agent promises it before its lease
+/// could expire at etcd (`lease_ttl` after its last keep-alive); the
+/// tests print the figure and leave slack for a loaded machine.
+const NO_QUORUM_WITHIN: Duration = Duration::from_secs(7);
 /// How long the group must stay silent to show it does not act: 10 times
 /// the timeout.
 const QUIET: Duration = Duration::from_secs(3);
@@ -246,7 +251,7 @@ fn without_a_group_every_monitor_runs_every_action() {
     monitors.sort();
     assert_eq!(monitors, ["m1", "m2", "m3"], "{}", lab.context());
     eprintln!(
-        "alone: `down node-1` run by {} after {detected:.2?} (timeout {:?})",
+        "alone: {} after {detected:.2?} (timeout {:?})",
         describe(&downs),
         TIMING.timeout()
     );
@@ -524,7 +529,7 @@ fn a_monitor_cut_off_from_etcd_never_acts() {
     let cut_at = Instant::now();
     lab.wait_until(
         |lab| lab.quorum(cut) == Some(false),
-        LEASE_TTL + MARGIN,
+        NO_QUORUM_WITHIN,
         &format!("{name} cut off from etcd to report no quorum"),
     )
     .must();
@@ -535,13 +540,16 @@ fn a_monitor_cut_off_from_etcd_never_acts() {
         "{}",
         lab.context()
     );
-    eprintln!("group: leader {name} cut off from etcd reports no quorum after {lost:.2?}");
+    eprintln!(
+        "group: leader {name} cut off from etcd reports no quorum after {lost:.2?} (lease_ttl \
+         {LEASE_TTL:?})"
+    );
 
     // The other two elect a leader once the cut-off one's lease expired,
     // and act once; the cut-off monitor, which still hears the nodes,
     // convicts node 1 locally and runs nothing.
     let crashed = lab.crash_node(1).must();
-    let limit = LEASE_TTL + TIMING.timeout() + MARGIN;
+    let limit = LEASE_TTL + TIMING.timeout() + Duration::from_secs(5);
     let (down, detected) = wait_run(&mut lab, "down", 1, mark, crashed, limit);
     assert_ne!(
         down.monitor,
@@ -601,7 +609,7 @@ fn without_an_etcd_majority_nobody_acts_and_then_once() {
     let stopped = Instant::now();
     lab.wait_until(
         |lab| (1..=MONITORS).all(|i| lab.quorum(i) == Some(false)),
-        LEASE_TTL + MARGIN,
+        NO_QUORUM_WITHIN,
         "every monitor to report no quorum",
     )
     .must();
