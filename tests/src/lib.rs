@@ -24,6 +24,10 @@
 //! - [`etcd`]: a real etcd cluster, one member per namespace joined by a
 //!   bridge, whose members can be killed, restarted and cut off
 //!   ([`EtcdCluster`]);
+//! - [`group`]: three monitors, each an etcd member and an agent, and
+//!   nodes sending to all three, with the faults of a monitor group: node
+//!   crashes, killed agents, monitors cut off from the nodes or from etcd
+//!   ([`GroupLab`]);
 //! - [`soak`]: a fleet with loss and pauses, the agent killed and restarted
 //!   throughout, checked against the load generator's ground truth (the
 //!   bench phase `soak` and its shortened test).
@@ -33,6 +37,7 @@ pub mod config;
 pub mod error;
 pub mod etcd;
 pub mod events;
+pub mod group;
 pub mod haproxy;
 pub mod hog;
 pub mod http;
@@ -50,6 +55,7 @@ pub use config::{ConfigOptions, TempDir, TestConfig, Timing};
 pub use error::{Error, Result};
 pub use etcd::EtcdCluster;
 pub use events::{Event, wait_for_event, wait_for_line};
+pub use group::{GroupLab, GroupLabOptions, GroupSettings, Run};
 pub use hog::{Hog, Hogs, Policy};
 pub use keys::TestKey;
 pub use lab::{Lab, Node, unique_prefix};
