@@ -135,6 +135,15 @@ fn apply(agent: &mut Agent, prepared: Prepared) {
         }
         sweep.brake_mut().set_settings(brake_settings);
     });
+    if let Some(group) = &agent.sinks.group {
+        // A forgotten node is no longer this monitor's to hold down.
+        group.opine(
+            plan.removed
+                .iter()
+                .map(|&id| (id, crate::group::Opinion::Up))
+                .collect(),
+        );
+    }
     agent.shared.set_period(config.defaults.sweep_period);
     agent.sweeper.wake();
     agent.sinks.actions.set_actions(config.actions.clone());
