@@ -5,9 +5,10 @@
 //! 1. hold a lease ([`lease`]), granted again if etcd lost it;
 //! 2. mirror the group's keys into the [`Ballot`]: one read of the prefix,
 //!    then a watch from the revision after it (read again after any gap);
-//! 3. publish this monitor's membership and the difference between the
-//!    opinions it holds and those it published, in transactions of at most
-//!    [`MAX_TXN_OPS`] operations (etcd's default `--max-txn-ops`);
+//! 3. publish the difference between the opinions this monitor holds and
+//!    those it published, in transactions of at most [`MAX_TXN_OPS`]
+//!    operations (etcd's default `--max-txn-ops`), then its membership
+//!    (voting once `join_after` has passed);
 //! 4. campaign (etcd's election API) once it votes;
 //! 5. as leader, record each incident the ballot finds due, fenced on its
 //!    election key and on the incident key's revision, then hand the
@@ -213,11 +214,13 @@ impl Worker {
         if self.watch.is_none() {
             self.sync().await?;
         }
+        // Opinions first: a monitor's vote never counts before its
+        // opinions are there (a restarted one would briefly vote up).
+        self.publish_opinions().await?;
         let voting = Instant::now() >= self.votes_from;
         if self.member_published != Some(voting) {
             self.publish_membership(voting).await?;
         }
-        self.publish_opinions().await?;
         if voting && self.leading.is_none() && self.campaign.is_none() {
             self.start_campaign();
         }

@@ -134,7 +134,14 @@ impl Sinks {
         let events: Vec<ActionEvent> = decisions
             .iter()
             .filter_map(|decision| {
-                let node = roster.nodes.get(decision.node_id)?;
+                let Some(node) = roster.nodes.get(decision.node_id) else {
+                    tracing::warn!(
+                        node_id = decision.node_id,
+                        "the group's verdict is about a node this monitor does not know: no \
+                         action runs for it (do the group's monitors watch the same nodes?)"
+                    );
+                    return None;
+                };
                 let arrival = hb_common::table::seen::arrival_ns(roster.table.seen.get(node.id));
                 Some(ActionEvent {
                     event: Event::of_state(decision.verdict.state())?,
