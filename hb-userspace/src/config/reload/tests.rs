@@ -60,6 +60,10 @@ fn every_setting_built_into_the_datapath_or_bound_at_start_needs_a_restart() {
             "defaults.sweep_priority",
         ),
         ("[defaults]\nlock_memory = true\n", "defaults.lock_memory"),
+        (
+            "[group]\nname = \"g\"\nmonitor = \"m1\"\nendpoints = [\"http://10.0.0.1:2379\"]\n",
+            "group",
+        ),
     ] {
         let err = refused("", change);
         assert_eq!(err.settings.len(), 1, "{change}: {err}");
