@@ -224,6 +224,17 @@ impl Worker {
         if voting && self.leading.is_none() && self.campaign.is_none() {
             self.start_campaign();
         }
+        // Only once the mirror has seen the revision the key was made at.
+        let key_gone = self.leading.as_ref().is_some_and(|leading| {
+            self.ballot.revision >= leading.rev()
+                && !self
+                    .ballot
+                    .has_candidate(&String::from_utf8_lossy(leading.key()))
+        });
+        if key_gone {
+            tracing::warn!("no longer the group's leader: its election key is gone");
+            self.leading = None;
+        }
         if self.leading.is_some() {
             self.record_incidents().await?;
         }
