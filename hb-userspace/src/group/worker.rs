@@ -30,6 +30,7 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     LeaderKey, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
+use futures_util::FutureExt as _;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -46,6 +47,10 @@ use crate::{clock, config::GroupConfig};
 /// etcd's default `--max-txn-ops`: no transaction of ours has more
 /// operations (or comparisons) than this.
 pub const MAX_TXN_OPS: usize = 128;
+/// HTTP/2 pings on idle etcd connections: etcd's servers drop clients
+/// that ping more often than `--grpc-keepalive-min-time` (5 s by default)
+/// with "too many pings", which cancels the campaign and the watch.
+const HTTP2_PING_EVERY: Duration = Duration::from_secs(10);
 /// After a failed request, the loop tries again this much later.
 const RETRY: Duration = Duration::from_millis(250);
 
@@ -169,7 +174,14 @@ impl Worker {
                     }
                     None => break,
                 },
-                message = next_message(&mut self.watch) => self.watched(message),
+                message = next_message(&mut self.watch) => {
+                    self.watched(message);
+                    // Everything the watch already holds, before writing:
+                    // a leader acts on the latest opinions, in one record.
+                    while let Some(more) = self.watch.as_mut().and_then(|w| w.message().now_or_never()) {
+                        self.watched(more);
+                    }
+                }
                 () = lease_news(&mut self.held) => {}
                 done = campaign_done(&mut self.campaign) => {
                     self.campaign = None;
@@ -490,6 +502,8 @@ impl Worker {
             self.config.monitor.clone(),
             self.lease_id(),
         );
+        // The candidate's key is etcd's one write of the campaign.
+        self.count_write(1);
         self.campaign = Some(tokio::spawn(async move {
             let mut won = election.campaign(name, monitor, lease).await?;
             Ok(won.take_leader())
@@ -748,7 +762,7 @@ impl Worker {
 fn connect_options(config: &GroupConfig) -> anyhow::Result<ConnectOptions> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(config.request_timeout)
-        .with_keep_alive(config.request_timeout, config.request_timeout)
+        .with_keep_alive(HTTP2_PING_EVERY, config.request_timeout)
         .with_require_leader(true);
     if config.uses_tls() {
         let mut tls = TlsOptions::new();
