@@ -21,8 +21,8 @@
 //!   could have expired at etcd, shows `no quorum`, and runs nothing.
 //!
 //! [`keys`] lays the keys out, [`ballot`] mirrors them and holds the
-//! verdict rule, [`lease`] keeps the lease and the deadline it gives, and
-//! [`worker`] does the talking to etcd.
+//! verdict rule, `lease` keeps the lease and the deadline it gives, and
+//! `worker` does the talking to etcd.
 
 pub mod ballot;
 pub mod keys;
