@@ -5,7 +5,8 @@
 //! compute, [`admission`] the checks a heartbeat passes before it is
 //! recorded, [`table`] the per-node record the datapath writes, [`counters`]
 //! the per-packet outcome counters, [`globals`] the names of the XDP
-//! program's load-time constants and maps.
+//! program's load-time constants and maps, [`probe`] the ICMP echo probes
+//! and the replies the XDP program records.
 //! Every shared struct is `#[repr(C)]` with no implicit padding and a size
 //! assertion, so a layout change is a compile error on both sides.
 #![no_std]
@@ -14,6 +15,7 @@ pub mod admission;
 pub mod auth;
 pub mod counters;
 pub mod globals;
+pub mod probe;
 pub mod siphash;
 pub mod table;
 pub mod wire;
