@@ -4,7 +4,10 @@
 //! (why) and exactly one *verdict* counter (what), so
 //! `sum(outcomes) == passed + dropped == packets seen`. Outcomes after
 //! `malformed` are well-formed heartbeats that were refused, one counter per
-//! reason, in the order the checks are made.
+//! reason, in the order the checks are made. The `probe_*` outcomes are the
+//! same for ICMP echo replies carrying hb's identifier ([`crate::probe`]):
+//! they come last, after the verdicts, so the heartbeat counters keep their
+//! indices.
 //!
 //! The XDP program keeps them in one [`CounterBlock`] per CPU (`HB_COUNTERS`
 //! has a single entry): one map lookup per packet for both counters.
@@ -43,11 +46,28 @@ pub enum Counter {
     Passed = 9,
     /// Verdict: the packet was consumed (XDP_DROP).
     Dropped = 10,
+    /// An echo reply with hb's identifier whose data is not an hb probe
+    /// (wrong length, magic, version or reserved bytes): passed on
+    /// untouched.
+    ProbeMalformed = 11,
+    /// A probe reply with the right tag, of a configured node, whose
+    /// sequence advanced: recorded.
+    ProbeAccepted = 12,
+    /// A probe reply whose tag is wrong: forged, corrupted, tagged under
+    /// another secret (an earlier start's), or from another address than
+    /// the one probed. Not recorded.
+    ProbeBadTag = 13,
+    /// A probe reply whose node id is not configured (or beyond
+    /// `max_nodes`). Not recorded.
+    ProbeUnknownNode = 14,
+    /// A probe reply whose sequence does not move forward: a duplicate,
+    /// reordered or replayed reply. Not recorded.
+    ProbeReplay = 15,
 }
 
 impl Counter {
     /// Number of counters (the size of the per-CPU array).
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 16;
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Accepted,
@@ -61,6 +81,11 @@ impl Counter {
         Counter::Replay,
         Counter::Passed,
         Counter::Dropped,
+        Counter::ProbeMalformed,
+        Counter::ProbeAccepted,
+        Counter::ProbeBadTag,
+        Counter::ProbeUnknownNode,
+        Counter::ProbeReplay,
     ];
 
     /// The counter's name as shown by `hb status`.
@@ -77,6 +102,11 @@ impl Counter {
             Counter::Replay => "replay",
             Counter::Passed => "passed",
             Counter::Dropped => "dropped",
+            Counter::ProbeMalformed => "probe_malformed",
+            Counter::ProbeAccepted => "probe_accepted",
+            Counter::ProbeBadTag => "probe_bad_tag",
+            Counter::ProbeUnknownNode => "probe_unknown_node",
+            Counter::ProbeReplay => "probe_replay",
         }
     }
 
@@ -88,10 +118,21 @@ impl Counter {
     /// True for the outcomes of a well-formed heartbeat (recorded or
     /// refused): the packets the datapath consumes unless told to pass them.
     pub const fn is_heartbeat(self) -> bool {
-        !matches!(
-            self,
-            Counter::NotHeartbeat | Counter::Malformed | Counter::Passed | Counter::Dropped
-        )
+        (self as u32) < Counter::Passed as u32
+            && !matches!(self, Counter::NotHeartbeat | Counter::Malformed)
+    }
+
+    /// True for the outcomes of an echo reply carrying hb's identifier.
+    pub const fn is_probe(self) -> bool {
+        self as u32 >= Counter::ProbeMalformed as u32
+    }
+
+    /// True for the outcomes of a well-formed probe reply (recorded or
+    /// refused): always consumed (XDP_DROP), since hb sent the request and
+    /// no one else waits for the reply.
+    #[inline(always)]
+    pub const fn is_consumed_probe(self) -> bool {
+        self as u32 >= Counter::ProbeAccepted as u32
     }
 }
 
@@ -143,6 +184,23 @@ mod tests {
     fn all_is_in_index_order() {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index);
+        }
+    }
+
+    #[test]
+    fn outcome_kinds_partition_the_counters() {
+        for counter in Counter::ALL {
+            let kinds = [
+                counter.is_heartbeat(),
+                counter.is_probe(),
+                !counter.is_outcome(),
+                matches!(counter, Counter::NotHeartbeat | Counter::Malformed),
+            ];
+            assert_eq!(kinds.iter().filter(|k| **k).count(), 1, "{counter:?}");
+            assert_eq!(
+                counter.is_consumed_probe(),
+                counter.is_probe() && counter != Counter::ProbeMalformed
+            );
         }
     }
 

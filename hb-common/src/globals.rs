@@ -23,6 +23,14 @@ pub const COUNTERS_MAP: &str = "HB_COUNTERS";
 /// id, [`crate::auth::KEY_SLOTS`] entries, written by the agent at start and
 /// on reload.
 pub const KEYS_MAP: &str = "HB_KEYS";
+/// The per-node sequence of the last recorded probe reply: a
+/// `BPF_F_MMAPABLE` array of `u64` indexed by node id, sized to `max_nodes`
+/// (see [`crate::probe`]); cleared by the agent when it installs a new
+/// probe secret.
+pub const PROBES_MAP: &str = "HB_PROBES";
+/// The probe secret and hb's echo identifier: one
+/// [`crate::probe::ProbeSecret`], written by the agent.
+pub const PROBE_KEY_MAP: &str = "HB_PROBE_KEY";
 /// The name of the XDP program in the object file.
 pub const PROGRAM: &str = "hb_xdp";
 /// A test-only XDP program, never attached: computes SipHash-2-4 with the
@@ -57,4 +65,8 @@ pub const FLOOR_LOOKUP_PROGRAM: &str = "hb_floor_lookup";
 /// 2: the interval words moved into `HB_NODES` (`HB_INTERVALS` is gone),
 /// `HB_COUNTERS` is one [`crate::counters::CounterBlock`] per CPU, and
 /// `HB_KEYS` holds [`crate::auth::KeyState`]s instead of keys.
-pub const LAYOUT_VERSION: u32 = 2;
+///
+/// 3: probe replies: `HB_PROBES` and `HB_PROBE_KEY` are new, `HB_COUNTERS`
+/// has the `probe_*` counters in its slots 11 to 15, and
+/// [`crate::table::SLOT_PROBED_LAST`] is a new slot flag.
+pub const LAYOUT_VERSION: u32 = 3;

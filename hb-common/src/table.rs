@@ -33,6 +33,11 @@ pub const SLOT_PINNED: u8 = 1 << 1;
 /// heartbeats are refused, so a node cannot be downgraded to forgeable
 /// heartbeats, even where unauthenticated ones are accepted.
 pub const SLOT_AUTHENTICATED: u8 = 1 << 2;
+/// [`NodeRecord::slot_flags`], written by the datapath: the node's seen word
+/// was last moved by a probe reply ([`crate::probe`]), not by a heartbeat.
+/// Set when a probe reply is recorded, cleared when a heartbeat is: what
+/// lets status say which source last refreshed a node that has both.
+pub const SLOT_PROBED_LAST: u8 = 1 << 3;
 
 /// The seen word: when a node's last accepted heartbeat arrived, and whether
 /// it was a graceful leave, in one `u64` the kernel writes with one store.
@@ -199,7 +204,8 @@ pub struct NodeRecord {
     /// [`crate::wire::flags`] of the last accepted heartbeat (e.g. LEAVE).
     pub heartbeat_flags: u8,
     /// [`SLOT_CONFIGURED`] and [`SLOT_PINNED`] (written by the agent),
-    /// [`SLOT_AUTHENTICATED`] (written by the datapath).
+    /// [`SLOT_AUTHENTICATED`] and [`SLOT_PROBED_LAST`] (written by the
+    /// datapath).
     pub slot_flags: u8,
 }
 
@@ -272,8 +278,15 @@ impl NodeRecord {
         self.slot_flags & SLOT_AUTHENTICATED != 0
     }
 
+    /// Whether the node's seen word was last moved by a probe reply rather
+    /// than a heartbeat.
+    pub const fn probed_last(&self) -> bool {
+        self.slot_flags & SLOT_PROBED_LAST != 0
+    }
+
     /// Records an admitted heartbeat (see [`crate::admission::admit`]) that
-    /// came from `src_addr`, `src_port`. The caller then writes the seen word.
+    /// came from `src_addr`, `src_port`, and clears [`SLOT_PROBED_LAST`].
+    /// The caller then writes the seen word.
     #[inline(always)]
     pub fn record(
         &mut self,
@@ -290,9 +303,12 @@ impl NodeRecord {
         self.interval_ms = heartbeat.interval_ms();
         self.heartbeat_flags = heartbeat.flags;
         self.heartbeats += 1;
-        if authenticated {
-            self.slot_flags |= SLOT_AUTHENTICATED;
-        }
+        let flags = self.slot_flags & !SLOT_PROBED_LAST;
+        self.slot_flags = if authenticated {
+            flags | SLOT_AUTHENTICATED
+        } else {
+            flags
+        };
     }
 
     /// Whether (incarnation, sequence) moves forward from this record: a new

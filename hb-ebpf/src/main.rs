@@ -15,9 +15,21 @@
 //! passed on untouched. Each packet bumps one outcome and one verdict
 //! counter, at a single exit point, with one lookup of its CPU's counters.
 //!
+//! Probe replies ([`hb_common::probe`]): an ICMP echo reply (ICMPv6 129)
+//! with code 0 whose identifier is hb's (`HB_PROBE_KEY`, written by the
+//! agent with the probe secret) is checked like a heartbeat: exact data
+//! length and header (`probe_malformed`, passed), the tag under the probe
+//! secret over the reply's source address (`probe_bad_tag`), a configured
+//! node (`probe_unknown_node`), a sequence above the node's last recorded
+//! one in `HB_PROBES` (`probe_replay`); then the node's seen word gets the
+//! arrival time and its slot the `SLOT_PROBED_LAST` flag, and the reply is
+//! consumed whatever the verdict. Every other ICMP packet is passed on as
+//! `not_heartbeat`.
+//!
 //! Per accepted heartbeat: three array lookups (node slot, seen word,
 //! counters; four with the key state of an authenticated one), one clock
-//! read.
+//! read. Per accepted probe reply: five (secret, node slot, probe sequence,
+//! seen word, counters), one clock read.
 #![no_std]
 #![no_main]
 
@@ -34,10 +46,11 @@ use hb_common::{
     admission::{Unauthenticated, admit},
     auth::{KEY_SLOTS, KeyState},
     counters::{Counter, CounterBlock},
-    table::{NodeSlot, intervals, seen},
+    probe::{ICMP_ECHO_REPLY, PROBE_LEN, ProbeSecret, RawProbe},
+    table::{NodeSlot, SLOT_PROBED_LAST, intervals, seen},
     wire::{DEFAULT_PORT, HEARTBEAT_LEN, RawHeartbeat},
 };
-use hb_ebpf::parse::{ParseError, UDP_HLEN, parse_udp, ptr_at};
+use hb_ebpf::parse::{IcmpPacket, ParseError, Transport, UDP_HLEN, parse, ptr_at};
 
 /// UDP destination port of heartbeats (host byte order); set at load time.
 #[unsafe(no_mangle)]
@@ -67,6 +80,17 @@ static HB_SEEN: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
 #[map]
 static HB_NODES: Array<NodeSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
 
+/// The sequence of the last recorded probe reply, indexed by node id;
+/// resized to `max_nodes` at load time and memory-mapped by the agent (which
+/// clears it when it installs a new probe secret).
+#[map]
+static HB_PROBES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE as u32);
+
+/// hb's echo identifier and the probe secret's SipHash state: one entry,
+/// written by the agent; all zero until it is (no ICMP packet is hb's).
+#[map]
+static HB_PROBE_KEY: Array<ProbeSecret> = Array::with_max_entries(1, 0);
+
 /// Outcome and verdict counters: one entry, a block of every counter per
 /// CPU.
 #[map]
@@ -83,7 +107,9 @@ pub fn hb_xdp(ctx: XdpContext) -> u32 {
     // same.
     #[cfg(hb_variant)]
     debug!(&ctx, "hb_xdp: the variant build");
-    let verdict = if outcome.is_heartbeat() && HB_PASS_HEARTBEATS.load() == 0 {
+    let verdict = if outcome.is_consumed_probe()
+        || (outcome.is_heartbeat() && HB_PASS_HEARTBEATS.load() == 0)
+    {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -105,8 +131,9 @@ pub fn hb_xdp(ctx: XdpContext) -> u32 {
 /// Decides what a packet is and, for an accepted heartbeat, records it.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Counter {
-    let udp = match parse_udp(ctx) {
-        Ok(udp) => udp,
+    let udp = match parse(ctx) {
+        Ok(Transport::Udp(udp)) => udp,
+        Ok(Transport::Icmp(icmp)) => return probe_reply(&icmp, ctx),
         Err(ParseError::Truncated | ParseError::NotUdp) => return Counter::NotHeartbeat,
     };
     if udp.dst_port != HB_UDP_PORT.load() {
@@ -183,6 +210,66 @@ fn classify(ctx: &XdpContext) -> Counter {
         *seen_word = seen::word(arrival, heartbeat.is_leave());
     }
     Counter::Accepted
+}
+
+/// Decides what an ICMP packet is and, for an accepted probe reply, records
+/// it. Out of line: the heartbeat path stays as it was.
+#[inline(never)]
+fn probe_reply(icmp: &IcmpPacket, ctx: &XdpContext) -> Counter {
+    // Echo replies of both families are type 0 here (see `IcmpPacket`).
+    if icmp.icmp_type != ICMP_ECHO_REPLY || icmp.code != 0 {
+        return Counter::NotHeartbeat;
+    }
+    let Some(secret) = HB_PROBE_KEY.get(0) else {
+        return Counter::NotHeartbeat;
+    };
+    if !secret.matches(icmp.identifier) {
+        return Counter::NotHeartbeat;
+    }
+    if icmp.payload_len != PROBE_LEN {
+        return Counter::ProbeMalformed;
+    }
+    let Ok(probe) = ptr_at::<RawProbe>(ctx, icmp.payload_offset) else {
+        return Counter::ProbeMalformed;
+    };
+    // SAFETY: ptr_at checked that the whole data lies inside the packet;
+    // RawProbe has alignment 1 and every bit pattern is valid.
+    let probe = unsafe { &*probe };
+    if !probe.is_well_formed() {
+        return Counter::ProbeMalformed;
+    }
+    if !secret.verify(probe, &icmp.src_addr) {
+        return Counter::ProbeBadTag;
+    }
+    let node_id = probe.node_id();
+    let (Some(slot), Some(last), Some(seen_word)) = (
+        HB_NODES.get_ptr_mut(node_id),
+        HB_PROBES.get_ptr_mut(node_id),
+        HB_SEEN.get_ptr_mut(node_id),
+    ) else {
+        return Counter::ProbeUnknownNode;
+    };
+    // SAFETY: the pointers came from successful array lookups; the agent
+    // only reads the slots and the sequences while the program runs (it
+    // clears the sequences when it installs a new secret).
+    let (record, last) = unsafe { (&mut (*slot).record, &mut *last) };
+    if !record.is_configured() {
+        return Counter::ProbeUnknownNode;
+    }
+    let sequence = probe.sequence();
+    if sequence <= *last {
+        return Counter::ProbeReplay;
+    }
+    // SAFETY: a BPF helper with no arguments.
+    let arrival = unsafe { bpf_ktime_get_ns() };
+    *last = sequence;
+    record.slot_flags |= SLOT_PROBED_LAST;
+    // SAFETY: the seen word pointer came from a successful lookup. Written
+    // last. A probe reply is never a leave.
+    unsafe {
+        *seen_word = seen::word(arrival, false);
+    }
+    Counter::ProbeAccepted
 }
 
 #[cfg(not(test))]

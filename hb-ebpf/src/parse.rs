@@ -1,5 +1,6 @@
 //! Bounds-checked packet parsing: Ethernet (with up to [`VLAN_MAX_DEPTH`]
-//! VLAN tags), IPv4 or IPv6, then UDP. Each step checks
+//! VLAN tags), IPv4 or IPv6, then UDP, or ICMP / ICMPv6 (for probe
+//! replies). Each step checks
 //! `offset + size_of::<T>() <= data_end` before it reads, so the verifier can
 //! prove every access safe and a short packet is an `Err`, never a fault.
 
@@ -12,11 +13,15 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 pub const UDP_HLEN: usize = 8;
+/// An ICMP / ICMPv6 echo header: type, code, checksum, identifier, sequence.
+pub const ICMP_ECHO_HLEN: usize = 8;
 /// At most this many stacked VLAN tags (802.1Q, 802.1ad/QinQ) are skipped.
 pub const VLAN_MAX_DEPTH: usize = 2;
 /// Bytes 8..12 of an IPv4-mapped IPv6 address (`0 0 ff ff`), as the low
@@ -25,15 +30,43 @@ const V4_MAPPED_HIGH: u64 = 0xffff_0000;
 /// IPv4 "more fragments" flag and fragment offset bits.
 const IPV4_FRAGMENT_MASK: u16 = 0x3FFF;
 
-/// Why a packet could not be parsed as UDP.
+/// Why a packet could not be parsed as UDP or ICMP.
 pub enum ParseError {
     /// The packet ends before the header being read.
     Truncated,
-    /// Not IPv4/IPv6 over Ethernet, not UDP, an IPv4 fragment, a bad IHL,
-    /// too many VLAN tags or an IPv6 packet from an IPv4-mapped address: not
-    /// something hb looks at.
+    /// Not IPv4/IPv6 over Ethernet, neither UDP nor ICMP (ICMPv6 over IPv6),
+    /// an IPv4 fragment, a bad IHL, too many VLAN tags or an IPv6 packet
+    /// from an IPv4-mapped address: not something hb looks at.
     NotUdp,
 }
+
+/// What [`parse`] found after the IP header.
+pub enum Transport {
+    Udp(UdpPacket),
+    Icmp(IcmpPacket),
+}
+
+/// The parts of an ICMP (IPv4) or ICMPv6 (IPv6, as the first next header)
+/// message hb needs: enough to recognise an echo reply.
+pub struct IcmpPacket {
+    /// Offset of the echo data (after the 8-byte echo header).
+    pub payload_offset: usize,
+    /// Bytes after the 8-byte header by the IP length field (0 if shorter);
+    /// the packet itself may be shorter (`ptr_at` checks).
+    pub payload_len: usize,
+    /// ICMP type; for ICMPv6 its type minus [`ICMPV6_TYPE_SHIFT`], so that an
+    /// echo reply is type 0 for both families.
+    pub icmp_type: u8,
+    pub code: u8,
+    /// The echo identifier, host byte order.
+    pub identifier: u16,
+    /// Source address: IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+    pub src_addr: [u8; 16],
+}
+
+/// ICMPv6's echo reply (129) is ICMP's (0) plus this: [`IcmpPacket::icmp_type`]
+/// subtracts it for ICMPv6 (wrapping), so one comparison recognises both.
+pub const ICMPV6_TYPE_SHIFT: u8 = 129;
 
 /// The parts of a UDP packet hb needs.
 pub struct UdpPacket {
@@ -73,9 +106,10 @@ fn read_u8(ctx: &XdpContext, offset: usize) -> Result<u8, ParseError> {
     Ok(unsafe { *byte })
 }
 
-/// Parses Ethernet / VLAN / IP / UDP headers.
+/// Parses Ethernet / VLAN / IP headers, then a UDP header or an ICMP echo
+/// header.
 #[inline(always)]
-pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
+pub fn parse(ctx: &XdpContext) -> Result<Transport, ParseError> {
     let mut offset = ETH_HLEN;
     let mut ether_type = read_be16(ctx, ETH_HLEN - 2)?;
     for _ in 0..VLAN_MAX_DEPTH {
@@ -90,6 +124,9 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
     // The source address as the two little-endian words of its 16 bytes:
     // built and compared whole, not byte by byte.
     let (src_low, src_high): (u64, u64);
+    // For ICMP: the IP payload length and the family's type shift; None
+    // for UDP.
+    let mut icmp: Option<(usize, u8)> = None;
     match ether_type {
         ETH_P_IPV4 => {
             let version_ihl = read_u8(ctx, offset)?;
@@ -100,8 +137,13 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
             // Bound the fixed header; options are skipped by `ihl`, and the
             // UDP header read below is bounds-checked at the offset it gives.
             ptr_at::<[u8; IPV4_MIN_HLEN]>(ctx, offset)?;
-            if read_u8(ctx, offset + 9)? != IPPROTO_UDP {
-                return Err(ParseError::NotUdp);
+            let protocol = read_u8(ctx, offset + 9)?;
+            if protocol != IPPROTO_UDP {
+                if protocol != IPPROTO_ICMP {
+                    return Err(ParseError::NotUdp);
+                }
+                let total = usize::from(read_be16(ctx, offset + 2)?);
+                icmp = Some((total.saturating_sub(ihl), 0));
             }
             if read_be16(ctx, offset + 6)? & IPV4_FRAGMENT_MASK != 0 {
                 return Err(ParseError::NotUdp);
@@ -119,9 +161,15 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
             if read_u8(ctx, offset)? >> 4 != 6 {
                 return Err(ParseError::NotUdp);
             }
-            // Extension headers are not walked: a heartbeat's next header is UDP.
-            if read_u8(ctx, offset + 6)? != IPPROTO_UDP {
-                return Err(ParseError::NotUdp);
+            // Extension headers are not walked: a heartbeat's next header is
+            // UDP, a probe reply's ICMPv6.
+            let next_header = read_u8(ctx, offset + 6)?;
+            if next_header != IPPROTO_UDP {
+                if next_header != IPPROTO_ICMPV6 {
+                    return Err(ParseError::NotUdp);
+                }
+                let payload = usize::from(read_be16(ctx, offset + 4)?);
+                icmp = Some((payload, ICMPV6_TYPE_SHIFT));
             }
             let saddr: *const [[u8; 8]; 2] = ptr_at(ctx, offset + 8)?;
             // SAFETY: ptr_at checked the bounds.
@@ -139,16 +187,31 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<UdpPacket, ParseError> {
     }
     let src_addr = (u128::from(src_high) << 64 | u128::from(src_low)).to_le_bytes();
 
+    if let Some((ip_payload_len, type_shift)) = icmp {
+        // The whole echo header must be there.
+        let header: *const [u8; ICMP_ECHO_HLEN] = ptr_at(ctx, offset)?;
+        // SAFETY: ptr_at checked the bounds.
+        let header = unsafe { *header };
+        return Ok(Transport::Icmp(IcmpPacket {
+            payload_offset: offset + ICMP_ECHO_HLEN,
+            payload_len: ip_payload_len.saturating_sub(ICMP_ECHO_HLEN),
+            icmp_type: header[0].wrapping_sub(type_shift),
+            code: header[1],
+            identifier: u16::from_be_bytes([header[4], header[5]]),
+            src_addr,
+        }));
+    }
+
     // The whole 8-byte UDP header must be there: a packet cut inside it is
     // not a heartbeat, whatever its ports say.
     let udp: *const [u8; UDP_HLEN] = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked the bounds.
     let udp = unsafe { *udp };
-    Ok(UdpPacket {
+    Ok(Transport::Udp(UdpPacket {
         payload_offset: offset + UDP_HLEN,
         src_port: u16::from_be_bytes([udp[0], udp[1]]),
         dst_port: u16::from_be_bytes([udp[2], udp[3]]),
         udp_len: u16::from_be_bytes([udp[4], udp[5]]),
         src_addr,
-    })
+    }))
 }

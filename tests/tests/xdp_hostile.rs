@@ -73,7 +73,9 @@ fn hostile_sample_never_changes_the_table_without_a_valid_tag() {
             count.packets
         );
     }
-    for counter in Counter::ALL {
+    // No probe secret is installed here (every ICMP packet is not hb's):
+    // `xdp_probe.rs` exercises the probe outcomes.
+    for counter in Counter::ALL.into_iter().filter(|c| !c.is_probe()) {
         assert!(
             report.counters[counter.name()] >= AT_LEAST,
             "counter {} moved only {} times",

@@ -69,6 +69,7 @@ fn render_counters(out: &mut String, counters: &BTreeMap<String, u64>) {
     line(out, "refused:", &|c| {
         c.is_heartbeat() && c != Counter::Accepted
     });
+    line(out, "probes:", &|c| c.is_probe());
     line(out, "verdicts:", &|c| !c.is_outcome());
 }
 
@@ -355,6 +356,8 @@ mod tests {
             "refused:  unauthenticated=3 unknown_key=4 bad_tag=5 unknown_node=6 wrong_source=7 \
              replay=8",
             "verdicts: passed=9 dropped=10",
+            "probes:   probe_malformed=11 probe_accepted=12 probe_bad_tag=13 \
+             probe_unknown_node=14 probe_replay=15",
             "auth: key ids 2 (current) and 1 (previous); heartbeats without a tag refused",
             "signed,pinned",
             "1002.0±5.0ms",

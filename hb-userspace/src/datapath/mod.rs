@@ -17,7 +17,9 @@ pub mod socket;
 pub mod table;
 pub mod xdp;
 
-use hb_common::{admission::Unauthenticated, auth::KeySlots, counters::CounterValues};
+use hb_common::{
+    admission::Unauthenticated, auth::KeySlots, counters::CounterValues, siphash::Key,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -78,6 +80,8 @@ pub enum DatapathError {
     Xdp(#[from] XdpError),
     #[error(transparent)]
     Socket(#[from] SocketError),
+    #[error("{what} is not supported with datapath = socket (it needs the XDP datapath)")]
+    NotSupported { what: &'static str },
 }
 
 /// An interface heartbeats are received on, and how.
@@ -169,6 +173,20 @@ impl Datapath {
                 socket.set_keys(keys);
                 Ok(())
             }
+        }
+    }
+
+    /// Installs hb's ICMP echo identifier and the probe secret the XDP
+    /// program checks probe replies with (see `hb_common::probe`), and
+    /// clears the nodes' last probe sequences. XDP only: the socket
+    /// datapath never sees ICMP and refuses. Used by nothing but the tests
+    /// yet: the agent's prober (issue 15, step 2) will call it at start.
+    pub fn set_probe_secret(&mut self, identifier: u16, key: &Key) -> Result<(), DatapathError> {
+        match self {
+            Datapath::Xdp { datapath, .. } => Ok(datapath.set_probe_secret(identifier, key)?),
+            Datapath::Socket(_) => Err(DatapathError::NotSupported {
+                what: "probe replies recorded by the datapath (ICMP probes)",
+            }),
         }
     }
 

@@ -9,7 +9,7 @@
 //!
 //! | pin | what |
 //! |---|---|
-//! | `layout-<N>/HB_SEEN`, `HB_NODES`, `HB_COUNTERS`, `HB_KEYS` | the maps; `N` is [`LAYOUT_VERSION`], bumped whenever a map or a value layout changes |
+//! | `layout-<N>/HB_SEEN`, `HB_NODES`, `HB_COUNTERS`, `HB_KEYS`, `HB_PROBES`, `HB_PROBE_KEY` | the maps; `N` is [`LAYOUT_VERSION`], bumped whenever a map or a value layout changes |
 //! | `program-<digest>` | the loaded XDP program; the digest is SipHash (fixed key) over the object and its load-time settings, so a changed binary or setting is a different name |
 //! | `link-<mode>-<ifname>` | one bpf_link per attached interface, `mode` `native` or `generic` (so a restarted agent can report it) |
 //!
@@ -55,11 +55,13 @@ const LOCK_GRACE: Duration = Duration::from_millis(300);
 /// `statfs(2)`'s `f_type` of bpffs.
 const BPF_FS_MAGIC: libc::__fsword_t = 0xcafe_4a11;
 /// The maps pinned in the layout directory.
-pub const PINNED_MAPS: [&str; 4] = [
+pub const PINNED_MAPS: [&str; 6] = [
     hb_common::globals::SEEN_MAP,
     hb_common::globals::NODES_MAP,
     hb_common::globals::COUNTERS_MAP,
     hb_common::globals::KEYS_MAP,
+    hb_common::globals::PROBES_MAP,
+    hb_common::globals::PROBE_KEY_MAP,
 ];
 
 /// Errors of the pins and the lock, each naming the path and the fix.

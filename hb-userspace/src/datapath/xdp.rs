@@ -55,6 +55,7 @@ use hb_common::{
     auth::{KEY_SLOTS, KeySlots, KeyState, key_states},
     counters::{CounterBlock, CounterValues},
     globals::{self, LAYOUT_VERSION},
+    probe::ProbeSecret,
     siphash::{Key, siphash24},
     table::NodeSlot,
 };
@@ -375,7 +376,8 @@ impl Globals {
             )
             .override_global(AYA_LOG_LEVEL, &self.log_level, false)
             .map_max_entries(globals::SEEN_MAP, max_nodes)
-            .map_max_entries(globals::NODES_MAP, max_nodes);
+            .map_max_entries(globals::NODES_MAP, max_nodes)
+            .map_max_entries(globals::PROBES_MAP, max_nodes);
         loader
     }
 
@@ -394,12 +396,14 @@ impl Globals {
     }
 }
 
-/// The four maps, before they are wrapped.
+/// The six maps, before they are wrapped.
 struct Maps {
     seen: MapData,
     slots: MapData,
     counters: MapData,
     keys: MapData,
+    probes: MapData,
+    probe_key: MapData,
 }
 
 impl Maps {
@@ -432,6 +436,8 @@ impl Maps {
             slots: take(globals::NODES_MAP, max_nodes, size_of::<NodeSlot>())?,
             counters: take(globals::COUNTERS_MAP, 1, size_of::<CounterBlock>())?,
             keys: take(globals::KEYS_MAP, KEY_SLOTS, size_of::<KeyState>())?,
+            probes: take(globals::PROBES_MAP, max_nodes, size_of::<u64>())?,
+            probe_key: take(globals::PROBE_KEY_MAP, 1, size_of::<ProbeSecret>())?,
         })
     }
 
@@ -449,6 +455,8 @@ impl Maps {
             slots: open(globals::NODES_MAP)?,
             counters: open(globals::COUNTERS_MAP)?,
             keys: open(globals::KEYS_MAP)?,
+            probes: open(globals::PROBES_MAP)?,
+            probe_key: open(globals::PROBE_KEY_MAP)?,
         })
     }
 }
@@ -459,6 +467,8 @@ fn expected_size(name: &str, max_nodes: u32) -> (u32, usize) {
         globals::NODES_MAP => (max_nodes, size_of::<NodeSlot>()),
         globals::COUNTERS_MAP => (1, size_of::<CounterBlock>()),
         globals::KEYS_MAP => (KEY_SLOTS, size_of::<KeyState>()),
+        globals::PROBE_KEY_MAP => (1, size_of::<ProbeSecret>()),
+        // HB_SEEN and HB_PROBES.
         _ => (max_nodes, size_of::<u64>()),
     }
 }
@@ -484,7 +494,7 @@ fn check_pinned_map(
     if value_size as usize == expected_value_size && entries == expected_entries {
         return Ok(());
     }
-    let table = [globals::SEEN_MAP, globals::NODES_MAP];
+    let table = [globals::SEEN_MAP, globals::NODES_MAP, globals::PROBES_MAP];
     if value_size as usize == expected_value_size && table.contains(&name) {
         return Err(XdpError::PinnedTableSize {
             dir: dir.layout_dir(LAYOUT_VERSION),
@@ -509,9 +519,12 @@ fn check_pinned_map(
 pub struct XdpDatapath {
     // Field order matters for Drop: the table mappings go before the maps.
     table: NodeTable,
-    _table_maps: [MapData; 2],
+    /// The last recorded probe sequence of every node (`HB_PROBES`).
+    probe_sequences: Mapping<u64>,
+    _table_maps: [MapData; 3],
     counters: PerCpuArray<MapData, CounterBlock>,
     keys: Array<MapData, KeyState>,
+    probe_key: Array<MapData, ProbeSecret>,
     /// What `keys` holds, so that `set_keys` writes only what changes.
     installed_keys: Box<[KeyState; KEY_SLOTS as usize]>,
     attachments: Vec<Attachment>,
@@ -655,6 +668,8 @@ impl XdpDatapath {
             slots,
             counters,
             keys,
+            probes,
+            probe_key,
         } = maps;
         let mmap = |map: &'static str, e| XdpError::Mmap { map, source: e };
         // SAFETY: the two maps are BPF_F_MMAPABLE arrays of `max_nodes`
@@ -668,6 +683,14 @@ impl XdpDatapath {
                     .map_err(|e| mmap(globals::NODES_MAP, e))?,
             )
         };
+        // SAFETY: HB_PROBES is a BPF_F_MMAPABLE array of `max_nodes` u64
+        // (its size was checked when it was opened).
+        let probe_sequences = unsafe { Mapping::of_bpf_array(probes.fd().as_fd(), max_nodes) }
+            .map_err(|e| mmap(globals::PROBES_MAP, e))?;
+        let probe_key = Array::try_from(Map::Array(probe_key)).map_err(|e| XdpError::Map {
+            op: "opening the probe secret",
+            source: Box::new(e),
+        })?;
         let counters =
             PerCpuArray::try_from(Map::PerCpuArray(counters)).map_err(|e| XdpError::Map {
                 op: "opening the counters",
@@ -688,9 +711,11 @@ impl XdpDatapath {
         }
         Ok(XdpDatapath {
             table,
-            _table_maps: [seen, slots],
+            probe_sequences,
+            _table_maps: [seen, slots, probes],
             counters,
             keys,
+            probe_key,
             installed_keys,
             attachments: Vec::new(),
             program,
@@ -1024,6 +1049,31 @@ impl XdpDatapath {
             self.installed_keys[id as usize] = states[id as usize];
         }
         Ok(())
+    }
+
+    /// Installs hb's echo identifier and the probe secret (a SipHash key the
+    /// agent generates at each start), from the next packet on, then clears
+    /// every node's last recorded probe sequence so that the agent's
+    /// sequences may start again from 1: replies tagged under an earlier
+    /// secret fail the tag from the moment the new one is written. Used by
+    /// nothing but the tests yet (the agent's prober is the next step).
+    pub fn set_probe_secret(&mut self, identifier: u16, key: &Key) -> Result<(), XdpError> {
+        self.probe_key
+            .set(0, ProbeSecret::new(identifier, key), 0)
+            .map_err(|e| XdpError::Map {
+                op: "writing the probe secret",
+                source: Box::new(e),
+            })?;
+        for id in 0..self.probe_sequences.len() {
+            self.probe_sequences.set(id, 0);
+        }
+        Ok(())
+    }
+
+    /// The sequence of the last probe reply recorded for each node (0:
+    /// none since the secret was installed), shared with the kernel.
+    pub fn probe_sequences(&self) -> &Mapping<u64> {
+        &self.probe_sequences
     }
 
     /// Current value of every counter, summed over CPUs, in
