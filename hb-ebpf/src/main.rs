@@ -50,7 +50,7 @@ use hb_common::{
     table::{NodeSlot, SLOT_PROBED_LAST, intervals, seen},
     wire::{DEFAULT_PORT, HEARTBEAT_LEN, RawHeartbeat},
 };
-use hb_ebpf::parse::{IcmpPacket, ParseError, Transport, UDP_HLEN, parse, ptr_at};
+use hb_ebpf::parse::{IcmpAt, ParseError, UDP_HLEN, parse_icmp, parse_udp, ptr_at};
 
 /// UDP destination port of heartbeats (host byte order); set at load time.
 #[unsafe(no_mangle)]
@@ -107,8 +107,8 @@ pub fn hb_xdp(ctx: XdpContext) -> u32 {
     // same.
     #[cfg(hb_variant)]
     debug!(&ctx, "hb_xdp: the variant build");
-    let verdict = if outcome.is_consumed_probe()
-        || (outcome.is_heartbeat() && HB_PASS_HEARTBEATS.load() == 0)
+    let verdict = if (outcome.is_heartbeat() && HB_PASS_HEARTBEATS.load() == 0)
+        || outcome.is_consumed_probe()
     {
         xdp_action::XDP_DROP
     } else {
@@ -131,9 +131,9 @@ pub fn hb_xdp(ctx: XdpContext) -> u32 {
 /// Decides what a packet is and, for an accepted heartbeat, records it.
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Counter {
-    let udp = match parse(ctx) {
-        Ok(Transport::Udp(udp)) => udp,
-        Ok(Transport::Icmp(icmp)) => return probe_reply(&icmp, ctx),
+    let udp = match parse_udp(ctx) {
+        Ok(udp) => udp,
+        Err(ParseError::Icmp(at)) => return probe_reply(&at, ctx),
         Err(ParseError::Truncated | ParseError::NotUdp) => return Counter::NotHeartbeat,
     };
     if udp.dst_port != HB_UDP_PORT.load() {
@@ -215,7 +215,10 @@ fn classify(ctx: &XdpContext) -> Counter {
 /// Decides what an ICMP packet is and, for an accepted probe reply, records
 /// it. Out of line: the heartbeat path stays as it was.
 #[inline(never)]
-fn probe_reply(icmp: &IcmpPacket, ctx: &XdpContext) -> Counter {
+fn probe_reply(at: &IcmpAt, ctx: &XdpContext) -> Counter {
+    let Ok(icmp) = parse_icmp(ctx, at) else {
+        return Counter::NotHeartbeat;
+    };
     // Echo replies of both families are type 0 here (see `IcmpPacket`).
     if icmp.icmp_type != ICMP_ECHO_REPLY || icmp.code != 0 {
         return Counter::NotHeartbeat;
