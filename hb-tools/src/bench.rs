@@ -3,8 +3,9 @@
 //!
 //! - `xdp-cost`: the XDP program's cost per packet through
 //!   `BPF_PROG_TEST_RUN`, for an accepted heartbeat without and with
-//!   authentication, a replay, a bad tag, an unknown node and packets that
-//!   are not heartbeats; and the floor under it (an empty program, one clock
+//!   authentication, an accepted probe reply (ICMP echo reply, tag checked),
+//!   a replay, a bad tag, an unknown node and packets that are not
+//!   heartbeats; and the floor under it (an empty program, one clock
 //!   read, one array lookup, timed the same way).
 //! - `sweep`: one sweep of N nodes over the real memory-mapped BPF table,
 //!   next to a plain memcpy of the bytes the sweep reads (the floor).
@@ -37,8 +38,9 @@ use hb_common::{
     auth::{self, KEY_SLOTS, KeySlot},
     counters::Counter,
     globals,
+    probe::{ICMP_ECHO_REPLY, Probe, echo_message},
     siphash::Key,
-    table::{NodeRecord, intervals, seen},
+    table::{NodeRecord, intervals, seen, src_octets},
     wire::{DEFAULT_PORT, Heartbeat},
 };
 use serde::Serialize;
@@ -63,6 +65,11 @@ pub struct XdpCost {
 const COST_NODES: u32 = 1024;
 /// The key id and key of the authenticated rig.
 const COST_KEY: (u8, Key) = (1, [0x5a; 16]);
+/// The echo identifier and secret of the probe replies (the plain rig).
+const COST_PROBE: (u16, Key) = (0x4842, [0xa5; 16]);
+/// Where the measured frames come from (and, for probe replies, the probed
+/// address the tag covers).
+const COST_SOURCE: [u8; 4] = [198, 18, 0, 2];
 
 /// A loaded program, with or without a key, and its table configured.
 struct CostRig {
@@ -90,7 +97,16 @@ impl CostRig {
         for id in 0..COST_NODES - 1 {
             datapath.table().configure(id, NodeRecord::default());
         }
+        datapath.set_probe_secret(COST_PROBE.0, &COST_PROBE.1)?;
         Ok(CostRig { datapath, key })
+    }
+
+    /// An ICMP echo reply of `node_id`'s probe at `sequence`, from the
+    /// probed address, tagged under the rig's probe secret.
+    fn probe_reply(&self, node_id: u32, sequence: u64) -> Vec<u8> {
+        let target = src_octets(std::net::Ipv4Addr::from(COST_SOURCE).into());
+        let data = Probe { node_id, sequence }.encode(&COST_PROBE.1, &target);
+        ipv4_icmp_frame(&echo_message(ICMP_ECHO_REPLY, COST_PROBE.0, 1, &data))
     }
 
     /// A heartbeat frame of `node_id` at `sequence`, signed if the rig has
@@ -120,17 +136,21 @@ impl CostRig {
         Ok(self.datapath.program()?)
     }
 
-    fn check_accepted(&self, expected: u32) -> anyhow::Result<()> {
-        let accepted = self.datapath.counters()?[Counter::Accepted as usize];
+    fn check_accepted(&self, counter: Counter, expected: u32) -> anyhow::Result<()> {
+        let accepted = self.datapath.counters()?[counter as usize];
         if accepted != u64::from(expected) {
-            bail!("{accepted} of the {expected} distinct heartbeats were accepted, expected all");
+            bail!(
+                "{accepted} of the {expected} distinct packets were {}, expected all",
+                counter.name()
+            );
         }
         Ok(())
     }
 }
 
 /// Measures the XDP program's cost per packet, without and with
-/// authentication (two programs loaded side by side, measured interleaved).
+/// authentication (two programs loaded side by side, measured interleaved),
+/// and of an accepted probe reply (on the first program, after them).
 ///
 /// Classes whose outcome does not change when the same packet runs again
 /// (unknown node, replay, bad tag, not a heartbeat) are timed by the kernel
@@ -148,6 +168,7 @@ pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
 
     let mut plain_runs = Vec::with_capacity(distinct as usize);
     let mut signed_runs = Vec::with_capacity(distinct as usize);
+    let mut probe_runs = Vec::with_capacity(distinct as usize);
     let mut sequence = 0;
     for i in 0..distinct {
         if i % (COST_NODES - 1) == 0 {
@@ -159,10 +180,22 @@ pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
         let frame = signed.frame(node, sequence, false);
         signed_runs.push(run(signed.program()?, &frame, 1, Some(1))?.as_nanos() as u64);
     }
+    // Probe replies after the heartbeats, not interleaved with them: the
+    // heartbeat rows are measured exactly as before probes existed.
+    let mut sequence = 0;
+    for i in 0..distinct {
+        if i % (COST_NODES - 1) == 0 {
+            sequence += 1;
+        }
+        let frame = plain.probe_reply(i % (COST_NODES - 1), sequence);
+        probe_runs.push(run(plain.program()?, &frame, 1, Some(1))?.as_nanos() as u64);
+    }
     let plain_single = min_median(&mut plain_runs).1 as f64;
     let signed_single = min_median(&mut signed_runs).1 as f64;
-    plain.check_accepted(distinct)?;
-    signed.check_accepted(distinct)?;
+    let probe_single = min_median(&mut probe_runs).1 as f64;
+    plain.check_accepted(Counter::Accepted, distinct)?;
+    signed.check_accepted(Counter::Accepted, distinct)?;
+    plain.check_accepted(Counter::ProbeAccepted, distinct)?;
 
     let (arp_repeated, single_run_overhead) = timing_overhead(plain.program()?, distinct, repeat)?;
 
@@ -179,6 +212,8 @@ pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
     let frame = plain.frame(unknown, 1, false);
     let unknown = repeated_cost(&mut plain, frame, 1)?;
     let other_port = repeated_cost(&mut plain, ipv4_udp_frame(53, &[0u8; 56]), 2)?;
+    let frame = plain.probe_reply(0, 1);
+    let probe_replay = repeated_cost(&mut plain, frame, 1)?;
 
     let floors = floor_costs(distinct, repeat, single_run_overhead)?;
 
@@ -207,7 +242,13 @@ pub fn xdp_cost(distinct: u32, repeat: u32) -> anyhow::Result<XdpCost> {
                 signed_single - single_run_overhead,
                 single(signed_single),
             ),
+            case(
+                "accepted probe reply",
+                probe_single - single_run_overhead,
+                single(probe_single),
+            ),
             case("replay", replay, repeated.clone()),
+            case("probe reply replay", probe_replay, repeated.clone()),
             case("authenticated replay", signed_replay, repeated.clone()),
             case("bad tag", bad_tag, repeated.clone()),
             case("unknown node", unknown, repeated.clone()),
@@ -337,6 +378,21 @@ pub fn ipv4_udp_frame(port: u16, payload: &[u8]) -> Vec<u8> {
     frame.put_u16((8 + payload.len()) as u16);
     frame.put_u16(0);
     frame.put_slice(payload);
+    frame
+}
+
+/// Ethernet + IPv4 (198.18.0.2 -> 198.18.0.1) + `icmp` (an ICMP message).
+pub fn ipv4_icmp_frame(icmp: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(14 + 20 + icmp.len());
+    frame.put_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
+    frame.put_u16(0x0800);
+    // IPv4: IHL 5, DF, TTL 64, ICMP, no checksum.
+    frame.put_slice(&[0x45, 0]);
+    frame.put_u16((20 + icmp.len()) as u16);
+    frame.put_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+    frame.put_slice(&COST_SOURCE);
+    frame.put_slice(&[198, 18, 0, 1]);
+    frame.put_slice(icmp);
     frame
 }
 
