@@ -213,8 +213,8 @@ fn classify(ctx: &XdpContext) -> Counter {
 }
 
 /// Decides what an ICMP packet is and, for an accepted probe reply, records
-/// it. Out of line: the heartbeat path stays as it was.
-#[inline(never)]
+/// it.
+#[inline(always)]
 fn probe_reply(at: &IcmpAt, ctx: &XdpContext) -> Counter {
     let Ok(icmp) = parse_icmp(ctx, at) else {
         return Counter::NotHeartbeat;
