@@ -249,3 +249,32 @@ impl Datapath {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_datapath_refuses_a_probe_secret() {
+        let mut datapath = Datapath::prepare(&DatapathSettings {
+            kind: DatapathKind::Socket,
+            interfaces: Vec::new(),
+            port: 0,
+            max_nodes: 4,
+            xdp_mode: XdpMode::default(),
+            pass_heartbeats: false,
+            unauthenticated: Unauthenticated::Accept,
+            instance: "unused".to_owned(),
+        })
+        .expect("a socket datapath on no interface");
+        let error = datapath
+            .set_probe_secret(0x4842, &[7; 16])
+            .expect_err("the socket datapath took a probe secret");
+        assert!(
+            error
+                .to_string()
+                .contains("not supported with datapath = socket"),
+            "{error}"
+        );
+    }
+}
