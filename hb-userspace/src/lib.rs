@@ -28,3 +28,4 @@ pub mod nodes;
 pub mod sender;
 pub mod sinks;
 pub mod sys;
+pub mod web;
