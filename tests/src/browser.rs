@@ -228,9 +228,22 @@ impl Browser {
     }
 
     /// Writes a PNG of the page's viewport to `path` (creating its
-    /// directory).
+    /// directory), down to the end of the body's content if that ends
+    /// higher.
     pub fn screenshot(&mut self, path: &Path) -> Result<()> {
-        let shot = self.page("Page.captureScreenshot", json!({ "format": "png" }))?;
+        let size = self.eval(
+            "[innerWidth, Math.min(innerHeight, Math.ceil(Math.max(0, ...[...document.body.children]\
+             .map(e => e.getBoundingClientRect().bottom + 16))))]",
+        )?;
+        let (width, height) = (
+            size[0].as_f64().unwrap_or(0.0),
+            size[1].as_f64().unwrap_or(0.0),
+        );
+        let clip = json!({ "x": 0, "y": 0, "width": width, "height": height, "scale": 1 });
+        let shot = self.page(
+            "Page.captureScreenshot",
+            json!({ "format": "png", "clip": clip }),
+        )?;
         let data = shot["data"]
             .as_str()
             .ok_or_else(|| protocol("Page.captureScreenshot", "no data"))?;

@@ -17,6 +17,8 @@ const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 5000;
 // The agent's ring of recent events: a resume further back than this misses some.
 const RING = 4096;
+// A new agent's last changes shown in the feed (replayed over its snapshot).
+const PREFILL = 100;
 // Events queued for the next frame past this (a hidden tab gets no
 // frames): drop them and load a fresh snapshot instead.
 const MAX_PENDING = 200000;
@@ -81,7 +83,8 @@ const stats = {
   lastMs: 0,
   maxMs: 0,
   fleetLoads: 0,
-  fleetMs: 0,
+  fleetMs: 0, // the last snapshot: asked for, received, applied and drawn
+  fleetApplyMs: 0, // its last part: applied and drawn
   resyncs: 0,
   resumes: 0,
   reconnects: 0,
@@ -133,17 +136,20 @@ async function loadFleet() {
   const started = performance.now();
   const response = await api('/api/v1/fleet');
   const bytes = new Uint8Array(await response.arrayBuffer());
+  const received = performance.now();
   const newline = bytes.indexOf(10);
   const header = JSON.parse(new TextDecoder().decode(bytes.subarray(0, newline)));
   const states = bytes.subarray(newline + 1);
   if (states.length !== header.nodes) throw new Error('the fleet snapshot is cut short');
   // The same agent, not too far behind: resume where this page left off,
-  // so the feed misses nothing (replayed changes end in the snapshot's
-  // states). Otherwise from the snapshot's cursor.
-  const resume =
-    header.pid === model.pid && model.cursor <= header.cursor && header.cursor - model.cursor < RING
-      ? model.cursor
-      : header.cursor;
+  // so the feed misses nothing. A new agent: from a little before the
+  // snapshot, so the feed shows its last changes. Replayed changes end in
+  // the states the snapshot has (each node's last one is its state now),
+  // so the grid is right either way.
+  const sameAgent = header.pid === model.pid;
+  let resume = header.cursor;
+  if (sameAgent && model.cursor <= header.cursor && header.cursor - model.cursor < RING) resume = model.cursor;
+  else if (!sameAgent) resume = Math.max(0, header.cursor - PREFILL);
   if (header.pid !== model.pid) model.feed = [];
   model.pid = header.pid;
   model.cursor = resume;
@@ -168,6 +174,7 @@ async function loadFleet() {
       : `${grid.nodes.toLocaleString()} nodes, ${grid.perBlock} per pixel block (worst state shown)`;
   stats.fleetLoads += 1;
   stats.fleetMs = performance.now() - started;
+  stats.fleetApplyMs = performance.now() - received;
   return resume;
 }
 

@@ -18,6 +18,9 @@ export const STATES = {
 const MAX_CELL = 24; // css px, gap included
 const MIN_CELL = 4; // below this, blocks
 const BLOCK_PX = 2; // css px per block when aggregated
+// The overlay (hover and selection outlines) overhangs the grid by this
+// much on every side, so that outlines of edge cells are not cut.
+const OVERHANG = 4; // css px
 
 export class Grid {
   constructor(canvas, overlay) {
@@ -111,12 +114,17 @@ export class Grid {
     this.dpr = Math.max(1, Math.round(window.devicePixelRatio || 1));
     const cssWidth = Math.min(width, this.cols * this.pitch);
     const cssHeight = this.rows * this.pitch;
-    for (const canvas of [this.canvas, this.overlay]) {
-      canvas.width = cssWidth * this.dpr;
-      canvas.height = cssHeight * this.dpr;
-      canvas.style.width = `${cssWidth}px`;
-      canvas.style.height = `${cssHeight}px`;
+    for (const [canvas, around] of [
+      [this.canvas, 0],
+      [this.overlay, OVERHANG],
+    ]) {
+      canvas.width = (cssWidth + 2 * around) * this.dpr;
+      canvas.height = (cssHeight + 2 * around) * this.dpr;
+      canvas.style.width = `${cssWidth + 2 * around}px`;
+      canvas.style.height = `${cssHeight + 2 * around}px`;
     }
+    this.overlay.style.left = `${-OVERHANG}px`;
+    this.overlay.style.top = `${-OVERHANG}px`;
     this.dirty = new Uint8Array(this.blocks);
     this.dirtyList = [];
     this.everything = true;
@@ -199,10 +207,10 @@ export class Grid {
     return this.blocks;
   }
 
-  // The block under css pixel (x, y) of the grid, or -1.
+  // The block under css pixel (x, y) of the overlay, or -1.
   blockAt(x, y) {
-    const col = Math.floor(x / this.pitch);
-    const row = Math.floor(y / this.pitch);
+    const col = Math.floor((x - OVERHANG) / this.pitch);
+    const row = Math.floor((y - OVERHANG) / this.pitch);
     if (col < 0 || col >= this.cols || row < 0) return -1;
     const block = row * this.cols + col;
     return block < this.blocks ? block : -1;
@@ -253,11 +261,12 @@ export class Grid {
       if (block < 0 || block >= this.blocks) return;
       const pitch = this.pitch * dpr;
       const around = (width / 2 + 1) * dpr;
+      const origin = OVERHANG * dpr;
       context.strokeStyle = color;
       context.lineWidth = width * dpr;
       context.strokeRect(
-        (block % this.cols) * pitch - around,
-        Math.floor(block / this.cols) * pitch - around,
+        origin + (block % this.cols) * pitch - around,
+        origin + Math.floor(block / this.cols) * pitch - around,
         this.size * dpr + 2 * around,
         this.size * dpr + 2 * around,
       );
