@@ -26,7 +26,8 @@ const FEED_KEEP = 1000;
 const FEED_SHOW = 100;
 const NOT_UP_SHOW = 100;
 const NOT_UP_EVERY_MS = 500;
-const NAMES_KEEP = 100000;
+// Per-node maps (names, times) are emptied past this many entries.
+const PER_NODE_KEEP = 100000;
 const RATE_WINDOW_S = 300;
 // Summaries whose counts differ from the page's in a row before it reloads the snapshot.
 const MISMATCHES_BEFORE_RESYNC = 3;
@@ -236,6 +237,7 @@ function onEvent({ event, data }) {
 
 // Loads a fresh snapshot (and reopens the stream from it).
 function resync() {
+  if (model.needsResync) return;
   model.needsResync = true;
   model.pending = [];
   stats.resyncs += 1;
@@ -310,6 +312,7 @@ function frame() {
     if (item.summary) check(item.summary);
     else if (apply(item)) applied.push(item);
   }
+  if (model.feed.length > FEED_KEEP) model.feed.splice(0, model.feed.length - FEED_KEEP);
   grid.draw();
   renderCounts();
   renderFeed(applied);
@@ -332,7 +335,7 @@ function apply(transition) {
   model.counts[old] -= 1;
   model.counts[code] += 1;
   model.since.set(index, transition.unix_ms);
-  if (model.since.size > NAMES_KEEP) model.since.clear();
+  if (model.since.size > PER_NODE_KEEP) model.since.clear();
   remember(transition.node_id, transition.node);
   if (transition.event !== 'up') {
     model.recentNotUp.push(index);
@@ -340,7 +343,6 @@ function apply(transition) {
   }
   model.notUpDirty = true;
   model.feed.push(transition);
-  if (model.feed.length > FEED_KEEP) model.feed.splice(0, model.feed.length - FEED_KEEP);
   return true;
 }
 
@@ -356,7 +358,7 @@ function check(summary) {
 }
 
 function remember(id, name) {
-  if (model.names.size >= NAMES_KEEP) model.names.clear();
+  if (model.names.size >= PER_NODE_KEEP) model.names.clear();
   model.names.set(id, name);
 }
 
@@ -506,7 +508,7 @@ function renderStatus(status) {
     remember(node.id, node.name);
     if (node.since_last_heartbeat_ms !== null) model.silentSince.set(node.id, now - node.since_last_heartbeat_ms);
   }
-  if (model.silentSince.size > NAMES_KEEP) model.silentSince.clear();
+  if (model.silentSince.size > PER_NODE_KEEP) model.silentSince.clear();
   model.notUpDirty = true;
   schedule();
 }
