@@ -309,6 +309,13 @@ fn fleet_size() -> u32 {
         .unwrap_or(100_000)
 }
 
+/// The fleet's heartbeat interval, s: 1 s up to 200,000 nodes, longer for
+/// more, so that the heartbeats (at most 200,000 a second) leave two cores
+/// room for the agent and the browser.
+fn fleet_interval(nodes: u32) -> u32 {
+    (nodes / 200_000).max(1)
+}
+
 fn fleet_config(lab: &Lab, dir: &TempDir, nodes: u32) -> PathBuf {
     let path = |name: &str| toml_string(&dir.join(name).to_string_lossy());
     let text = format!(
@@ -321,7 +328,7 @@ fn fleet_config(lab: &Lab, dir: &TempDir, nodes: u32) -> PathBuf {
          state_file = {state}\n\
          \n\
          [defaults]\n\
-         interval = \"1s\"\n\
+         interval = \"{interval}s\"\n\
          timeout_multiplier = 3\n\
          sweep_period = \"100ms\"\n\
          \n\
@@ -333,10 +340,11 @@ fn fleet_config(lab: &Lab, dir: &TempDir, nodes: u32) -> PathBuf {
          first_id = 1\n\
          count = {nodes}\n\
          name_prefix = \"n\"\n\
-         interval = \"1s\"\n",
+         interval = \"{interval}s\"\n",
         interface = toml_string(&lab.node(1).monitor_interface),
         instance = toml_string(lab.instance()),
         max_nodes = nodes + 1,
+        interval = fleet_interval(nodes),
         socket = path("hb.sock"),
         state = path("state"),
     );
@@ -412,7 +420,8 @@ fn a_fleet_of_100k_nodes_is_aggregated_and_updates_fast() {
     // or reloads the snapshot), then 1% crash 10 s into the load (later
     // for a larger fleet, whose joining takes the agent longer).
     let target = format!("{}:{HEARTBEAT_PORT}", lab.node(1).monitor_address);
-    let stop_after = (fleet / 50_000).max(10);
+    let interval = fleet_interval(fleet);
+    let stop_after = (4 * interval).max(10);
     let load_args = [
         "loadgen",
         "--nodes",
@@ -420,7 +429,7 @@ fn a_fleet_of_100k_nodes_is_aggregated_and_updates_fast() {
         "--to",
         &target,
         "--interval",
-        "1s",
+        &format!("{interval}s"),
         "--stop-fraction",
         "0.01",
         "--stop-after",
@@ -445,7 +454,8 @@ fn a_fleet_of_100k_nodes_is_aggregated_and_updates_fast() {
         Duration::from_secs(u64::from(stop_after) - 2) + MARGIN,
     );
     let crashed = fleet / 100;
-    let convicted = Duration::from_secs(u64::from(stop_after) + 3) + Duration::from_millis(100);
+    let convicted =
+        Duration::from_secs(u64::from(stop_after + 3 * interval)) + Duration::from_millis(100);
     wait(
         &mut page,
         "the page to show 1% of the nodes down",
@@ -459,8 +469,9 @@ fn a_fleet_of_100k_nodes_is_aggregated_and_updates_fast() {
     );
     eprintln!(
         "web: the page counted {crashed} down {:.1} s into the load (stopped at {stop_after} s, \
-         timeout 3 s)",
-        load_started.elapsed().as_secs_f64()
+         timeout {} s)",
+        load_started.elapsed().as_secs_f64(),
+        3 * interval
     );
     // The canvas shows what the model says: as many red blocks as blocks
     // whose worst node is down.
