@@ -9,6 +9,9 @@
 //!   detector, phi accrual, and the brake on mass failure.
 //! - [`sinks`]: what consumes a sweep's outcome: the log, the event log,
 //!   failover actions and the state file.
+//! - [`group`]: several monitors agreeing through etcd: this monitor's
+//!   opinions, the majority's verdict, and one leader acting once per
+//!   incident (only with `[group]`).
 //! - [`agent`]: start-up, the main loop, status serving and key reload.
 //! - [`cli`]: the `hb` command line, one file per subcommand.
 //!

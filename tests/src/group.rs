@@ -21,6 +21,17 @@
 //! the configurations carry a `[group]` section naming the three etcd
 //! members; without it every monitor acts alone (three runs per event).
 //!
+//! For the bench (`cargo xtask bench --only group`) the lab also has, on
+//! request: each agent's event log ([`GroupLabOptions::event_log`]); an
+//! action that records its own start time ([`ActionStyle::TimedLine`]) or
+//! one batch action per monitor writing each event's JSON line to its own
+//! file ([`ActionStyle::Batch`], [`GroupLab::batches`]); a [`Fleet`] of
+//! simulated nodes (a `[[node_ranges]]` block and a namespace
+//! `<prefix>-f`, 198.18.2.1/16, for a load generator sending to every
+//! monitor, [`GroupLab::fleet_ns`]); and extra configuration tables
+//! ([`GroupLabOptions::extra`], e.g. `[brake]`). Each agent serves its HTTP
+//! API and `/metrics` on 127.0.0.1:7980 in its own namespace (the default).
+//!
 //! Faults: a node crashes (its sender SIGKILLed) and comes back; an agent
 //! stops, is killed and restarts; a monitor is cut off from the nodes
 //! ([`GroupLab::cut_nodes`]) or from etcd and the other monitors
@@ -53,8 +64,11 @@ use crate::{
 pub const MONITORS: u8 = 3;
 /// Most nodes a group lab can have (198.18.1.1 to 198.18.1.50).
 pub const MAX_NODES: u8 = 50;
-/// The node table size written into the configurations (ids below it).
+/// The node table size written into the configurations (ids below it),
+/// unless a [`Fleet`] needs more.
 const MAX_NODE_IDS: u32 = 64;
+/// The fleet host's address on the node network: 198.18.2.1.
+pub const FLEET_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 /// How long an agent may take to answer `hb status` after its start.
 pub const READY_WITHIN: Duration = Duration::from_secs(15);
 /// How long an agent or a sender may take to exit after a signal.
@@ -115,24 +129,67 @@ impl Default for GroupSettings {
     }
 }
 
+/// What each monitor's one action does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ActionStyle {
+    /// One run per event (up, down, left), appending `EVENT NODE_NAME
+    /// m<i>` to the shared action file ([`GroupLab::runs`]).
+    #[default]
+    Line,
+    /// The same, with the run's own start time on the wall clock:
+    /// `EVENT NODE_NAME m<i> UNIX_NS` (`date +%s%N`, [`Run::unix_ns`]).
+    TimedLine,
+    /// One run per sweep (`batch = true`): each event's JSON line from its
+    /// stdin, prefixed with the run's start time and the monitor, `UNIX_NS
+    /// m<i> JSON`, appended to the monitor's own batch file
+    /// ([`GroupLab::batches`]). For fleets: no process per node.
+    Batch,
+}
+
+/// Simulated nodes besides the lab's: a `[[node_ranges]]` block of `count`
+/// ids from `first_id`, named `node-<id>`, heard from the fleet host's
+/// namespace ([`GroupLab::fleet_ns`]), where a load generator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fleet {
+    /// The first id; above every lab node's (so above [`MAX_NODES`]).
+    pub first_id: u32,
+    /// How many ids (the table holds `first_id + count` ids).
+    pub count: u32,
+}
+
 /// What a [`GroupLab`] is built with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupLabOptions {
-    /// Nodes (1 to [`MAX_NODES`]).
+    /// Nodes (1 to [`MAX_NODES`]; 0 with a [`Fleet`]).
     pub nodes: u8,
     /// Heartbeat timing of senders and agents.
     pub timing: Timing,
     /// The `[group]` section; `None`: every monitor acts alone.
     pub group: Option<GroupSettings>,
+    /// What the action does.
+    pub action: ActionStyle,
+    /// Each agent appends its state changes to its event log
+    /// ([`Monitor::events`]).
+    pub event_log: bool,
+    /// A fleet of simulated nodes, if any.
+    pub fleet: Option<Fleet>,
+    /// TOML appended to every configuration: whole tables only (such as
+    /// `[brake]`), since it follows the `[[actions]]`.
+    pub extra: String,
 }
 
 impl Default for GroupLabOptions {
-    /// Two nodes, [`TIMING`], a group with the default settings.
+    /// Two nodes, [`TIMING`], a group with the default settings, the
+    /// [`ActionStyle::Line`] action, no event log, no fleet.
     fn default() -> Self {
         Self {
             nodes: 2,
             timing: TIMING,
             group: Some(GroupSettings::default()),
+            action: ActionStyle::Line,
+            event_log: false,
+            fleet: None,
+            extra: String::new(),
         }
     }
 }
@@ -171,6 +228,44 @@ impl GroupLabOptions {
             .join_after = Some(after);
         self
     }
+
+    /// With this heartbeat timing.
+    pub fn timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// With this action.
+    pub fn action(mut self, action: ActionStyle) -> Self {
+        self.action = action;
+        self
+    }
+
+    /// With an event log per agent.
+    pub fn event_log(mut self) -> Self {
+        self.event_log = true;
+        self
+    }
+
+    /// With a fleet of `count` simulated nodes from id `first_id`.
+    pub fn fleet(mut self, first_id: u32, count: u32) -> Self {
+        self.fleet = Some(Fleet { first_id, count });
+        self
+    }
+
+    /// With `toml` (whole tables) appended to every configuration.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra = toml.to_owned();
+        self
+    }
+
+    /// The node table size the configurations get: room for the lab's
+    /// nodes and the fleet.
+    pub fn max_node_ids(&self) -> u32 {
+        self.fleet.map_or(MAX_NODE_IDS, |fleet| {
+            MAX_NODE_IDS.max(fleet.first_id.saturating_add(fleet.count))
+        })
+    }
 }
 
 /// A monitor of the lab: its links and its agent's files. Its namespace
@@ -197,6 +292,10 @@ pub struct Monitor {
     pub state: PathBuf,
     /// The agent's output (every start appends to it).
     pub log: PathBuf,
+    /// The agent's event log (written with [`GroupLabOptions::event_log`]).
+    pub events: PathBuf,
+    /// Where its batch action appends ([`ActionStyle::Batch`]).
+    pub batches: PathBuf,
 }
 
 /// A node of the lab: its namespace and its link to the node bridge.
@@ -225,17 +324,24 @@ pub struct Run {
     pub node: String,
     /// The monitor that ran the action (`m<i>`).
     pub monitor: String,
+    /// When the run started, Unix ns ([`ActionStyle::TimedLine`]).
+    pub unix_ns: Option<u64>,
 }
 
 impl Run {
-    /// Parse one line; `None` if it is not three fields.
+    /// Parse one line; `None` if it is not three fields, or four whose last
+    /// is a time.
     pub fn parse(line: &str) -> Option<Self> {
         let mut fields = line.split_whitespace();
-        let run = Self {
+        let mut run = Self {
             event: fields.next()?.to_owned(),
             node: fields.next()?.to_owned(),
             monitor: fields.next()?.to_owned(),
+            unix_ns: None,
         };
+        if let Some(time) = fields.next() {
+            run.unix_ns = Some(time.parse().ok()?);
+        }
         fields.next().is_none().then_some(run)
     }
 
@@ -247,6 +353,36 @@ impl Run {
     /// The index of the monitor that ran it.
     pub fn monitor_index(&self) -> Option<u8> {
         monitor_index(&self.monitor)
+    }
+}
+
+/// One event of a batch run ([`ActionStyle::Batch`]): a line `UNIX_NS
+/// m<i> JSON` of a monitor's batch file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRun {
+    /// When the batch run started, Unix ns.
+    pub unix_ns: u64,
+    /// The monitor that ran it (`m<i>`).
+    pub monitor: String,
+    /// `up`, `down` or `left`.
+    pub event: String,
+    pub node_id: u32,
+    pub node: String,
+}
+
+impl BatchRun {
+    /// Parse one line; `None` if it is not `UNIX_NS MONITOR {event JSON}`.
+    pub fn parse(line: &str) -> Option<Self> {
+        let (time, rest) = line.split_once(' ')?;
+        let (monitor, json) = rest.split_once(' ')?;
+        let event: Value = serde_json::from_str(json).ok()?;
+        Some(Self {
+            unix_ns: time.parse().ok()?,
+            monitor: monitor.to_owned(),
+            event: event["event"].as_str()?.to_owned(),
+            node_id: u32::try_from(event["node_id"].as_u64()?).ok()?,
+            node: event["node_name"].as_str()?.to_owned(),
+        })
     }
 }
 
@@ -278,7 +414,7 @@ impl<T> Outcome for Option<T> {
 ///
 /// Field order is drop order: the agents and the senders are killed first,
 /// then the pins are removed (detaching the XDP programs), then the node
-/// namespaces, the node bridge (with the monitors' links to it), the etcd
+/// namespaces and the fleet host's, the node bridge (with the monitors' links to it), the etcd
 /// cluster (its members, the monitor namespaces, its data directories) and
 /// the lab's directory.
 #[derive(Debug)]
@@ -289,6 +425,8 @@ pub struct GroupLab {
     senders: Vec<Option<ChildGuard>>,
     pins: Vec<PinGuard>,
     nodes: Vec<GroupNode>,
+    /// The fleet host's namespace ([`Fleet`]).
+    fleet: Option<NetNs>,
     bridge: NetNs,
     etcd: EtcdCluster,
     dir: TempDir,
@@ -313,7 +451,7 @@ impl GroupLab {
 
     /// [`Self::start`] without starting the agents.
     pub fn build(hb: Hb, prefix: &str, options: GroupLabOptions) -> Result<Self> {
-        check_names(prefix, options.nodes)?;
+        check_names(prefix, options.nodes, options.fleet)?;
         crate::pins::ensure_bpffs()?;
         let etcd = EtcdCluster::start(prefix, MONITORS)?;
         let bridge = NetNs::create(&format!("{prefix}-nb"))?;
@@ -329,6 +467,8 @@ impl GroupLab {
                 socket: dir.join(&format!("m{index}.sock")),
                 state: dir.join(&format!("m{index}.state")),
                 log: dir.join(&format!("m{index}.log")),
+                events: dir.join(&format!("m{index}.events.jsonl")),
+                batches: dir.join(&format!("batches-m{index}.log")),
             })
             .collect::<Vec<_>>();
         let mut lab = Self {
@@ -339,6 +479,7 @@ impl GroupLab {
                 .map(|monitor| PinGuard::new(&monitor.instance))
                 .collect(),
             nodes: Vec::with_capacity(options.nodes.into()),
+            fleet: None,
             bridge,
             etcd,
             actions: dir.join("actions.log"),
@@ -360,14 +501,18 @@ impl GroupLab {
             let node = lab.add_node(index)?;
             lab.nodes.push(node);
         }
+        if lab.options.fleet.is_some() {
+            let ns = NetNs::create(&format!("{}-f", lab.prefix))?;
+            let (port, interface) = (format!("{}r", lab.prefix), format!("{}f", lab.prefix));
+            lab.wire(&port, &interface, &ns, &format!("{FLEET_ADDRESS}/16"))?;
+            lab.fleet = Some(ns);
+        }
         for index in 1..=MONITORS {
             let monitor = lab.monitor(index);
             let text = render_config(
                 monitor,
                 &lab.prefix,
-                lab.options.nodes,
-                lab.options.timing,
-                lab.options.group.as_ref(),
+                &lab.options,
                 &lab.etcd.endpoints(),
                 &lab.actions,
             );
@@ -462,6 +607,21 @@ impl GroupLab {
     /// The node indexes, 1 to N.
     pub fn node_indexes(&self) -> Vec<u8> {
         (1..=self.options.nodes).collect()
+    }
+
+    /// The fleet host's namespace (`<prefix>-f`, 198.18.2.1), where a
+    /// load generator simulating the [`Fleet`] runs; `None` without one.
+    pub fn fleet_ns(&self) -> Option<&NetNs> {
+        self.fleet.as_ref()
+    }
+
+    /// Every monitor's heartbeat address, `198.18.0.i:7979`: a sender's
+    /// `--to`s.
+    pub fn monitor_targets(&self) -> Vec<String> {
+        self.monitors
+            .iter()
+            .map(|monitor| format!("{}:{HEARTBEAT_PORT}", monitor.address))
+            .collect()
     }
 
     /// The pins of monitor `index`'s agent instance in bpffs (relative
@@ -728,6 +888,15 @@ impl GroupLab {
         Ok(self.runs()?.into_iter().skip(mark).collect())
     }
 
+    /// Every event monitor `index`'s batch action recorded so far
+    /// ([`ActionStyle::Batch`]; lines that do not parse are skipped).
+    pub fn batches(&self, index: u8) -> Result<Vec<BatchRun>> {
+        Ok(read_lines(&self.monitor(index).batches)?
+            .iter()
+            .filter_map(|line| BatchRun::parse(line))
+            .collect())
+    }
+
     /// How many runs the file holds now: a mark for [`Self::runs_since`].
     pub fn mark(&self) -> Result<usize> {
         Ok(self.runs()?.len())
@@ -935,16 +1104,29 @@ fn file_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Checks that the lab's names fit: `prefix` of ASCII letters and digits,
-/// `nodes` 1 to [`MAX_NODES`], and the longest interface name
-/// (`<prefix>q<nodes>`) within [`MAX_IFNAME`] (the etcd cluster checks its
-/// own, `<prefix>br`).
-fn check_names(prefix: &str, nodes: u8) -> Result<()> {
-    if nodes == 0 || nodes > MAX_NODES {
+/// `nodes` 1 to [`MAX_NODES`] (0 with a fleet), a fleet's ids above the
+/// nodes' and within the agent's 16,777,216, and the longest interface
+/// name (`<prefix>q<nodes>`) within [`MAX_IFNAME`] (the etcd cluster checks
+/// its own, `<prefix>br`).
+fn check_names(prefix: &str, nodes: u8, fleet: Option<Fleet>) -> Result<()> {
+    if (nodes == 0 && fleet.is_none()) || nodes > MAX_NODES {
         return Err(Error::Invalid {
             what: "group lab node count",
             value: nodes.to_string(),
-            reason: format!("must be 1 to {MAX_NODES}"),
+            reason: format!("must be 1 to {MAX_NODES} (0 with a fleet)"),
         });
+    }
+    if let Some(fleet) = fleet {
+        let end = u64::from(fleet.first_id) + u64::from(fleet.count);
+        if fleet.first_id <= u32::from(MAX_NODES) || fleet.count == 0 || end > 1 << 24 {
+            return Err(Error::Invalid {
+                what: "group lab fleet",
+                value: format!("{fleet:?}"),
+                reason: format!(
+                    "ids must start above {MAX_NODES}, count at least 1, all below 16777216"
+                ),
+            });
+        }
     }
     let longest = format!("{prefix}q{nodes}");
     if longest.len() > MAX_IFNAME || !prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -961,30 +1143,37 @@ fn check_names(prefix: &str, nodes: u8) -> Result<()> {
 }
 
 /// Monitor `monitor`'s configuration: its node-network interface, its own
-/// instance, socket and state file, `nodes` nodes `node-k` at 198.18.1.k,
-/// `timing`, the `[group]` section if any (endpoints: every etcd member),
-/// and the action appending `EVENT NODE_NAME m<i>` to `actions`.
+/// instance, socket and state file (and event log), the lab's nodes
+/// `node-k` at 198.18.1.k and the fleet's range, the timing, the `[group]`
+/// section if any (endpoints: every etcd member), and the action: by
+/// default appending `EVENT NODE_NAME m<i>` to `actions` (see
+/// [`ActionStyle`]); then the options' extra tables.
 fn render_config(
     monitor: &Monitor,
     prefix: &str,
-    nodes: u8,
-    timing: Timing,
-    group: Option<&GroupSettings>,
+    options: &GroupLabOptions,
     endpoints: &[String],
     actions: &Path,
 ) -> String {
+    let (nodes, timing, group) = (options.nodes, options.timing, options.group.as_ref());
     let path = |p: &Path| toml_string(&p.to_string_lossy());
     let name = monitor_name(monitor.index);
+    let event_log = if options.event_log {
+        format!("event_log = {}\n", path(&monitor.events))
+    } else {
+        String::new()
+    };
     let mut text = format!(
         "# Written by hb-tests for group lab {prefix}, monitor {name}.\n\
          interfaces = [{interface}]\n\
          port = {HEARTBEAT_PORT}\n\
-         max_nodes = {MAX_NODE_IDS}\n\
+         max_nodes = {max_nodes}\n\
          pass_heartbeats = false\n\
          xdp_mode = \"auto\"\n\
          instance = {instance}\n\
          status_socket = {socket}\n\
          state_file = {state}\n\
+         {event_log}\
          \n\
          [defaults]\n\
          interval = \"{interval}\"\n\
@@ -994,6 +1183,7 @@ fn render_config(
         instance = toml_string(&monitor.instance),
         socket = path(&monitor.socket),
         state = path(&monitor.state),
+        max_nodes = options.max_node_ids(),
         interval = humantime(timing.interval),
         multiplier = timing.timeout_multiplier,
         sweep = humantime(timing.sweep_period),
@@ -1020,18 +1210,52 @@ fn render_config(
             node_address(node),
         );
     }
+    if let Some(fleet) = options.fleet {
+        let _ = write!(
+            text,
+            "\n[[node_ranges]]\nfirst_id = {}\ncount = {}\nname_prefix = \"node-\"\n",
+            fleet.first_id, fleet.count
+        );
+    }
     // One `echo >>` per run: an O_APPEND write of a line this short is
-    // atomic, so the monitors' lines never mix.
-    let shell = format!(
-        "echo \"$HB_EVENT $HB_NODE_NAME {name}\" >> {}",
-        shell_quote(&actions.to_string_lossy())
-    );
+    // atomic, so the monitors' lines never mix. A batch goes to the
+    // monitor's own file (its lines are many).
+    let (shell, batch) = match options.action {
+        ActionStyle::Line => (
+            format!(
+                "echo \"$HB_EVENT $HB_NODE_NAME {name}\" >> {}",
+                shell_quote(&actions.to_string_lossy())
+            ),
+            false,
+        ),
+        ActionStyle::TimedLine => (
+            format!(
+                "echo \"$HB_EVENT $HB_NODE_NAME {name} $(date +%s%N)\" >> {}",
+                shell_quote(&actions.to_string_lossy())
+            ),
+            false,
+        ),
+        ActionStyle::Batch => (
+            format!(
+                "t=$(date +%s%N); sed \"s/^/$t {name} /\" >> {}",
+                shell_quote(&monitor.batches.to_string_lossy())
+            ),
+            true,
+        ),
+    };
     let _ = write!(
         text,
         "\n[[actions]]\nname = \"record\"\non = [\"up\", \"down\", \"left\"]\n\
-         shell = {}\ntimeout = \"5s\"\n",
+         shell = {}\ntimeout = \"5s\"\nbatch = {batch}\n",
         toml_string(&shell)
     );
+    if !options.extra.is_empty() {
+        text.push('\n');
+        text += &options.extra;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
     text
 }
 
@@ -1050,6 +1274,16 @@ mod tests {
             socket: "/tmp/g/m2.sock".into(),
             state: "/tmp/g/m2.state".into(),
             log: "/tmp/g/m2.log".into(),
+            events: "/tmp/g/m2.events.jsonl".into(),
+            batches: "/tmp/g/batches-m2.log".into(),
+        }
+    }
+
+    fn options(nodes: u8, group: Option<GroupSettings>) -> GroupLabOptions {
+        GroupLabOptions {
+            nodes,
+            group,
+            ..GroupLabOptions::default()
         }
     }
 
@@ -1068,9 +1302,7 @@ mod tests {
         let text = render_config(
             &sample_monitor(),
             "hb1t0",
-            3,
-            TIMING,
-            Some(&group),
+            &options(3, Some(group)),
             &endpoints(),
             Path::new("/tmp/g y/actions.log"),
         );
@@ -1107,25 +1339,68 @@ mod tests {
         let text = render_config(
             &sample_monitor(),
             "hb1t0",
-            1,
-            TIMING,
-            None,
+            &options(1, None),
             &endpoints(),
             Path::new("/tmp/g/actions.log"),
         );
         let value: toml::Value = toml::from_str(&text).expect(&text);
         assert!(value.get("group").is_none(), "{text}");
+        assert!(value.get("event_log").is_none(), "{text}");
+        assert_eq!(value["max_nodes"].as_integer(), Some(64));
+        assert_eq!(value["actions"][0]["batch"].as_bool(), Some(false));
         let group = render_config(
             &sample_monitor(),
             "hb1t0",
-            1,
-            TIMING,
-            Some(&GroupSettings::default()),
+            &options(1, Some(GroupSettings::default())),
             &endpoints(),
             Path::new("/tmp/g/actions.log"),
         );
         let value: toml::Value = toml::from_str(&group).expect(&group);
         assert!(value["group"].get("join_after").is_none(), "{group}");
+    }
+
+    #[test]
+    fn renders_a_fleet_a_batch_action_an_event_log_and_extra_tables() {
+        let fleet = GroupLabOptions::default()
+            .nodes(0)
+            .fleet(1001, 100_000)
+            .event_log()
+            .action(ActionStyle::Batch)
+            .extra("[brake]\nshare = 0.9");
+        let text = render_config(
+            &sample_monitor(),
+            "hb1t0",
+            &fleet,
+            &endpoints(),
+            Path::new("/tmp/g/actions.log"),
+        );
+        let value: toml::Value = toml::from_str(&text).expect(&text);
+        assert_eq!(value["max_nodes"].as_integer(), Some(101_001));
+        assert_eq!(value["event_log"].as_str(), Some("/tmp/g/m2.events.jsonl"));
+        assert!(value.get("nodes").is_none(), "{text}");
+        let range = &value["node_ranges"][0];
+        assert_eq!(range["first_id"].as_integer(), Some(1001));
+        assert_eq!(range["count"].as_integer(), Some(100_000));
+        assert_eq!(range["name_prefix"].as_str(), Some("node-"));
+        let action = &value["actions"][0];
+        assert_eq!(action["batch"].as_bool(), Some(true));
+        assert_eq!(
+            action["shell"].as_str(),
+            Some("t=$(date +%s%N); sed \"s/^/$t m2 /\" >> '/tmp/g/batches-m2.log'")
+        );
+        assert_eq!(value["brake"]["share"].as_float(), Some(0.9));
+        let timed = render_config(
+            &sample_monitor(),
+            "hb1t0",
+            &options(1, None).action(ActionStyle::TimedLine),
+            &endpoints(),
+            Path::new("/tmp/g/actions.log"),
+        );
+        let value: toml::Value = toml::from_str(&timed).expect(&timed);
+        assert_eq!(
+            value["actions"][0]["shell"].as_str(),
+            Some("echo \"$HB_EVENT $HB_NODE_NAME m2 $(date +%s%N)\" >> '/tmp/g/actions.log'")
+        );
     }
 
     #[test]
@@ -1135,20 +1410,40 @@ mod tests {
         assert!(!run.is("down", 2));
         assert!(!run.is("up", 1));
         assert_eq!(run.monitor_index(), Some(3));
+        assert_eq!(run.unix_ns, None);
         assert_eq!(Run::parse("down node-1"), None);
         assert_eq!(Run::parse("down node-1 m3 extra"), None);
+        assert_eq!(Run::parse("down node-1 m3 12 13"), None);
+        let timed = Run::parse("down node-1 m3 1764000000123456789").unwrap();
+        assert_eq!(timed.unix_ns, Some(1_764_000_000_123_456_789));
+        assert!(timed.is("down", 1));
+        let batch = BatchRun::parse(
+            r#"1764000000123456789 m2 {"event":"down","node_id":1042,"node_name":"node-1042","node_address":null,"previous_state":"up","since_last_heartbeat_ms":3100}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (batch.unix_ns, batch.monitor.as_str(), batch.event.as_str()),
+            (1_764_000_000_123_456_789, "m2", "down")
+        );
+        assert_eq!((batch.node_id, batch.node.as_str()), (1042, "node-1042"));
+        assert_eq!(BatchRun::parse("12 m2 not json"), None);
     }
 
     #[test]
     fn checks_names() {
-        assert!(check_names("hb4194304t99", MAX_NODES).is_ok());
-        for (prefix, nodes) in [
-            ("hb4194304t99", 0),
-            ("hb4194304t99", MAX_NODES + 1),
-            ("hb4194304t100", MAX_NODES),
-            ("hb-x", 1),
+        assert!(check_names("hb4194304t99", MAX_NODES, None).is_ok());
+        let fleet = |first_id, count| Some(Fleet { first_id, count });
+        assert!(check_names("hbgb", 0, fleet(1001, 100_000)).is_ok());
+        for (prefix, nodes, fleet) in [
+            ("hb4194304t99", 0, None),
+            ("hb4194304t99", MAX_NODES + 1, None),
+            ("hb4194304t100", MAX_NODES, None),
+            ("hb-x", 1, None),
+            ("hbgb", 1, fleet(50, 10)),
+            ("hbgb", 1, fleet(1001, 0)),
+            ("hbgb", 1, fleet(1001, 1 << 24)),
         ] {
-            let err = check_names(prefix, nodes).unwrap_err();
+            let err = check_names(prefix, nodes, fleet).unwrap_err();
             assert!(matches!(err, Error::Invalid { .. }), "{err}");
         }
         assert_eq!(monitor_index("m2"), Some(2));

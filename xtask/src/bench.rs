@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: measures hb against its performance targets, in one
-//! go (root; about 12 minutes, `--quick` about 4).
+//! go (root; about 13 minutes, `--quick` about 5).
 //!
 //! Builds hb (release), then runs the phases, each printing a table:
 //!
@@ -23,7 +23,11 @@
 //!     SCHED_FIFO one on one CPU, with and without `sweep_priority`;
 //! 11. [`quality`]: detection quality of the `timeout` and `phi` detectors
 //!     under loss, pauses and an agent stall (false suspicions per
-//!     node-hour at the same median detection time).
+//!     node-hour at the same median detection time);
+//! 12. [`group`]: a monitor group of three (etcd member and agent each):
+//!     its detection latency against a single monitor's in the same lab
+//!     (30 crashes at 100 ms x 3), and its etcd writes in steady state and
+//!     during a 1% crash of 100,000 nodes.
 //!
 //! Only on request (`--only soak`, about 11 minutes): [`soak`], 100,000
 //! nodes for 10 minutes with loss and rolling crashes while the agent is
@@ -41,6 +45,7 @@
 
 mod detection;
 mod e2e;
+mod group;
 mod held;
 mod hostile;
 mod http;
@@ -116,13 +121,16 @@ pub enum Phase {
     Starved,
     /// Detection quality, timeout vs phi: false suspicions, detection time.
     Quality,
+    /// A monitor group through etcd: detection vs a single monitor, etcd
+    /// writes steady and at a 1% crash of 100k nodes.
+    Group,
     /// The soak: 100k nodes, loss, rolling crashes and SIGKILL restarts of
     /// the agent for 10 minutes (only with --only soak).
     Soak,
 }
 
 impl Phase {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::XdpCost,
         Self::Hostile,
         Self::Sweep,
@@ -134,6 +142,7 @@ impl Phase {
         Self::Single,
         Self::Starved,
         Self::Quality,
+        Self::Group,
         Self::Soak,
     ];
 
@@ -156,6 +165,7 @@ impl Phase {
             Self::Single => "single",
             Self::Starved => "starved",
             Self::Quality => "quality",
+            Self::Group => "group",
             Self::Soak => "soak",
         }
     }
@@ -173,6 +183,7 @@ impl Phase {
             Self::Single => "one node at 10 ms: detection and the agent's cost",
             Self::Starved => "one node's detection under CPU starvation",
             Self::Quality => "detection quality, timeout vs phi",
+            Self::Group => "a monitor group: detection vs one monitor, etcd writes",
             Self::Soak => "the soak: nothing lost across SIGKILL restarts",
         }
     }
@@ -190,6 +201,7 @@ impl Phase {
             Self::Single => single::run(ctx),
             Self::Starved => starved::run(ctx),
             Self::Quality => quality::run(ctx),
+            Self::Group => group::run(ctx),
             Self::Soak => soak::run(ctx),
         }
     }

@@ -14,8 +14,8 @@
 //!    test (a real load balancer that hb takes a crashed backend out of;
 //!    apt never starts its service here);
 //! 6. Debian's `etcd-server` and `etcd-client` packages (`etcd`, `etcdctl`),
-//!    for the monitor groups of issue 13: the tests run a real etcd cluster,
-//!    one member per lab namespace (apt never starts its service here);
+//!    for the monitor groups: the tests run a real etcd cluster, one member
+//!    per lab namespace (apt never starts its service here);
 //! 7. Debian's `protobuf-compiler` and `libprotobuf-dev`: the `etcd-client`
 //!    crate's build script runs `protoc`, which it does not bundle, and its
 //!    `.proto` files import the well-known types that only `libprotobuf-dev`
@@ -25,9 +25,10 @@
 //!    script cannot hand `PROTOC` to another crate's build script: only the
 //!    environment of every cargo command could, and a `protoc` on `PATH`
 //!    makes `cargo build`, `cargo test` and `cargo clippy` work as they are.
-//!    Nothing xtask itself builds needs it (the crate is a dev-dependency of
-//!    the tests), so a fresh clone's `cargo xtask test` installs it before
-//!    the first build that does.
+//!    `hb` itself links the etcd client (the monitor groups), and every
+//!    xtask command that builds runs setup first, so a fresh clone's
+//!    `cargo xtask demo` and `cargo xtask test` install it before their
+//!    first build (xtask itself does not need it).
 //! 8. Debian's `chromium` (about 165 MB to download): the live web view's
 //!    tests (tests/tests/web.rs) load the page in a real headless Chromium,
 //!    driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`),

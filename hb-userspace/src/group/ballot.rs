@@ -182,6 +182,11 @@ impl Ballot {
             .map(|(_, (_, monitor))| monitor.as_str())
     }
 
+    /// Whether the election still has the candidate key `key`.
+    pub fn has_candidate(&self, key: &str) -> bool {
+        self.candidates.values().any(|(k, _)| k == key)
+    }
+
     /// What `monitor` holds about `node` (up unless it holds otherwise).
     pub fn opinion(&self, node: u32, monitor: &str) -> Opinion {
         self.opinions

@@ -9,7 +9,7 @@
 //! | `election/<lease id, hex>` | the candidate monitor's name | the monitor's (etcd's election API) |
 //!
 //! Node ids are written in decimal; the watch reads every key back through
-//! [`Key::parse`].
+//! [`Layout::parse`].
 
 use serde::{Deserialize, Serialize};
 
