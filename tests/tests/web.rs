@@ -353,25 +353,11 @@ fn fleet_config(lab: &Lab, dir: &TempDir, nodes: u32) -> PathBuf {
     config
 }
 
-/// `hb-tools`: `$HB_TOOLS_BIN`, else beside the `hb` binary.
-fn tools(hb: &Hb) -> Hb {
-    let path = std::env::var_os("HB_TOOLS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| hb.path().with_file_name("hb-tools"));
-    assert!(
-        path.is_file(),
-        "the hb-tools binary {} does not exist: build it with `cargo xtask build`, or set \
-         HB_TOOLS_BIN to its path",
-        path.display()
-    );
-    Hb::new(path)
-}
-
 #[test]
 fn a_fleet_of_100k_nodes_is_aggregated_and_updates_fast() {
     let Some(_one) = exclusive() else { return };
     let hb = Hb::from_env();
-    let tools = tools(&hb);
+    let tools = hb.tools();
     let lab = started("building the lab", Lab::build(&unique_prefix(), 1));
     let dir = started("a directory", TempDir::new("hb-web"));
     let fleet = fleet_size();
