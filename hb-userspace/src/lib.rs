@@ -31,3 +31,4 @@ pub mod nodes;
 pub mod sender;
 pub mod sinks;
 pub mod sys;
+pub mod web;

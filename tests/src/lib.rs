@@ -33,6 +33,7 @@
 //!   bench phase `soak` and its shortened test).
 
 pub mod attacker;
+pub mod browser;
 pub mod config;
 pub mod error;
 pub mod etcd;

@@ -242,6 +242,22 @@ impl Hb {
         &self.path
     }
 
+    /// `hb-tools` (the load generator, the in-process benches):
+    /// `$HB_TOOLS_BIN`, else beside this `hb` binary. Panics with
+    /// instructions if it does not exist.
+    pub fn tools(&self) -> Hb {
+        let path = std::env::var_os("HB_TOOLS_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.path.with_file_name("hb-tools"));
+        assert!(
+            path.is_file(),
+            "the hb-tools binary {} does not exist: build it with `cargo xtask build`, or set \
+             HB_TOOLS_BIN to its path",
+            path.display()
+        );
+        Hb::new(path)
+    }
+
     /// A command running `hb ARGS...` in the current namespace.
     pub fn command<I, S>(&self, args: I) -> Command
     where

@@ -14,27 +14,11 @@
 //! Needs the `hb` binary (`$HB_BIN`, as `cargo xtask test` sets it) and
 //! `hb-tools` beside it (or `$HB_TOOLS_BIN`).
 
-use std::path::PathBuf;
-
 use hb_tests::{
     Hb, is_root,
     soak::{self, SoakSpec},
     unique_prefix,
 };
-
-/// `hb-tools`: `$HB_TOOLS_BIN`, else beside the `hb` binary.
-fn tools(hb: &Hb) -> Hb {
-    let path = std::env::var_os("HB_TOOLS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| hb.path().with_file_name("hb-tools"));
-    assert!(
-        path.is_file(),
-        "the hb-tools binary {} does not exist: build it with `cargo xtask build`, or set \
-         HB_TOOLS_BIN to its path",
-        path.display()
-    );
-    Hb::new(path)
-}
 
 #[test]
 fn a_short_soak_loses_nothing_across_sigkill_restarts() {
@@ -43,7 +27,7 @@ fn a_short_soak_loses_nothing_across_sigkill_restarts() {
         return;
     }
     let hb = Hb::from_env();
-    let tools = tools(&hb);
+    let tools = hb.tools();
     let spec = SoakSpec::short();
     assert_eq!(spec.restarts(), 2);
     let outcome = soak::run(&hb, &tools, &unique_prefix(), &spec, |line| {

@@ -3,9 +3,22 @@
 //! comes back, one leaves gracefully, and the agent's action announces
 //! each change. Everything is removed at the end, also on error or Ctrl-C
 //! (the lab, the processes and the files are guards).
+//!
+//! The agent's live view (`GET /` of its HTTP API, on 127.0.0.1:7980 in the
+//! monitor's namespace) is forwarded to the same address on this machine
+//! while the demo runs ([`LiveView`]), so a browser here (or one at the
+//! end of `ssh -L 7980:127.0.0.1:7980 HOST`) watches the crash as it
+//! happens; `--keep` keeps the lab up at the end until Ctrl-C.
 
 use std::{
+    io,
+    net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::{Duration, Instant},
 };
 
@@ -20,6 +33,15 @@ use serde_json::Value;
 
 use crate::build;
 
+/// Options of `cargo xtask demo`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// At the end, keep the lab running (the agent, two nodes sending, the
+    /// live view) until Ctrl-C, then remove it.
+    #[arg(long)]
+    keep: bool,
+}
+
 /// Name prefix of everything the demo creates.
 const PREFIX: &str = "hbdemo";
 const NODES: u8 = 3;
@@ -30,6 +52,10 @@ const SWEEP: Duration = Duration::from_millis(50);
 const CONFIG: &str = include_str!("demo.toml");
 /// Slack for process start-up and scheduling.
 const MARGIN: Duration = Duration::from_secs(3);
+/// Where the agent's HTTP API listens in the monitor's namespace (the
+/// default `[http] listen`), and where the demo forwards it on this machine
+/// if that port is free here.
+const API_PORT: u16 = 7980;
 
 fn node_name(index: u8) -> String {
     format!("web-{index}")
@@ -47,7 +73,7 @@ fn indent(text: &str) -> String {
 }
 
 /// Run the demo.
-pub fn run() -> Result<()> {
+pub fn run(options: &Options) -> Result<()> {
     if !hb_tests::is_root() {
         bail!("not root: the demo creates network namespaces and loads XDP programs; run as root");
     }
@@ -61,7 +87,7 @@ pub fn run() -> Result<()> {
     let hb = Hb::new(build::run()?.hb);
 
     let dir = TempDir::at(std::env::temp_dir().join(PREFIX))?;
-    let outcome = scenario(&hb, &dir);
+    let outcome = scenario(&hb, &dir, options);
     let interrupted = outcome.as_ref().is_err_and(|err| {
         matches!(
             err.downcast_ref::<hb_tests::Error>(),
@@ -165,11 +191,13 @@ fn timeout() -> Duration {
 }
 
 /// The demo's acts, steps 2 to 10. On error, what was started is dropped in
-/// reverse: the senders, the agent, then the lab.
-fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
+/// reverse: the live view's forwarding, the senders, the agent, then the
+/// lab.
+fn scenario(hb: &Hb, dir: &TempDir, options: &Options) -> Result<()> {
     let lab = build_lab()?;
     let files = Files::in_dir(dir);
     let agent = start_agent(hb, dir, &lab, &files)?;
+    let live_view = LiveView::start(&lab)?;
     let mut log = ActionLog {
         path: files.actions.clone(),
         shown: 0,
@@ -186,7 +214,131 @@ fn scenario(hb: &Hb, dir: &TempDir) -> Result<()> {
     step(9, "the final `hb status`: web-1 and web-2 up, web-3 left.");
     println!("{}", indent(&hb.status_text(&files.socket)?));
 
+    if options.keep {
+        return keep_until_interrupted(&live_view, agent, senders, lab);
+    }
+    drop(live_view);
     clean_up(hb, agent, senders, lab, &mut log)
+}
+
+/// `--keep`: the lab stays up until Ctrl-C, then the guards remove it (the
+/// agent and senders killed, the XDP program detached with the instance's
+/// pins, the namespaces deleted).
+fn keep_until_interrupted(
+    live_view: &LiveView,
+    agent: ChildGuard,
+    senders: Vec<ChildGuard>,
+    lab: Lab,
+) -> Result<()> {
+    step(
+        10,
+        &format!(
+            "the lab stays up (--keep): web-1 and web-2 keep sending, web-3 has left.\n        \
+             {}\n        \
+             From inside the lab: ip netns exec {PREFIX}-mon curl -s 127.0.0.1:{API_PORT}/api/v1/status\n        \
+             Ctrl-C stops everything and removes the lab.",
+            live_view.describe()
+        ),
+    );
+    loop {
+        match interrupt::sleep(Duration::from_secs(1)) {
+            Ok(()) => {}
+            Err(hb_tests::Error::Interrupted) => break,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    drop(senders);
+    drop(agent);
+    drop(lab);
+    println!(
+        "\n    stopped the agent and the senders, detached XDP, removed the {PREFIX}-* namespaces"
+    );
+    Ok(())
+}
+
+/// The agent's HTTP API (and its live view) forwarded from this machine's
+/// loopback into the monitor's namespace: each connection accepted here is
+/// joined to one made from a thread that entered the namespace. Stops
+/// accepting on Drop; open connections end with the lab.
+struct LiveView {
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl LiveView {
+    /// Listens on 127.0.0.1:7980 here, or on another port if that one is
+    /// taken (an agent of this machine), and prints where.
+    fn start(lab: &Lab) -> Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, API_PORT))
+            .or_else(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+            .context("listening on this machine's loopback for the live view")?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (netns, stopping) = (lab.monitor.path(), Arc::clone(&stop));
+        let thread = thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let netns = netns.clone();
+                        thread::spawn(move || {
+                            // A broken connection only loses itself.
+                            let _ = forward(client, &netns);
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        let view = Self {
+            address,
+            stop,
+            thread: Some(thread),
+        };
+        println!("    {}", view.describe());
+        Ok(view)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "live view: http://{}/ on this machine (forwarded into {PREFIX}-mon, where the agent \
+             listens on 127.0.0.1:{API_PORT});\n        from another machine: ssh -L {port}:127.0.0.1:{port} \
+             THIS-HOST, then the same address",
+            self.address,
+            port = self.address.port(),
+        )
+    }
+}
+
+impl Drop for LiveView {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Joins `client` to the agent's API in the namespace `netns` (this thread
+/// enters it), until either side closes.
+fn forward(client: TcpStream, netns: &Path) -> Result<()> {
+    client.set_nonblocking(false)?;
+    netns::enter(netns)?;
+    let agent = TcpStream::connect_timeout(
+        &SocketAddr::from((Ipv4Addr::LOCALHOST, API_PORT)),
+        Duration::from_secs(2),
+    )?;
+    let (mut client_reads, mut agent_writes) = (client.try_clone()?, agent.try_clone()?);
+    let upstream = thread::spawn(move || {
+        let _ = io::copy(&mut client_reads, &mut agent_writes);
+        let _ = agent_writes.shutdown(Shutdown::Write);
+    });
+    let (mut agent_reads, mut client_writes) = (agent, client);
+    let _ = io::copy(&mut agent_reads, &mut client_writes);
+    let _ = client_writes.shutdown(Shutdown::Write);
+    let _ = upstream.join();
+    Ok(())
 }
 
 /// Step 2: the namespaces and veth pairs (after removing any an

@@ -52,7 +52,7 @@ enum Command {
     ///
     /// Builds hb, then runs the agent and three senders in a throw-away lab
     /// of network namespaces; everything is removed at the end.
-    Demo,
+    Demo(demo::Options),
     /// Measure hb against its performance targets (root; ~10 min).
     ///
     /// Builds hb, then measures the XDP cost per packet (without and with
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         Command::Build => build::run().map(|_| ExitCode::SUCCESS),
         Command::Run { args } => run::run(&args),
         Command::Test => test::run().map(|()| ExitCode::SUCCESS),
-        Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
+        Command::Demo(options) => demo::run(&options).map(|()| ExitCode::SUCCESS),
         Command::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
         Command::Fuzz(options) => fuzz::run(&options).map(|()| ExitCode::SUCCESS),
     };

@@ -29,6 +29,11 @@
 //!    xtask command that builds runs setup first, so a fresh clone's
 //!    `cargo xtask demo` and `cargo xtask test` install it before their
 //!    first build (xtask itself does not need it).
+//! 8. Debian's `chromium` (about 165 MB to download): the live web view's
+//!    tests (tests/tests/web.rs) load the page in a real headless Chromium,
+//!    driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`),
+//!    so no WebDriver (`chromium-driver`) is needed and no crate downloads a
+//!    browser build.
 
 use std::{
     fs,
@@ -43,7 +48,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::paths::{on_path, run_inherited, stdout_of, tools_dir};
 
-const STEPS: usize = 7;
+const STEPS: usize = 8;
 
 /// Run every step (skipping those already done), one line per step.
 pub fn run() -> Result<()> {
@@ -59,6 +64,9 @@ pub fn run() -> Result<()> {
         apt_packages(&[("etcd", "etcd-server"), ("etcdctl", "etcd-client")])
     })?;
     step(7, "protoc and the well-known .proto files", protoc)?;
+    step(8, "chromium (headless, for the web view's tests)", || {
+        apt_package("chromium", "chromium")
+    })?;
     println!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }

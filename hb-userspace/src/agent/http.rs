@@ -15,11 +15,18 @@
 //!   what the recent-events ring still holds. A client that falls behind
 //!   gets a `lagged` event and is dropped.
 //!
+//! - `GET /api/v1/fleet`: every node's state, one byte each after a line of
+//!   JSON (ids as runs, counts, the stream's cursor): the live view's
+//!   snapshot ([`Fleet`](crate::agent::query::Fleet)).
 //! - `GET /metrics`: Prometheus metrics (classic text; OpenMetrics when the
 //!   scraper's `Accept` asks for it).
+//! - `GET /` and `GET /ui/{file}`: the live view ([`crate::web`]), a page
+//!   that reads the endpoints above.
 //!
-//! With `[http] token_file`, every request must carry `Authorization: Bearer
-//! <token>` (401 otherwise).
+//! With `[http] token_file`, every request but the live view's files must
+//! carry `Authorization: Bearer <token>` (401 otherwise). The files hold no
+//! data (a browser cannot send the header when it navigates); the page asks
+//! for the token and sends it with each of its requests.
 
 use std::{
     convert::Infallible,
@@ -50,7 +57,7 @@ use tokio::{
 
 use crate::{
     agent::{
-        query::{PageRequest, Query},
+        query::{FLEET_CONTENT_TYPE, PageRequest, Query},
         status::DEFAULT_LIMIT,
     },
     keys::HttpToken,
@@ -58,6 +65,7 @@ use crate::{
         metrics::Format,
         stream::{StreamItem, Subscription},
     },
+    web,
 };
 
 /// How long a request waits for the agent's loop before it gives up (503).
@@ -126,8 +134,11 @@ fn router(api: Api) -> Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{key}", get(node))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/fleet", get(fleet))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(api.clone(), authorize))
+        // Added after the layer, so served without the token.
+        .merge(web::router())
         .with_state(api)
 }
 
@@ -216,6 +227,20 @@ async fn node(State(api): State<Api>, Path(key): Path<String>) -> Response {
             StatusCode::NOT_FOUND,
             &format!("no configured node has the id or name `{key}`"),
         ),
+        None => unavailable(),
+    }
+}
+
+/// The fleet's states: a line of JSON, then a byte per node.
+async fn fleet(State(api): State<Api>) -> Response {
+    match api.ask(|reply| Query::Fleet { reply }).await {
+        Some(fleet) => match fleet.to_body() {
+            Ok(body) => ([(header::CONTENT_TYPE, FLEET_CONTENT_TYPE)], body).into_response(),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the fleet could not be encoded",
+            ),
+        },
         None => unavailable(),
     }
 }

@@ -416,6 +416,18 @@ impl Agent {
             Query::Metrics { format, reply } => {
                 let _ = reply.send(self.scrape(format, now));
             }
+            Query::Fleet { reply } => {
+                let sorted_ids = &self.sorted_ids;
+                let cursor = self.sinks.stream.last_cursor();
+                let (read, kind) = self.shared.with("the fleet's states", |core, _| {
+                    let detector = core.sweep.detector();
+                    (
+                        query::fleet_states(detector, sorted_ids),
+                        query::detector_kind(detector),
+                    )
+                });
+                let _ = reply.send(query::fleet(sorted_ids, read, cursor, kind));
+            }
         }
     }
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::watch;
 
+use super::endpoints::Endpoints;
+
 /// The lease as the keeper last renewed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseState {
@@ -50,12 +52,12 @@ pub async fn grant(
     })
 }
 
-/// Renews lease `id` (granted for `granted`) until it is gone or `state`'s receivers are all
-/// dropped. Renews every third of the TTL; a renewal that fails or takes more
-/// than `timeout` is retried at once on a new stream (the client may pick
-/// another etcd member), then every 200 ms.
+/// Renews lease `id` (granted for `granted`) until it is gone or
+/// `state`'s receivers are all dropped. Renews every third of the TTL; a
+/// renewal that fails or takes more than `timeout` is retried at once with
+/// the next etcd member, then every 200 ms.
 pub async fn keep(
-    client: Client,
+    mut endpoints: Endpoints,
     id: i64,
     granted: Duration,
     timeout: Duration,
@@ -66,7 +68,13 @@ pub async fn keep(
     let mut failures = 0u32;
     loop {
         let sent = Instant::now();
-        match tokio::time::timeout(timeout, renew(&client, id, granted, &mut stream)).await {
+        let renewal = async {
+            let client = endpoints.client().await.map_err(LeaseError::Connect)?;
+            renew(client, id, granted, &mut stream)
+                .await
+                .map_err(LeaseError::Etcd)
+        };
+        match tokio::time::timeout(timeout, renewal).await {
             Ok(Ok(Some(ttl))) => {
                 failures = 0;
                 let deadline = sent + ttl;
@@ -80,19 +88,21 @@ pub async fn keep(
                 return;
             }
             outcome => {
-                stream = None;
+                let why = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {timeout:?}"),
+                };
                 failures += 1;
                 if failures == 1 || failures.is_power_of_two() {
-                    let why = match outcome {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {timeout:?}"),
-                    };
                     tracing::warn!(
                         lease = format!("{id:x}"),
+                        member = endpoints.url(),
                         failures,
-                        "renewing the group lease: {why}"
+                        "renewing the group lease: {why}; trying the next etcd member"
                     );
                 }
+                stream = None;
+                endpoints.failed();
                 if state.is_closed() {
                     return;
                 }
@@ -107,9 +117,18 @@ pub async fn keep(
     }
 }
 
+/// Why a renewal failed.
+#[derive(Debug, thiserror::Error)]
+enum LeaseError {
+    #[error("{0}")]
+    Connect(String),
+    #[error(transparent)]
+    Etcd(etcd_client::Error),
+}
+
 /// One renewal: the TTL etcd answers with, or `None` if the lease is gone.
 async fn renew(
-    client: &Client,
+    client: &mut Client,
     id: i64,
     granted: Duration,
     stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,

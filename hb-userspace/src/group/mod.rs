@@ -21,10 +21,11 @@
 //!   could have expired at etcd, shows `no quorum`, and runs nothing.
 //!
 //! [`keys`] lays the keys out, [`ballot`] mirrors them and holds the
-//! verdict rule, `lease` keeps the lease and the deadline it gives, and
+//! verdict rule, `endpoints` picks the etcd member to talk to, `lease` keeps the lease and the deadline it gives, and
 //! `worker` does the talking to etcd.
 
 pub mod ballot;
+mod endpoints;
 pub mod keys;
 mod lease;
 pub mod metrics;

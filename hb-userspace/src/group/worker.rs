@@ -39,6 +39,7 @@ use tokio::{
 use super::{
     Decision, GroupMetrics, GroupStatus, MemberStatus, Opinion, Role,
     ballot::{Ballot, Disputed, Due, Entry, MemberValue},
+    endpoints::Endpoints,
     keys::{Incident, Layout},
     lease::{self, LeaseState},
 };
@@ -88,8 +89,8 @@ pub struct Worker {
     layout: Layout,
     channels: Channels,
     shown: Shown,
-    options: ConnectOptions,
-    client: Option<Client>,
+    /// The etcd member in use, the next after a failure.
+    endpoints: Endpoints,
     held: Option<Held>,
     /// This monitor's opinions other than up, as the agent last told.
     desired: HashMap<u32, Opinion>,
@@ -101,6 +102,10 @@ pub struct Worker {
     votes_from: Instant,
     ballot: Ballot,
     watch: Option<WatchStream>,
+    /// When the watch last delivered anything (events or progress).
+    watch_heard: Instant,
+    /// A progress request sent on a quiet watch, not answered yet.
+    progress_asked: Option<Instant>,
     campaign: Option<Campaign>,
     leading: Option<LeaderKey>,
     /// No request before this (after a failure).
@@ -120,6 +125,17 @@ impl Worker {
         shown: Shown,
     ) -> anyhow::Result<Self> {
         let options = connect_options(&config)?;
+        // Monitors spread over the members by name.
+        let first = config
+            .monitor
+            .bytes()
+            .fold(0usize, |sum, b| sum.wrapping_add(usize::from(b)));
+        let endpoints = Endpoints::new(
+            config.endpoints.clone(),
+            options,
+            config.request_timeout,
+            first,
+        );
         Ok(Worker {
             layout: Layout::new(&config.name),
             votes_from: Instant::now() + join_after,
@@ -130,13 +146,14 @@ impl Worker {
             config,
             channels,
             shown,
-            options,
-            client: None,
+            endpoints,
             held: None,
             published: HashMap::new(),
             member_published: None,
             ballot: Ballot::default(),
             watch: None,
+            watch_heard: Instant::now(),
+            progress_asked: None,
             campaign: None,
             leading: None,
             quiet_until: None,
@@ -211,21 +228,14 @@ impl Worker {
             return Ok(());
         }
         self.quiet_until = None;
-        if self.client.is_none() {
-            let client = bounded(
-                self.config.request_timeout,
-                "connecting",
-                Client::connect(&self.config.endpoints, Some(self.options.clone())),
-            )
-            .await?;
-            self.client = Some(client);
-        }
+        self.endpoints.client().await.map_err(anyhow::Error::msg)?;
         if !self.hold_lease().await? {
             return Ok(());
         }
         if self.watch.is_none() {
             self.sync().await?;
         }
+        self.check_watch().await?;
         // Opinions first: a monitor's vote never counts before its
         // opinions are there (a restarted one would briefly vote up).
         self.publish_opinions().await?;
@@ -259,18 +269,18 @@ impl Worker {
         let state = self.held.as_ref().map(|held| *held.state.borrow());
         match state {
             None => {
-                let client = self.client.as_mut().expect("connected above");
-                let granted =
-                    lease::grant(client, self.config.lease_ttl, self.config.request_timeout)
-                        .await
-                        .map_err(anyhow::Error::msg)?;
+                let timeout = self.config.request_timeout;
+                let ttl = self.config.lease_ttl;
+                let granted = lease::grant(self.client(), ttl, timeout)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
                 let id = granted.id;
                 let (tell, state) = watch::channel(LeaseState::Held {
                     id,
                     deadline: granted.deadline,
                 });
                 let keeper = tokio::spawn(lease::keep(
-                    client.clone(),
+                    self.endpoints.fork(),
                     id,
                     granted.ttl,
                     self.config.request_timeout,
@@ -333,7 +343,9 @@ impl Worker {
     }
 
     fn client(&mut self) -> &mut Client {
-        self.client.as_mut().expect("connected before any request")
+        self.endpoints
+            .connected()
+            .expect("connected at the start of the step")
     }
 
     fn lease_id(&self) -> i64 {
@@ -376,11 +388,45 @@ impl Worker {
         .await?;
         self.ballot = ballot;
         self.watch = Some(stream);
+        self.watch_heard = Instant::now();
+        self.progress_asked = None;
         Ok(())
+    }
+
+    /// A watch says nothing while nothing changes, and nothing either when
+    /// its member is cut off: after a third of the lease's TTL of silence
+    /// it is asked for its progress, and one that does not answer within
+    /// the request timeout is given up (the next member is tried).
+    async fn check_watch(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let (quiet, timeout) = (self.config.lease_ttl / 3, self.config.request_timeout);
+        let Some(watch) = self.watch.as_mut() else {
+            return Ok(());
+        };
+        match self.progress_asked {
+            Some(asked) if now >= asked + timeout => Err(anyhow::anyhow!(
+                "the watch of the group's keys did not answer a progress request within \
+                 {timeout:?} (member {})",
+                self.endpoints.url()
+            )),
+            None if now >= self.watch_heard + quiet => {
+                bounded(
+                    timeout,
+                    "asking the watch for progress",
+                    watch.request_progress(),
+                )
+                .await?;
+                self.progress_asked = Some(now);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A watch message: events applied, or the watch dropped (read again).
     fn watched(&mut self, message: Result<Option<WatchResponse>, etcd_client::Error>) {
+        self.watch_heard = Instant::now();
+        self.progress_asked = None;
         let response = match message {
             Ok(Some(response)) => response,
             Ok(None) => {
@@ -648,7 +694,13 @@ impl Worker {
             self.held = None;
             self.out_of_session();
         }
-        // A failed request may have left the watch behind: read again.
+        // The member may be cut off or gone: the next request goes to the
+        // next one, with a new watch (and a new campaign: this one waits on
+        // the old connection).
+        self.endpoints.failed();
+        if let Some(campaign) = self.campaign.take() {
+            campaign.abort();
+        }
         self.watch = None;
         self.last_error = Some(message);
         self.quiet_until = Some(Instant::now() + RETRY);
@@ -669,6 +721,12 @@ impl Worker {
             && !self.lost
         {
             at(deadline.checked_sub(self.margin()).unwrap_or(deadline));
+        }
+        if self.watch.is_some() {
+            at(match self.progress_asked {
+                Some(asked) => asked + self.config.request_timeout,
+                None => self.watch_heard + self.config.lease_ttl / 3,
+            });
         }
         if self.held.is_none() && self.quiet_until.is_none() {
             at(Instant::now() + RETRY);
@@ -736,15 +794,16 @@ impl Worker {
         if let Some(campaign) = self.campaign.take() {
             campaign.abort();
         }
-        let (Some(held), Some(client)) = (self.held.take(), self.client.as_mut()) else {
+        let Some(held) = self.held.take() else {
             return;
         };
-        let revoked = bounded(
-            self.config.request_timeout,
-            "revoking the lease",
-            client.lease_revoke(held.id),
-        )
-        .await;
+        let timeout = self.config.request_timeout;
+        let revoked = match self.endpoints.client().await {
+            Ok(client) => {
+                bounded(timeout, "revoking the lease", client.lease_revoke(held.id)).await
+            }
+            Err(e) => Err(anyhow::Error::msg(e)),
+        };
         match revoked {
             Ok(_) => tracing::info!("left the monitor group (lease revoked)"),
             Err(e) => tracing::warn!("leaving the monitor group: {e:#}; its lease will expire"),
