@@ -1,0 +1,922 @@
+//! Pull and hybrid monitoring (issue 15) in a namespace lab: the agent
+//! (XDP datapath) probes nodes that run no sender, with ICMP echo requests
+//! whose replies the XDP program records, with TCP connects and with HTTP
+//! requests, and a node may also run `hb send` (hybrid). Every test builds
+//! its own lab (a monitor namespace, node namespaces, veth pairs, addresses
+//! in 198.18.0.0/15 and fd00::/8), really sends packets, and removes
+//! everything on Drop. Root only; needs `$HB_BIN`.
+//!
+//! - ICMP over IPv4 and IPv6: a probed node is up; its link taken down, it
+//!   is down within the timeout plus the sweep plus a margin; its link back,
+//!   up again; another probed node stays up throughout;
+//! - forged replies: an attacker on another link of the monitor learns hb's
+//!   identifier from a captured echo request and sends replies with the
+//!   node's id, a wrong tag and sequences far ahead, from the node's
+//!   address, and replays a real reply, while the node does not answer:
+//!   it goes down all the same, every forgery is counted as a bad tag,
+//!   every replay as a replay, and the node comes back once it answers;
+//! - TCP and HTTP: up while a server in the node's namespace answers, down
+//!   when it stops (the host still answering ICMP), the HTTP status and
+//!   body rules;
+//! - hybrid: a node with a sender and an ICMP probe is up while either
+//!   works, refreshed by whichever does, and down when both stop;
+//! - confirmation: with `probe_confirm`, a node that stopped answering is
+//!   still convicted on time, after one retry probe.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    thread,
+    time::{Duration, Instant},
+};
+
+use hb_tests::{
+    ChildGuard, Event, Hb, Lab, Sched, Sender, TempDir, TestConfig, Timing,
+    attacker::allow_spoofing,
+    events::{read_events, read_lines, wait_for_line},
+    interrupt, is_root,
+    probe::{
+        self, Answer, HealthServer, ProbedNode, TcpService, add_ipv6, api_get, api_text,
+        capture_probes, ignore_echo, metric, node_name, ping, send_icmp, set_link,
+    },
+    unique_prefix, wait_for_event,
+};
+use serde_json::Value;
+
+const TIMING: Timing = Timing::FAST;
+/// Slack for scheduling, process start-up and neighbour discovery on a
+/// loaded 2-core machine.
+const MARGIN: Duration = Duration::from_secs(2);
+const READY_WITHIN: Duration = Duration::from_secs(20);
+/// From the agent's start (or a node's return) to the node's `up`.
+const UP_WITHIN: Duration = Duration::from_secs(5);
+/// How long a node that should stay up is watched.
+const STEADY: Duration = Duration::from_secs(2);
+/// Longest a server of a test lives.
+const SERVER_LIFETIME: Duration = Duration::from_secs(120);
+const TCP_PORT: u16 = 8022;
+const HTTP_PORT: u16 = 8080;
+
+/// Skip (with a note) unless root.
+fn root() -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces and XDP)");
+    }
+    is_root()
+}
+
+/// A running agent in its own lab. Field order is drop order: the agent,
+/// then the lab, then the files.
+struct ProbeLab {
+    agent: ChildGuard,
+    lab: Lab,
+    config: TestConfig,
+    dir: TempDir,
+    hb: Hb,
+}
+
+impl ProbeLab {
+    /// Build a lab of `nodes` nodes, let `prepare` set it up (addresses,
+    /// servers) and return the extra sections and the configured nodes,
+    /// and start the agent on them.
+    fn start(nodes: u8, prepare: impl FnOnce(&Lab) -> (String, Vec<ProbedNode>)) -> Self {
+        let hb = Hb::from_env();
+        let lab = Lab::build(&unique_prefix(), nodes)
+            .unwrap_or_else(|err| panic!("building the lab: {err}"));
+        let dir = TempDir::new("hb-probe").unwrap_or_else(|err| panic!("{err}"));
+        let (sections, probed) = prepare(&lab);
+        let config = probe::write_config(&dir, &lab, TIMING, &sections, &probed)
+            .unwrap_or_else(|err| panic!("{err}"));
+        let agent = hb
+            .start_agent(&lab, &config, &dir.join("agent.log"), READY_WITHIN)
+            .unwrap_or_else(|err| {
+                let text = std::fs::read_to_string(&config.path).unwrap_or_default();
+                panic!("the agent did not start: {err}\n--- hb.toml ---\n{text}")
+            });
+        Self {
+            agent,
+            lab,
+            config,
+            dir,
+            hb,
+        }
+    }
+
+    /// What to show when something goes wrong.
+    fn context(&self) -> String {
+        let events = std::fs::read_to_string(&self.config.events).unwrap_or_default();
+        format!(
+            "\n--- events.log ---\n{events}--- agent output (last lines) ---\n{}",
+            self.agent.log_tail(40)
+        )
+    }
+
+    /// Wait up to `within` for an event matching `predicate`.
+    fn expect_event(
+        &self,
+        what: &str,
+        within: Duration,
+        predicate: impl FnMut(&Event) -> bool,
+    ) -> (Event, Instant) {
+        wait_for_event(
+            &self.config.events,
+            predicate,
+            Instant::now() + within,
+            what,
+        )
+        .unwrap_or_else(|err| panic!("{err}{}", self.context()))
+    }
+
+    /// Wait for the first `up` of each of `ids`.
+    fn expect_first_up(&self, ids: &[u32]) {
+        for &id in ids {
+            let (event, _) = self.expect_event(&format!("up {id}"), UP_WITHIN, |e| e.is("up", id));
+            assert_eq!(
+                event.node_name,
+                node_name(id),
+                "{event:?}{}",
+                self.context()
+            );
+            assert_eq!(event.previous, "unseen", "{event:?}{}", self.context());
+        }
+    }
+
+    /// Lines in the events log so far.
+    fn lines(&self) -> usize {
+        read_lines(&self.config.events)
+            .unwrap_or_else(|err| panic!("{err}"))
+            .len()
+    }
+
+    /// Wait up to `within` for an event matching `predicate` on a line at
+    /// index `skip` or later.
+    fn expect_event_after(
+        &self,
+        skip: usize,
+        what: &str,
+        within: Duration,
+        mut predicate: impl FnMut(&Event) -> bool,
+    ) -> (Event, Instant) {
+        let (_, line, seen) = wait_for_line(
+            &self.config.events,
+            skip,
+            |line| Event::parse(line).is_some_and(|e| predicate(&e)),
+            Instant::now() + within,
+            what,
+        )
+        .unwrap_or_else(|err| panic!("{err}{}", self.context()));
+        (Event::parse(&line).expect("matched"), seen)
+    }
+
+    /// Wait for node `id`'s next `down` (after the events log's line
+    /// `skip`), its source having been taken away at `since`: on time (the
+    /// timeout, plus the sweep, plus the margin), from suspect, after at
+    /// least a full timeout of silence. Returns how long it took.
+    fn expect_down_on_time(&self, id: u32, skip: usize, since: Instant) -> Duration {
+        let limit = TIMING.timeout() + TIMING.sweep_period + MARGIN;
+        let (down, seen) =
+            self.expect_event_after(skip, &format!("down {id}"), limit, |e| e.is("down", id));
+        let detected = seen - since;
+        assert!(
+            detected <= limit,
+            "down {id} after {detected:?} (limit {limit:?}){}",
+            self.context()
+        );
+        assert_eq!(down.previous, "suspect", "{down:?}{}", self.context());
+        let timeout_ms = u64::try_from(TIMING.timeout().as_millis()).unwrap();
+        let silent = down
+            .since_last_heartbeat_ms
+            .unwrap_or_else(|| panic!("down event without a last refresh: {down:?}"));
+        assert!(
+            silent >= timeout_ms,
+            "declared down after only {silent} ms of silence (timeout {timeout_ms} ms){}",
+            self.context()
+        );
+        detected
+    }
+
+    /// Wait for node `id`'s `up` from down (after the events log's line
+    /// `skip`); returns how long it took from `since`.
+    fn expect_up_again(&self, id: u32, skip: usize, since: Instant) -> Duration {
+        let (_, seen) = self.expect_event_after(skip, &format!("up {id} again"), UP_WITHIN, |e| {
+            e.is("up", id) && e.previous == "down"
+        });
+        seen - since
+    }
+
+    fn events(&self) -> Vec<Event> {
+        read_events(&self.config.events).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    fn count_events(&self, kind: &str, id: u32) -> usize {
+        self.events().iter().filter(|e| e.is(kind, id)).count()
+    }
+
+    /// The kinds of node `id`'s events, in order.
+    fn history(&self, id: u32) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.node_id == id)
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    fn assert_history(&self, id: u32, expected: &[&str]) {
+        assert_eq!(
+            self.history(id),
+            expected,
+            "the events of node {id}{}",
+            self.context()
+        );
+    }
+
+    /// `hb status --json`.
+    fn status(&self) -> Value {
+        self.hb
+            .status_json(&self.config.socket)
+            .unwrap_or_else(|err| panic!("hb status --json: {err}{}", self.context()))
+    }
+
+    /// Datapath counter `name` in `hb status --json`.
+    fn counter(&self, name: &str) -> u64 {
+        let status = self.status();
+        status["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counters.{name} in hb status --json: {status}"))
+    }
+
+    /// `GET path` on the agent's API, which must answer 200 with JSON.
+    fn api(&self, path: &str) -> Value {
+        let (code, body) = api_get(&self.lab.monitor, path)
+            .unwrap_or_else(|err| panic!("GET {path}: {err}{}", self.context()));
+        assert_eq!(code, 200, "GET {path}: {body}{}", self.context());
+        body
+    }
+
+    /// `GET /api/v1/nodes/{id}`.
+    fn node(&self, id: u32) -> Value {
+        self.api(&format!("/api/v1/nodes/{id}"))
+    }
+
+    /// `refreshed_by` of node `id` (`None` for null).
+    fn refreshed_by(&self, id: u32) -> Option<String> {
+        let node = self.node(id);
+        assert!(
+            node.get("refreshed_by").is_some(),
+            "no refreshed_by in GET /api/v1/nodes/{id}: {node}"
+        );
+        node["refreshed_by"].as_str().map(str::to_owned)
+    }
+
+    /// `/metrics`.
+    fn metrics(&self) -> String {
+        let (code, text) = api_text(&self.lab.monitor, "/metrics")
+            .unwrap_or_else(|err| panic!("GET /metrics: {err}{}", self.context()));
+        assert_eq!(code, 200, "GET /metrics: {text}");
+        text
+    }
+
+    /// Poll `check` every 20 ms until it holds, for at most `within`.
+    fn wait_until(&self, what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {what}{}",
+                self.context()
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Assert that node `id` has no `down` event for `duration` (it must
+    /// stay up meanwhile).
+    fn assert_stays_up(&self, id: u32, duration: Duration, why: &str) {
+        let downs = self.count_events("down", id);
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            assert_eq!(
+                self.count_events("down", id),
+                downs,
+                "node {id} went down while {why}{}",
+                self.context()
+            );
+            sleep(Duration::from_millis(50));
+        }
+        let state = self.node_state(id);
+        assert_eq!(state, "up", "node {id} while {why}{}", self.context());
+    }
+
+    /// The `state` of node `id` in `hb status --json`.
+    fn node_state(&self, id: u32) -> String {
+        let status = self.status();
+        let node = status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["id"] == u64::from(id)))
+            .unwrap_or_else(|| panic!("node {id} is not in hb status --json: {status}"));
+        node["state"]
+            .as_str()
+            .unwrap_or_else(|| panic!("node {id} has no state: {node}"))
+            .to_owned()
+    }
+
+    /// Check `GET /api/v1/nodes/{id}`'s `probe`.
+    fn assert_probe(&self, id: u32, kind: &str, target: &str) {
+        let node = self.node(id);
+        assert_eq!(node["probe"]["kind"], kind, "node {id}: {node}");
+        assert_eq!(node["probe"]["target"], target, "node {id}: {node}");
+    }
+
+    /// `probes` of `GET /api/v1/status`.
+    fn probes(&self) -> Value {
+        let status = self.api("/api/v1/status");
+        let probes = status["probes"].clone();
+        assert!(
+            probes.is_object(),
+            "no probes object in GET /api/v1/status: {status}"
+        );
+        probes
+    }
+}
+
+fn sleep(duration: Duration) {
+    interrupt::sleep(duration).unwrap_or_else(|err| panic!("{err}"));
+}
+
+/// Node `id` of a lab address, probed with `probe`.
+fn probed(id: u32, address: impl Into<IpAddr>, probe: &str) -> ProbedNode {
+    ProbedNode::new(id, address).probe(probe)
+}
+
+/// Node 1 probed with ICMP over `ipv6` or not, taken away by its link and
+/// brought back; node 2, probed the same way, stays up.
+fn icmp_link_down_and_back(ipv6: bool) {
+    let f = ProbeLab::start(2, |lab| {
+        let nodes = (1..=2)
+            .map(|i| {
+                let address: IpAddr = if ipv6 {
+                    add_ipv6(lab, i)
+                        .unwrap_or_else(|err| panic!("IPv6 on link {i}: {err}"))
+                        .node
+                        .into()
+                } else {
+                    lab.node(i).address.into()
+                };
+                probed(i.into(), address, "icmp")
+            })
+            .collect();
+        (String::new(), nodes)
+    });
+    let address = |i: u8| -> String {
+        if ipv6 {
+            format!("fd00:0:0:{i}::2")
+        } else {
+            f.lab.node(i).address.to_string()
+        }
+    };
+    f.expect_first_up(&[1, 2]);
+    f.assert_probe(1, "icmp", &address(1));
+    assert_eq!(f.refreshed_by(1).as_deref(), Some("probe"));
+    let probes = f.probes();
+    assert_eq!(probes["nodes"]["icmp"], 2, "{probes}");
+    assert_eq!(probes["nodes"]["tcp"], 0, "{probes}");
+    assert!(probes["identifier"].as_u64().is_some(), "{probes}");
+    assert!(f.counter("probe_accepted") > 0);
+    // Steady: probing keeps both up.
+    f.assert_stays_up(1, STEADY, "its link was up");
+
+    let node = f.lab.node(1);
+    let (skip, t0) = (f.lines(), Instant::now());
+    set_link(&node.ns, &node.interface, false).unwrap_or_else(|err| panic!("{err}"));
+    let detected = f.expect_down_on_time(1, skip, t0);
+    let (skip, t1) = (f.lines(), Instant::now());
+    set_link(&node.ns, &node.interface, true).unwrap_or_else(|err| panic!("{err}"));
+    let back = f.expect_up_again(1, skip, t1);
+    f.assert_stays_up(1, STEADY, "its link was back up");
+    eprintln!(
+        "icmp ({}): down {detected:?} after the link went down, up {back:?} after it came back",
+        if ipv6 { "IPv6" } else { "IPv4" }
+    );
+
+    f.assert_history(1, &["up", "down", "up"]);
+    f.assert_history(2, &["up"]);
+    let sent = f.probes()["sent"].as_u64().unwrap_or(0);
+    assert!(sent > 0, "probes.sent is {sent}");
+}
+
+#[test]
+fn icmp_node_goes_down_with_its_link_and_comes_back() {
+    if root() {
+        icmp_link_down_and_back(false);
+    }
+}
+
+#[test]
+fn icmp_over_ipv6_node_goes_down_with_its_link_and_comes_back() {
+    if root() {
+        icmp_link_down_and_back(true);
+    }
+}
+
+/// The lab itself, without an agent: what the tests take away really goes
+/// away (ICMP answers, a link, a listener), and the tools see what they
+/// should (a probe-like echo request captured in the node's namespace).
+#[test]
+fn the_lab_takes_nodes_away_and_brings_them_back() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::build(&unique_prefix(), 2).unwrap_or_else(|err| panic!("{err}"));
+    let v6 = add_ipv6(&lab, 1).unwrap_or_else(|err| panic!("{err}"));
+    let node = lab.node(1);
+    let monitor = lab.monitor.path();
+    let pings = |address: IpAddr, within: Duration| {
+        ping(&monitor, address, within).unwrap_or_else(|err| panic!("{err}"))
+    };
+    let (v4, v6) = (IpAddr::V4(node.address), IpAddr::V6(v6.node));
+    let quick = Duration::from_millis(600);
+    assert!(pings(v4, UP_WITHIN), "{v4} does not answer");
+    assert!(pings(v6, UP_WITHIN), "{v6} does not answer");
+
+    ignore_echo(&node.ns, false, true).unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        !pings(v4, quick),
+        "{v4} answers with icmp_echo_ignore_all=1"
+    );
+    assert!(
+        pings(v6, UP_WITHIN),
+        "{v6} stopped answering with IPv4's setting"
+    );
+    ignore_echo(&node.ns, false, false).unwrap_or_else(|err| panic!("{err}"));
+    assert!(pings(v4, UP_WITHIN), "{v4} does not answer again");
+
+    set_link(&node.ns, &node.interface, false).unwrap_or_else(|err| panic!("{err}"));
+    assert!(!pings(v4, quick), "{v4} answers with its link down");
+    assert!(!pings(v6, quick), "{v6} answers with its link down");
+    set_link(&node.ns, &node.interface, true).unwrap_or_else(|err| panic!("{err}"));
+    assert!(pings(v4, UP_WITHIN), "{v4} does not answer after link up");
+    assert!(pings(v6, UP_WITHIN), "{v6} lost its address with its link");
+
+    // A listener, then none.
+    let at = SocketAddr::new(v4, TCP_PORT);
+    let service = TcpService::start(&node.ns.path(), at, SERVER_LIFETIME)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let answers = hb_tests::http::get_many(&monitor, at, 2).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(answers.len(), 2);
+    let deadline = Instant::now() + UP_WITHIN;
+    while service.accepted() < 2 && Instant::now() < deadline {
+        sleep(Duration::from_millis(10));
+    }
+    assert_eq!(service.stop(), 2);
+    let refused = hb_tests::http::get_many(&monitor, at, 1).unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        matches!(&refused[0], Err(err) if err.contains("refused")),
+        "{refused:?}"
+    );
+
+    // The health server switches its answer; other paths get 404.
+    let at = SocketAddr::new(v4, HTTP_PORT);
+    let server = HealthServer::start(&node.ns.path(), at, Answer::new(200, "ok"), SERVER_LIFETIME)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let get = |path: &str| {
+        probe::http_get(&monitor, at, path).unwrap_or_else(|err| panic!("GET {path}: {err}"))
+    };
+    assert_eq!(get("/healthz"), (200, "ok".to_owned()));
+    server.set(Answer::new(503, "ok"));
+    assert_eq!(get("/healthz"), (503, "ok".to_owned()));
+    assert_eq!(get("/other").0, 404);
+    let (served, unavailable) = server.served_since(Instant::now() - UP_WITHIN, 503);
+    assert_eq!((served, unavailable), (2, 1));
+    server.stop();
+
+    // An hb echo request (tagged under some key) sent from the monitor's
+    // address is captured in the node's namespace, fields intact.
+    let key: hb_common::siphash::Key = [9; 16];
+    let target = node.address.to_ipv6_mapped().octets();
+    let probe = hb_common::probe::Probe {
+        node_id: 1,
+        sequence: 42,
+    };
+    let data = probe.encode(&key, &target);
+    let request =
+        hb_common::probe::echo_message(hb_common::probe::ICMP_ECHO_REQUEST, 0xb0b0, 7, &data);
+    let capture = {
+        let path = node.ns.path();
+        thread::spawn(move || capture_probes(&path, 1, UP_WITHIN))
+    };
+    sleep(Duration::from_millis(200));
+    let sent = send_icmp(
+        &monitor,
+        node.monitor_address,
+        node.address,
+        vec![request; 5],
+        Duration::from_millis(100),
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(sent, 5);
+    let captured = capture
+        .join()
+        .expect("the capture thread")
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(captured.len(), 1, "{captured:?}");
+    let c = &captured[0];
+    assert_eq!((c.from, c.to), (node.monitor_address, node.address));
+    assert_eq!((c.identifier, c.icmp_sequence), (0xb0b0, 7));
+    assert_eq!(c.probe, probe);
+    assert_eq!(c.data, data);
+}
+
+/// An attacker on another link of the monitor learns hb's identifier from
+/// an echo request it captures at the node, then, while the node does not
+/// answer, sends echo replies with the node's id, a wrong tag and
+/// sequences far ahead, and replays the node's real reply to that request,
+/// both from the node's address: the node goes down all the same, the
+/// datapath counts each forgery as a bad tag and each replay as a replay;
+/// the real reply sent from the attacker's own address is a bad tag too.
+/// Once the node answers again it is up: the forged sequences did not move
+/// the one the datapath recorded.
+#[test]
+fn forged_and_replayed_replies_never_refresh_a_silent_node() {
+    if !root() {
+        return;
+    }
+    // Lab node 2 is the attacker's host: not a cluster member, but its link
+    // is one of the monitor's interfaces (the XDP program sees it).
+    let f = ProbeLab::start(2, |lab| {
+        (String::new(), vec![probed(1, lab.node(1).address, "icmp")])
+    });
+    f.expect_first_up(&[1]);
+    let (node, attacker) = (f.lab.node(1), f.lab.node(2));
+
+    let captured =
+        capture_probes(&node.ns.path(), 3, UP_WITHIN).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(captured.len(), 3, "captured {captured:?}{}", f.context());
+    let identifier = f.probes()["identifier"].as_u64();
+    for c in &captured {
+        assert_eq!(Some(u64::from(c.identifier)), identifier, "{c:?}");
+        assert_eq!(c.probe.node_id, 1, "{c:?}");
+        assert_eq!(
+            (c.from, c.to),
+            (node.monitor_address, node.address),
+            "{c:?}"
+        );
+    }
+    assert!(
+        captured
+            .windows(2)
+            .all(|w| w[0].probe.sequence < w[1].probe.sequence),
+        "probe sequences do not advance: {captured:?}"
+    );
+    let real = captured[0];
+    // The node answers the later probes too: the datapath records newer
+    // sequences than the captured one.
+    let accepted = f.counter("probe_accepted");
+    f.wait_until("two more probe replies", UP_WITHIN, || {
+        f.counter("probe_accepted") >= accepted + 2
+    });
+
+    allow_spoofing(&f.lab, attacker, node.address).unwrap_or_else(|err| panic!("{err}"));
+    let (bad_tag, replay) = (f.counter("probe_bad_tag"), f.counter("probe_replay"));
+    let (skip, t0) = (f.lines(), Instant::now());
+    ignore_echo(&node.ns, false, true).unwrap_or_else(|err| panic!("{err}"));
+    // Forgeries and replays alternate, 20 ms apart, over 1.6 s: across the
+    // whole timeout.
+    const EACH: u64 = 40;
+    let messages: Vec<_> = (0..EACH)
+        .flat_map(|k| {
+            let forged = real.forged_reply(
+                1,
+                real.probe.sequence + 1_000_000 + k,
+                0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(k + 1),
+            );
+            [forged, real.reply()]
+        })
+        .collect();
+    let flood = {
+        let (path, from, to) = (attacker.ns.path(), node.address, attacker.monitor_address);
+        thread::spawn(move || send_icmp(&path, from, to, messages, Duration::from_millis(20)))
+    };
+    let detected = f.expect_down_on_time(1, skip, t0);
+    let sent = flood
+        .join()
+        .expect("the flood thread")
+        .unwrap_or_else(|err| panic!("{err}{}", f.context()));
+    assert_eq!(sent as u64, 2 * EACH);
+    f.wait_until(
+        "the datapath to count every forgery and replay",
+        UP_WITHIN,
+        || {
+            f.counter("probe_bad_tag") >= bad_tag + EACH
+                && f.counter("probe_replay") >= replay + EACH
+        },
+    );
+    assert_eq!(
+        f.counter("probe_bad_tag") - bad_tag,
+        EACH,
+        "{}",
+        f.context()
+    );
+    assert_eq!(f.counter("probe_replay") - replay, EACH, "{}", f.context());
+    // The real reply from another address than the node's: a bad tag.
+    let sent = send_icmp(
+        &attacker.ns.path(),
+        attacker.address,
+        attacker.monitor_address,
+        vec![real.reply(); 5],
+        Duration::from_millis(10),
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(sent, 5);
+    f.wait_until("the datapath to count the moved reply", UP_WITHIN, || {
+        f.counter("probe_bad_tag") >= bad_tag + EACH + 5
+    });
+    assert_eq!(f.counter("probe_bad_tag") - bad_tag, EACH + 5);
+    // Still down, and silent as far as the agent knows.
+    sleep(TIMING.timeout());
+    assert_eq!(f.node_state(1), "down", "{}", f.context());
+    f.assert_history(1, &["up", "down"]);
+    assert!(
+        !ping(
+            &f.lab.monitor.path(),
+            node.address.into(),
+            Duration::from_millis(600)
+        )
+        .unwrap_or_else(|err| panic!("{err}")),
+        "the node answered ICMP while it should not"
+    );
+
+    let (skip, t1) = (f.lines(), Instant::now());
+    ignore_echo(&node.ns, false, false).unwrap_or_else(|err| panic!("{err}"));
+    let back = f.expect_up_again(1, skip, t1);
+    f.assert_stays_up(1, STEADY, "it answered again");
+    f.assert_history(1, &["up", "down", "up"]);
+    eprintln!(
+        "forged replies: down {detected:?} after the node stopped answering despite {EACH} \
+         forgeries and {EACH} replays; up {back:?} after it answered again"
+    );
+}
+
+/// A TCP probe against a listener in the node's namespace; node 2 is the
+/// same host (same address) probed with ICMP.
+#[test]
+fn tcp_probe_follows_the_listener_not_the_host() {
+    if !root() {
+        return;
+    }
+    let f = ProbeLab::start(1, |lab| {
+        let address = lab.node(1).address;
+        (
+            String::new(),
+            vec![
+                probed(1, address, &format!("tcp:{TCP_PORT}")),
+                probed(2, address, "icmp"),
+            ],
+        )
+    });
+    let node = f.lab.node(1);
+    let at = SocketAddr::new(node.address.into(), TCP_PORT);
+    let listen = || {
+        TcpService::start(&node.ns.path(), at, SERVER_LIFETIME)
+            .unwrap_or_else(|err| panic!("{err}"))
+    };
+    let service = listen();
+    f.expect_first_up(&[1, 2]);
+    f.assert_probe(1, "tcp", &at.to_string());
+    f.assert_probe(2, "icmp", &node.address.to_string());
+    let probes = f.probes();
+    assert_eq!(probes["nodes"]["tcp"], 1, "{probes}");
+    assert_eq!(probes["nodes"]["icmp"], 1, "{probes}");
+    f.assert_stays_up(1, STEADY, "its listener listened");
+    let connects = service.accepted();
+    assert!(connects >= 3, "only {connects} connections in {STEADY:?}");
+
+    let (skip, t0) = (f.lines(), Instant::now());
+    service.stop();
+    let detected = f.expect_down_on_time(1, skip, t0);
+    // The host is there: it answers ICMP, and node 2 stays up.
+    assert!(
+        ping(&f.lab.monitor.path(), node.address.into(), MARGIN)
+            .unwrap_or_else(|err| panic!("{err}")),
+        "the host does not answer ICMP"
+    );
+    assert_eq!(f.node_state(2), "up", "{}", f.context());
+    let metrics = f.metrics();
+    let refused = metric(
+        &metrics,
+        "hb_probe_failures_total",
+        &[("kind", "tcp"), ("reason", "refused")],
+    );
+    assert!(
+        refused.is_some_and(|n| n >= 1.0),
+        "refused: {refused:?}\n{metrics}"
+    );
+
+    let (skip, t1) = (f.lines(), Instant::now());
+    let service = listen();
+    let back = f.expect_up_again(1, skip, t1);
+    f.assert_stays_up(1, STEADY, "its listener was back");
+    assert!(service.accepted() >= 3);
+    f.assert_history(1, &["up", "down", "up"]);
+    f.assert_history(2, &["up"]);
+    eprintln!("tcp: down {detected:?} after the listener closed, up {back:?} after it came back");
+}
+
+/// An HTTP probe with a status rule (200-299) and a body rule ("ok")
+/// against a health server in the node's namespace whose answer the test
+/// switches: 200 "ok" up, 503 down, 200 "ok" up, 200 "nope" down, 200 "ok"
+/// up.
+#[test]
+fn http_probe_applies_the_status_and_body_rules() {
+    if !root() {
+        return;
+    }
+    let f = ProbeLab::start(1, |lab| {
+        let node = ProbedNode::new(1, lab.node(1).address)
+            .probe(&format!("http://{{address}}:{HTTP_PORT}/healthz"))
+            .set("probe_status", "\"200-299\"")
+            .set("probe_body", "\"ok\"");
+        (String::new(), vec![node])
+    });
+    let node = f.lab.node(1);
+    let at = SocketAddr::new(node.address.into(), HTTP_PORT);
+    let server = HealthServer::start(
+        &node.ns.path(),
+        at,
+        Answer::new(200, "ok\n"),
+        SERVER_LIFETIME,
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    f.expect_first_up(&[1]);
+    f.assert_probe(1, "http", &format!("http://{at}/healthz"));
+    assert_eq!(f.probes()["nodes"]["http"], 1);
+    f.assert_stays_up(1, STEADY, "it answered 200 ok");
+
+    let steps = [
+        (Answer::new(503, "ok\n"), Some("status")),
+        (Answer::new(200, "ok\n"), None),
+        (Answer::new(200, "nope\n"), Some("body")),
+        (Answer::new(200, "all ok\n"), None),
+    ];
+    let mut timings = Vec::new();
+    for (answer, failure) in steps {
+        let (skip, since) = (f.lines(), Instant::now());
+        let status = answer.status;
+        server.set(answer.clone());
+        match failure {
+            Some(reason) => {
+                timings.push(f.expect_down_on_time(1, skip, since));
+                let (served, matching) = server.served_since(since, status);
+                assert!(
+                    matching >= 2 && matching == served,
+                    "{matching} of {served} requests answered {answer:?} before down"
+                );
+                let metrics = f.metrics();
+                let failures = metric(
+                    &metrics,
+                    "hb_probe_failures_total",
+                    &[("kind", "http"), ("reason", reason)],
+                );
+                assert!(
+                    failures.is_some_and(|n| n >= 2.0),
+                    "{reason}: {failures:?}\n{metrics}"
+                );
+            }
+            None => {
+                timings.push(f.expect_up_again(1, skip, since));
+                f.assert_stays_up(1, STEADY, &format!("it answered {answer:?}"));
+            }
+        }
+    }
+    f.assert_history(1, &["up", "down", "up", "down", "up"]);
+    eprintln!("http: 503 -> down, 200 -> up, body -> down, 200 -> up: {timings:?}");
+}
+
+/// A node with a sender and an ICMP probe: up while either works, refreshed
+/// by whichever does, down when both stop.
+#[test]
+fn hybrid_node_is_up_while_either_source_works() {
+    if !root() {
+        return;
+    }
+    let f = ProbeLab::start(1, |lab| {
+        (String::new(), vec![probed(1, lab.node(1).address, "icmp")])
+    });
+    let node = f.lab.node(1);
+    let mut sender = Sender::start(
+        &f.hb,
+        &f.lab,
+        1,
+        TIMING.interval,
+        &Sched::default(),
+        &f.dir.join("sender-1.log"),
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    f.expect_first_up(&[1]);
+    f.assert_probe(1, "icmp", &node.address.to_string());
+    let heartbeats = f.counter("accepted");
+    let replies = f.counter("probe_accepted");
+    f.assert_stays_up(1, STEADY, "both its sources worked");
+    assert!(f.counter("accepted") > heartbeats, "no heartbeat recorded");
+    assert!(
+        f.counter("probe_accepted") > replies,
+        "no probe reply recorded"
+    );
+
+    // Every sample of refreshed_by over `window` is `source`.
+    let only = |source: &str, window: Duration| {
+        let deadline = Instant::now() + window;
+        while Instant::now() < deadline {
+            assert_eq!(
+                f.refreshed_by(1).as_deref(),
+                Some(source),
+                "{}",
+                f.context()
+            );
+            sleep(Duration::from_millis(100));
+        }
+    };
+
+    // The sender hangs; the host answers ICMP.
+    sender.freeze().unwrap_or_else(|err| panic!("{err}"));
+    f.wait_until("refreshed_by = probe", UP_WITHIN, || {
+        f.refreshed_by(1).as_deref() == Some("probe")
+    });
+    only("probe", STEADY);
+    f.assert_stays_up(
+        1,
+        TIMING.timeout(),
+        "its sender was stopped and ICMP answered",
+    );
+
+    // The sender runs; the host ignores ICMP.
+    ignore_echo(&node.ns, false, true).unwrap_or_else(|err| panic!("{err}"));
+    sender.thaw().unwrap_or_else(|err| panic!("{err}"));
+    f.wait_until("refreshed_by = heartbeat", UP_WITHIN, || {
+        f.refreshed_by(1).as_deref() == Some("heartbeat")
+    });
+    only("heartbeat", STEADY);
+    f.assert_stays_up(1, TIMING.timeout(), "ICMP was ignored and its sender ran");
+
+    // Both stop.
+    let (skip, t0) = (f.lines(), Instant::now());
+    sender.freeze().unwrap_or_else(|err| panic!("{err}"));
+    let detected = f.expect_down_on_time(1, skip, t0);
+
+    // ICMP answers again: up, by the probe.
+    let (skip, t1) = (f.lines(), Instant::now());
+    ignore_echo(&node.ns, false, false).unwrap_or_else(|err| panic!("{err}"));
+    let back = f.expect_up_again(1, skip, t1);
+    assert_eq!(f.refreshed_by(1).as_deref(), Some("probe"));
+    f.assert_history(1, &["up", "down", "up"]);
+    sender
+        .ensure_running()
+        .unwrap_or_else(|err| panic!("{err}"));
+    eprintln!("hybrid: down {detected:?} after both stopped, up {back:?} after ICMP came back");
+}
+
+/// `probe_confirm = true`: a node that stops answering is convicted on
+/// time all the same, after exactly one retry probe; one that answers is
+/// never retried into a false down.
+#[test]
+fn confirmation_retries_once_and_still_convicts_on_time() {
+    if !root() {
+        return;
+    }
+    let f = ProbeLab::start(2, |lab| {
+        let nodes = (1..=2)
+            .map(|i| {
+                probed(i.into(), lab.node(i).address, "icmp")
+                    .set("probe_confirm", "true")
+                    .set("probe_timeout", "\"100ms\"")
+            })
+            .collect();
+        (String::new(), nodes)
+    });
+    f.expect_first_up(&[1, 2]);
+    f.assert_stays_up(1, STEADY, "it answered");
+    let retries = f.probes()["retries"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no probes.retries: {}", f.probes()));
+
+    let node = f.lab.node(1);
+    let (skip, t0) = (f.lines(), Instant::now());
+    ignore_echo(&node.ns, false, true).unwrap_or_else(|err| panic!("{err}"));
+    let detected = f.expect_down_on_time(1, skip, t0);
+    sleep(TIMING.timeout());
+    let after = f.probes()["retries"].as_u64().unwrap_or(0);
+    assert_eq!(
+        after - retries,
+        1,
+        "retries before the down of node 1{}",
+        f.context()
+    );
+    let metrics = f.metrics();
+    let total = metric(&metrics, "hb_probe_retries_total", &[]);
+    assert!(total.is_some_and(|n| n >= 1.0), "{total:?}\n{metrics}");
+
+    let (skip, t1) = (f.lines(), Instant::now());
+    ignore_echo(&node.ns, false, false).unwrap_or_else(|err| panic!("{err}"));
+    let back = f.expect_up_again(1, skip, t1);
+    f.assert_history(1, &["up", "down", "up"]);
+    f.assert_history(2, &["up"]);
+    eprintln!("confirm: down {detected:?} (one retry), up {back:?}");
+}
