@@ -851,7 +851,17 @@ impl Answer {
             body: body.to_owned(),
         }
     }
+
+    /// No answer at all: the server reads the request and then waits, for
+    /// the client to give up (at most a couple of seconds), without a
+    /// byte. A hung backend.
+    pub fn hang() -> Self {
+        Self::new(HANG, "")
+    }
 }
+
+/// The [`Answer::status`] of [`Answer::hang`].
+const HANG: u16 = 0;
 
 /// An HTTP/1.1 server in a node's namespace, one request per connection,
 /// answering `GET /healthz` with the current [`Answer`] (switched by
@@ -878,6 +888,7 @@ impl HealthServer {
             while !done() {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        let accepted = Instant::now();
                         let answer = current
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
@@ -886,7 +897,7 @@ impl HealthServer {
                         if let Ok(status) = answer_health(stream, &answer) {
                             log.lock()
                                 .unwrap_or_else(PoisonError::into_inner)
-                                .push((Instant::now(), status));
+                                .push((accepted, status));
                         }
                     }
                     Err(_) => thread::sleep(POLL),
@@ -900,13 +911,13 @@ impl HealthServer {
         })
     }
 
-    /// Answer `answer` from the next request on.
+    /// Answer `answer` from the next request accepted on.
     pub fn set(&self, answer: Answer) {
         *self.answer.lock().unwrap_or_else(PoisonError::into_inner) = answer;
     }
 
-    /// `GET /healthz` requests answered since `since`, and how many of them
-    /// with `status`.
+    /// `GET /healthz` requests accepted since `since` (and answered, or
+    /// hung up on by the client), and how many of them with `status`.
     pub fn served_since(&self, since: Instant, status: u16) -> (usize, usize) {
         let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
         let after: Vec<u16> = served
@@ -927,7 +938,7 @@ impl HealthServer {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
-        204 => "No Content",
+        202 => "Accepted",
         404 => "Not Found",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -953,6 +964,11 @@ fn answer_health(mut stream: TcpStream, answer: &Answer) -> io::Result<u16> {
     let line = String::from_utf8_lossy(&request);
     let mut words = line.lines().next().unwrap_or_default().split_whitespace();
     let health = words.next() == Some("GET") && words.next() == Some("/healthz");
+    if health && answer.status == HANG {
+        // Until the client closes, or the read timeout.
+        while matches!(stream.read(&mut buffer), Ok(n) if n > 0) {}
+        return Ok(HANG);
+    }
     let (status, body) = if health {
         (answer.status, answer.body.as_str())
     } else {

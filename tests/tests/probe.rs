@@ -24,7 +24,7 @@
 //!   still convicted on time, after one retry probe.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     thread,
     time::{Duration, Instant},
 };
@@ -379,8 +379,24 @@ fn icmp_link_down_and_back(ipv6: bool) {
     let probes = f.probes();
     assert_eq!(probes["nodes"]["icmp"], 2, "{probes}");
     assert_eq!(probes["nodes"]["tcp"], 0, "{probes}");
-    assert!(probes["identifier"].as_u64().is_some(), "{probes}");
+    let identifier = probes["identifier"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no identifier: {probes}"));
     assert!(f.counter("probe_accepted") > 0);
+    // `hb status` says the same: the prober's line and each node's probe.
+    let text =
+        f.hb.status_text(&f.config.socket)
+            .unwrap_or_else(|err| panic!("hb status: {err}"));
+    for needle in [
+        format!("icmp 2, tcp 0, http 0 nodes; identifier {identifier:#06x}"),
+        format!("probe icmp {}", address(1)),
+        format!("probe icmp {}", address(2)),
+    ] {
+        assert!(
+            text.contains(&needle),
+            "{needle:?} missing from hb status:\n{text}"
+        );
+    }
     // Steady: probing keeps both up.
     f.assert_stays_up(1, STEADY, "its link was up");
 
@@ -630,6 +646,15 @@ fn forged_and_replayed_replies_never_refresh_a_silent_node() {
         f.counter("probe_bad_tag") >= bad_tag + EACH + 5
     });
     assert_eq!(f.counter("probe_bad_tag") - bad_tag, EACH + 5);
+    // /metrics counts them too (the agent's whole life: at least these).
+    let metrics = f.metrics();
+    for (outcome, least) in [("probe_bad_tag", EACH + 5), ("probe_replay", EACH)] {
+        let seen = metric(&metrics, "hb_packets_total", &[("outcome", outcome)]);
+        assert!(
+            seen.is_some_and(|n| n >= least as f64),
+            "hb_packets_total{{outcome={outcome:?}}} is {seen:?}, at least {least} expected"
+        );
+    }
     // Still down, and silent as far as the agent knows.
     sleep(TIMING.timeout());
     assert_eq!(f.node_state(1), "down", "{}", f.context());
@@ -722,8 +747,9 @@ fn tcp_probe_follows_the_listener_not_the_host() {
 
 /// An HTTP probe with a status rule (200-299) and a body rule ("ok")
 /// against a health server in the node's namespace whose answer the test
-/// switches: 200 "ok" up, 503 down, 200 "ok" up, 200 "nope" down, 200 "ok"
-/// up.
+/// switches: 200 "ok" up, 503 down (status), 200 "ok" up, 200 "nope" down
+/// (body), 200 "all ok" up, no answer at all down (the probe's timeout),
+/// 202 "ok" up.
 #[test]
 fn http_probe_applies_the_status_and_body_rules() {
     if !root() {
@@ -755,16 +781,19 @@ fn http_probe_applies_the_status_and_body_rules() {
         (Answer::new(200, "ok\n"), None),
         (Answer::new(200, "nope\n"), Some("body")),
         (Answer::new(200, "all ok\n"), None),
+        (Answer::hang(), Some("timeout")),
+        (Answer::new(202, "ok"), None),
     ];
     let mut timings = Vec::new();
     for (answer, failure) in steps {
         let (skip, since) = (f.lines(), Instant::now());
         let status = answer.status;
         server.set(answer.clone());
+        let switched = Instant::now();
         match failure {
             Some(reason) => {
                 timings.push(f.expect_down_on_time(1, skip, since));
-                let (served, matching) = server.served_since(since, status);
+                let (served, matching) = server.served_since(switched, status);
                 assert!(
                     matching >= 2 && matching == served,
                     "{matching} of {served} requests answered {answer:?} before down"
@@ -786,8 +815,11 @@ fn http_probe_applies_the_status_and_body_rules() {
             }
         }
     }
-    f.assert_history(1, &["up", "down", "up", "down", "up"]);
-    eprintln!("http: 503 -> down, 200 -> up, body -> down, 200 -> up: {timings:?}");
+    f.assert_history(1, &["up", "down", "up", "down", "up", "down", "up"]);
+    eprintln!(
+        "http: 503 -> down, 200 -> up, body -> down, 200 -> up, hung -> down, 202 -> up: \
+         {timings:?}"
+    );
 }
 
 /// A node with a sender and an ICMP probe: up while either works, refreshed
@@ -919,4 +951,78 @@ fn confirmation_retries_once_and_still_convicts_on_time() {
     f.assert_history(1, &["up", "down", "up"]);
     f.assert_history(2, &["up"]);
     eprintln!("confirm: down {detected:?} (one retry), up {back:?}");
+}
+
+/// A probed `[[node_ranges]]`: node `first_id + k` is probed at
+/// `first_address + k`. Ten addresses live on the node namespace's
+/// loopback (answered through its link); two of them taken away bring
+/// exactly their two nodes down, and back up when they return.
+#[test]
+fn icmp_range_probes_each_node_at_its_own_address() {
+    if !root() {
+        return;
+    }
+    const FIRST_ID: u32 = 5;
+    const COUNT: u8 = 10;
+    const FIRST: u8 = 100;
+    let address = |k: u8| Ipv4Addr::new(198, 18, 1, FIRST + k);
+    let local = |lab: &Lab, k: u8, add: bool| {
+        lab.node(1)
+            .ns
+            .ip([
+                "addr",
+                if add { "add" } else { "del" },
+                &format!("{}/32", address(k)),
+                "dev",
+                "lo",
+            ])
+            .unwrap_or_else(|err| panic!("{err}"));
+    };
+    let f = ProbeLab::start(1, |lab| {
+        for k in 0..COUNT {
+            local(lab, k, true);
+        }
+        let range = format!(
+            "[[node_ranges]]\nfirst_id = {FIRST_ID}\ncount = {COUNT}\nname_prefix = \"r-\"\n\
+             first_address = \"{}\"\nprobe = \"icmp\"\n",
+            address(0)
+        );
+        (range, vec![probed(1, lab.node(1).address, "icmp")])
+    });
+    let ids: Vec<u32> = (0..u32::from(COUNT)).map(|k| FIRST_ID + k).collect();
+    for &id in ids.iter().chain([1].iter()) {
+        f.expect_event(&format!("up {id}"), UP_WITHIN, |e| e.is("up", id));
+    }
+    for k in [0, 3, 9] {
+        f.assert_probe(FIRST_ID + u32::from(k), "icmp", &address(k).to_string());
+    }
+    assert_eq!(f.probes()["nodes"]["icmp"], u64::from(COUNT) + 1);
+
+    let gone = [3u8, 7];
+    let (skip, t0) = (f.lines(), Instant::now());
+    for k in gone {
+        local(&f.lab, k, false);
+    }
+    let mut timings = Vec::new();
+    for k in gone {
+        timings.push(f.expect_down_on_time(FIRST_ID + u32::from(k), skip, t0));
+    }
+    let (skip, t1) = (f.lines(), Instant::now());
+    for k in gone {
+        local(&f.lab, k, true);
+    }
+    for k in gone {
+        timings.push(f.expect_up_again(FIRST_ID + u32::from(k), skip, t1));
+    }
+    f.assert_stays_up(FIRST_ID + 3, STEADY, "its address was back");
+    for (k, id) in (0..COUNT).zip(&ids) {
+        let expected: &[&str] = if gone.contains(&k) {
+            &["up", "down", "up"]
+        } else {
+            &["up"]
+        };
+        f.assert_history(*id, expected);
+    }
+    f.assert_history(1, &["up"]);
+    eprintln!("range: down, down, up, up: {timings:?}");
 }
