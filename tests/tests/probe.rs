@@ -998,6 +998,55 @@ fn icmp_range_probes_each_node_at_its_own_address() {
     }
     assert_eq!(f.probes()["nodes"]["icmp"], u64::from(COUNT) + 1);
 
+    // How the probes arrive: each node's every interval (the jitter is
+    // 5%), its sequence +1 each time; the eleven nodes spread over the
+    // interval, not in one burst.
+    let captured = capture_probes(&f.lab.node(1).ns.path(), 400, Duration::from_millis(2500))
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        captured.len() >= 60,
+        "only {} probes in 2.5 s",
+        captured.len()
+    );
+    let median = |mut gaps: Vec<Duration>| {
+        gaps.sort();
+        gaps.get(gaps.len() / 2).copied().unwrap_or_default()
+    };
+    for &id in ids.iter().chain([1].iter()) {
+        let mine: Vec<_> = captured.iter().filter(|c| c.probe.node_id == id).collect();
+        assert!(mine.len() >= 5, "{} probes of node {id}", mine.len());
+        let to = if id == 1 {
+            f.lab.node(1).address
+        } else {
+            address(u8::try_from(id - FIRST_ID).unwrap())
+        };
+        assert!(
+            mine.iter().all(|c| c.to == to),
+            "node {id} probed elsewhere: {mine:?}"
+        );
+        assert!(
+            mine.windows(2)
+                .all(|w| w[1].probe.sequence == w[0].probe.sequence + 1),
+            "node {id}'s probe sequences: {:?}",
+            mine.iter().map(|c| c.probe.sequence).collect::<Vec<_>>()
+        );
+        let gap = median(mine.windows(2).map(|w| w[1].at - w[0].at).collect());
+        assert!(
+            gap >= TIMING.interval * 3 / 4 && gap <= TIMING.interval * 5 / 4,
+            "node {id}'s probes {gap:?} apart (median), interval {:?}",
+            TIMING.interval
+        );
+    }
+    let spacing = median(captured.windows(2).map(|w| w[1].at - w[0].at).collect());
+    assert!(
+        spacing >= Duration::from_millis(5),
+        "the probes of the 11 nodes come {spacing:?} apart (median): a burst, not spread"
+    );
+    eprintln!(
+        "range: {} probes in 2.5 s, {spacing:?} apart (median of all)",
+        captured.len()
+    );
+
     let gone = [3u8, 7];
     let (skip, t0) = (f.lines(), Instant::now());
     for k in gone {
