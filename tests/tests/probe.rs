@@ -30,7 +30,7 @@ use std::{
 };
 
 use hb_tests::{
-    ChildGuard, Event, Hb, Lab, Sched, Sender, TempDir, TestConfig, Timing,
+    ChildGuard, Event, Hb, Lab, Sched, Sender, Signal, TempDir, TestConfig, Timing,
     attacker::allow_spoofing,
     events::{read_events, read_lines, wait_for_line},
     interrupt, is_root,
@@ -79,12 +79,22 @@ impl ProbeLab {
     /// servers) and return the extra sections and the configured nodes,
     /// and start the agent on them.
     fn start(nodes: u8, prepare: impl FnOnce(&Lab) -> (String, Vec<ProbedNode>)) -> Self {
+        Self::start_with(nodes, TIMING, prepare)
+    }
+
+    /// [`ProbeLab::start`] with another timing than [`TIMING`] (the
+    /// waits of this fixture assume [`TIMING`]).
+    fn start_with(
+        nodes: u8,
+        timing: Timing,
+        prepare: impl FnOnce(&Lab) -> (String, Vec<ProbedNode>),
+    ) -> Self {
         let hb = Hb::from_env();
         let lab = Lab::build(&unique_prefix(), nodes)
             .unwrap_or_else(|err| panic!("building the lab: {err}"));
         let dir = TempDir::new("hb-probe").unwrap_or_else(|err| panic!("{err}"));
         let (sections, probed) = prepare(&lab);
-        let config = probe::write_config(&dir, &lab, TIMING, &sections, &probed)
+        let config = probe::write_config(&dir, &lab, timing, &sections, &probed)
             .unwrap_or_else(|err| panic!("{err}"));
         let agent = hb
             .start_agent(&lab, &config, &dir.join("agent.log"), READY_WITHIN)
@@ -1074,4 +1084,128 @@ fn icmp_range_probes_each_node_at_its_own_address() {
     }
     f.assert_history(1, &["up"]);
     eprintln!("range: down, down, up, up: {timings:?}");
+}
+
+/// A node whose address has no route from the monitor (the kernel refuses
+/// its echo requests: nothing leaves) never comes up and its failed sends
+/// are counted; it holds back no other node's probes.
+#[test]
+fn an_unroutable_node_does_not_hold_back_the_others() {
+    if !root() {
+        return;
+    }
+    // In 198.18.0.0/15 but on no link of the lab: no route in the monitor.
+    let nowhere = Ipv4Addr::new(198, 19, 0, 9);
+    let f = ProbeLab::start(2, |lab| {
+        (
+            String::new(),
+            vec![
+                probed(1, lab.node(1).address, "icmp"),
+                probed(2, nowhere, "icmp"),
+                probed(3, lab.node(2).address, "icmp"),
+            ],
+        )
+    });
+    f.expect_first_up(&[1, 3]);
+    f.assert_stays_up(1, STEADY, "another node could not be probed");
+    f.assert_stays_up(3, Duration::ZERO, "another node could not be probed");
+    assert_eq!(f.node_state(2), "unseen", "{}", f.context());
+    f.assert_history(2, &[]);
+    let metrics = f.metrics();
+    let failed = metric(
+        &metrics,
+        "hb_probe_failures_total",
+        &[("kind", "icmp"), ("reason", "send")],
+    );
+    assert!(
+        failed.is_some_and(|n| n >= 5.0),
+        "icmp send failures: {failed:?}\n{metrics}"
+    );
+    let probes = f.probes();
+    assert!(
+        probes["failed"].as_u64().is_some_and(|n| n >= 5),
+        "{probes}"
+    );
+    f.assert_history(1, &["up"]);
+    f.assert_history(3, &["up"]);
+}
+
+/// The agent restarted (SIGTERM, then a new one at once) under a probed
+/// node, with a timeout (2 s) long against the restart: the node does not
+/// flap; the new agent's probes (a new secret, sequences from 1 again) are
+/// recorded, not taken for replays; a reply to the old agent's probe, sent
+/// again after the restart, is a bad tag (another start's secret).
+#[test]
+fn icmp_probing_survives_an_agent_restart() {
+    if !root() {
+        return;
+    }
+    let slow = Timing {
+        interval: Duration::from_millis(500),
+        timeout_multiplier: 4,
+        sweep_period: Duration::from_millis(50),
+    };
+    let mut f = ProbeLab::start_with(2, slow, |lab| {
+        (String::new(), vec![probed(1, lab.node(1).address, "icmp")])
+    });
+    f.expect_first_up(&[1]);
+    let (node, attacker) = (f.lab.node(1), f.lab.node(2));
+    let old = capture_probes(&node.ns.path(), 1, UP_WITHIN).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(old.len(), 1, "{}", f.context());
+    let old = old[0];
+    let (accepted, replay) = (f.counter("probe_accepted"), f.counter("probe_replay"));
+
+    let exit = f
+        .agent
+        .stop(Signal::Term, UP_WITHIN)
+        .unwrap_or_else(|err| panic!("{err}{}", f.context()));
+    assert!(
+        exit.success(),
+        "the agent exited with {exit}{}",
+        f.context()
+    );
+    f.agent =
+        f.hb.start_agent(&f.lab, &f.config, &f.dir.join("agent-2.log"), READY_WITHIN)
+            .unwrap_or_else(|err| panic!("the agent did not restart: {err}"));
+    // The datapath's counters outlive the agent (pinned): deltas hold.
+    f.wait_until("probe replies recorded again", UP_WITHIN, || {
+        f.counter("probe_accepted") >= accepted + 3
+    });
+    f.assert_stays_up(1, slow.timeout() * 2, "the agent had restarted");
+    f.assert_history(1, &["up"]);
+    assert_eq!(
+        f.counter("probe_replay"),
+        replay,
+        "the new agent's replies were taken for replays{}",
+        f.context()
+    );
+
+    // The reply to the old agent's probe, with the new agent's identifier
+    // (the tag does not cover it), from the node's address: tagged under
+    // the old secret, a bad tag now.
+    let identifier = f.probes()["identifier"]
+        .as_u64()
+        .and_then(|id| u16::try_from(id).ok())
+        .unwrap_or_else(|| panic!("no identifier: {}", f.probes()));
+    let stale = probe::CapturedProbe { identifier, ..old };
+    allow_spoofing(&f.lab, attacker, node.address).unwrap_or_else(|err| panic!("{err}"));
+    let bad_tag = f.counter("probe_bad_tag");
+    let sent = send_icmp(
+        &attacker.ns.path(),
+        node.address,
+        attacker.monitor_address,
+        vec![stale.reply(); 5],
+        Duration::from_millis(10),
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(sent, 5);
+    f.wait_until("the stale replies counted", UP_WITHIN, || {
+        f.counter("probe_bad_tag") >= bad_tag + 5
+    });
+    assert_eq!(f.counter("probe_bad_tag"), bad_tag + 5, "{}", f.context());
+    assert_eq!(f.counter("probe_replay"), replay, "{}", f.context());
+    eprintln!(
+        "restart: identifier {:#06x} -> {identifier:#06x}, no flap",
+        old.identifier
+    );
 }
