@@ -361,6 +361,7 @@ fn describe_says_what_changed_one_line_each() {
         http_listen: true,
         per_node_metrics: true,
         event_log: true,
+        probes: true,
     };
     assert_eq!(
         plan.describe(),
@@ -377,6 +378,7 @@ fn describe_says_what_changed_one_line_each() {
             "http.listen changed",
             "http.per_node_metrics changed",
             "event_log changed",
+            "probes re-planned",
         ]
     );
 }
