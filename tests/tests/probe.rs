@@ -1209,3 +1209,81 @@ fn icmp_probing_survives_an_agent_restart() {
         old.identifier
     );
 }
+
+/// A reload (SIGHUP) with a new configuration re-plans the probes: node 2
+/// starts being probed (ICMP), node 3's probe changes from ICMP to TCP,
+/// node 1 keeps its ICMP probe. Nobody flaps, the identifier stays, and node
+/// 1's replies are not taken for replays (its sequence carries on).
+#[test]
+fn a_reload_replans_the_probes() {
+    if !root() {
+        return;
+    }
+    let nodes = |lab: &Lab, reloaded: bool| {
+        let (a1, a2, a3) = (
+            lab.node(1).address,
+            lab.node(2).address,
+            lab.node(3).address,
+        );
+        vec![
+            probed(1, a1, "icmp"),
+            if reloaded {
+                probed(2, a2, "icmp")
+            } else {
+                ProbedNode::new(2, a2)
+            },
+            probed(
+                3,
+                a3,
+                &if reloaded {
+                    format!("tcp:{TCP_PORT}")
+                } else {
+                    "icmp".to_owned()
+                },
+            ),
+        ]
+    };
+    let f = ProbeLab::start(3, |lab| (String::new(), nodes(lab, false)));
+    f.expect_first_up(&[1, 3]);
+    assert_eq!(f.node_state(2), "unseen");
+    let before = f.probes();
+    assert_eq!(before["nodes"]["icmp"], 2, "{before}");
+    let node3 = f.lab.node(3);
+    let service = TcpService::start(
+        &node3.ns.path(),
+        SocketAddr::new(node3.address.into(), TCP_PORT),
+        SERVER_LIFETIME,
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    let replay = f.counter("probe_replay");
+
+    probe::write_config(&f.dir, &f.lab, TIMING, "", &nodes(&f.lab, true))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let pid = libc::pid_t::try_from(f.agent.pid()).expect("a pid");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own
+    // unreaped child, the agent.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0, "SIGHUP");
+    f.expect_event("up 2 after the reload", UP_WITHIN, |e| e.is("up", 2));
+    f.wait_until("node 3 probed over TCP", UP_WITHIN, || {
+        f.node(3)["probe"]["kind"] == "tcp" && service.accepted() >= 2
+    });
+    f.assert_probe(3, "tcp", &format!("{}:{TCP_PORT}", node3.address));
+    let after = f.probes();
+    assert_eq!(after["identifier"], before["identifier"], "{after}");
+    assert_eq!(after["nodes"]["icmp"], 2, "{after}");
+    assert_eq!(after["nodes"]["tcp"], 1, "{after}");
+    for id in [1, 2, 3] {
+        f.assert_stays_up(
+            id,
+            if id == 1 { STEADY } else { Duration::ZERO },
+            "reloaded",
+        );
+        f.assert_history(id, &["up"]);
+    }
+    assert_eq!(
+        f.counter("probe_replay"),
+        replay,
+        "replies taken for replays after the reload{}",
+        f.context()
+    );
+}
