@@ -1287,3 +1287,58 @@ fn a_reload_replans_the_probes() {
         f.context()
     );
 }
+
+/// TCP and HTTP probes of an IPv6 node (the URL's `{address}` bracketed):
+/// node 1 `tcp:PORT`, node 2 `http://{address}:PORT/healthz`, node 3 ICMPv6,
+/// all the same host. Both servers stopped: nodes 1 and 2 down, node 3 up.
+#[test]
+fn tcp_and_http_probes_over_ipv6() {
+    if !root() {
+        return;
+    }
+    let f = ProbeLab::start(1, |lab| {
+        let v6 = add_ipv6(lab, 1).unwrap_or_else(|err| panic!("{err}"));
+        (
+            String::new(),
+            vec![
+                probed(1, v6.node, &format!("tcp:{TCP_PORT}")),
+                probed(
+                    2,
+                    v6.node,
+                    &format!("http://{{address}}:{HTTP_PORT}/healthz"),
+                ),
+                probed(3, v6.node, "icmp"),
+            ],
+        )
+    });
+    let node = f.lab.node(1);
+    let v6: IpAddr = "fd00:0:0:1::2".parse().expect("an address");
+    let tcp_at = SocketAddr::new(v6, TCP_PORT);
+    let http_at = SocketAddr::new(v6, HTTP_PORT);
+    let service = TcpService::start(&node.ns.path(), tcp_at, SERVER_LIFETIME)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let server = HealthServer::start(
+        &node.ns.path(),
+        http_at,
+        Answer::new(200, "ok"),
+        SERVER_LIFETIME,
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    f.expect_first_up(&[1, 2, 3]);
+    f.assert_probe(1, "tcp", "[fd00:0:0:1::2]:8022");
+    f.assert_probe(2, "http", "http://[fd00:0:0:1::2]:8080/healthz");
+    f.assert_probe(3, "icmp", "fd00:0:0:1::2");
+    f.assert_stays_up(1, STEADY, "its listener listened");
+    f.assert_stays_up(2, Duration::ZERO, "its server answered");
+
+    let (skip, t0) = (f.lines(), Instant::now());
+    service.stop();
+    server.stop();
+    let tcp = f.expect_down_on_time(1, skip, t0);
+    let http = f.expect_down_on_time(2, skip, t0);
+    assert_eq!(f.node_state(3), "up", "{}", f.context());
+    f.assert_history(1, &["up", "down"]);
+    f.assert_history(2, &["up", "down"]);
+    f.assert_history(3, &["up"]);
+    eprintln!("ipv6: tcp down {tcp:?}, http down {http:?} after their servers stopped");
+}
