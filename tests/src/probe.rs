@@ -6,7 +6,7 @@
 //!   settings (and may share an address, or have an IPv6 one);
 //! - [`add_ipv6`]: fd00::/8 addresses on a lab link, kept across link
 //!   down/up; [`set_link`] and [`ignore_echo`] take a node away (its link,
-//!   or only its ICMP answers);
+//!   or only its ICMP answers), [`drop_probes`] loses chosen probes;
 //! - [`ping`]: one echo request from a namespace and its answer (the
 //!   machine has no `ping`);
 //! - [`TcpService`]: a listener in a node namespace that accepts and closes;
@@ -273,6 +273,47 @@ pub fn ignore_echo(ns: &NetNs, ipv6: bool, ignore: bool) -> Result<()> {
         ["-q", "-w", &format!("{key}={}", u8::from(ignore))],
     )
     .map(drop)
+}
+
+/// Make `ns` drop (nftables, input hook) the ICMP echo requests of hb's
+/// probes of node `node_id` whose probe sequence is one of `sequences`
+/// (its low 32 bits: the probe data's bytes 20..24, after the 8-byte ICMP
+/// header), counting them: exactly those probes are lost. Removed with the
+/// namespace.
+pub fn drop_probes(ns: &NetNs, node_id: u32, sequences: &[u64]) -> Result<()> {
+    let set: Vec<String> = sequences
+        .iter()
+        .map(|s| (s & 0xffff_ffff).to_string())
+        .collect();
+    let node_bits = (ICMP_ECHO_HLEN + 8) * 8;
+    let sequence_bits = (ICMP_ECHO_HLEN + 20) * 8;
+    for command in [
+        "add table inet hbprobe".to_owned(),
+        "add chain inet hbprobe input { type filter hook input priority 0; }".to_owned(),
+        format!(
+            "add rule inet hbprobe input icmp type echo-request @th,{node_bits},32 {node_id} \
+             @th,{sequence_bits},32 {{ {} }} counter drop",
+            set.join(", ")
+        ),
+    ] {
+        ns.exec("nft", [command.as_str()])?;
+    }
+    Ok(())
+}
+
+/// How many packets [`drop_probes`]'s rule in `ns` has dropped.
+pub fn dropped_probes(ns: &NetNs) -> Result<u64> {
+    let output = ns.exec("nft", ["list chain inet hbprobe input"])?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .skip_while(|word| *word != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::Invalid {
+            what: "nft output",
+            value: text.clone().into_owned(),
+            reason: "no packet counter in hb's drop rule".to_owned(),
+        })
 }
 
 /// Run `work` on a new thread inside the namespace `netns` (its file, see

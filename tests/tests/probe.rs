@@ -36,7 +36,8 @@ use hb_tests::{
     interrupt, is_root,
     probe::{
         self, Answer, HealthServer, ProbedNode, TcpService, add_ipv6, api_get, api_text,
-        capture_probes, ignore_echo, metric, node_name, ping, send_icmp, set_link,
+        capture_probes, drop_probes, dropped_probes, ignore_echo, metric, node_name, ping,
+        send_icmp, set_link,
     },
     unique_prefix, wait_for_event,
 };
@@ -221,11 +222,13 @@ impl ProbeLab {
         self.events().iter().filter(|e| e.is(kind, id)).count()
     }
 
-    /// The kinds of node `id`'s events, in order.
+    /// The kinds of node `id`'s events, in order, but its recoveries from
+    /// suspect (an `up` whose previous state is `suspect`: silent for two
+    /// intervals, never down), which a loaded machine may cause anywhere.
     fn history(&self, id: u32) -> Vec<String> {
         self.events()
             .into_iter()
-            .filter(|e| e.node_id == id)
+            .filter(|e| e.node_id == id && !(e.kind == "up" && e.previous == "suspect"))
             .map(|e| e.kind)
             .collect()
     }
@@ -1341,4 +1344,69 @@ fn tcp_and_http_probes_over_ipv6() {
     f.assert_history(2, &["up", "down"]);
     f.assert_history(3, &["up"]);
     eprintln!("ipv6: tcp down {tcp:?}, http down {http:?} after their servers stopped");
+}
+
+/// `probe_confirm = true` (and `probe_timeout = 150ms`) against two lost
+/// probes in a row (nftables drops exactly those two of node 1's echo
+/// requests, by their probe sequence): before the node's down deadline one
+/// retry probe goes out, which the node answers, so it is never convicted
+/// (without it, the next regular probe's reply races the deadline).
+#[test]
+fn confirmation_rescues_a_node_after_two_lost_probes() {
+    if !root() {
+        return;
+    }
+    let f = ProbeLab::start(1, |lab| {
+        let node = probed(1, lab.node(1).address, "icmp")
+            .set("probe_confirm", "true")
+            .set("probe_timeout", "\"150ms\"");
+        (String::new(), vec![node])
+    });
+    f.expect_first_up(&[1]);
+    let node = f.lab.node(1);
+    let now = capture_probes(&node.ns.path(), 1, UP_WITHIN).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(now.len(), 1, "{}", f.context());
+    // About two seconds ahead.
+    let lost = now[0].probe.sequence + 10;
+    drop_probes(&node.ns, 1, &[lost, lost + 1]).unwrap_or_else(|err| panic!("{err}"));
+    let retries = f.probes()["retries"].as_u64().unwrap_or(0);
+    let captured = capture_probes(&node.ns.path(), 30, Duration::from_secs(4))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let at = |sequence: u64| captured.iter().find(|c| c.probe.sequence == sequence);
+    let sequences: Vec<u64> = captured.iter().map(|c| c.probe.sequence).collect();
+    let (Some(before), Some(retry), Some(after)) = (at(lost - 1), at(lost + 2), at(lost + 3))
+    else {
+        panic!(
+            "probes {lost} - 1, + 2, + 3 not all captured: {sequences:?}{}",
+            f.context()
+        );
+    };
+    assert!(
+        at(lost).is_none() && at(lost + 1).is_none(),
+        "the lost probes arrived: {sequences:?}"
+    );
+    assert_eq!(
+        dropped_probes(&node.ns).unwrap_or_else(|err| panic!("{err}")),
+        2
+    );
+    assert_eq!(
+        f.probes()["retries"].as_u64().unwrap_or(0) - retries,
+        1,
+        "retries{}",
+        f.context()
+    );
+    // The retry went out before the deadline (600 ms after the last
+    // answered probe), the regular probes carried on after it.
+    let (silence, next) = (retry.at - before.at, after.at - retry.at);
+    assert!(
+        silence < TIMING.timeout(),
+        "the retry came {silence:?} after the last answered probe{}",
+        f.context()
+    );
+    f.assert_stays_up(1, STEADY, "two of its probes were lost");
+    f.assert_history(1, &["up"]);
+    eprintln!(
+        "confirm: two probes lost, the retry {silence:?} after the last answered one, the next \
+         regular probe {next:?} after it; no down"
+    );
 }
