@@ -116,6 +116,18 @@ pub fn write_config(
     sections: &str,
     nodes: &[ProbedNode],
 ) -> Result<TestConfig> {
+    write_config_on(dir, lab, "xdp", timing, sections, nodes)
+}
+
+/// [`write_config`] with `datapath = "<datapath>"` (`xdp` or `socket`).
+pub fn write_config_on(
+    dir: &TempDir,
+    lab: &Lab,
+    datapath: &str,
+    timing: Timing,
+    sections: &str,
+    nodes: &[ProbedNode],
+) -> Result<TestConfig> {
     let config = TestConfig {
         path: dir.join("hb.toml"),
         events: dir.join("events.log"),
@@ -123,7 +135,7 @@ pub fn write_config(
         state: dir.join("state"),
         timing,
     };
-    let text = render(&config, lab, sections, nodes);
+    let text = render(&config, lab, datapath, sections, nodes);
     fs::write(&config.path, text).map_err(|source| Error::Io {
         op: "writing",
         path: config.path.clone(),
@@ -132,7 +144,13 @@ pub fn write_config(
     Ok(config)
 }
 
-fn render(config: &TestConfig, lab: &Lab, sections: &str, nodes: &[ProbedNode]) -> String {
+fn render(
+    config: &TestConfig,
+    lab: &Lab,
+    datapath: &str,
+    sections: &str,
+    nodes: &[ProbedNode],
+) -> String {
     let interfaces: Vec<String> = lab
         .monitor_interfaces()
         .iter()
@@ -145,7 +163,7 @@ fn render(config: &TestConfig, lab: &Lab, sections: &str, nodes: &[ProbedNode]) 
          port = {HEARTBEAT_PORT}\n\
          max_nodes = 16\n\
          pass_heartbeats = false\n\
-         datapath = \"xdp\"\n\
+         datapath = {datapath}\n\
          xdp_mode = \"auto\"\n\
          instance = {instance}\n\
          status_socket = {socket}\n\
@@ -157,6 +175,7 @@ fn render(config: &TestConfig, lab: &Lab, sections: &str, nodes: &[ProbedNode]) 
          sweep_period = \"{sweep}\"\n",
         prefix = lab.prefix(),
         interfaces = interfaces.join(", "),
+        datapath = toml_string(datapath),
         instance = toml_string(lab.instance()),
         socket = path(&config.socket),
         state = path(&config.state),

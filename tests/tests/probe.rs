@@ -90,12 +90,22 @@ impl ProbeLab {
         timing: Timing,
         prepare: impl FnOnce(&Lab) -> (String, Vec<ProbedNode>),
     ) -> Self {
+        Self::start_on(nodes, "xdp", timing, prepare)
+    }
+
+    /// [`ProbeLab::start_with`] on the datapath `datapath` (`xdp`, `socket`).
+    fn start_on(
+        nodes: u8,
+        datapath: &str,
+        timing: Timing,
+        prepare: impl FnOnce(&Lab) -> (String, Vec<ProbedNode>),
+    ) -> Self {
         let hb = Hb::from_env();
         let lab = Lab::build(&unique_prefix(), nodes)
             .unwrap_or_else(|err| panic!("building the lab: {err}"));
         let dir = TempDir::new("hb-probe").unwrap_or_else(|err| panic!("{err}"));
         let (sections, probed) = prepare(&lab);
-        let config = probe::write_config(&dir, &lab, timing, &sections, &probed)
+        let config = probe::write_config_on(&dir, &lab, datapath, timing, &sections, &probed)
             .unwrap_or_else(|err| panic!("{err}"));
         let agent = hb
             .start_agent(&lab, &config, &dir.join("agent.log"), READY_WITHIN)
@@ -1408,5 +1418,98 @@ fn confirmation_rescues_a_node_after_two_lost_probes() {
     eprintln!(
         "confirm: two probes lost, the retry {silence:?} after the last answered one, the next \
          regular probe {next:?} after it; no down"
+    );
+}
+
+/// TCP and HTTP probes need no XDP program: on the socket datapath they
+/// bring nodes up and down the same way. ICMP does need it: an agent on
+/// the socket datapath (even when only its command line says so) refuses
+/// a configuration with an ICMP probe, saying why.
+#[test]
+fn tcp_and_http_probes_on_the_socket_datapath_and_icmp_refused_there() {
+    if !root() {
+        return;
+    }
+    let f = ProbeLab::start_on(1, "socket", TIMING, |lab| {
+        let address = lab.node(1).address;
+        (
+            String::new(),
+            vec![
+                probed(1, address, &format!("tcp:{TCP_PORT}")),
+                probed(
+                    2,
+                    address,
+                    &format!("http://{{address}}:{HTTP_PORT}/healthz"),
+                ),
+            ],
+        )
+    });
+    let node = f.lab.node(1);
+    let tcp_at = SocketAddr::new(node.address.into(), TCP_PORT);
+    let service = TcpService::start(&node.ns.path(), tcp_at, SERVER_LIFETIME)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let server = HealthServer::start(
+        &node.ns.path(),
+        SocketAddr::new(node.address.into(), HTTP_PORT),
+        Answer::new(200, "ok"),
+        SERVER_LIFETIME,
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    f.expect_first_up(&[1, 2]);
+    assert_eq!(
+        f.lab
+            .monitor_xdp(&node.monitor_interface)
+            .unwrap_or_else(|err| panic!("{err}")),
+        None,
+        "an XDP program on the socket datapath"
+    );
+    f.assert_stays_up(1, STEADY, "its listener listened");
+    let (skip, t0) = (f.lines(), Instant::now());
+    service.stop();
+    server.set(Answer::new(500, "ok"));
+    let tcp = f.expect_down_on_time(1, skip, t0);
+    let http = f.expect_down_on_time(2, skip, t0);
+    let (skip, t1) = (f.lines(), Instant::now());
+    let service = TcpService::start(&node.ns.path(), tcp_at, SERVER_LIFETIME)
+        .unwrap_or_else(|err| panic!("{err}"));
+    server.set(Answer::new(200, "ok"));
+    f.expect_up_again(1, skip, t1);
+    f.expect_up_again(2, skip, t1);
+    assert!(service.accepted() >= 2);
+    f.assert_history(1, &["up", "down", "up"]);
+    f.assert_history(2, &["up", "down", "up"]);
+    eprintln!("socket datapath: tcp down {tcp:?}, http down {http:?}");
+
+    // The same lab's configuration with an ICMP node, the file saying xdp,
+    // the command line socket: refused.
+    let dir = TempDir::new("hb-probe").unwrap_or_else(|err| panic!("{err}"));
+    let config = probe::write_config(&dir, &f.lab, TIMING, "", &[probed(1, node.address, "icmp")])
+        .unwrap_or_else(|err| panic!("{err}"));
+    let log = dir.join("agent.log");
+    let mut agent =
+        f.hb.spawn_in(
+            &f.lab.monitor,
+            "agent (socket, icmp)",
+            [
+                "agent".as_ref(),
+                "--config".as_ref(),
+                config.path.as_os_str(),
+                "--datapath".as_ref(),
+                "socket".as_ref(),
+            ],
+            &log,
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+    let exit = agent
+        .wait_timeout(READY_WITHIN)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let output = agent.log_tail(20);
+    let exit = exit.unwrap_or_else(|| {
+        panic!("the agent runs an ICMP probe on the socket datapath:\n{output}")
+    });
+    assert!(!exit.success(), "{exit}: {output}");
+    assert!(
+        output.contains("needs datapath = \"xdp\""),
+        "the refusal does not say why:\n{output}"
     );
 }
