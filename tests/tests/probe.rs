@@ -24,7 +24,7 @@
 //!   still convicted on time, after one retry probe.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     thread,
     time::{Duration, Instant},
 };
@@ -845,16 +845,49 @@ fn http_probe_applies_the_status_and_body_rules() {
     );
 }
 
-/// A node with a sender and an ICMP probe: up while either works, refreshed
-/// by whichever does, down when both stop.
-#[test]
-fn hybrid_node_is_up_while_either_source_works() {
-    if !root() {
-        return;
+/// What answers a hybrid node's probe, and how the test stops and starts
+/// it.
+enum ProbeSource {
+    /// ICMP: the host's echo answers (`icmp_echo_ignore_all`).
+    Icmp,
+    /// TCP: a listener in the node's namespace.
+    Tcp(Option<TcpService>),
+}
+
+impl ProbeSource {
+    fn probe(&self) -> String {
+        match self {
+            ProbeSource::Icmp => "icmp".to_owned(),
+            ProbeSource::Tcp(_) => format!("tcp:{TCP_PORT}"),
+        }
     }
-    let f = ProbeLab::start(1, |lab| {
-        (String::new(), vec![probed(1, lab.node(1).address, "icmp")])
+
+    fn set(&mut self, f: &ProbeLab, answering: bool) {
+        let node = f.lab.node(1);
+        match self {
+            ProbeSource::Icmp => {
+                ignore_echo(&node.ns, false, !answering).unwrap_or_else(|err| panic!("{err}"));
+            }
+            ProbeSource::Tcp(service) => {
+                *service = answering.then(|| {
+                    let at = SocketAddr::new(node.address.into(), TCP_PORT);
+                    TcpService::start(&node.ns.path(), at, SERVER_LIFETIME)
+                        .unwrap_or_else(|err| panic!("{err}"))
+                });
+            }
+        }
+    }
+}
+
+/// A node with a sender and a probe (`source`) on `datapath`: up while
+/// either works, refreshed by whichever does (`refreshed_by` flips), down
+/// when both stop.
+fn hybrid(datapath: &str, mut source: ProbeSource) {
+    let probe = source.probe();
+    let f = ProbeLab::start_on(1, datapath, TIMING, |lab| {
+        (String::new(), vec![probed(1, lab.node(1).address, &probe)])
     });
+    source.set(&f, true);
     let node = f.lab.node(1);
     let mut sender = Sender::start(
         &f.hb,
@@ -866,31 +899,26 @@ fn hybrid_node_is_up_while_either_source_works() {
     )
     .unwrap_or_else(|err| panic!("{err}"));
     f.expect_first_up(&[1]);
-    f.assert_probe(1, "icmp", &node.address.to_string());
+    let kind = probe.split(':').next().unwrap_or_default();
+    let target = match &source {
+        ProbeSource::Icmp => node.address.to_string(),
+        ProbeSource::Tcp(_) => format!("{}:{TCP_PORT}", node.address),
+    };
+    f.assert_probe(1, kind, &target);
     let heartbeats = f.counter("accepted");
-    let replies = f.counter("probe_accepted");
     f.assert_stays_up(1, STEADY, "both its sources worked");
     assert!(f.counter("accepted") > heartbeats, "no heartbeat recorded");
-    assert!(
-        f.counter("probe_accepted") > replies,
-        "no probe reply recorded"
-    );
 
-    // Every sample of refreshed_by over `window` is `source`.
-    let only = |source: &str, window: Duration| {
+    // Every sample of refreshed_by over `window` is `by`.
+    let only = |by: &str, window: Duration| {
         let deadline = Instant::now() + window;
         while Instant::now() < deadline {
-            assert_eq!(
-                f.refreshed_by(1).as_deref(),
-                Some(source),
-                "{}",
-                f.context()
-            );
+            assert_eq!(f.refreshed_by(1).as_deref(), Some(by), "{}", f.context());
             sleep(Duration::from_millis(100));
         }
     };
 
-    // The sender hangs; the host answers ICMP.
+    // The sender hangs; the probe is answered.
     sender.freeze().unwrap_or_else(|err| panic!("{err}"));
     f.wait_until("refreshed_by = probe", UP_WITHIN, || {
         f.refreshed_by(1).as_deref() == Some("probe")
@@ -899,33 +927,59 @@ fn hybrid_node_is_up_while_either_source_works() {
     f.assert_stays_up(
         1,
         TIMING.timeout(),
-        "its sender was stopped and ICMP answered",
+        "its sender was stopped, its probe answered",
     );
 
-    // The sender runs; the host ignores ICMP.
-    ignore_echo(&node.ns, false, true).unwrap_or_else(|err| panic!("{err}"));
+    // The sender runs; the probe is not answered.
+    source.set(&f, false);
     sender.thaw().unwrap_or_else(|err| panic!("{err}"));
     f.wait_until("refreshed_by = heartbeat", UP_WITHIN, || {
         f.refreshed_by(1).as_deref() == Some("heartbeat")
     });
     only("heartbeat", STEADY);
-    f.assert_stays_up(1, TIMING.timeout(), "ICMP was ignored and its sender ran");
+    f.assert_stays_up(1, TIMING.timeout(), "its probe failed and its sender ran");
 
     // Both stop.
     let (skip, t0) = (f.lines(), Instant::now());
     sender.freeze().unwrap_or_else(|err| panic!("{err}"));
     let detected = f.expect_down_on_time(1, skip, t0);
 
-    // ICMP answers again: up, by the probe.
+    // The probe is answered again: up, by the probe.
     let (skip, t1) = (f.lines(), Instant::now());
-    ignore_echo(&node.ns, false, false).unwrap_or_else(|err| panic!("{err}"));
+    source.set(&f, true);
     let back = f.expect_up_again(1, skip, t1);
     assert_eq!(f.refreshed_by(1).as_deref(), Some("probe"));
     f.assert_history(1, &["up", "down", "up"]);
     sender
         .ensure_running()
         .unwrap_or_else(|err| panic!("{err}"));
-    eprintln!("hybrid: down {detected:?} after both stopped, up {back:?} after ICMP came back");
+    eprintln!(
+        "hybrid ({kind}, {datapath}): down {detected:?} after both stopped, up {back:?} after \
+         the probe was answered again"
+    );
+    // Its server (if any) before the lab.
+    drop(source);
+}
+
+#[test]
+fn hybrid_node_is_up_while_either_source_works() {
+    if root() {
+        hybrid("xdp", ProbeSource::Icmp);
+    }
+}
+
+#[test]
+fn hybrid_node_with_a_tcp_probe() {
+    if root() {
+        hybrid("xdp", ProbeSource::Tcp(None));
+    }
+}
+
+#[test]
+fn hybrid_node_with_a_tcp_probe_on_the_socket_datapath() {
+    if root() {
+        hybrid("socket", ProbeSource::Tcp(None));
+    }
 }
 
 /// `probe_confirm = true`: a node that stops answering is convicted on
@@ -1511,5 +1565,70 @@ fn tcp_and_http_probes_on_the_socket_datapath_and_icmp_refused_there() {
     assert!(
         output.contains("needs datapath = \"xdp\""),
         "the refusal does not say why:\n{output}"
+    );
+}
+
+/// A probed range over IPv6: node `first_id + k` at `first_address + k`,
+/// the addresses on the node's link (IPv6 neighbour discovery answers only
+/// for addresses of the link itself); the one taken away goes down, alone.
+#[test]
+fn icmp_range_over_ipv6() {
+    if !root() {
+        return;
+    }
+    const FIRST_ID: u32 = 5;
+    const COUNT: u16 = 4;
+    // fd00:0:0:1::fffe + k crosses a 16-bit group: fd00:0:0:1::1:1 at k = 3.
+    let address = |k: u16| {
+        let first = u128::from(Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0xfffe));
+        Ipv6Addr::from(first + u128::from(k))
+    };
+    let set = |lab: &Lab, k: u16, add: bool| {
+        let node = lab.node(1);
+        let cidr = format!("{}/128", address(k));
+        let mut args = vec!["-6", "addr", if add { "add" } else { "del" }, &cidr, "dev"];
+        args.push(&node.interface);
+        if add {
+            args.push("nodad");
+        }
+        node.ns.ip(args).unwrap_or_else(|err| panic!("{err}"));
+    };
+    let f = ProbeLab::start(1, |lab| {
+        add_ipv6(lab, 1).unwrap_or_else(|err| panic!("{err}"));
+        for k in 0..COUNT {
+            set(lab, k, true);
+        }
+        let range = format!(
+            "[[node_ranges]]\nfirst_id = {FIRST_ID}\ncount = {COUNT}\nname_prefix = \"r-\"\n\
+             first_address = \"{}\"\nprobe = \"icmp\"\n",
+            address(0)
+        );
+        (range, Vec::new())
+    });
+    let ids: Vec<u32> = (0..u32::from(COUNT)).map(|k| FIRST_ID + k).collect();
+    for &id in &ids {
+        f.expect_event(&format!("up {id}"), UP_WITHIN, |e| e.is("up", id));
+    }
+    for k in 0..COUNT {
+        f.assert_probe(FIRST_ID + u32::from(k), "icmp", &address(k).to_string());
+    }
+    let (skip, t0) = (f.lines(), Instant::now());
+    set(&f.lab, 3, false);
+    let detected = f.expect_down_on_time(FIRST_ID + 3, skip, t0);
+    let (skip, t1) = (f.lines(), Instant::now());
+    set(&f.lab, 3, true);
+    let back = f.expect_up_again(FIRST_ID + 3, skip, t1);
+    f.assert_stays_up(FIRST_ID + 3, STEADY, "its address was back");
+    for (k, id) in (0..COUNT).zip(&ids) {
+        let expected: &[&str] = if k == 3 {
+            &["up", "down", "up"]
+        } else {
+            &["up"]
+        };
+        f.assert_history(*id, expected);
+    }
+    eprintln!(
+        "range (IPv6): {} down {detected:?}, up {back:?}",
+        address(3)
     );
 }
