@@ -1,27 +1,39 @@
 //! Pull and hybrid monitoring (issue 15) in a namespace lab: the agent
-//! (XDP datapath) probes nodes that run no sender, with ICMP echo requests
-//! whose replies the XDP program records, with TCP connects and with HTTP
-//! requests, and a node may also run `hb send` (hybrid). Every test builds
-//! its own lab (a monitor namespace, node namespaces, veth pairs, addresses
-//! in 198.18.0.0/15 and fd00::/8), really sends packets, and removes
-//! everything on Drop. Root only; needs `$HB_BIN`.
+//! probes nodes that run no sender, with ICMP echo requests whose replies
+//! the XDP program records, with TCP connects and with HTTP requests, and a
+//! node may also run `hb send` (hybrid). Every test builds its own lab (a
+//! monitor namespace, node namespaces, veth pairs, addresses in
+//! 198.18.0.0/15 and fd00::/8), really sends packets, and removes
+//! everything on Drop. Root only; needs `$HB_BIN`. Timing: a 200 ms
+//! interval, down after 3 (600 ms), a 50 ms sweep, and a 2 s margin on
+//! every deadline.
 //!
 //! - ICMP over IPv4 and IPv6: a probed node is up; its link taken down, it
-//!   is down within the timeout plus the sweep plus a margin; its link back,
-//!   up again; another probed node stays up throughout;
+//!   is down within the timeout plus the sweep plus the margin, after at
+//!   least a full timeout of silence; its link back, up again; another
+//!   probed node stays up throughout; `hb status`, the API and the counters
+//!   say so;
 //! - forged replies: an attacker on another link of the monitor learns hb's
 //!   identifier from a captured echo request and sends replies with the
 //!   node's id, a wrong tag and sequences far ahead, from the node's
 //!   address, and replays a real reply, while the node does not answer:
 //!   it goes down all the same, every forgery is counted as a bad tag,
 //!   every replay as a replay, and the node comes back once it answers;
-//! - TCP and HTTP: up while a server in the node's namespace answers, down
-//!   when it stops (the host still answering ICMP), the HTTP status and
-//!   body rules;
-//! - hybrid: a node with a sender and an ICMP probe is up while either
-//!   works, refreshed by whichever does, and down when both stop;
-//! - confirmation: with `probe_confirm`, a node that stopped answering is
-//!   still convicted on time, after one retry probe.
+//! - TCP and HTTP (IPv4, IPv6, and on the socket datapath): up while a
+//!   server in the node's namespace answers, down when it stops (the host
+//!   still answering ICMP), the HTTP status and body rules and a hung
+//!   server (the probe's timeout); ICMP refused on the socket datapath;
+//! - hybrid (ICMP, TCP; XDP and socket datapaths): a node with a sender
+//!   and a probe is up while either works, `refreshed_by` says which, and
+//!   it is down when both stop;
+//! - confirmation: two lost probes in a row (dropped by nftables) do not
+//!   convict a node with `probe_confirm`, thanks to one retry before its
+//!   deadline; a node that stopped answering is convicted on time all the
+//!   same, after exactly one retry;
+//! - node ranges (IPv4, IPv6): node `first_id + k` probed at
+//!   `first_address + k`, probes an interval apart and spread, not bursts;
+//! - the agent restarted or reloaded under probed nodes: no flap, no
+//!   replays; an unroutable node holds back no other; and the lab itself.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
