@@ -1644,3 +1644,60 @@ fn icmp_range_over_ipv6() {
         address(3)
     );
 }
+
+/// A node's own `interval` is its probe interval and its detector's: probed
+/// every second (the defaults say 200 ms), it never flaps, and once it stops
+/// answering it is down after three seconds of silence, not 600 ms.
+#[test]
+fn a_node_interval_paces_its_probes_and_its_timeout() {
+    if !root() {
+        return;
+    }
+    let slow = Duration::from_secs(1);
+    let f = ProbeLab::start(2, |lab| {
+        (
+            String::new(),
+            vec![
+                probed(1, lab.node(1).address, "icmp").set("interval", "\"1s\""),
+                probed(2, lab.node(2).address, "icmp"),
+            ],
+        )
+    });
+    f.expect_first_up(&[1, 2]);
+    let node = f.lab.node(1);
+    let captured =
+        capture_probes(&node.ns.path(), 4, slow * 5).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(captured.len(), 4, "{captured:?}");
+    for pair in captured.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= slow * 3 / 4 && gap <= slow * 5 / 4,
+            "node 1's probes {gap:?} apart, its interval {slow:?}"
+        );
+    }
+    f.assert_stays_up(1, Duration::ZERO, "probed every second");
+    f.assert_history(1, &["up"]);
+
+    let (skip, t0) = (f.lines(), Instant::now());
+    ignore_echo(&node.ns, false, true).unwrap_or_else(|err| panic!("{err}"));
+    let timeout = slow * TIMING.timeout_multiplier;
+    let limit = timeout + TIMING.sweep_period + MARGIN;
+    let (down, seen) = f.expect_event_after(skip, "down 1", limit, |e| e.is("down", 1));
+    let silent = down.since_last_heartbeat_ms.unwrap_or(0);
+    assert!(
+        silent >= u64::try_from(timeout.as_millis()).unwrap(),
+        "down after {silent} ms of silence, its timeout {timeout:?}{}",
+        f.context()
+    );
+    // Not earlier than the slow node's timeout allows (less the one interval
+    // its last answer may precede the change).
+    let detected = seen - t0;
+    assert!(
+        detected >= timeout - slow,
+        "down {detected:?} after it stopped answering{}",
+        f.context()
+    );
+    f.assert_history(1, &["up", "down"]);
+    f.assert_history(2, &["up"]);
+    eprintln!("interval 1s: down {detected:?} after it stopped answering, {silent} ms silent");
+}
