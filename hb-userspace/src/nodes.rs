@@ -267,6 +267,21 @@ impl<'a> NodeDirectory<'a> {
         })
     }
 
+    /// Every probed node's id.
+    pub fn probed_ids(&self) -> std::collections::HashSet<u32> {
+        let listed = self
+            .nodes
+            .iter()
+            .filter(|n| n.probe.is_some())
+            .map(|n| n.id);
+        let ranged = self
+            .ranges
+            .iter()
+            .filter(|r| r.probe.is_some())
+            .flat_map(NodeRange::ids);
+        listed.chain(ranged).collect()
+    }
+
     /// The configured nodes (`[[nodes]]`).
     pub fn listed(&self) -> &[NodeConfig] {
         &self.nodes

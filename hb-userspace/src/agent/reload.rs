@@ -134,6 +134,9 @@ fn apply(agent: &mut Agent, prepared: Prepared) {
         if let Some(settings) = detector_settings {
             sweep.detector_mut().set_settings(settings);
         }
+        if plan.probes {
+            sweep.detector_mut().set_probed(nodes.probed_ids());
+        }
         sweep.brake_mut().set_settings(brake_settings);
     });
     if let Some(group) = &agent.sinks.group {
