@@ -1701,3 +1701,51 @@ fn a_node_interval_paces_its_probes_and_its_timeout() {
     f.assert_history(2, &["up"]);
     eprintln!("interval 1s: down {detected:?} after it stopped answering, {silent} ms silent");
 }
+
+/// A hybrid node under the phi detector: its sender beats every 100 ms, its
+/// probe goes every second. Phi judges a probed node by its configured
+/// interval, so when the sender hangs the node stays up on its probe alone
+/// (the sender's 100 ms rhythm would convict it within a fraction of a
+/// second); once the probe is not answered either, it goes down.
+#[test]
+fn phi_keeps_a_hybrid_node_up_on_its_slower_probe() {
+    if !root() {
+        return;
+    }
+    let fast = Duration::from_millis(100);
+    let f = ProbeLab::start(1, |lab| {
+        (
+            "[detector]\nkind = \"phi\"\nphi_threshold = 8.0\nmin_std_dev = \"20ms\"".to_owned(),
+            vec![probed(1, lab.node(1).address, "icmp").set("interval", "\"1s\"")],
+        )
+    });
+    let node = f.lab.node(1);
+    let mut sender = Sender::start(
+        &f.hb,
+        &f.lab,
+        1,
+        fast,
+        &Sched::default(),
+        &f.dir.join("sender-1.log"),
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    f.expect_first_up(&[1]);
+    f.assert_stays_up(1, STEADY, "its sender beat and its probe answered");
+    sender.freeze().unwrap_or_else(|err| panic!("{err}"));
+    f.assert_stays_up(
+        1,
+        Duration::from_secs(4),
+        "its sender hung, its probe answered",
+    );
+    assert_eq!(f.refreshed_by(1).as_deref(), Some("probe"));
+
+    let (skip, t0) = (f.lines(), Instant::now());
+    ignore_echo(&node.ns, false, true).unwrap_or_else(|err| panic!("{err}"));
+    let (down, seen) =
+        f.expect_event_after(skip, "down 1", Duration::from_secs(15), |e| e.is("down", 1));
+    f.assert_history(1, &["up", "down"]);
+    eprintln!(
+        "phi hybrid: down {:?} after the probe stopped being answered ({down:?})",
+        seen - t0
+    );
+}
