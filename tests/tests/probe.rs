@@ -1749,3 +1749,44 @@ fn phi_keeps_a_hybrid_node_up_on_its_slower_probe() {
         seen - t0
     );
 }
+
+/// No agent for longer than the timeout (1.5 s against 600 ms): nothing
+/// probed the nodes meanwhile, so a node that answers again at once is not
+/// convicted for that silence, while one whose link went down during the
+/// gap is convicted a timeout after the new agent's start.
+#[test]
+fn a_restart_longer_than_the_timeout_convicts_only_the_dead() {
+    if !root() {
+        return;
+    }
+    let gap = Duration::from_millis(1500);
+    let mut f = ProbeLab::start(2, |lab| {
+        let nodes = (1..=2)
+            .map(|i| probed(i.into(), lab.node(i).address, "icmp"))
+            .collect();
+        (String::new(), nodes)
+    });
+    f.expect_first_up(&[1, 2]);
+    let exit = f
+        .agent
+        .stop(Signal::Term, UP_WITHIN)
+        .unwrap_or_else(|err| panic!("{err}{}", f.context()));
+    assert!(
+        exit.success(),
+        "the agent exited with {exit}{}",
+        f.context()
+    );
+    let node = f.lab.node(2);
+    set_link(&node.ns, &node.interface, false).unwrap_or_else(|err| panic!("{err}"));
+    sleep(gap);
+    let skip = f.lines();
+    let started = Instant::now();
+    f.agent =
+        f.hb.start_agent(&f.lab, &f.config, &f.dir.join("agent-2.log"), READY_WITHIN)
+            .unwrap_or_else(|err| panic!("the agent did not restart: {err}"));
+    let detected = f.expect_down_on_time(2, skip, started);
+    f.assert_stays_up(1, STEADY, "the agent had been away longer than its timeout");
+    f.assert_history(1, &["up"]);
+    f.assert_history(2, &["up", "down"]);
+    eprintln!("restart after {gap:?}: the dead node down {detected:?} after the new start");
+}
