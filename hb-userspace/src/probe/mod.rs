@@ -65,6 +65,9 @@ use crate::{clock::monotonic_ns, datapath::table::NodeTable, nodes::NodeDirector
 const TICK_NS: u64 = 1_000_000;
 /// ... and at most this long (so that it sees it must stop).
 const LONGEST_NAP_NS: u64 = 100_000_000;
+/// Most schedule entries one turn takes (probes are also held by the rate
+/// cap; this bounds confirmation checks too, so a turn always ends).
+const MAX_PER_TURN: usize = 65_536;
 
 /// hb's echo identifier and probe secret for this start.
 #[derive(Clone)]
@@ -381,7 +384,7 @@ impl Turns {
     fn turn(&mut self, now: u64) -> bool {
         self.bucket.refill(now);
         let mut limited = false;
-        loop {
+        for _ in 0..MAX_PER_TURN {
             if self.bucket.tokens() < 1.0 {
                 limited = self.schedule.next_due().is_some_and(|d| d <= now);
                 break;

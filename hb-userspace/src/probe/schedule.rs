@@ -113,8 +113,9 @@ impl Schedule {
         self.later.peek().map(|Reverse((due, _))| *due)
     }
 
-    /// An entry due by `now_ns` (within the millisecond of `now_ns`'s slot),
-    /// from the earliest slot that has one, with its due time.
+    /// An entry due by `now_ns`, from the earliest slot that has one, with
+    /// its due time. Never one due later: a caller that reschedules what it
+    /// pops for later must not meet it again in the same turn.
     pub fn pop_due(&mut self, now_ns: u64) -> Option<(u64, Due)> {
         let now_slot = now_ns / SLOT_NS;
         loop {
@@ -128,9 +129,16 @@ impl Schedule {
                 self.push(due, what);
             }
             let slot = &mut self.slots[(self.cursor % SLOTS as u64) as usize];
-            if let Some(entry) = slot.pop() {
+            // Within `now_ns`'s own slot only what is due by now (the rest
+            // of that millisecond waits); earlier slots are due whole.
+            let found = if self.cursor < now_slot {
+                slot.len().checked_sub(1)
+            } else {
+                slot.iter().position(|(due, _)| *due <= now_ns)
+            };
+            if let Some(at) = found {
                 self.in_wheel -= 1;
-                return Some(entry);
+                return Some(slot.swap_remove(at));
             }
             if self.cursor >= now_slot {
                 return None;
@@ -266,6 +274,31 @@ mod tests {
         );
         assert!(due.abs_diff(T0 + 100_000_000) <= 5_000_000);
         assert!(schedule.is_empty());
+    }
+
+    #[test]
+    fn nothing_due_later_in_the_current_millisecond_comes_out_early() {
+        const T0: u64 = 1_000_000_000;
+        let mut schedule = Schedule::new(&[], T0);
+        schedule.push_check(1, T0 + 600_000);
+        schedule.push_check(2, T0 + 200_000);
+        assert_eq!(schedule.pop_due(T0 + 100_000), None);
+        assert_eq!(
+            schedule.pop_due(T0 + 300_000).unwrap().1,
+            Due::Check { index: 2 }
+        );
+        assert_eq!(schedule.pop_due(T0 + 300_000), None, "1 is due at 600 µs");
+        // What a caller puts back for later in the same slot stays there.
+        schedule.push_check(2, T0 + 900_000);
+        assert_eq!(
+            schedule.pop_due(T0 + 600_000).unwrap().1,
+            Due::Check { index: 1 }
+        );
+        assert_eq!(schedule.pop_due(T0 + 600_000), None);
+        assert_eq!(
+            schedule.pop_due(T0 + 900_000).unwrap().1,
+            Due::Check { index: 2 }
+        );
     }
 
     #[test]
