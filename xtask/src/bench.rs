@@ -27,12 +27,17 @@
 //! 12. [`group`]: a monitor group of three (etcd member and agent each):
 //!     its detection latency against a single monitor's in the same lab
 //!     (30 crashes at 100 ms x 3), and its etcd writes in steady state and
-//!     during a 1% crash of 100,000 nodes.
+//!     during a 1% crash of 100,000 nodes;
+//! 13. [`probe`]: the agent probing 100,000 addresses with ICMP once a
+//!     second: its CPU, replies lost, detection of 1% taken away, and the
+//!     XDP cost of a probe reply against a heartbeat's (about 1 minute).
 //!
 //! Only on request (`--only soak`, about 11 minutes): [`soak`], 100,000
 //! nodes for 10 minutes with loss and rolling crashes while the agent is
 //! killed with SIGKILL every 2 minutes, checked against the load
-//! generator's ground truth.
+//! generator's ground truth; and (`--only probe-quality`, about 2 minutes)
+//! [`probe::quality`], the detection quality of ICMP probing under 5% loss
+//! without and with `probe_confirm`.
 //!
 //! Then a summary of every target (met, or missed by how much), and
 //! `bench/results/<date>.json` (every raw figure and the machine) with one
@@ -52,6 +57,7 @@ mod http;
 mod machine;
 mod output;
 mod plot;
+mod probe;
 mod quality;
 mod rig;
 mod sigstop;
@@ -127,10 +133,16 @@ pub enum Phase {
     /// The soak: 100k nodes, loss, rolling crashes and SIGKILL restarts of
     /// the agent for 10 minutes (only with --only soak).
     Soak,
+    /// The agent probing 100k addresses with ICMP once a second: CPU,
+    /// replies lost, detection, XDP cost of a reply.
+    Probe,
+    /// Detection quality of ICMP probing under 5% loss, without and with
+    /// probe_confirm (only with --only probe-quality).
+    ProbeQuality,
 }
 
 impl Phase {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 15] = [
         Self::XdpCost,
         Self::Hostile,
         Self::Sweep,
@@ -143,13 +155,15 @@ impl Phase {
         Self::Starved,
         Self::Quality,
         Self::Group,
+        Self::Probe,
         Self::Soak,
+        Self::ProbeQuality,
     ];
 
     /// Whether a run without `--only` has this phase (the soak's 10
-    /// minutes are asked for by name).
+    /// minutes and the probes' quality are asked for by name).
     fn in_default_run(self) -> bool {
-        self != Self::Soak
+        !matches!(self, Self::Soak | Self::ProbeQuality)
     }
 
     fn name(self) -> &'static str {
@@ -167,6 +181,8 @@ impl Phase {
             Self::Quality => "quality",
             Self::Group => "group",
             Self::Soak => "soak",
+            Self::Probe => "probe",
+            Self::ProbeQuality => "probe-quality",
         }
     }
 
@@ -185,6 +201,8 @@ impl Phase {
             Self::Quality => "detection quality, timeout vs phi",
             Self::Group => "a monitor group: detection vs one monitor, etcd writes",
             Self::Soak => "the soak: nothing lost across SIGKILL restarts",
+            Self::Probe => "probing 100k addresses with ICMP: CPU, losses, detection",
+            Self::ProbeQuality => "probe detection quality under loss, without and with confirm",
         }
     }
 
@@ -203,6 +221,8 @@ impl Phase {
             Self::Quality => quality::run(ctx),
             Self::Group => group::run(ctx),
             Self::Soak => soak::run(ctx),
+            Self::Probe => probe::run(ctx),
+            Self::ProbeQuality => probe::quality::run(ctx),
         }
     }
 }
