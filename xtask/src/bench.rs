@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: measures hb against its performance targets, in one
-//! go (root; about 13 minutes, `--quick` about 5).
+//! go (root; about 16 minutes, `--quick` about 6).
 //!
 //! Builds hb (release), then runs the phases, each printing a table:
 //!
@@ -30,21 +30,22 @@
 //!     during a 1% crash of 100,000 nodes;
 //! 13. [`probe`]: the agent probing 100,000 addresses with ICMP once a
 //!     second: its CPU, replies lost, detection of 1% taken away, and the
-//!     XDP cost of a probe reply against a heartbeat's (about 1 minute).
+//!     XDP cost of a probe reply against a heartbeat's (about 1 minute);
+//! 14. [`probe::quality`]: the detection quality of ICMP probing under 5%
+//!     loss, without and with `probe_confirm` (about 1.5 minutes).
 //!
 //! Only on request (`--only soak`, about 11 minutes): [`soak`], 100,000
 //! nodes for 10 minutes with loss and rolling crashes while the agent is
 //! killed with SIGKILL every 2 minutes, checked against the load
-//! generator's ground truth; and (`--only probe-quality`, about 2 minutes)
-//! [`probe::quality`], the detection quality of ICMP probing under 5% loss
-//! without and with `probe_confirm`.
+//! generator's ground truth.
 //!
 //! Then a summary of every target (met, or missed by how much), and
 //! `bench/results/<date>.json` (every raw figure and the machine) with one
 //! SVG plot per curve, `bench/results/<date>-<name>.svg`. A `--quick` or
 //! `--only` run writes `<date>-quick...` files, so it never overwrites a
 //! full run's. Network phases build their own namespaces (`hbbench-*`,
-//! 198.18.1.0/24) and remove them on exit, Ctrl-C included. A phase that
+//! 198.18.1.0/24; the probe phases `hbprobe-*`, probing 198.18.64.0 and
+//! up) and remove them on exit, Ctrl-C included. A phase that
 //! fails is reported and the others still run; missed targets are results,
 //! not failures.
 
@@ -137,7 +138,7 @@ pub enum Phase {
     /// replies lost, detection, XDP cost of a reply.
     Probe,
     /// Detection quality of ICMP probing under 5% loss, without and with
-    /// probe_confirm (only with --only probe-quality).
+    /// probe_confirm.
     ProbeQuality,
 }
 
@@ -156,14 +157,14 @@ impl Phase {
         Self::Quality,
         Self::Group,
         Self::Probe,
-        Self::Soak,
         Self::ProbeQuality,
+        Self::Soak,
     ];
 
     /// Whether a run without `--only` has this phase (the soak's 10
-    /// minutes and the probes' quality are asked for by name).
+    /// minutes are asked for by name).
     fn in_default_run(self) -> bool {
-        !matches!(self, Self::Soak | Self::ProbeQuality)
+        self != Self::Soak
     }
 
     fn name(self) -> &'static str {

@@ -489,6 +489,7 @@ mod tests {
             mono_ns: ms * 1_000_000,
             event: event.to_owned(),
             node_id,
+            since_last_heartbeat_ms: None,
         }
     }
 
