@@ -9,6 +9,8 @@
 //!   detector, phi accrual, and the brake on mass failure.
 //! - [`sinks`]: what consumes a sweep's outcome: the log, the event log,
 //!   failover actions and the state file.
+//! - [`probe`]: pull monitoring: ICMP, TCP and HTTP probes of nodes that
+//!   run no sender, whose answers refresh the same node table.
 //! - [`group`]: several monitors agreeing through etcd: this monitor's
 //!   opinions, the majority's verdict, and one leader acting once per
 //!   incident (only with `[group]`).
@@ -28,6 +30,7 @@ pub mod detect;
 pub mod group;
 pub mod keys;
 pub mod nodes;
+pub mod probe;
 pub mod sender;
 pub mod sinks;
 pub mod sys;

@@ -9,8 +9,10 @@ use std::{borrow::Cow, collections::HashMap, net::IpAddr, time::Duration};
 
 use serde::Deserialize;
 
+use crate::probe::spec::{ProbeFields, ProbeKind, ProbePlan, StatusRange};
+
 /// One monitored node (`[[nodes]]`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The id the node puts in its heartbeats; below `max_nodes`.
@@ -26,6 +28,23 @@ pub struct NodeConfig {
     /// address (checked in the XDP program); others count as `wrong_source`.
     #[serde(default)]
     pub source: Option<IpAddr>,
+    /// How the node is probed, if it is (pull monitoring: see
+    /// [`crate::probe`]); the target is the node's address.
+    #[serde(default)]
+    pub probe: Option<ProbeKind>,
+    /// How long one probe may take (default: half the interval, at most
+    /// 5 s).
+    #[serde(default, with = "humantime_serde")]
+    pub probe_timeout: Option<Duration>,
+    /// HTTP probes: the statuses that count as alive (default 200-399).
+    #[serde(default)]
+    pub probe_status: Option<StatusRange>,
+    /// HTTP probes: text the body must contain.
+    #[serde(default)]
+    pub probe_body: Option<String>,
+    /// Before the node is convicted, one immediate retry probe.
+    #[serde(default)]
+    pub probe_confirm: bool,
 }
 
 /// A block of nodes with consecutive ids (`[[node_ranges]]`), for clusters
@@ -44,6 +63,27 @@ pub struct NodeRange {
     /// `first_source + k`.
     #[serde(default)]
     pub first_source: Option<IpAddr>,
+    /// The nodes' addresses: node `first_id + k` is at `first_address + k`
+    /// (what its probe goes to, and `HB_NODE_ADDRESS` for actions).
+    #[serde(default)]
+    pub first_address: Option<IpAddr>,
+    /// How the node is probed, if it is (pull monitoring: see
+    /// [`crate::probe`]); the target is the node's address.
+    #[serde(default)]
+    pub probe: Option<ProbeKind>,
+    /// How long one probe may take (default: half the interval, at most
+    /// 5 s).
+    #[serde(default, with = "humantime_serde")]
+    pub probe_timeout: Option<Duration>,
+    /// HTTP probes: the statuses that count as alive (default 200-399).
+    #[serde(default)]
+    pub probe_status: Option<StatusRange>,
+    /// HTTP probes: text the body must contain.
+    #[serde(default)]
+    pub probe_body: Option<String>,
+    /// Before the node is convicted, one immediate retry probe.
+    #[serde(default)]
+    pub probe_confirm: bool,
 }
 
 impl NodeRange {
@@ -60,15 +100,49 @@ impl NodeRange {
     /// The pinned source address of node `id` of this range, if the range is
     /// pinned (and the address exists: validation checks the whole range).
     pub fn source_of(&self, id: u32) -> Option<IpAddr> {
-        let step = id.checked_sub(self.first_id)?;
-        match self.first_source? {
-            IpAddr::V4(first) => u32::from(first)
-                .checked_add(step)
-                .map(|a| IpAddr::V4(a.into())),
-            IpAddr::V6(first) => u128::from(first)
-                .checked_add(u128::from(step))
-                .map(|a| IpAddr::V6(a.into())),
+        nth_address(self.first_source?, id.checked_sub(self.first_id)?)
+    }
+
+    /// The address of node `id` of this range, if the range has
+    /// `first_address` (validation checks the whole range fits).
+    pub fn address_of(&self, id: u32) -> Option<IpAddr> {
+        nth_address(self.first_address?, id.checked_sub(self.first_id)?)
+    }
+
+    /// The range's probe fields.
+    pub fn probe_fields(&self) -> ProbeFields {
+        ProbeFields {
+            probe: self.probe.clone(),
+            timeout: self.probe_timeout,
+            status: self.probe_status,
+            body: self.probe_body.clone(),
+            confirm: self.probe_confirm,
         }
+    }
+}
+
+impl NodeConfig {
+    /// The node's probe fields.
+    pub fn probe_fields(&self) -> ProbeFields {
+        ProbeFields {
+            probe: self.probe.clone(),
+            timeout: self.probe_timeout,
+            status: self.probe_status,
+            body: self.probe_body.clone(),
+            confirm: self.probe_confirm,
+        }
+    }
+}
+
+/// `first + step`, if that is still an address.
+pub fn nth_address(first: IpAddr, step: u32) -> Option<IpAddr> {
+    match first {
+        IpAddr::V4(first) => u32::from(first)
+            .checked_add(step)
+            .map(|a| IpAddr::V4(a.into())),
+        IpAddr::V6(first) => u128::from(first)
+            .checked_add(u128::from(step))
+            .map(|a| IpAddr::V6(a.into())),
     }
 }
 
@@ -188,9 +262,52 @@ impl<'a> NodeDirectory<'a> {
         Some(NodeInfo {
             id,
             name: Cow::Owned(range.name_of(id)),
-            address: None,
+            address: range.address_of(id),
             interval: range.interval,
         })
+    }
+
+    /// Every probed node's id.
+    pub fn probed_ids(&self) -> std::collections::HashSet<u32> {
+        let listed = self
+            .nodes
+            .iter()
+            .filter(|n| n.probe.is_some())
+            .map(|n| n.id);
+        let ranged = self
+            .ranges
+            .iter()
+            .filter(|r| r.probe.is_some())
+            .flat_map(NodeRange::ids);
+        listed.chain(ranged).collect()
+    }
+
+    /// The configured nodes (`[[nodes]]`).
+    pub fn listed(&self) -> &[NodeConfig] {
+        &self.nodes
+    }
+
+    /// The configured ranges (`[[node_ranges]]`).
+    pub fn ranges(&self) -> &[NodeRange] {
+        &self.ranges
+    }
+
+    /// How node `id` is probed, if it is; `default_interval` is
+    /// `defaults.interval` (a probed node without an `interval` of its own
+    /// is probed that often).
+    pub fn probe_of(&self, id: u32, default_interval: Duration) -> Option<(IpAddr, ProbePlan)> {
+        if let Some(&index) = self.by_id.get(&id) {
+            let node = &self.nodes[index];
+            let plan = node
+                .probe_fields()
+                .plan(node.interval.unwrap_or(default_interval))?;
+            return Some((node.address?, plan));
+        }
+        let range = self.ranges.iter().find(|r| r.ids().contains(&id))?;
+        let plan = range
+            .probe_fields()
+            .plan(range.interval.unwrap_or(default_interval))?;
+        Some((range.address_of(id)?, plan))
     }
 }
 

@@ -27,6 +27,7 @@ pub mod sweeper;
 mod tests;
 
 use std::{
+    collections::HashMap,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -52,6 +53,7 @@ use crate::{
     group::{Decision, GroupHandle, GroupMetrics},
     keys::{self, Keyring},
     nodes::NodeDirectory,
+    probe::{ProbeSecret, ProbeStats, Prober, ProberSettings},
     sinks::{
         ClusterView, Roster, Sinks,
         actions::{ActionRunner, webhook},
@@ -122,6 +124,11 @@ pub struct Agent {
     /// In a monitor group: the incidents this monitor recorded as leader,
     /// whose actions it runs.
     decisions: Option<mpsc::UnboundedReceiver<Vec<Decision>>>,
+    /// The prober, while any node is probed; a reload re-plans it.
+    prober: Option<Prober>,
+    /// This start's echo identifier and probe secret (kept by reloads).
+    probe_secret: ProbeSecret,
+    probe_stats: Arc<ProbeStats>,
 }
 
 /// Why the loop ended.
@@ -149,6 +156,13 @@ impl Agent {
         let remembered = startup::remembered(&config.state_file, &config.actions)?;
         let mut datapath = Datapath::prepare(&config.datapath_settings())?;
         datapath.set_keys(&keyring.slots())?;
+        // A fresh probe secret at every start (the XDP program checks ICMP
+        // probe replies with it; installed even when no node is probed yet,
+        // so that a reload may add ICMP probes).
+        let probe_secret = ProbeSecret::generate();
+        if matches!(datapath, Datapath::Xdp { .. }) {
+            datapath.set_probe_secret(probe_secret.identifier, &probe_secret.key)?;
+        }
         let sweep = startup::restore(
             (config.detector_settings()?, config.brake.settings()),
             &nodes,
@@ -171,7 +185,8 @@ impl Agent {
                 (remembered.journal_seq, remembered.pending.clone()),
             ),
         )?;
-        let (mut sinks, group_metrics) = open_sinks(&config, saver)?;
+        let probe_stats = Arc::new(ProbeStats::default());
+        let (mut sinks, group_metrics) = open_sinks(&config, saver, &probe_stats)?;
         let decisions = match (&config.group, group_metrics) {
             (Some(group), Some(metrics)) => {
                 if !remembered.pending.is_empty() {
@@ -224,6 +239,13 @@ impl Agent {
         let shared = Arc::new(shared);
         let (tell, outcomes) = mpsc::unbounded_channel();
         let sweeper = SweepThread::start(&shared, tell, config.defaults.sweep_priority())?;
+        let prober = Prober::start(
+            &prober_settings(&config, probe_secret.clone()),
+            &nodes,
+            shared.datapath().table(),
+            &HashMap::new(),
+            Arc::clone(&probe_stats),
+        )?;
         let (ask, queries) = mpsc::channel(QUERY_QUEUE);
         status::listen(&config.status_socket, ask.clone())?;
         let http = config
@@ -263,6 +285,9 @@ impl Agent {
             started,
             memory_locked,
             decisions,
+            prober,
+            probe_secret,
+            probe_stats,
         })
     }
 
@@ -508,6 +533,7 @@ impl Agent {
                         .map_or_else(|| id.to_string(), |n| n.name.into_owned())
                 })
             }),
+            probes: self.prober.as_ref().map(Prober::status),
             ..status::with_datapath(cluster_part, &self.shared.datapath())
         }
     }
@@ -556,6 +582,9 @@ impl Agent {
         tracing::info!("shutting down");
         if let Some(http) = self.http.take() {
             http.abort();
+        }
+        if let Some(prober) = self.prober.take() {
+            prober.stop();
         }
         let joined = self.sweeper.stop().await;
         while let Ok(outcome) = self.outcomes.try_recv() {
@@ -650,17 +679,33 @@ fn cluster_view<'a, 'n>(
     }
 }
 
+/// What the prober is built from.
+fn prober_settings(config: &Config, secret: ProbeSecret) -> ProberSettings {
+    ProberSettings {
+        secret,
+        max_rate: config.probe.max_rate,
+        max_concurrent: config.probe.max_concurrent,
+        timeout_multiplier: config.defaults.timeout_multiplier,
+        default_interval: config.defaults.interval,
+    }
+}
+
 /// The event log, the action runner and the state saver; with `[group]`,
 /// the group's metrics (the session itself starts once the node states are
 /// restored). In a group the runner keeps no ledger: the group's incident
 /// records are what says whether an action started.
-fn open_sinks(config: &Config, saver: StateSaver) -> anyhow::Result<(Sinks, Option<GroupMetrics>)> {
+fn open_sinks(
+    config: &Config,
+    saver: StateSaver,
+    probe_stats: &Arc<ProbeStats>,
+) -> anyhow::Result<(Sinks, Option<GroupMetrics>)> {
     let events = EventLog::open(config.event_log.as_deref()).with_context(|| {
         let path = config.event_log.as_deref().unwrap_or("".as_ref());
         format!("opening the event log {}", path.display())
     })?;
     let mut metrics = Metrics::new(config.http.per_node_metrics);
     let group_metrics = config.group.is_some().then(|| metrics.register_group());
+    metrics.register_probes(Arc::clone(probe_stats));
     let metrics = Arc::new(metrics);
     let actions = ActionRunner::new(config.actions.clone(), config.max_concurrent_actions)
         .with_metrics(metrics.actions());

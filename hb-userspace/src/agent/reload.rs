@@ -30,6 +30,7 @@ use crate::{
     detect::{detector::WatchedNode, sweep::Sweep},
     keys::{self, HttpToken, Keyring},
     nodes::NodeDirectory,
+    probe::Prober,
     sinks::{actions::webhook, event_log::EventLog},
 };
 
@@ -133,6 +134,9 @@ fn apply(agent: &mut Agent, prepared: Prepared) {
         if let Some(settings) = detector_settings {
             sweep.detector_mut().set_settings(settings);
         }
+        if plan.probes {
+            sweep.detector_mut().set_probed(nodes.probed_ids());
+        }
         sweep.brake_mut().set_settings(brake_settings);
     });
     if let Some(group) = &agent.sinks.group {
@@ -167,6 +171,9 @@ fn apply(agent: &mut Agent, prepared: Prepared) {
              registry is built at start)"
         );
     }
+    if plan.probes {
+        replan_probes(agent, &config, &nodes);
+    }
     agent.auth.key_ids = keyring.ids();
     agent.sorted_ids = nodes.sorted_ids();
     agent.nodes = nodes;
@@ -176,6 +183,35 @@ fn apply(agent: &mut Agent, prepared: Prepared) {
         "SIGHUP: configuration reloaded: {}",
         plan.describe().join("; ")
     );
+}
+
+/// Stops the prober and starts one for the new configuration, with the
+/// same identifier and secret and each node's sequence where it was. If
+/// that fails (say, a raw socket for a new address family), the running
+/// configuration's prober starts again: no node stops being probed.
+fn replan_probes(agent: &mut Agent, config: &Config, nodes: &NodeDirectory<'_>) {
+    let sequences = agent.prober.take().map(Prober::stop).unwrap_or_default();
+    let start = |config: &Config, nodes: &NodeDirectory<'_>| {
+        Prober::start(
+            &super::prober_settings(config, agent.probe_secret.clone()),
+            nodes,
+            agent.shared.datapath().table(),
+            &sequences,
+            Arc::clone(&agent.probe_stats),
+        )
+    };
+    match start(config, nodes) {
+        Ok(prober) => agent.prober = prober,
+        Err(error) => {
+            tracing::error!(
+                "SIGHUP: probing the new configuration's nodes failed, the running one's probes go on: {error:#}"
+            );
+            agent.prober = start(&agent.config, &agent.nodes).unwrap_or_else(|error| {
+                tracing::error!("probes stopped: {error:#}");
+                None
+            });
+        }
+    }
 }
 
 /// Removed nodes: the datapath stops recording them (they count as

@@ -159,6 +159,7 @@ pub fn restore(
         })
         .collect();
     let mut detector = Detector::new(settings.0, table.len(), &watched, now);
+    detector.set_probed(nodes.probed_ids());
     if adopted {
         forget_unconfigured(nodes, table);
     }

@@ -48,6 +48,9 @@ pub struct StatusReport {
     /// The monitor group, with `[group]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<crate::group::GroupStatus>,
+    /// The prober, while any node is probed.
+    #[serde(default)]
+    pub probes: Option<crate::probe::ProbeStatus>,
     /// Number of configured nodes in each state.
     pub states: BTreeMap<String, u64>,
     /// Number of configured nodes.
@@ -112,6 +115,22 @@ pub struct NodeStatus {
     pub phi: Option<f64>,
     /// How long until the node is declared down if it stays silent.
     pub down_in_ms: Option<u64>,
+    /// How the node is probed, if it is.
+    #[serde(default)]
+    pub probe: Option<NodeProbe>,
+    /// What last refreshed the node: `heartbeat` or `probe` (`None`: never
+    /// heard).
+    #[serde(default)]
+    pub refreshed_by: Option<String>,
+}
+
+/// A node's probe: its kind and what it goes to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeProbe {
+    /// `icmp`, `tcp` or `http`.
+    pub kind: String,
+    /// The address, `address:port`, or the URL.
+    pub target: String,
 }
 
 /// A node's interval as the datapath measures it.
@@ -333,6 +352,21 @@ pub fn node_status(cluster: &ClusterView<'_, '_>, node: &NodeInfo<'_>, now: u64)
         down_in_ms: detector
             .down_at_ns(node.id, table)
             .map(|d| d.saturating_sub(now) / 1_000_000),
+        probe: cluster
+            .nodes
+            .probe_of(node.id, Duration::ZERO)
+            .map(|(address, plan)| NodeProbe {
+                kind: plan.kind.name().as_str().to_owned(),
+                target: plan.kind.target_text(address),
+            }),
+        refreshed_by: (arrival != 0).then(|| {
+            if record.probed_last() {
+                "probe"
+            } else {
+                "heartbeat"
+            }
+            .to_owned()
+        }),
         name: node.name.clone().into_owned(),
     }
 }

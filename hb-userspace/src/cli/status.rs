@@ -181,11 +181,12 @@ fn render_nodes(out: &mut String, nodes: &[NodeStatus]) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9} {:>6}  {:<24} {:>9}  {:>16}  TRUST",
+        "{:>8}  {:<16} {:<7} {:>11} {:<9} {:>10} {:>9} {:>6}  {:<24} {:>9}  {:>16}  TRUST",
         "ID",
         "NAME",
         "STATE",
         "LAST HEARD",
+        "BY",
         "HEARTBEATS",
         "DOWN IN",
         "PHI",
@@ -196,7 +197,7 @@ fn render_nodes(out: &mut String, nodes: &[NodeStatus]) {
     for node in nodes {
         let _ = writeln!(
             out,
-            "{:>8}  {:<16} {:<7} {:>11} {:>10} {:>9} {:>6}  {:<24} {:>9}  {:>16}  {}",
+            "{:>8}  {:<16} {:<7} {:>11} {:<9} {:>10} {:>9} {:>6}  {:<24} {:>9}  {:>16}  {}{}",
             node.id,
             node.name,
             node.state.name(),
@@ -205,6 +206,7 @@ fn render_nodes(out: &mut String, nodes: &[NodeStatus]) {
                     "{:.2}s ago",
                     ms as f64 / 1000.0
                 )),
+            node.refreshed_by.as_deref().unwrap_or("-"),
             node.heartbeats,
             node.down_in_ms
                 .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
@@ -214,6 +216,10 @@ fn render_nodes(out: &mut String, nodes: &[NodeStatus]) {
             node.measured_interval_ms
                 .map_or("-".into(), |i| format!("{:.1}±{:.1}ms", i.mean_ms, i.sd_ms)),
             trust(node),
+            node.probe.as_ref().map_or(String::new(), |p| format!(
+                "  probe {} {}",
+                p.kind, p.target
+            )),
         );
     }
 }
@@ -255,6 +261,14 @@ fn render_footer(out: &mut String, report: &StatusReport) {
     );
     if let Some(group) = &report.group {
         render_group(out, group);
+    }
+    if let Some(probes) = &report.probes {
+        let n = &probes.nodes;
+        let _ = writeln!(
+            out,
+            "probing: icmp {}, tcp {}, http {} nodes; identifier {:#06x}; sent {}, retries {}, failed {}",
+            n.icmp, n.tcp, n.http, probes.identifier, probes.sent, probes.retries, probes.failed
+        );
     }
     let a = &report.actions;
     let _ = writeln!(
@@ -348,7 +362,23 @@ mod tests {
                 pinned: true,
                 phi: Some(0.42),
                 down_in_ms: Some(2750),
+                probe: Some(status::NodeProbe {
+                    kind: "tcp".into(),
+                    target: "198.18.0.7:5432".into(),
+                }),
+                refreshed_by: Some("probe".into()),
             }],
+            probes: Some(crate::probe::ProbeStatus {
+                identifier: 0x4842,
+                nodes: crate::probe::ProbeCounts {
+                    icmp: 0,
+                    tcp: 1,
+                    http: 0,
+                },
+                sent: 30,
+                retries: 1,
+                failed: 2,
+            }),
         };
         let text = render(&report);
         for needle in [
@@ -367,6 +397,9 @@ mod tests {
             "group prod: monitor m2 is follower; leader m1",
             "members: m1 (lease 79); this monitor holds 1 nodes down or left",
             "disputed: db (id 7) group verdict up: m1=up m2=down",
+            "0.25s ago probe",
+            "signed,pinned  probe tcp 198.18.0.7:5432",
+            "probing: icmp 0, tcp 1, http 0 nodes; identifier 0x4842; sent 30, retries 1, failed 2",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }

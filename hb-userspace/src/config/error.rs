@@ -150,6 +150,16 @@ pub enum ConfigError {
     HaproxyAction { action: String, problem: String },
     #[error("node range `{prefix}` (`[[node_ranges]]`): {problem}")]
     NodeRange { prefix: String, problem: String },
+    /// A node's or a range's probe fields (`probe`, `probe_timeout`, ...);
+    /// `node` is `node `NAME`` or `node range `PREFIX``.
+    #[error("{node}: {problem}")]
+    Probe { node: String, problem: String },
+    /// `[probe]`: which key is wrong and how to fix it.
+    #[error("`probe.{field}` {problem}")]
+    ProbeSection {
+        field: &'static str,
+        problem: String,
+    },
     #[error(
         "`auth.keys` lists {count} key files: give the current key, and during a rotation the previous one, at most 2"
     )]

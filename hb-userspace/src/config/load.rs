@@ -64,6 +64,7 @@ struct RawConfig {
     actions: Vec<RawAction>,
     http: RawHttp,
     group: Option<super::group::GroupConfig>,
+    probe: crate::probe::spec::ProbeConfig,
 }
 
 impl Default for RawConfig {
@@ -90,6 +91,7 @@ impl Default for RawConfig {
             actions: Vec::new(),
             http: RawHttp::default(),
             group: None,
+            probe: c.probe,
         }
     }
 }
@@ -227,6 +229,7 @@ impl Config {
         })?;
         let mut config = Self::parse(&text, &path.display().to_string())?;
         config.apply(overrides);
+        config.settle_probe_intervals();
         config.validate()?;
         config.loaded_from = Some(path.to_owned());
         Ok(config)
@@ -266,6 +269,7 @@ impl Config {
             actions,
             http: raw.http.into_config()?,
             group: raw.group,
+            probe: raw.probe,
             loaded_from: None,
         })
     }
@@ -408,6 +412,7 @@ mod tests {
                 address: Some("2001:db8::1".parse().expect("ipv6")),
                 interval: None,
                 source: None,
+                ..NodeConfig::default()
             }
         );
         assert_eq!(
@@ -418,6 +423,7 @@ mod tests {
                 address: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2))),
                 interval: Some(Duration::from_millis(250)),
                 source: None,
+                ..NodeConfig::default()
             }
         );
         assert_eq!(
@@ -448,7 +454,11 @@ mod tests {
         config
             .validate()
             .unwrap_or_else(|e| panic!("example invalid: {e}"));
-        assert_eq!(config.nodes.len(), 2);
+        assert_eq!(config.nodes.len(), 4);
+        assert_eq!(
+            config.nodes[2].probe,
+            Some(crate::probe::spec::ProbeKind::Icmp)
+        );
         assert_eq!(config.actions.len(), 3);
         assert_eq!(config.state_file, Path::new("/var/lib/hb/state"));
         assert!(matches!(config.actions[0].run, ActionRun::Command(_)));

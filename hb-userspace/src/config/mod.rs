@@ -11,6 +11,8 @@
 //!   listens, and that it is never open to the network without a token).
 //! - `error`: [`ConfigError`], whose messages say how to fix the file.
 //! - `group`: the `[group]` section (etcd, names, TLS) and its checks.
+//! - `probe`: the probe fields of nodes and ranges and the `[probe]`
+//!   section: their checks, and the interval a probed node is judged by.
 //! - `reload`: what a reload would change ([`reload_plan`]), or why it is
 //!   refused.
 //! - `example.toml`: the commented example, `hb example-config`.
@@ -26,6 +28,7 @@ mod error;
 mod group;
 mod http;
 mod load;
+mod probe;
 mod reload;
 mod settings;
 #[cfg(test)]

@@ -53,6 +53,10 @@ pub struct ReloadPlan {
     pub per_node_metrics: bool,
     /// `event_log`: where events are appended.
     pub event_log: bool,
+    /// Anything the prober is built from: `[probe]`, a node's or a range's
+    /// probe fields, address or interval, or `defaults`: the prober is
+    /// re-planned (keeping its identifier, secret and sequences).
+    pub probes: bool,
 }
 
 /// A setting that differs and needs a restart, with both values.
@@ -125,6 +129,7 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
             },
         // Needs a restart: the group's session is built at start.
         group: _,
+        probe,
         loaded_from: _,
     } = new;
     let refused = needs_restart(running, new);
@@ -147,7 +152,37 @@ pub fn reload_plan(running: &Config, new: &Config) -> Result<ReloadPlan, ReloadR
         http_listen: running.http.listen != *listen,
         per_node_metrics: running.http.per_node_metrics != *per_node_metrics,
         event_log: running.event_log != *event_log,
+        probes: {
+            let (before, after) = (
+                probed(&running.nodes, &running.node_ranges),
+                probed(nodes, node_ranges),
+            );
+            (!before.is_empty() || !after.is_empty())
+                && (before != after || running.probe != *probe || running.defaults != *defaults)
+        },
     })
+}
+
+/// What the prober is built from, node by node and range by range.
+fn probed<'a>(
+    nodes: &'a [NodeConfig],
+    ranges: &'a [NodeRange],
+) -> Vec<(
+    u32,
+    Option<IpAddr>,
+    Option<Duration>,
+    crate::probe::spec::ProbeFields,
+)> {
+    let listed = nodes
+        .iter()
+        .map(|n| (n.id, n.address, n.interval, n.probe_fields()));
+    let ranged = ranges
+        .iter()
+        .map(|r| (r.first_id, r.first_address, r.interval, r.probe_fields()));
+    listed
+        .chain(ranged)
+        .filter(|p| p.3.probe.is_some())
+        .collect()
 }
 
 /// The settings that differ and need a restart, in the file's order.
@@ -338,6 +373,7 @@ impl ReloadPlan {
             (self.http_listen, "http.listen changed"),
             (self.per_node_metrics, "http.per_node_metrics changed"),
             (self.event_log, "event_log changed"),
+            (self.probes, "probes re-planned"),
         ] {
             if changed {
                 lines.push(what.to_owned());

@@ -64,6 +64,8 @@ pub struct Config {
     /// Several monitors agreeing through etcd (`[group]`); none: this
     /// monitor decides alone.
     pub group: Option<super::group::GroupConfig>,
+    /// Settings shared by every probe (`[probe]`).
+    pub probe: crate::probe::spec::ProbeConfig,
     /// The file this configuration was loaded from (by [`Config::load`]),
     /// re-read for the keys on SIGHUP.
     pub loaded_from: Option<PathBuf>,
@@ -94,6 +96,7 @@ impl Default for Config {
             actions: Vec::new(),
             http: HttpConfig::default(),
             group: None,
+            probe: crate::probe::spec::ProbeConfig::default(),
             loaded_from: None,
         }
     }

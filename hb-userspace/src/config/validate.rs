@@ -55,6 +55,7 @@ impl Config {
             .check()
             .map_err(|problem| ConfigError::Brake { problem })?;
         self.validate_actions()?;
+        self.validate_probes()?;
         self.validate_group()
     }
 

@@ -179,8 +179,8 @@ impl Datapath {
     /// Installs hb's ICMP echo identifier and the probe secret the XDP
     /// program checks probe replies with (see `hb_common::probe`), and
     /// clears the nodes' last probe sequences. XDP only: the socket
-    /// datapath never sees ICMP and refuses. Used by nothing but the tests
-    /// yet: the agent's prober (issue 15, step 2) will call it at start.
+    /// datapath never sees ICMP and refuses. The agent calls it at start
+    /// when a node is probed with ICMP.
     pub fn set_probe_secret(&mut self, identifier: u16, key: &Key) -> Result<(), DatapathError> {
         match self {
             Datapath::Xdp { datapath, .. } => Ok(datapath.set_probe_secret(identifier, key)?),

@@ -18,7 +18,7 @@ use std::{
     sync::{Arc, atomic::AtomicU64},
 };
 
-use hb_common::table::{NodeRecord, NodeSlot, SLOT_CONFIGURED};
+use hb_common::table::{NodeRecord, NodeSlot, SLOT_CONFIGURED, SLOT_PROBED_LAST, seen};
 
 use crate::{detect::detector::TableView, sys};
 
@@ -115,6 +115,18 @@ impl<T: Copy> Mapping<T> {
         }
     }
 
+    /// Another view of the same values (the memory stays mapped while
+    /// either lives).
+    pub fn view(&self) -> Mapping<T> {
+        Mapping {
+            region: Arc::clone(&self.region),
+            base: self.base,
+            stride: self.stride,
+            len: self.len,
+            _values: PhantomData,
+        }
+    }
+
     /// Number of values.
     pub fn len(&self) -> u32 {
         self.len
@@ -183,6 +195,20 @@ impl<T: Copy> Mapping<T> {
     }
 }
 
+impl Mapping<u8> {
+    /// Sets `bits` in value `index` with one atomic read-modify-write, so
+    /// that no other bit of it is written.
+    ///
+    /// # Panics
+    /// If `index >= len()`.
+    pub fn set_bits(&self, index: u32, bits: u8) {
+        // SAFETY: in bounds of a live mapping, a byte is always aligned;
+        // other writers use plain stores, which an atomic RMW tolerates.
+        unsafe { std::sync::atomic::AtomicU8::from_ptr(self.at(index)) }
+            .fetch_or(bits, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Mapping<u64> {
     /// The values as atomics: what the sweep scans. Relaxed loads compile to
     /// plain loads, and make concurrent stores by the kernel well defined.
@@ -212,25 +238,49 @@ pub struct NodeTable {
     /// [`NodeSlot`]s' interval words): read when a node's arrival time
     /// changes. Each is one aligned 8-byte word, read and written whole.
     pub intervals: Mapping<u64>,
+    /// The sequence of the last probe recorded for each node (0: none since
+    /// the agent started probing): `HB_PROBES`, which the XDP program
+    /// writes for ICMP replies and the prober for TCP and HTTP probes.
+    pub probes: Mapping<u64>,
+    /// The records' `slot_flags` bytes, set atomically when a TCP or HTTP
+    /// probe is recorded.
+    slot_flags: Mapping<u8>,
+}
+
+/// What became of a TCP or HTTP probe's success handed to
+/// [`NodeTable::record_probe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeRecorded {
+    /// The node's seen word moved.
+    Accepted,
+    /// The node is not configured (a reload removed it meanwhile).
+    UnknownNode,
+    /// A later probe of the node was already recorded.
+    Replay,
 }
 
 impl NodeTable {
-    /// The table over `seen` words and node `slots` (of the same length).
-    pub fn new(seen: Mapping<u64>, slots: &Mapping<NodeSlot>) -> Self {
+    /// The table over `seen` words, node `slots` and last probe sequences
+    /// `probes` (all of the same length).
+    pub fn new(seen: Mapping<u64>, slots: &Mapping<NodeSlot>, probes: Mapping<u64>) -> Self {
         debug_assert_eq!(seen.len(), slots.len());
+        debug_assert_eq!(seen.len(), probes.len());
         // SAFETY: `NodeSlot` is `repr(C)` with a `NodeRecord` at offset 0
-        // and the interval `u64` at its offset; both are valid for every
-        // bit pattern.
-        let (records, intervals) = unsafe {
+        // (whose `slot_flags` is a byte) and the interval `u64` at its
+        // offset; all are valid for every bit pattern.
+        let (records, intervals, slot_flags) = unsafe {
             (
                 slots.field(offset_of!(NodeSlot, record)),
                 slots.field(offset_of!(NodeSlot, interval)),
+                slots.field(offset_of!(NodeSlot, record) + offset_of!(NodeRecord, slot_flags)),
             )
         };
         NodeTable {
             seen,
             records,
             intervals,
+            probes,
+            slot_flags,
         }
     }
 
@@ -240,7 +290,42 @@ impl NodeTable {
         Ok(Self::new(
             Mapping::anonymous(len)?,
             &Mapping::<NodeSlot>::anonymous(len)?,
+            Mapping::anonymous(len)?,
         ))
+    }
+
+    /// Another view of the same table (the prober's).
+    pub fn view(&self) -> NodeTable {
+        NodeTable {
+            seen: self.seen.view(),
+            records: self.records.view(),
+            intervals: self.intervals.view(),
+            probes: self.probes.view(),
+            slot_flags: self.slot_flags.view(),
+        }
+    }
+
+    /// Records a successful TCP or HTTP probe of node `id` (sequence
+    /// `sequence`, finished at `now_ns` on the monotonic clock) as the XDP
+    /// program records an ICMP reply: only for a configured node, only if
+    /// its sequence is above the last recorded one; then the sequence, the
+    /// `SLOT_PROBED_LAST` flag, and the seen word, which only moves forward
+    /// (a heartbeat recorded meanwhile by the datapath is never undone).
+    /// The probe's interval is not an interval sample.
+    pub fn record_probe(&self, id: u32, sequence: u64, now_ns: u64) -> ProbeRecorded {
+        if id >= self.len() || !self.records.get(id).is_configured() {
+            return ProbeRecorded::UnknownNode;
+        }
+        if sequence <= self.probes.get(id) {
+            return ProbeRecorded::Replay;
+        }
+        self.probes.set(id, sequence);
+        self.slot_flags.set_bits(id, SLOT_PROBED_LAST);
+        self.seen.atomics()[id as usize].fetch_max(
+            seen::word(now_ns, false),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        ProbeRecorded::Accepted
     }
 
     /// Number of slots (`max_nodes`).
@@ -268,6 +353,7 @@ impl NodeTable {
         );
         self.seen.set(id, 0);
         self.intervals.set(id, 0);
+        self.probes.set(id, 0);
     }
 
     /// Pins node `id` to `source` (or unpins it) while it is watched,
@@ -296,6 +382,7 @@ impl NodeTable {
         self.records.set(id, NodeRecord::default());
         self.seen.set(id, 0);
         self.intervals.set(id, 0);
+        self.probes.set(id, 0);
     }
 }
 
@@ -315,9 +402,15 @@ impl TableView for NodeTable {
         self.intervals.get(node_id)
     }
 
+    /// Heartbeats accepted plus the sequence of the last recorded probe
+    /// (probes go out one sequence number apart, so a node that answers
+    /// probes counts up as one that sends heartbeats).
     #[inline]
     fn heartbeats(&self, node_id: u32) -> u64 {
-        self.records.get(node_id).heartbeats
+        self.records
+            .get(node_id)
+            .heartbeats
+            .wrapping_add(self.probes.get(node_id))
     }
 
     #[inline]
@@ -346,6 +439,28 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_is_recorded_once_only_for_a_configured_node_and_never_moves_time_back() {
+        use crate::detect::detector::TableView;
+        let table = NodeTable::anonymous(8).unwrap();
+        assert_eq!(table.record_probe(3, 1, 1_000), ProbeRecorded::UnknownNode);
+        assert_eq!(table.record_probe(99, 1, 1_000), ProbeRecorded::UnknownNode);
+        table.configure(3, NodeRecord::default());
+        assert_eq!(table.record_probe(3, 2, 1_000), ProbeRecorded::Accepted);
+        assert_eq!(table.record_probe(3, 2, 2_000), ProbeRecorded::Replay);
+        assert_eq!(table.record_probe(3, 1, 2_000), ProbeRecorded::Replay);
+        assert_eq!(seen::arrival_ns(table.seen.get(3)), 1_000);
+        assert!(table.records.get(3).probed_last());
+        assert!(table.records.get(3).is_configured(), "other flags kept");
+        // A heartbeat recorded later by the datapath is not undone by a
+        // probe that finished earlier.
+        table.seen.set(3, seen::word(5_000, false));
+        assert_eq!(table.record_probe(3, 3, 4_000), ProbeRecorded::Accepted);
+        assert_eq!(seen::arrival_ns(table.seen.get(3)), 5_000);
+        // Probes count as arrivals for `rise`.
+        assert_eq!(table.heartbeats(3), 3);
+    }
+
+    #[test]
     #[should_panic(expected = "outside the table")]
     fn out_of_range_access_panics() {
         let records = Mapping::<NodeRecord>::anonymous(4).unwrap();
@@ -355,7 +470,11 @@ mod tests {
     #[test]
     fn records_and_interval_words_are_views_of_the_slots() {
         let slots = Mapping::<NodeSlot>::anonymous(100).unwrap();
-        let table = NodeTable::new(Mapping::anonymous(100).unwrap(), &slots);
+        let table = NodeTable::new(
+            Mapping::anonymous(100).unwrap(),
+            &slots,
+            Mapping::anonymous(100).unwrap(),
+        );
         let record = NodeRecord {
             incarnation: 1,
             sequence: u64::MAX,

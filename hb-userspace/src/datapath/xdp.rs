@@ -519,8 +519,6 @@ fn check_pinned_map(
 pub struct XdpDatapath {
     // Field order matters for Drop: the table mappings go before the maps.
     table: NodeTable,
-    /// The last recorded probe sequence of every node (`HB_PROBES`).
-    probe_sequences: Mapping<u64>,
     _table_maps: [MapData; 3],
     counters: PerCpuArray<MapData, CounterBlock>,
     keys: Array<MapData, KeyState>,
@@ -672,8 +670,8 @@ impl XdpDatapath {
             probe_key,
         } = maps;
         let mmap = |map: &'static str, e| XdpError::Mmap { map, source: e };
-        // SAFETY: the two maps are BPF_F_MMAPABLE arrays of `max_nodes`
-        // entries whose value types are u64 and NodeSlot (hb-ebpf's
+        // SAFETY: the three maps are BPF_F_MMAPABLE arrays of `max_nodes`
+        // entries whose value types are u64, NodeSlot and u64 (hb-ebpf's
         // definitions; their sizes were checked when they were opened).
         let table = unsafe {
             NodeTable::new(
@@ -681,12 +679,10 @@ impl XdpDatapath {
                     .map_err(|e| mmap(globals::SEEN_MAP, e))?,
                 &Mapping::<NodeSlot>::of_bpf_array(slots.fd().as_fd(), max_nodes)
                     .map_err(|e| mmap(globals::NODES_MAP, e))?,
+                Mapping::of_bpf_array(probes.fd().as_fd(), max_nodes)
+                    .map_err(|e| mmap(globals::PROBES_MAP, e))?,
             )
         };
-        // SAFETY: HB_PROBES is a BPF_F_MMAPABLE array of `max_nodes` u64
-        // (its size was checked when it was opened).
-        let probe_sequences = unsafe { Mapping::of_bpf_array(probes.fd().as_fd(), max_nodes) }
-            .map_err(|e| mmap(globals::PROBES_MAP, e))?;
         let probe_key = Array::try_from(Map::Array(probe_key)).map_err(|e| XdpError::Map {
             op: "opening the probe secret",
             source: Box::new(e),
@@ -711,7 +707,6 @@ impl XdpDatapath {
         }
         Ok(XdpDatapath {
             table,
-            probe_sequences,
             _table_maps: [seen, slots, probes],
             counters,
             keys,
@@ -1055,8 +1050,7 @@ impl XdpDatapath {
     /// agent generates at each start), from the next packet on, then clears
     /// every node's last recorded probe sequence so that the agent's
     /// sequences may start again from 1: replies tagged under an earlier
-    /// secret fail the tag from the moment the new one is written. Used by
-    /// nothing but the tests yet (the agent's prober is the next step).
+    /// secret fail the tag from the moment the new one is written.
     pub fn set_probe_secret(&mut self, identifier: u16, key: &Key) -> Result<(), XdpError> {
         self.probe_key
             .set(0, ProbeSecret::new(identifier, key), 0)
@@ -1064,8 +1058,9 @@ impl XdpDatapath {
                 op: "writing the probe secret",
                 source: Box::new(e),
             })?;
-        for id in 0..self.probe_sequences.len() {
-            self.probe_sequences.set(id, 0);
+        let probes = &self.table.probes;
+        for id in 0..probes.len() {
+            probes.set(id, 0);
         }
         Ok(())
     }
@@ -1073,7 +1068,7 @@ impl XdpDatapath {
     /// The sequence of the last probe reply recorded for each node (0:
     /// none since the secret was installed), shared with the kernel.
     pub fn probe_sequences(&self) -> &Mapping<u64> {
-        &self.probe_sequences
+        &self.table.probes
     }
 
     /// Current value of every counter, summed over CPUs, in

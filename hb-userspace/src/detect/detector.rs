@@ -54,7 +54,7 @@
 //! others ([`Detector::next_look_ns`]): the sweep need not run before it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -291,6 +291,8 @@ pub struct Detector {
     flaps: HashMap<u32, Flaps>,
     /// How many watched nodes are in each state (by `NodeState as usize`).
     counts: [usize; 6],
+    /// Probed nodes (see [`Detector::set_probed`]); empty without probes.
+    probed: HashSet<u32>,
 }
 
 /// A down node being heard again.
@@ -371,6 +373,7 @@ impl Detector {
             rising: HashMap::new(),
             flaps: HashMap::new(),
             counts: [0; 6],
+            probed: HashSet::new(),
         };
         detector.counts[NodeState::Unseen as usize] = nodes.len();
         for node in nodes {
@@ -428,6 +431,12 @@ impl Detector {
             self.states[node.node_id as usize] = NodeState::Unseen;
             self.watches[node.node_id as usize] = self.watch_word(NodeState::Unseen, 0);
         }
+    }
+
+    /// The nodes that are probed (pull monitoring): the phi rule judges them
+    /// by their configured interval, never by a measured one.
+    pub fn set_probed(&mut self, probed: HashSet<u32>) {
+        self.probed = probed;
     }
 
     /// Stops watching a node removed by a reload: no event, no count, and
@@ -570,6 +579,14 @@ impl Detector {
     /// timeout rule suspects a node one interval before its timeout.
     #[inline]
     pub fn deadlines_for(&self, id: u32, advertised_ms: u32, interval_word: u64) -> Deadlines {
+        // A probed node is judged by its configured (probe) interval: probe
+        // answers feed no interval estimate, and a hybrid node's estimate is
+        // its sender's, which must not convict it while its probe answers.
+        let interval_word = if !self.probed.is_empty() && self.probed.contains(&id) {
+            0
+        } else {
+            interval_word
+        };
         if let Rule::Phi {
             detector,
             suspect,
@@ -997,6 +1014,23 @@ mod tests {
             },
             ..settings()
         }
+    }
+
+    #[test]
+    fn phi_judges_a_probed_node_by_its_configured_interval_not_its_senders() {
+        let nodes = [WatchedNode {
+            node_id: 1,
+            interval_ns: Some(1_000 * MS),
+        }];
+        let mut detector = Detector::new(phi_settings(), 4, &nodes, 0);
+        // The sender's measured interval: 100 ms, steady.
+        let sender = intervals::word(100_000, 1_000);
+        let by_sender = detector.deadlines_for(1, 100, sender);
+        assert!(by_sender.down_ns < 300 * MS, "{by_sender:?}");
+        detector.set_probed([1].into());
+        let by_probe = detector.deadlines_for(1, 100, sender);
+        assert!(by_probe.down_ns > 1_000 * MS, "{by_probe:?}");
+        assert_eq!(by_probe, detector.deadlines_for(1, 100, 0));
     }
 
     /// Sweeps at the instants `next_look_ns` names, as the sweep thread

@@ -408,6 +408,13 @@ impl Metrics {
         crate::group::GroupMetrics::register(&mut self.registry)
     }
 
+    /// Registers the prober's series (`hb_probes_sent_total`, ...), read
+    /// from `stats` at each scrape.
+    pub fn register_probes(&mut self, stats: Arc<crate::probe::ProbeStats>) {
+        self.registry
+            .register_collector(Box::new(crate::probe::ProbeMetrics(stats)));
+    }
+
     /// A handle the action runner records finished runs with.
     pub fn actions(&self) -> ActionMetrics {
         self.actions.clone()

@@ -654,6 +654,8 @@ async function showDetail(key, select = true) {
     ['incarnation · sequence', `${detail.incarnation} · ${detail.sequence}`],
     ['source port', detail.source_port],
     ['signed · pinned', `${detail.authenticated ? 'yes' : 'no'} · ${detail.pinned ? 'yes' : 'no'}`],
+    ['probe', detail.probe ? `${detail.probe.kind} ${detail.probe.target}` : '—'],
+    ['refreshed by', detail.refreshed_by ?? '—'],
   ];
   const list = document.createElement('dl');
   for (const [name, value] of fields) {

@@ -327,7 +327,7 @@ fn an_invalid_sweep_priority_is_a_config_error_naming_the_key() {
 fn lock_holds_at_a_million_nodes() {
     use crate::{
         agent::{query, startup, status},
-        datapath::table::{Mapping, NodeTable},
+        datapath::table::NodeTable,
         detect::{detector::Transition, sweep::SweepOutcome},
         keys::Keyring,
         nodes::NodeDirectory,
@@ -348,11 +348,7 @@ fn lock_holds_at_a_million_nodes() {
     .expect("a config");
     let nodes = NodeDirectory::owned(&config.nodes, &config.node_ranges);
     let len = NODES + 1;
-    let table = NodeTable {
-        seen: Mapping::anonymous(len).expect("memory"),
-        records: Mapping::anonymous(len).expect("memory"),
-        intervals: Mapping::anonymous(len).expect("memory"),
-    };
+    let table = NodeTable::anonymous(len).expect("memory");
     // 90% up, 5% suspect, 5% down (each with a flap history); the brake
     // remembers the 10% silent ones and holds the downs.
     let now = monotonic_ns();

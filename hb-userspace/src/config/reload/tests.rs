@@ -236,6 +236,39 @@ fn each_reloadable_section_is_reported() {
 }
 
 #[test]
+fn probes_are_replanned_when_anything_they_are_built_from_changes() {
+    let node =
+        |extra: &str| format!("[[nodes]]\nid = 1\nname = \"a\"\naddress = \"198.18.0.2\"\n{extra}");
+    let icmp = node("probe = \"icmp\"\n");
+    // No probe before or after: a [probe] or [defaults] change re-plans nothing.
+    assert!(!planned("", "[probe]\nmax_rate = 1000\n").probes);
+    assert!(!planned("", "[defaults]\ninterval = \"1s\"\n").probes);
+    for (running, new) in [
+        (node(""), icmp.clone()),
+        (icmp.clone(), node("")),
+        (icmp.clone(), node("probe = \"tcp:22\"\n")),
+        (
+            icmp.clone(),
+            node("probe = \"icmp\"\nprobe_confirm = true\n"),
+        ),
+        (icmp.clone(), format!("[probe]\nmax_rate = 1000\n{icmp}")),
+        (
+            icmp.clone(),
+            format!("[defaults]\ninterval = \"1s\"\n{icmp}"),
+        ),
+        (
+            icmp.clone(),
+            format!(
+                "{icmp}[[node_ranges]]\nfirst_id = 10\ncount = 2\nname_prefix = \"r\"\nfirst_address = \"198.18.1.0\"\nprobe = \"icmp\"\n"
+            ),
+        ),
+    ] {
+        assert!(planned(&running, &new).probes, "{running} -> {new}");
+    }
+    assert!(!planned(&icmp, &icmp).probes);
+}
+
+#[test]
 fn nodes_added_removed_and_changed_by_id() {
     let plan = planned(
         &format!("{}{}{}", node(1, "a"), node(2, "b"), node(3, "c")),
@@ -361,6 +394,7 @@ fn describe_says_what_changed_one_line_each() {
         http_listen: true,
         per_node_metrics: true,
         event_log: true,
+        probes: true,
     };
     assert_eq!(
         plan.describe(),
@@ -377,6 +411,7 @@ fn describe_says_what_changed_one_line_each() {
             "http.listen changed",
             "http.per_node_metrics changed",
             "event_log changed",
+            "probes re-planned",
         ]
     );
 }

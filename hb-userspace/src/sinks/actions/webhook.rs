@@ -300,7 +300,7 @@ fn client() -> &'static HttpsClient {
 /// /etc/ssl/certs, from the `ca-certificates` package). Problems reading
 /// it are logged; with no CA at all, https URLs fail and say so at each
 /// attempt, http ones still work.
-fn tls_config() -> rustls::ClientConfig {
+pub(crate) fn tls_config() -> rustls::ClientConfig {
     let found = rustls_native_certs::load_native_certs();
     for e in &found.errors {
         tracing::warn!("webhooks: reading the system's CA certificates: {e}");
