@@ -6,7 +6,10 @@
 //! the block via the responder. An nftables table in the responder counts
 //! the echo requests it receives, drops those to the addresses in its set
 //! `gone` (the nodes taken away) and, if asked, a random share of the rest
-//! (`numgen random mod 100 < N`).
+//! (`numgen random mod 100 < N`); it counts apart (not in `seen`) and
+//! answers the requests of the bench's floor sender (`icmp id 0x4846`),
+//! whose replies an nftables table of the monitor drops at its interface's
+//! ingress.
 //!
 //! The veth pair keeps its defaults (no GRO, no threaded NAPI): the
 //! responder receives the agent's requests through the per-CPU backlog, and
@@ -19,8 +22,7 @@
 //! load the threads lose packets or, at real-time priority, starve the
 //! agent: measured, 94k instead of 100k probes/s, 0.13% lost and false
 //! downs.) Namespaces, processes and pins go away on Drop, also on error
-//! or Ctrl-C; deleting the responder's
-//! namespace deletes its nftables table.
+//! or Ctrl-C; deleting a namespace deletes its nftables table.
 
 use std::{
     cell::Cell,
@@ -147,6 +149,10 @@ impl ProbeLab {
                 .ip(["route", "add", &cidr, "via", &node.address.to_string()])?;
         }
         this.nft(&ruleset(loss_percent))?;
+        nft(
+            &this.lab.monitor,
+            &monitor_ruleset(&this.lab.node(1).monitor_interface),
+        )?;
         Ok(this)
     }
 
@@ -175,7 +181,34 @@ impl ProbeLab {
 
     /// Runs `nft -f -` with `script` in the responder's namespace.
     fn nft(&self, script: &str) -> Result<()> {
-        let ns = &self.lab.node(1).ns;
+        nft(&self.lab.node(1).ns, script)
+    }
+
+    /// The monitor's count of the floor sender's echo replies, which it
+    /// drops at its interface's ingress (nftables, before IP).
+    pub fn floor_replies(&self) -> Result<u64> {
+        let output = self
+            .lab
+            .monitor
+            .exec("nft", ["-j", "list", "counters", "table", "netdev", TABLE])?;
+        let value: Value = serde_json::from_slice(&output.stdout)
+            .context("`nft -j list counters` printed no JSON")?;
+        value["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|item| {
+                (item["counter"]["name"].as_str() == Some("floor_replies"))
+                    .then(|| item["counter"]["packets"].as_u64())
+                    .flatten()
+            })
+            .with_context(|| format!("no counter floor_replies in the monitor: {value}"))
+    }
+}
+
+/// Runs `nft -f -` with `script` in `ns`.
+fn nft(ns: &hb_tests::NetNs, script: &str) -> Result<()> {
+    {
         let mut cmd = ns.command("nft");
         cmd.args(["-f", "-"])
             .stdin(Stdio::piped())
@@ -203,7 +236,9 @@ impl ProbeLab {
         }
         Ok(())
     }
+}
 
+impl ProbeLab {
     /// Takes `addresses` away: the responder drops the echo requests to
     /// them from now on (one nftables transaction).
     pub fn take_away(&self, addresses: &[Ipv4Addr]) -> Result<()> {
@@ -339,10 +374,25 @@ fn ruleset(loss_percent: u32) -> String {
          \x20   set gone {{ type ipv4_addr; }}\n\
          \x20   chain pre {{\n\
          \x20       type filter hook prerouting priority raw; policy accept;\n\
-         \x20       icmp type echo-request icmp id {floor} counter name \"floor\" drop\n\
+         \x20       icmp type echo-request icmp id {floor} counter name \"floor\" accept\n\
          \x20       icmp type echo-request counter name \"seen\"\n\
          \x20       icmp type echo-request ip daddr @gone counter name \"removed\" drop\n\
          {loss}\
+         \x20   }}\n\
+         }}\n",
+        floor = super::icmp::FLOOR_IDENTIFIER
+    )
+}
+
+/// The monitor's nftables table: at its interface's ingress (after XDP,
+/// before IP), it drops the echo replies to the floor sender.
+fn monitor_ruleset(interface: &str) -> String {
+    format!(
+        "table netdev {TABLE} {{\n\
+         \x20   counter floor_replies {{ }}\n\
+         \x20   chain ingress {{\n\
+         \x20       type filter hook ingress device {interface} priority -500; policy accept;\n\
+         \x20       icmp type echo-reply icmp id {floor} counter name \"floor_replies\" drop\n\
          \x20   }}\n\
          }}\n",
         floor = super::icmp::FLOOR_IDENTIFIER
