@@ -213,6 +213,9 @@ pub fn floor(
 ) -> Result<Floor> {
     std::thread::spawn(move || -> Result<Floor> {
         netns::enter(&netns)?;
+        // As the agent (see the lab): only this thread, by its id.
+        // SAFETY: gettid has no preconditions.
+        super::lab::pin_to_cpu0_thread(unsafe { libc::gettid() })?;
         let socket = RawSocket::open()?;
         let per_turn = (f64::from(rate) * FLOOR_TICK.as_secs_f64()).round() as usize;
         let turns = (duration.as_nanos() / FLOOR_TICK.as_nanos()) as u64;

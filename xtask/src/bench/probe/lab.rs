@@ -11,17 +11,18 @@
 //! whose replies an nftables table of the monitor drops at its interface's
 //! ingress.
 //!
-//! The veth pair keeps its defaults (no GRO, no threaded NAPI): the
-//! responder receives the agent's requests through the per-CPU backlog, and
-//! the monitor's end (with the XDP program) the replies through NAPI, both
-//! as softirq on the CPU that sent, i.e. inline in the agent's `sendmmsg`
-//! calls (or in `ksoftirqd` when the kernel defers it). So the agent's CPU
-//! clock holds the whole echo round trip; the machine's softirq time says
-//! how much of it that was. (Threaded NAPI would take it out of the agent,
-//! but on a 2-CPU VM each wake-up of a NAPI thread costs an IPI, and under
-//! load the threads lose packets or, at real-time priority, starve the
-//! agent: measured, 94k instead of 100k probes/s, 0.13% lost and false
-//! downs.) Namespaces, processes and pins go away on Drop, also on error
+//! Where the CPU goes: on a veth pair the whole echo round trip (the
+//! responder's kernel answering, the reply's receive with the XDP program)
+//! would run as softirq inline in the agent's `sendmmsg` calls, in its CPU
+//! clock. So the agent (and the floor sender) run pinned to CPU 0, and RPS
+//! steers the responder's receive to the other CPUs, where the round trip
+//! runs (the replies are sent from there): the agent's CPU clock holds
+//! building and sending the probes, plus RPS's enqueue and an IPI per
+//! batch, as a NIC's doorbell. (Threaded NAPI would move the work too, but
+//! on a 2-CPU VM every wake-up of a NAPI thread costs an IPI, and under
+//! load the threads lost packets or, at real-time priority, starved the
+//! agent: measured, 94k instead of 100k probes/s, 0.13% lost, false downs.)
+//! Namespaces, processes and pins go away on Drop, also on error
 //! or Ctrl-C; deleting a namespace deletes its nftables table.
 
 use std::{
@@ -152,6 +153,19 @@ impl ProbeLab {
         nft(
             &this.lab.monitor,
             &monitor_ruleset(&this.lab.node(1).monitor_interface),
+        )?;
+        // The responder's receive (and with it the whole round trip) on
+        // every CPU but the agent's (see the module's doc).
+        let interface = &this.lab.node(1).interface;
+        this.lab.node(1).ns.exec(
+            "sh",
+            [
+                "-c",
+                &format!(
+                    "echo {:x} > /sys/class/net/{interface}/queues/rx-0/rps_cpus",
+                    rps_mask()?
+                ),
+            ],
         )?;
         Ok(this)
     }
@@ -345,6 +359,7 @@ impl ProbeLab {
             "the agent's pid {} is {comm:?}, not hb: its CPU time would be another process's",
             guard.pid()
         );
+        pin_to_cpu0(guard.pid())?;
         Ok(ProbeAgent {
             hb: hb.clone(),
             guard,
@@ -352,6 +367,47 @@ impl ProbeLab {
             events,
         })
     }
+}
+
+/// The CPUs the responder's receive is steered to (RPS): all but CPU 0.
+fn rps_mask() -> Result<u64> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    ensure!(
+        cpus >= 2,
+        "the probe bench needs 2 CPUs: the agent on one, the emulated hosts' round trip on \
+         another"
+    );
+    Ok(((1u64 << cpus.min(64)) - 1) & !1)
+}
+
+/// Pins every thread of process `pid` to CPU 0 (threads it starts later
+/// inherit it).
+pub fn pin_to_cpu0(pid: u32) -> Result<()> {
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).context("listing tasks")? {
+        if let Some(tid) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            pin_to_cpu0_thread(tid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Pins thread `tid` to CPU 0.
+pub fn pin_to_cpu0_thread(tid: i32) -> Result<()> {
+    // SAFETY: cpu_set_t is plain old data (all zeroes: no CPU); CPU_SET
+    // writes within it; sched_setaffinity reads it.
+    let status = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if status != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("pinning thread {tid} to CPU 0"));
+    }
+    Ok(())
 }
 
 /// The nftables table of the responder, `loss_percent` of the echo
