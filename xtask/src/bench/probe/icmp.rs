@@ -116,14 +116,14 @@ impl RawSocket {
         Ok(())
     }
 
-    /// Sends `messages[i]` to `addresses[i]` with one `sendmmsg(2)`;
-    /// returns how many went (a full buffer drops the rest, as for the
-    /// agent).
+    /// Sends `messages[i]` to `addresses[i]` with `sendmmsg(2)`; a message
+    /// the kernel refuses (a full backlog: ENOBUFS) is skipped and counted,
+    /// as the agent does. Returns (sent, refused).
     fn send_batch(
         &self,
         messages: &mut [[u8; FLOOR_MESSAGE]],
         addresses: &[libc::sockaddr_in],
-    ) -> Result<u64> {
+    ) -> Result<(u64, u64)> {
         let mut iovecs: Vec<libc::iovec> = messages
             .iter_mut()
             .map(|m| libc::iovec {
@@ -144,24 +144,34 @@ impl RawSocket {
                 header
             })
             .collect();
-        // SAFETY: every header points at a live iovec, buffer and address
-        // for the duration of the call; the count is the vector's length.
-        let sent = unsafe {
-            libc::sendmmsg(
-                self.0,
-                headers.as_mut_ptr(),
-                headers.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if sent < 0 {
-            let err = std::io::Error::last_os_error();
-            return match err.kind() {
-                std::io::ErrorKind::WouldBlock => Ok(0),
-                _ => Err(err).context("sendmmsg on the raw ICMP socket"),
+        let (mut done, mut refused) = (0usize, 0u64);
+        while done < headers.len() {
+            // SAFETY: every header from `done` points at a live iovec,
+            // buffer and address for the duration of the call; the count
+            // is what is left of the vector.
+            let sent = unsafe {
+                libc::sendmmsg(
+                    self.0,
+                    headers[done..].as_mut_ptr(),
+                    (headers.len() - done) as libc::c_uint,
+                    0,
+                )
             };
+            if sent > 0 {
+                done += sent as usize;
+                continue;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::ENOBUFS | libc::EAGAIN) => {
+                    refused += 1;
+                    done += 1;
+                }
+                _ => return Err(err).context("sendmmsg on the raw ICMP socket"),
+            }
         }
-        Ok(sent as u64)
+        Ok((done as u64 - refused, refused))
     }
 
     /// The source of the next echo reply with our identifier, or `None`
@@ -193,6 +203,8 @@ impl Drop for RawSocket {
 pub struct Floor {
     pub rate: u32,
     pub sent: u64,
+    /// Requests the kernel refused (ENOBUFS: the responder's backlog full).
+    pub refused: u64,
     pub wall_s: f64,
     /// Its thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), ns.
     pub cpu_ns: u64,
@@ -234,7 +246,7 @@ pub fn floor(
             };
             FLOOR_BATCH
         ];
-        let (mut next, mut sent) = (0u32, 0u64);
+        let (mut next, mut sent, mut refused) = (0u32, 0u64, 0u64);
         let cpu_start = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
         let start = Instant::now();
         let mut deadline = clock_ns(libc::CLOCK_MONOTONIC);
@@ -252,7 +264,9 @@ pub fn floor(
                     message[2..4].copy_from_slice(&sum.to_be_bytes());
                     addresses[i].sin_addr.s_addr = (u32::from(first) + k).to_be();
                 }
-                sent += socket.send_batch(&mut messages[..n], &addresses[..n])?;
+                let (ok, no) = socket.send_batch(&mut messages[..n], &addresses[..n])?;
+                sent += ok;
+                refused += no;
                 left -= n;
             }
             deadline += FLOOR_TICK.as_nanos() as u64;
@@ -264,6 +278,7 @@ pub fn floor(
         Ok(Floor {
             rate,
             sent,
+            refused,
             wall_s,
             cpu_ns,
             cpu_percent: 100.0 * cpu_ns as f64 / 1e9 / wall_s,

@@ -23,8 +23,9 @@
 //!    other CPU (RPS, see [`lab`]), so the clock holds building and sending
 //!    the probes, the sweep and the event log, not the emulated hosts'
 //!    work nor the replies' receive; the machine's softirq time (/proc/stat,
-//!    tick-sampled) is shown beside it, as where that went. Target: below
-//!    10% of a core;
+//!    tick-sampled, so it misses softirq on a CPU that is otherwise idle
+//!    and the tick stopped) is shown beside it, as where that went. Target:
+//!    below 10% of a core;
 //! 2. replies lost: probes sent (the agent's `probes.sent`, as
 //!    `hb_probes_sent_total{kind="icmp"}`) against replies recorded by the
 //!    XDP program (`probe_accepted`) over the window, with the responder's
@@ -358,10 +359,11 @@ pub fn run(ctx: &Ctx<'_>) -> Result<PhaseOutput> {
     progress.step("the floor sender");
     let floor = measure_floor(&lab, block, floor_duration(ctx.quick))?;
     progress.say(format!(
-        "  floor: a bare sendmmsg loop sent {} echo requests in {:.1} s ({}/s; {} reached the \
+        "  floor: a bare sendmmsg loop sent {} echo requests ({} refused) in {:.1} s ({}/s; {} reached the \
          responder, {} replies came back): {:.1}% of a core, {:.0} ns per request; softirq \
          {:.1}% (ksoftirqd {:.1}%) beside it (load {})",
         floor.floor.sent,
+        floor.floor.refused,
         floor.floor.wall_s,
         si(floor.floor.sent as f64 / floor.floor.wall_s),
         floor.reached_responder,
@@ -740,7 +742,8 @@ fn print_tables(size: Size, w: &Window, d: &Detection, x: &XdpCost, floor: &Floo
         String::new(),
         String::new(),
         format!(
-            "tick-sampled: the round trip, on the other CPU (ksoftirqd {:.2}%); floor's {:.1}%",
+            "tick-sampled, undercounted on an otherwise idle CPU: the round trip, on the \
+             other CPU (ksoftirqd {:.2}%); floor's {:.1}%",
             w.ksoftirqd_percent, floor.softirq_percent
         ),
     ]);
