@@ -28,6 +28,10 @@
 //!   nodes sending to all three, with the faults of a monitor group: node
 //!   crashes, killed agents, monitors cut off from the nodes or from etcd
 //!   ([`GroupLab`]);
+//! - [`probe`]: the probe tests' lab (issue 15): configurations with
+//!   probed nodes, IPv6 links, a TCP listener and an HTTP health server in a
+//!   node's namespace, a sniffer of hb's echo requests and a forger of echo
+//!   replies, the agent's HTTP API;
 //! - [`soak`]: a fleet with loss and pauses, the agent killed and restarted
 //!   throughout, checked against the load generator's ground truth (the
 //!   bench phase `soak` and its shortened test).
@@ -47,6 +51,7 @@ pub mod keys;
 pub mod lab;
 pub mod netns;
 pub mod pins;
+pub mod probe;
 pub mod process;
 pub mod sender;
 pub mod soak;

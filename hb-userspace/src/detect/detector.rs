@@ -434,9 +434,16 @@ impl Detector {
     }
 
     /// The nodes that are probed (pull monitoring): the phi rule judges them
-    /// by their configured interval, never by a measured one.
+    /// by their configured interval, never by a measured one, and their
+    /// silence counts from this detector's start at the latest even when
+    /// the table's arrival times are trusted (no probe went out before it).
     pub fn set_probed(&mut self, probed: HashSet<u32>) {
         self.probed = probed;
+    }
+
+    #[inline]
+    fn is_probed(&self, id: u32) -> bool {
+        !self.probed.is_empty() && self.probed.contains(&id)
     }
 
     /// Stops watching a node removed by a reload: no event, no count, and
@@ -551,9 +558,14 @@ impl Detector {
         self.state(id).is_live().then(|| {
             let word = table.seen_words()[id as usize].load(Ordering::Relaxed);
             let deadlines = self.deadlines(id, table);
-            seen::arrival_ns(word)
-                .max(self.grace_floor_ns)
-                .saturating_add(deadlines.down_ns)
+            let arrival = seen::arrival_ns(word);
+            let (heard_floor, unheard_floor) = self.floors();
+            let floor = if arrival == 0 || self.is_probed(id) {
+                unheard_floor
+            } else {
+                heard_floor
+            };
+            arrival.max(floor).saturating_add(deadlines.down_ns)
         })
     }
 
@@ -582,11 +594,7 @@ impl Detector {
         // A probed node is judged by its configured (probe) interval: probe
         // answers feed no interval estimate, and a hybrid node's estimate is
         // its sender's, which must not convict it while its probe answers.
-        let interval_word = if !self.probed.is_empty() && self.probed.contains(&id) {
-            0
-        } else {
-            interval_word
-        };
+        let interval_word = if self.is_probed(id) { 0 } else { interval_word };
         if let Rule::Phi {
             detector,
             suspect,
@@ -740,8 +748,11 @@ impl Detector {
         let deadlines = self.deadlines(id, table);
         // A restored up node may not have been heard yet (word 0): its
         // silence counts from the grace floor, at the latest from the start.
+        // So does a probed node's: nothing probed it before this start, so
+        // a silence from before it (an agent restart longer than its
+        // timeout) is the agent's, not the node's.
         let (heard_floor, unheard_floor) = self.floors();
-        let floor = if arrival == 0 {
+        let floor = if arrival == 0 || self.is_probed(id) {
             unheard_floor
         } else {
             heard_floor
@@ -1275,6 +1286,41 @@ mod tests {
         assert_eq!(fake.decisions(215), vec![(4, Suspect, Down)]);
         assert_eq!(fake.decisions(10), vec![(2, Suspect, Down)]);
         assert_eq!(fake.decisions(20), vec![(5, Suspect, Down)]);
+    }
+
+    #[test]
+    fn a_probed_node_is_not_convicted_for_a_silence_from_before_the_start() {
+        let start = 100_000 * MS;
+        let mut table = FakeTable::new(8);
+        table.intervals = vec![100; 8];
+        // Both fell silent 250 ms before this start (timeout 300 ms): 1
+        // sends heartbeats (recorded throughout), 2 is probed (nobody
+        // probed it while no agent ran).
+        for id in [1, 2] {
+            table.seen[id].store(seen::word(start - 250 * MS, false), Ordering::Relaxed);
+        }
+        table.heartbeats = vec![1; 8];
+        let mut fake = Fake {
+            table,
+            now: start,
+            detector: Detector::new(settings(), 8, &nodes(&[1, 2]), start),
+        };
+        for id in [1, 2] {
+            fake.detector.restore(id, Up, 100, 0);
+        }
+        fake.detector.set_probed([2].into());
+        fake.detector.trust_arrivals();
+        assert_eq!(
+            fake.advance_and_sweep(60),
+            vec![(1, Up, Suspect), (1, Suspect, Down)]
+        );
+        assert_eq!(
+            fake.detector.down_at_ns(2, &fake.table),
+            Some(start + 300 * MS),
+            "a timeout from the start"
+        );
+        assert_eq!(fake.decisions(200), vec![], "suspect at most");
+        assert_eq!(fake.decisions(50), vec![(2, Suspect, Down)]);
     }
 
     #[test]

@@ -106,12 +106,14 @@ impl Connector {
         Connector { queue, stats }
     }
 
-    /// Queues a probe, or counts it `busy` if the queue is full.
-    pub fn submit(&self, job: Job) {
+    /// Queues a probe (true), or counts it `busy` if the queue is full.
+    pub fn submit(&self, job: Job) -> bool {
         let kind = job.plan.kind.name();
-        if self.queue.try_send(job).is_err() {
+        let queued = self.queue.try_send(job).is_ok();
+        if !queued {
             self.stats.failed(kind, Failure::Busy);
         }
+        queued
     }
 }
 

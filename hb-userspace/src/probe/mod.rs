@@ -426,14 +426,16 @@ impl Turns {
                 }
             }
             ProbeKind::Tcp { .. } | ProbeKind::Http(_) => {
-                self.stats.sent(plan.kind.name(), 1);
-                if let Some(connector) = &self.connector {
+                let queued = self.connector.as_ref().is_some_and(|connector| {
                     connector.submit(Job {
                         node_id: target.node_id,
                         sequence: target.sequence,
                         address: target.address,
                         plan: Arc::clone(plan),
-                    });
+                    })
+                });
+                if queued {
+                    self.stats.sent(plan.kind.name(), 1);
                 }
             }
         }
