@@ -215,10 +215,12 @@ pub(super) fn wait_all_up(agent: &mut ProbeAgent, nodes: u32, live: &[&str]) -> 
         }
         if Instant::now() >= deadline {
             bail!(
-                "only {up} of {nodes} probed nodes were {} {} s after the agent started: {states:?}\n\
-                 agent output:\n{}",
+                "only {up} of {nodes} probed nodes were {} {} s after the agent started: {states:?}; \
+                 probes {}, datapath counters {}\nagent output:\n{}",
                 live.join(" or "),
                 ALL_UP_WITHIN.as_secs(),
+                status["probes"],
+                status["counters"],
                 agent.log_tail(20)
             );
         }
