@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: measures hb against its performance targets, in one
-//! go (root; about 13 minutes, `--quick` about 5).
+//! go (root; about 16 minutes, `--quick` about 6).
 //!
 //! Builds hb (release), then runs the phases, each printing a table:
 //!
@@ -27,7 +27,12 @@
 //! 12. [`group`]: a monitor group of three (etcd member and agent each):
 //!     its detection latency against a single monitor's in the same lab
 //!     (30 crashes at 100 ms x 3), and its etcd writes in steady state and
-//!     during a 1% crash of 100,000 nodes.
+//!     during a 1% crash of 100,000 nodes;
+//! 13. [`probe`]: the agent probing 100,000 addresses with ICMP once a
+//!     second: its CPU, replies lost, detection of 1% taken away, and the
+//!     XDP cost of a probe reply against a heartbeat's (about 1 minute);
+//! 14. [`probe::quality`]: the detection quality of ICMP probing under 5%
+//!     loss, without and with `probe_confirm` (about 1.5 minutes).
 //!
 //! Only on request (`--only soak`, about 11 minutes): [`soak`], 100,000
 //! nodes for 10 minutes with loss and rolling crashes while the agent is
@@ -39,7 +44,8 @@
 //! SVG plot per curve, `bench/results/<date>-<name>.svg`. A `--quick` or
 //! `--only` run writes `<date>-quick...` files, so it never overwrites a
 //! full run's. Network phases build their own namespaces (`hbbench-*`,
-//! 198.18.1.0/24) and remove them on exit, Ctrl-C included. A phase that
+//! 198.18.1.0/24; the probe phases `hbprobe-*`, probing 198.18.64.0 and
+//! up) and remove them on exit, Ctrl-C included. A phase that
 //! fails is reported and the others still run; missed targets are results,
 //! not failures.
 
@@ -52,6 +58,7 @@ mod http;
 mod machine;
 mod output;
 mod plot;
+mod probe;
 mod quality;
 mod rig;
 mod sigstop;
@@ -127,10 +134,16 @@ pub enum Phase {
     /// The soak: 100k nodes, loss, rolling crashes and SIGKILL restarts of
     /// the agent for 10 minutes (only with --only soak).
     Soak,
+    /// The agent probing 100k addresses with ICMP once a second: CPU,
+    /// replies lost, detection, XDP cost of a reply.
+    Probe,
+    /// Detection quality of ICMP probing under 5% loss, without and with
+    /// probe_confirm.
+    ProbeQuality,
 }
 
 impl Phase {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 15] = [
         Self::XdpCost,
         Self::Hostile,
         Self::Sweep,
@@ -143,6 +156,8 @@ impl Phase {
         Self::Starved,
         Self::Quality,
         Self::Group,
+        Self::Probe,
+        Self::ProbeQuality,
         Self::Soak,
     ];
 
@@ -167,6 +182,8 @@ impl Phase {
             Self::Quality => "quality",
             Self::Group => "group",
             Self::Soak => "soak",
+            Self::Probe => "probe",
+            Self::ProbeQuality => "probe-quality",
         }
     }
 
@@ -185,6 +202,8 @@ impl Phase {
             Self::Quality => "detection quality, timeout vs phi",
             Self::Group => "a monitor group: detection vs one monitor, etcd writes",
             Self::Soak => "the soak: nothing lost across SIGKILL restarts",
+            Self::Probe => "probing 100k addresses with ICMP: CPU, losses, detection",
+            Self::ProbeQuality => "probe detection quality under loss, without and with confirm",
         }
     }
 
@@ -203,6 +222,8 @@ impl Phase {
             Self::Quality => quality::run(ctx),
             Self::Group => group::run(ctx),
             Self::Soak => soak::run(ctx),
+            Self::Probe => probe::run(ctx),
+            Self::ProbeQuality => probe::quality::run(ctx),
         }
     }
 }

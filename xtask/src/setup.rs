@@ -34,6 +34,10 @@
 //!    driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`),
 //!    so no WebDriver (`chromium-driver`) is needed and no crate downloads a
 //!    browser build.
+//! 9. Debian's `nftables` (`nft`): the probe benches (`cargo xtask bench
+//!    --only probe-quality`) drop a random share of the ICMP echo requests
+//!    in the responder's namespace (`numgen random mod 100 < 5 drop`), and
+//!    the probe bench takes addresses away with an nft set.
 
 use std::{
     fs,
@@ -48,7 +52,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::paths::{on_path, run_inherited, stdout_of, tools_dir};
 
-const STEPS: usize = 8;
+const STEPS: usize = 9;
 
 /// Run every step (skipping those already done), one line per step.
 pub fn run() -> Result<()> {
@@ -67,6 +71,11 @@ pub fn run() -> Result<()> {
     step(8, "chromium (headless, for the web view's tests)", || {
         apt_package("chromium", "chromium")
     })?;
+    step(
+        9,
+        "nftables (loss and removals in the probe benches)",
+        || apt_package("nft", "nftables"),
+    )?;
     println!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }
