@@ -90,7 +90,9 @@ impl Drop for HttpBackend {
     }
 }
 
-fn bind_in(netns: &Path, address: SocketAddr) -> Result<TcpListener> {
+/// A non-blocking TCP listener on `address`, bound from inside `netns`
+/// (the calling thread enters it).
+pub(crate) fn bind_in(netns: &Path, address: SocketAddr) -> Result<TcpListener> {
     netns::enter(netns)?;
     let net = |op: &str| {
         let op = format!("{op} {address} in {}", netns.display());

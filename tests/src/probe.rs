@@ -778,7 +778,7 @@ impl ServerThread {
         let thread = thread::Builder::new()
             .name("hb-probe-server".to_owned())
             .spawn(move || {
-                let listener = match bind_in(&netns_path, address) {
+                let listener = match crate::http::bind_in(&netns_path, address) {
                     Ok(listener) => {
                         let _ = ready.send(Ok(()));
                         listener
@@ -827,19 +827,6 @@ impl Drop for ServerThread {
     fn drop(&mut self) {
         self.shut_down();
     }
-}
-
-fn bind_in(netns: &Path, address: SocketAddr) -> Result<TcpListener> {
-    netns::enter(netns)?;
-    let net = |op: &str| {
-        let op = format!("{op} {address} in {}", netns.display());
-        move |source| Error::Net { op, source }
-    };
-    let listener = TcpListener::bind(address).map_err(net("binding"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(net("setting non-blocking"))?;
-    Ok(listener)
 }
 
 /// A TCP listener in a node's namespace that accepts every connection and
