@@ -602,22 +602,7 @@ impl ProbeAgent {
     /// `hb status --json` without the node list.
     pub fn status(&mut self) -> Result<Value> {
         self.guard.ensure_running()?;
-        let mut cmd = self.hb.command([
-            OsStr::new("status"),
-            "--socket".as_ref(),
-            self.socket.as_os_str(),
-            "--json".as_ref(),
-            "--limit".as_ref(),
-            "0".as_ref(),
-        ]);
-        let output = netns::run(&mut cmd)?;
-        serde_json::from_slice(&output.stdout).with_context(|| {
-            format!(
-                "`{}` printed invalid JSON: {}",
-                netns::describe(&cmd),
-                String::from_utf8_lossy(&output.stdout)
-            )
-        })
+        crate::bench::rig::status_json(&self.hb, &self.socket)
     }
 
     pub fn pid(&self) -> u32 {

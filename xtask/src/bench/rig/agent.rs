@@ -143,22 +143,7 @@ impl Agent<'_> {
     /// `hb status --json` without the node list (every node still counted).
     pub fn status(&mut self) -> Result<Value> {
         self.guard.ensure_running()?;
-        let mut cmd = self.hb.command([
-            OsStr::new("status"),
-            "--socket".as_ref(),
-            self.socket.as_os_str(),
-            "--json".as_ref(),
-            "--limit".as_ref(),
-            "0".as_ref(),
-        ]);
-        let output = netns::run(&mut cmd)?;
-        serde_json::from_slice(&output.stdout).with_context(|| {
-            format!(
-                "`{}` printed invalid JSON: {}",
-                netns::describe(&cmd),
-                String::from_utf8_lossy(&output.stdout)
-            )
-        })
+        status_json(self.hb, &self.socket)
     }
 
     /// The datapath's counters, by name.
@@ -326,6 +311,27 @@ pub struct EventRecord {
     pub mono_ns: u64,
     pub event: String,
     pub node_id: u32,
+}
+
+/// `hb status --json --limit 0` of the agent behind `socket`: every count,
+/// no node list.
+pub fn status_json(hb: &Hb, socket: &Path) -> Result<Value> {
+    let mut cmd = hb.command([
+        OsStr::new("status"),
+        "--socket".as_ref(),
+        socket.as_os_str(),
+        "--json".as_ref(),
+        "--limit".as_ref(),
+        "0".as_ref(),
+    ]);
+    let output = netns::run(&mut cmd)?;
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "`{}` printed invalid JSON: {}",
+            netns::describe(&cmd),
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 #[cfg(test)]

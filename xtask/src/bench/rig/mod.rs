@@ -27,7 +27,7 @@ use self::agent::AgentFiles;
 #[cfg(test)]
 pub use self::load::StoppedNode;
 pub use self::{
-    agent::{Agent, AgentSetup, EventRecord, EventTail, Realtime},
+    agent::{Agent, AgentSetup, EventRecord, EventTail, Realtime, status_json},
     load::{Faults, Load, LoadReport, Pace, RunningLoad},
 };
 
